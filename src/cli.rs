@@ -1,0 +1,147 @@
+//! The command line: commands and flags, each flag backed by its environment variable.
+//!
+//! Values are taken as text here and validated in [`crate::config`], so that a bad
+//! value is reported in one place with the setting's flag and variable names.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, also listed in `--help` and README.md.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  done: the cycle completed and every fetched order reached a final state
+     (run: stopped by SIGTERM/SIGINT)
+  1  work left: the order list could not be fetched, or orders were left
+     registered for a later cycle, or status updates are still pending
+  2  usage or configuration error (nothing was sent)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordermanagement",
+    version,
+    about = "Takes stock for registered orders of the wood-shop demo and sets them ready or blocked",
+    after_help = EXIT_CODES_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Run a single cycle and exit (for cron); see the exit codes below.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Once,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Seconds between the end of one cycle and the start of the next; decimals allowed (0.5).
+    #[arg(
+        long,
+        env = "INTERVAL_SECONDS",
+        allow_negative_numbers = true,
+        default_value = "5",
+        value_name = "SECONDS"
+    )]
+    pub interval: String,
+}
+
+/// Options shared by every command; they may stand before or after the command.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Order Service base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "API_URL_ORDERS",
+        default_value = "http://localhost:5000",
+        value_name = "URL"
+    )]
+    pub orders_url: String,
+
+    /// Stock Service base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "API_URL_STOCKS",
+        default_value = "http://localhost:5001",
+        value_name = "URL"
+    )]
+    pub stocks_url: String,
+
+    /// Share of simulated failures, 0.0..=1.0 (at the stock step and at the status step).
+    #[arg(
+        long,
+        global = true,
+        env = "ERROR_RATE",
+        allow_negative_numbers = true,
+        default_value = "0.1",
+        value_name = "RATE"
+    )]
+    pub error_rate: String,
+
+    /// error, warn, info, debug or trace (RUST_LOG, when set, wins and allows per-module filters).
+    #[arg(
+        long,
+        global = true,
+        env = "LOG_LEVEL",
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
+    pub log_level: String,
+
+    /// Limit in seconds for one call to the Order Service, and for connecting to either service.
+    #[arg(
+        long,
+        global = true,
+        env = "HTTP_TIMEOUT_SECONDS",
+        allow_negative_numbers = true,
+        default_value = "5",
+        value_name = "SECONDS"
+    )]
+    pub timeout: String,
+
+    /// Limit in seconds for a stock decrease's reply once the request is sent
+    /// (above the Stock Service's own 30 s wait for a database connection).
+    #[arg(
+        long,
+        global = true,
+        env = "DECREASE_TIMEOUT_SECONDS",
+        allow_negative_numbers = true,
+        default_value = "35",
+        value_name = "SECONDS"
+    )]
+    pub decrease_timeout: String,
+
+    /// Extra attempts for a transient failure of one call.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_RETRIES",
+        allow_negative_numbers = true,
+        default_value = "3",
+        value_name = "N"
+    )]
+    pub max_retries: String,
+
+    /// Orders asked for per list call.
+    #[arg(
+        long,
+        global = true,
+        env = "PAGE_SIZE",
+        allow_negative_numbers = true,
+        default_value = "100",
+        value_name = "N"
+    )]
+    pub page_size: String,
+
+    /// Fetch and log what would be done; change nothing.
+    #[arg(long, global = true, env = "DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub dry_run: bool,
+}

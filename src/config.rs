@@ -1,0 +1,329 @@
+//! A validated configuration. Nothing after this module sees clap or the environment.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::cli::{Cli, Command, CommonArgs};
+
+/// Everything the worker needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Order Service base URL, without a trailing slash. Default `http://localhost:5000`.
+    pub orders_url: String,
+    /// Stock Service base URL, without a trailing slash. Default `http://localhost:5001`.
+    pub stocks_url: String,
+    /// Share of simulated failures in `0.0..=1.0`. Default `0.1`.
+    pub error_rate: f64,
+    /// Log level when `RUST_LOG` is not set. Default `info`.
+    pub log_level: log::LevelFilter,
+    /// Limit for one Order Service call and for connecting to either service. Default 5 s.
+    pub http_timeout: Duration,
+    /// Limit for a decrease's reply once the request is sent. Default 35 s.
+    pub decrease_timeout: Duration,
+    /// Extra attempts for a transient failure of one call. Default 3.
+    pub max_retries: u32,
+    /// Orders asked for per list call. Default 100.
+    pub page_size: u32,
+    /// Fetch and log only. Default off.
+    pub dry_run: bool,
+    /// First backoff delay between attempts; doubled each retry. Default 200 ms.
+    pub retry_base: Duration,
+    /// Longest backoff delay, and the cap on a honoured `Retry-After`. Default 5 s.
+    pub retry_cap: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            orders_url: "http://localhost:5000".into(),
+            stocks_url: "http://localhost:5001".into(),
+            error_rate: 0.1,
+            log_level: log::LevelFilter::Info,
+            http_timeout: Duration::from_secs(5),
+            decrease_timeout: Duration::from_secs(35),
+            max_retries: 3,
+            page_size: 100,
+            dry_run: false,
+            retry_base: Duration::from_millis(200),
+            retry_cap: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What to do, with its configuration.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Loop until stopped, sleeping `interval` between cycles.
+    Run { interval: Duration },
+    /// A single cycle.
+    Once,
+}
+
+/// A setting with a bad value: the message names the flag, the variable and the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {} ({}) {:?}: expected {}",
+            self.flag, self.env, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Validates the parsed command line into a mode and a configuration.
+    pub fn from_cli(cli: &Cli) -> Result<(Mode, Config), ConfigError> {
+        let config = Config::from_common(&cli.common)?;
+        let mode = match &cli.command {
+            Command::Run(run) => Mode::Run {
+                interval: seconds(
+                    &run.interval,
+                    "--interval",
+                    "INTERVAL_SECONDS",
+                    "a positive number of seconds",
+                )?,
+            },
+            Command::Once => Mode::Once,
+        };
+        Ok((mode, config))
+    }
+
+    fn from_common(args: &CommonArgs) -> Result<Config, ConfigError> {
+        let error_rate = args
+            .error_rate
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| {
+                err(
+                    "--error-rate",
+                    "ERROR_RATE",
+                    &args.error_rate,
+                    "a number from 0.0 to 1.0",
+                )
+            })?;
+        let config = Config {
+            orders_url: base_url(&args.orders_url, "--orders-url", "API_URL_ORDERS")?,
+            stocks_url: base_url(&args.stocks_url, "--stocks-url", "API_URL_STOCKS")?,
+            error_rate,
+            log_level: log_level(&args.log_level)?,
+            http_timeout: seconds(
+                &args.timeout,
+                "--timeout",
+                "HTTP_TIMEOUT_SECONDS",
+                "a positive number of seconds",
+            )?,
+            decrease_timeout: seconds(
+                &args.decrease_timeout,
+                "--decrease-timeout",
+                "DECREASE_TIMEOUT_SECONDS",
+                "a positive number of seconds",
+            )?,
+            max_retries: args
+                .max_retries
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 100)
+                .ok_or_else(|| {
+                    err(
+                        "--max-retries",
+                        "MAX_RETRIES",
+                        &args.max_retries,
+                        "a whole number from 0 to 100",
+                    )
+                })?,
+            page_size: args
+                .page_size
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "--page-size",
+                        "PAGE_SIZE",
+                        &args.page_size,
+                        "a whole number from 1 to 10000",
+                    )
+                })?,
+            dry_run: args.dry_run,
+            ..Config::default()
+        };
+        Ok(config)
+    }
+}
+
+fn err(flag: &'static str, env: &'static str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError {
+        flag,
+        env,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+/// A positive, finite number of seconds (decimals allowed), at most a day.
+fn seconds(
+    value: &str,
+    flag: &'static str,
+    env: &'static str,
+    expected: &'static str,
+) -> Result<Duration, ConfigError> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| err(flag, env, value, expected))
+}
+
+/// An http(s) URL with a host; the trailing slash is dropped so paths never get `//`.
+fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<String, ConfigError> {
+    let expected = "an http:// or https:// URL with a host, such as http://order:5000";
+    let trimmed = value.trim().trim_end_matches('/');
+    let uri: ureq::http::Uri = trimmed
+        .parse()
+        .map_err(|_| err(flag, env, value, expected))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+    let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+    if !scheme_ok || !host_ok || uri.query().is_some() {
+        return Err(err(flag, env, value, expected));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// The level names of this worker and of the Python one it replaces (`WARNING`, `CRITICAL`).
+fn log_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
+    use log::LevelFilter as L;
+    match value.trim().to_ascii_lowercase().as_str() {
+        "off" => Ok(L::Off),
+        "error" | "critical" | "fatal" => Ok(L::Error),
+        "warn" | "warning" => Ok(L::Warn),
+        "info" => Ok(L::Info),
+        "debug" => Ok(L::Debug),
+        "trace" => Ok(L::Trace),
+        _ => Err(err(
+            "--log-level",
+            "LOG_LEVEL",
+            value,
+            "one of error, warn, info, debug, trace",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<(Mode, Config), ConfigError> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("ordermanagement").chain(args.iter().copied()))
+                .expect("clap accepts the arguments");
+        Config::from_cli(&cli)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let (mode, c) = parse(&["once"]).unwrap();
+        assert!(matches!(mode, Mode::Once));
+        assert_eq!(c.orders_url, "http://localhost:5000");
+        assert_eq!(c.stocks_url, "http://localhost:5001");
+        assert_eq!(c.error_rate, 0.1);
+        assert_eq!(c.http_timeout, Duration::from_secs(5));
+        assert_eq!(c.decrease_timeout, Duration::from_secs(35));
+        assert_eq!(c.max_retries, 3);
+        assert_eq!(c.page_size, 100);
+        assert!(!c.dry_run);
+    }
+
+    #[test]
+    fn the_seed_command_line_works_and_options_go_either_side() {
+        let (mode, c) = parse(&["run", "--interval", "10", "--error-rate", "0.05"]).unwrap();
+        assert!(matches!(mode, Mode::Run { interval } if interval == Duration::from_secs(10)));
+        assert_eq!(c.error_rate, 0.05);
+        let (_, c) = parse(&[
+            "--error-rate",
+            "0.5",
+            "--page-size",
+            "7",
+            "run",
+            "--interval",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!((c.error_rate, c.page_size), (0.5, 7));
+        let (_, c) = parse(&["--dry-run", "once"]).unwrap();
+        assert!(c.dry_run);
+    }
+
+    #[test]
+    fn trailing_slashes_are_dropped() {
+        let (_, c) = parse(&[
+            "once",
+            "--orders-url",
+            "http://order:5000/",
+            "--stocks-url",
+            "https://s.example/api//",
+        ])
+        .unwrap();
+        assert_eq!(c.orders_url, "http://order:5000");
+        assert_eq!(c.stocks_url, "https://s.example/api");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["once", "--error-rate", "1.5"], "ERROR_RATE"),
+            (&["once", "--error-rate", "-0.1"], "ERROR_RATE"),
+            (&["once", "--error-rate", "NaN"], "ERROR_RATE"),
+            (&["once", "--error-rate", "lots"], "ERROR_RATE"),
+            (&["run", "--interval", "0"], "INTERVAL_SECONDS"),
+            (&["run", "--interval", "-3"], "INTERVAL_SECONDS"),
+            (&["run", "--interval", "inf"], "INTERVAL_SECONDS"),
+            (&["once", "--orders-url", "ftp://x"], "API_URL_ORDERS"),
+            (
+                &["once", "--stocks-url", "localhost:5001"],
+                "API_URL_STOCKS",
+            ),
+            (&["once", "--stocks-url", "http://"], "API_URL_STOCKS"),
+            (&["once", "--page-size", "0"], "PAGE_SIZE"),
+            (&["once", "--log-level", "loud"], "LOG_LEVEL"),
+            (&["once", "--timeout", "0"], "HTTP_TIMEOUT_SECONDS"),
+            (
+                &["once", "--decrease-timeout", "x"],
+                "DECREASE_TIMEOUT_SECONDS",
+            ),
+            (&["once", "--max-retries", "-1"], "MAX_RETRIES"),
+        ];
+        for (args, env) in cases {
+            let e = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert_eq!(e.env, *env, "{args:?}");
+            assert!(
+                e.to_string().contains(e.env) && e.to_string().contains(e.flag),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn python_level_names_are_accepted() {
+        assert_eq!(log_level("INFO").unwrap(), log::LevelFilter::Info);
+        assert_eq!(log_level("WARNING").unwrap(), log::LevelFilter::Warn);
+        assert_eq!(log_level("CRITICAL").unwrap(), log::LevelFilter::Error);
+    }
+}

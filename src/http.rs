@@ -1,0 +1,498 @@
+//! The one place where the worker speaks HTTP: a shared ureq agent with explicit
+//! timeouts, the classification of what went wrong, and the retry loop.
+//!
+//! The clients in [`crate::orders`] and [`crate::stock`] turn a [`Reply`] into a
+//! [`CallError`] by status code; this module decides only what the transport said.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use ureq::Agent;
+
+use crate::stop::Stop;
+
+/// Longest piece of a reply body quoted in a log line.
+const QUOTE_LIMIT: usize = 200;
+
+/// A reply whose status line arrived.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// The body, or what went wrong reading it (too large, cut off, timed out).
+    pub body: Result<Vec<u8>, String>,
+    /// `Retry-After` in seconds, when the service sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl Reply {
+    /// The body for a log line: the `error` field of a JSON reply, else the text, quoted and cut.
+    pub fn describe(&self) -> String {
+        match &self.body {
+            Ok(bytes) => describe_body(bytes),
+            Err(e) => format!("(body unreadable: {e})"),
+        }
+    }
+}
+
+/// A request that got no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Nothing reached the server: connection refused, name not resolved, connect or
+    /// send timed out. Safe to repeat any request.
+    NotSent(String),
+    /// The request may have reached the server, but no reply came (timeout while
+    /// waiting, connection dropped). Whether a non-idempotent request took effect is unknown.
+    NoReply(String),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::NotSent(d) => write!(f, "not sent: {d}"),
+            SendError::NoReply(d) => write!(f, "no reply: {d}"),
+        }
+    }
+}
+
+/// What a failed call means for its caller, named by what the caller does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// The service refused the request for a business reason: record it, move on.
+    Rejected { status: u16, reason: String },
+    /// Nothing was changed and a later attempt may work: retry, then leave for later.
+    Transient {
+        detail: String,
+        retry_after: Option<Duration>,
+        /// The attempt failed only after more than the HTTP timeout (a sign of overload).
+        slow: bool,
+    },
+    /// The request was sent and no reply came: the outcome cannot be known. Never repeat.
+    InDoubt { detail: String },
+    /// Something no retry will fix (a redirect, 401/403/415, a wrong route): stop the cycle.
+    Fatal { detail: String },
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Rejected { status, reason } => write!(f, "rejected ({status}): {reason}"),
+            CallError::Transient { detail, .. } => write!(f, "{detail}"),
+            CallError::InDoubt { detail } => write!(f, "in doubt: {detail}"),
+            CallError::Fatal { detail } => write!(f, "{detail}"),
+        }
+    }
+}
+
+impl CallError {
+    /// A transient error from a reply, e.g. a 5xx.
+    pub fn transient_reply(what: &str, reply: &Reply, slow: bool) -> CallError {
+        CallError::Transient {
+            detail: format!("{what} answered {}: {}", reply.status, reply.describe()),
+            retry_after: reply.retry_after,
+            slow,
+        }
+    }
+}
+
+/// The agent and the timeouts, shared by both clients (cloning is cheap).
+#[derive(Clone)]
+pub struct Http {
+    agent: Agent,
+    timeout: Duration,
+}
+
+impl Http {
+    /// One agent for the process: connecting is bounded by `timeout`; each call sets
+    /// the rest. Statuses are returned, not turned into errors, and redirects are not
+    /// followed (the worker's endpoints never redirect; a redirect means a wrong URL).
+    pub fn new(timeout: Duration) -> Http {
+        let agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .timeout_connect(Some(timeout))
+            .timeout_resolve(Some(timeout))
+            // Between orders a connection is reused within milliseconds; one idle for
+            // longer may be closed by the server at the very moment it is reused, and a
+            // decrease sent into that race ends in doubt. Open a fresh one instead.
+            .max_idle_age(Duration::from_secs(1))
+            .user_agent(concat!("ordermanagement/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Http { agent, timeout }
+    }
+
+    /// The HTTP timeout this agent was built with.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `GET url`, the whole call bounded by the HTTP timeout.
+    pub fn get(&self, url: &str, limit: u64) -> Result<Reply, SendError> {
+        let request = self
+            .agent
+            .get(url)
+            .header("Accept", "application/json")
+            .config()
+            .timeout_global(Some(self.timeout))
+            .build();
+        read_reply(request.call(), limit, false)
+    }
+
+    /// `PUT url` with a JSON body, the whole call bounded by the HTTP timeout.
+    pub fn put_json(&self, url: &str, body: &[u8], limit: u64) -> Result<Reply, SendError> {
+        let request = self
+            .agent
+            .put(url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .config()
+            .timeout_global(Some(self.timeout))
+            .build();
+        read_reply(request.send(body), limit, false)
+    }
+
+    /// `POST url` with a JSON body and an idempotency key. Connecting and sending are
+    /// bounded by the HTTP timeout; the reply may take up to `reply_timeout`.
+    pub fn post_json(
+        &self,
+        url: &str,
+        body: &[u8],
+        idempotency_key: &str,
+        reply_timeout: Duration,
+        limit: u64,
+    ) -> Result<Reply, SendError> {
+        let request = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .header("Idempotency-Key", idempotency_key)
+            .config()
+            .timeout_send_request(Some(self.timeout))
+            .timeout_send_body(Some(self.timeout))
+            .timeout_recv_response(Some(reply_timeout))
+            .timeout_recv_body(Some(self.timeout))
+            .build();
+        read_reply(request.send(body), limit, true)
+    }
+}
+
+fn read_reply(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    limit: u64,
+    sends_body: bool,
+) -> Result<Reply, SendError> {
+    let mut response = result.map_err(|e| classify(&e, sends_body))?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => format!("larger than {limit} bytes"),
+            other => other.to_string(),
+        });
+    Ok(Reply {
+        status,
+        body,
+        retry_after,
+    })
+}
+
+/// Tells a request that never reached the server from one that may have.
+fn classify(error: &ureq::Error, sends_body: bool) -> SendError {
+    use ureq::Error as E;
+    use ureq::Timeout as T;
+    let detail = error.to_string();
+    match error {
+        E::Timeout(T::Resolve | T::Connect | T::SendRequest) => SendError::NotSent(detail),
+        // The body never fully left: the server cannot have a complete request.
+        E::Timeout(T::SendBody) if sends_body => SendError::NotSent(detail),
+        E::Timeout(_) => SendError::NoReply(detail),
+        E::HostNotFound
+        | E::ConnectionFailed
+        | E::BadUri(_)
+        | E::Http(_)
+        | E::Tls(_)
+        | E::Rustls(_) => SendError::NotSent(detail),
+        E::Io(e) if not_connected(e.kind()) => SendError::NotSent(detail),
+        _ => SendError::NoReply(detail),
+    }
+}
+
+fn not_connected(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionRefused
+            | K::AddrNotAvailable
+            | K::NetworkUnreachable
+            | K::HostUnreachable
+            | K::NotFound
+    )
+}
+
+/// A reply body for a log line: the `error` field of a JSON object if there is one,
+/// else the text itself; cut to a readable length, control characters escaped.
+pub fn describe_body(bytes: &[u8]) -> String {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && let Some(serde_json::Value::String(e)) = map.get("error")
+    {
+        return quote(e);
+    }
+    if bytes.is_empty() {
+        return "(empty body)".into();
+    }
+    quote(&String::from_utf8_lossy(bytes))
+}
+
+fn quote(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.trim().chars().enumerate() {
+        if i == QUOTE_LIMIT {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How often and how long to wait between attempts of one call.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first.
+    pub max_retries: u32,
+    /// The first delay; doubled for each further retry.
+    pub base: Duration,
+    /// The longest delay, and the cap on a honoured `Retry-After`.
+    pub cap: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `retry` (0 for the first retry): exponential with
+    /// "equal jitter" (half fixed, half random, `jitter` in `[0, 1)`), or the
+    /// service's `Retry-After` when it asks for longer, both capped.
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << retry.min(20))
+            .min(self.cap);
+        let half = exp / 2;
+        let backoff = half + half.mul_f64(jitter.clamp(0.0, 1.0));
+        match retry_after {
+            Some(asked) if asked > backoff => asked.min(self.cap),
+            _ => backoff,
+        }
+    }
+
+    /// Runs `call` (given the attempt number, 0 for the first) until it succeeds, fails
+    /// for good, or the retries are spent. Only [`CallError::Transient`] is retried, and
+    /// after a slow failure only once more. With `stop`, a stop request cuts the wait
+    /// short and returns the last error (for calls that are safe to abandon).
+    pub fn run<T>(
+        &self,
+        what: &str,
+        stop: Option<&Stop>,
+        mut call: impl FnMut(u32) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        let mut slow_seen = false;
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let error = match call(attempt) {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            let CallError::Transient {
+                retry_after, slow, ..
+            } = &error
+            else {
+                return Err(error);
+            };
+            if attempt >= self.max_retries || (*slow && slow_seen) {
+                return Err(error);
+            }
+            slow_seen |= *slow;
+            let delay = self.delay(attempt, *retry_after, fastrand::f64());
+            log::warn!(
+                "{what} failed (attempt {} of {}, after {} ms): {error}; retrying in {} ms",
+                attempt + 1,
+                self.max_retries + 1,
+                started.elapsed().as_millis(),
+                delay.as_millis()
+            );
+            match stop {
+                Some(stop) => {
+                    if !stop.sleep(delay) {
+                        return Err(error);
+                    }
+                }
+                None => std::thread::sleep(delay),
+            }
+            attempt += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_retries,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(5),
+        }
+    }
+
+    fn transient(slow: bool) -> CallError {
+        CallError::Transient {
+            detail: "502".into(),
+            retry_after: None,
+            slow,
+        }
+    }
+
+    #[test]
+    fn delay_doubles_with_jitter_and_caps() {
+        let p = RetryPolicy {
+            max_retries: 5,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+        };
+        assert_eq!(p.delay(0, None, 0.0), Duration::from_millis(100));
+        assert_eq!(p.delay(0, None, 0.999_999).as_millis(), 199);
+        assert_eq!(p.delay(1, None, 0.0), Duration::from_millis(200));
+        assert_eq!(p.delay(2, None, 1.0), Duration::from_millis(800));
+        assert_eq!(p.delay(10, None, 1.0), Duration::from_secs(5));
+        assert_eq!(p.delay(31, None, 1.0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_cap() {
+        let p = RetryPolicy {
+            max_retries: 5,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+        };
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(2)), 0.5),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(60)), 0.5),
+            Duration::from_secs(5)
+        );
+        // A Retry-After shorter than the backoff does not shorten it.
+        assert_eq!(
+            p.delay(2, Some(Duration::from_secs(0)), 0.0),
+            Duration::from_millis(400)
+        );
+    }
+
+    #[test]
+    fn transient_failures_are_retried_until_spent() {
+        let mut calls = 0;
+        let r: Result<(), _> = policy(3).run("x", None, |_| {
+            calls += 1;
+            Err(transient(false))
+        });
+        assert!(matches!(r, Err(CallError::Transient { .. })));
+        assert_eq!(calls, 4);
+    }
+
+    #[test]
+    fn success_after_failures_is_returned() {
+        let r = policy(3).run(
+            "x",
+            None,
+            |n| if n < 2 { Err(transient(false)) } else { Ok(n) },
+        );
+        assert_eq!(r, Ok(2));
+    }
+
+    #[test]
+    fn other_errors_are_not_retried() {
+        for e in [
+            CallError::Rejected {
+                status: 400,
+                reason: "Insufficient stock".into(),
+            },
+            CallError::InDoubt {
+                detail: "timeout".into(),
+            },
+            CallError::Fatal {
+                detail: "415".into(),
+            },
+        ] {
+            let mut calls = 0;
+            let r: Result<(), _> = policy(3).run("x", None, |_| {
+                calls += 1;
+                Err(e.clone())
+            });
+            assert_eq!(r, Err(e));
+            assert_eq!(calls, 1);
+        }
+    }
+
+    #[test]
+    fn a_slow_failure_is_retried_only_once() {
+        let mut calls = 0;
+        let _: Result<(), _> = policy(5).run("x", None, |_| {
+            calls += 1;
+            Err(transient(true))
+        });
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn a_stop_request_abandons_the_wait() {
+        let stop = Stop::new();
+        stop.request();
+        let mut calls = 0;
+        let p = RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(10),
+        };
+        let _: Result<(), _> = p.run("x", Some(&stop), |_| {
+            calls += 1;
+            Err(transient(false))
+        });
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn bodies_are_described_safely() {
+        assert_eq!(
+            describe_body(br#"{"error": "Insufficient stock"}"#),
+            "Insufficient stock"
+        );
+        assert_eq!(describe_body(b""), "(empty body)");
+        assert_eq!(
+            describe_body(b"<h1>Bad\nRequest</h1>"),
+            "<h1>Bad\\nRequest</h1>"
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(
+            describe_body(long.as_bytes()).chars().count(),
+            QUOTE_LIMIT + 1
+        );
+        assert!(describe_body(&[0xff, 0xfe, b'a']).ends_with('a'));
+    }
+}

@@ -1,0 +1,21 @@
+//! The order-management worker of the wood-shop demo.
+//!
+//! It pages through the Order Service's `registered` orders, decreases the Stock
+//! Service's stock for each, and sets the order `ready`, `blocked` or `unknown`; see
+//! README.md for the outcomes, timeouts and exit codes.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod orders;
+pub mod process;
+pub mod stock;
+pub mod stop;
+pub mod worker;
+
+pub use config::{Config, ConfigError, Mode};
+pub use orders::{Order, OrderStatus, WoodType};
+pub use process::{Journal, NoJournal, Outcome};
+pub use stop::Stop;
+pub use worker::{CycleReport, Worker};

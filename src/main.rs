@@ -1,0 +1,56 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use ordermanagement::cli::Cli;
+use ordermanagement::{Config, Mode, Stop, Worker, logging};
+
+/// Exit code of a usage or configuration error.
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    // clap prints its own usage errors and exits 2; --help and --version exit 0.
+    let cli = Cli::parse();
+    let (mode, config) = match Config::from_cli(&cli) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("ordermanagement: error: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    logging::init(config.log_level);
+    let stop = Stop::new();
+    if let Err(e) = stop.install_signal_handlers() {
+        log::error!("cannot install the SIGTERM/SIGINT handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    log::info!(
+        "ordermanagement {}: orders {}, stocks {}, error rate {}{}",
+        env!("CARGO_PKG_VERSION"),
+        config.orders_url,
+        config.stocks_url,
+        config.error_rate,
+        if config.dry_run { ", dry run" } else { "" }
+    );
+    let mut worker = Worker::new(&config, stop);
+    let code = match mode {
+        Mode::Run { interval } => {
+            worker.run_loop(interval);
+            ExitCode::SUCCESS
+        }
+        Mode::Once => {
+            if worker.cycle().complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    };
+    if worker.pending() > 0 {
+        log::error!(
+            "exiting with {} status updates pending: their stock is taken; set those orders by hand, \
+             or the next run will take their stock again",
+            worker.pending()
+        );
+    }
+    code
+}

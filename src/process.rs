@@ -1,0 +1,356 @@
+//! One order's journey: simulated failure or stock decrease, then the status update.
+//!
+//! The decisions are pure functions ([`after_decrease`], [`after_status_update`]);
+//! [`Journey`] does the I/O through the clients and tells the [`Journal`] before
+//! each step that could be lost in a crash.
+
+use std::io;
+
+use crate::http::{CallError, RetryPolicy};
+use crate::orders::{Order, OrderStatus, OrdersClient};
+use crate::stock::StockClient;
+use crate::stop::Stop;
+
+/// How an order left the worker's hands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stock taken once, status `ready`.
+    Ready,
+    /// Stock not taken (refused, or a simulated failure), status `blocked`.
+    Blocked { reason: String },
+    /// A decrease was sent and no reply came: stock taken at most once, status `unknown`.
+    Unknown { reason: String },
+    /// Nothing taken; the order stays `registered` for a later cycle.
+    Deferred { reason: String, cause: Deferral },
+    /// The decision is made (stock taken for `ready`) but the status could not be set;
+    /// only the status update is retried, at the end of this cycle and in later ones.
+    Pending { status: OrderStatus, reason: String },
+    /// The Order Service refused the status update (`400`/`404`); nothing more to do.
+    StatusRefused { status: OrderStatus, reason: String },
+    /// `--dry-run`: nothing was changed.
+    DryRun,
+}
+
+/// Why an order was left `registered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// The Stock Service failed transiently on every attempt.
+    Unavailable,
+    /// A stop was requested while waiting to retry.
+    Stopped,
+    /// The Stock Service answered something no retry fixes; the cycle ends.
+    Fatal,
+}
+
+impl Outcome {
+    /// The outcome's name in logs and the summary.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Ready => "ready",
+            Outcome::Blocked { .. } => "blocked",
+            Outcome::Unknown { .. } => "unknown",
+            Outcome::Deferred { .. } => "deferred",
+            Outcome::Pending { .. } => "pending",
+            Outcome::StatusRefused { .. } => "refused",
+            Outcome::DryRun => "dry-run",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Outcome::Ready | Outcome::DryRun => "",
+            Outcome::Blocked { reason }
+            | Outcome::Unknown { reason }
+            | Outcome::Deferred { reason, .. }
+            | Outcome::Pending { reason, .. }
+            | Outcome::StatusRefused { reason, .. } => reason,
+        }
+    }
+
+    /// True when the order has left the `registered` list.
+    pub fn left_registered(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Ready | Outcome::Blocked { .. } | Outcome::Unknown { .. }
+        )
+    }
+}
+
+/// What follows a decrease attempt (or a simulated failure in its place).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Set this status, with this reason for the logs.
+    SetStatus(OrderStatus, String),
+    /// Leave the order registered.
+    Defer(String, Deferral),
+}
+
+/// The pure decision after the decrease: taken -> ready; refused -> blocked; in doubt
+/// -> unknown; transient -> left for later; fatal -> left, and the cycle ends.
+pub fn after_decrease(result: &Result<(), CallError>, stopped: bool) -> Next {
+    match result {
+        Ok(()) => Next::SetStatus(OrderStatus::Ready, String::new()),
+        Err(CallError::Rejected { reason, .. }) => {
+            Next::SetStatus(OrderStatus::Blocked, reason.clone())
+        }
+        Err(CallError::InDoubt { detail }) => Next::SetStatus(
+            OrderStatus::Unknown,
+            format!("{detail}; stock may have been taken, reconcile by hand"),
+        ),
+        Err(e @ CallError::Transient { .. }) if stopped => {
+            Next::Defer(e.to_string(), Deferral::Stopped)
+        }
+        Err(e @ CallError::Transient { .. }) => Next::Defer(e.to_string(), Deferral::Unavailable),
+        Err(e @ CallError::Fatal { .. }) => Next::Defer(e.to_string(), Deferral::Fatal),
+    }
+}
+
+/// The pure decision after the status update of an order whose fate is decided.
+pub fn after_status_update(
+    status: OrderStatus,
+    reason: String,
+    result: Result<(), CallError>,
+) -> Outcome {
+    match (result, status) {
+        (Ok(()), OrderStatus::Ready) => Outcome::Ready,
+        (Ok(()), OrderStatus::Unknown) => Outcome::Unknown { reason },
+        (Ok(()), _) => Outcome::Blocked { reason },
+        (
+            Err(CallError::Rejected {
+                reason: refusal, ..
+            }),
+            status,
+        ) => Outcome::StatusRefused {
+            status,
+            reason: join(&reason, &format!("status update refused: {refusal}")),
+        },
+        (Err(e), status) => Outcome::Pending {
+            status,
+            reason: join(&reason, &format!("status not set: {e}")),
+        },
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}; {b}")
+    }
+}
+
+/// Where the worker writes down, before each step, what it is about to do, so that a
+/// crash leaves a record of what may have happened. The default keeps nothing.
+pub trait Journal {
+    /// Before a decrease is sent. An error stops the order before anything is sent.
+    fn decrease_sending(&mut self, order: &Order) -> io::Result<()>;
+    /// After a decrease is known to have taken the stock.
+    fn stock_taken(&mut self, order: &Order) -> io::Result<()>;
+    /// After the order's final status is set: the order can be forgotten.
+    fn status_set(&mut self, order: &Order, status: OrderStatus) -> io::Result<()>;
+}
+
+/// The in-memory default: the worker's own pending list is the only record.
+#[derive(Debug, Default)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn decrease_sending(&mut self, _: &Order) -> io::Result<()> {
+        Ok(())
+    }
+    fn stock_taken(&mut self, _: &Order) -> io::Result<()> {
+        Ok(())
+    }
+    fn status_set(&mut self, _: &Order, _: OrderStatus) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Carries an order through its steps.
+pub struct Journey {
+    pub orders: OrdersClient,
+    pub stock: StockClient,
+    pub policy: RetryPolicy,
+    pub error_rate: f64,
+    pub dry_run: bool,
+    pub journal: Box<dyn Journal>,
+}
+
+impl Journey {
+    /// Takes one order from `registered` to its outcome. A stop request only cuts short
+    /// the waits before a decrease is retried (nothing was taken then).
+    pub fn process(&mut self, order: &Order, stop: &Stop) -> Outcome {
+        if self.dry_run {
+            log::info!(
+                "order {}: would decrease {} {} and set it ready (dry run)",
+                order.id,
+                order.quantity,
+                order.wood_type
+            );
+            return Outcome::DryRun;
+        }
+        let next = if self.simulated_failure() {
+            log::error!(
+                order_id = order.id;
+                "order {}: simulated failure at the stock step (ERROR_RATE {}), stock not touched",
+                order.id, self.error_rate
+            );
+            Next::SetStatus(OrderStatus::Blocked, "simulated stock failure".into())
+        } else {
+            let result = self.decrease(order, stop);
+            if result.is_ok()
+                && let Err(e) = self.journal.stock_taken(order)
+            {
+                log::error!(
+                    "order {}: could not journal that its stock was taken: {e}",
+                    order.id
+                );
+            }
+            after_decrease(&result, stop.requested())
+        };
+        match next {
+            Next::Defer(reason, cause) => Outcome::Deferred { reason, cause },
+            Next::SetStatus(status, reason) => {
+                let result = self.set_status(order, status);
+                after_status_update(status, reason, result)
+            }
+        }
+    }
+
+    fn decrease(&mut self, order: &Order, stop: &Stop) -> Result<(), CallError> {
+        if let Err(e) = self.journal.decrease_sending(order) {
+            return Err(CallError::Fatal {
+                detail: format!("journal not writable, decrease not sent: {e}"),
+            });
+        }
+        let stock = &self.stock;
+        self.policy.run(
+            &format!("order {}: stock decrease", order.id),
+            Some(stop),
+            |_| stock.decrease(order),
+        )
+    }
+
+    /// Sets the status, retrying transient failures; a simulated failure (at
+    /// ERROR_RATE) counts as a transient failure of one attempt.
+    pub fn set_status(&mut self, order: &Order, status: OrderStatus) -> Result<(), CallError> {
+        let what = format!("order {}: status update to {status}", order.id);
+        let result = self.policy.run(&what, None, |_| {
+            if self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
+                return Err(CallError::Transient {
+                    detail: format!(
+                        "simulated failure at the status step (ERROR_RATE {})",
+                        self.error_rate
+                    ),
+                    retry_after: None,
+                    slow: false,
+                });
+            }
+            self.orders.set_status(order.id, status)
+        });
+        if result.is_ok()
+            && let Err(e) = self.journal.status_set(order, status)
+        {
+            log::error!("order {}: could not journal its status: {e}", order.id);
+        }
+        result
+    }
+
+    fn simulated_failure(&self) -> bool {
+        self.error_rate > 0.0 && fastrand::f64() < self.error_rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transient() -> CallError {
+        CallError::Transient {
+            detail: "Stock Service answered 500".into(),
+            retry_after: None,
+            slow: false,
+        }
+    }
+
+    #[test]
+    fn decrease_results_decide_the_status() {
+        assert_eq!(
+            after_decrease(&Ok(()), false),
+            Next::SetStatus(OrderStatus::Ready, String::new())
+        );
+        let refused = Err(CallError::Rejected {
+            status: 400,
+            reason: "Insufficient stock".into(),
+        });
+        assert_eq!(
+            after_decrease(&refused, false),
+            Next::SetStatus(OrderStatus::Blocked, "Insufficient stock".into())
+        );
+        let in_doubt = Err(CallError::InDoubt {
+            detail: "timed out".into(),
+        });
+        assert!(matches!(
+            after_decrease(&in_doubt, false),
+            Next::SetStatus(OrderStatus::Unknown, _)
+        ));
+        assert!(matches!(
+            after_decrease(&Err(transient()), false),
+            Next::Defer(_, Deferral::Unavailable)
+        ));
+        assert!(matches!(
+            after_decrease(&Err(transient()), true),
+            Next::Defer(_, Deferral::Stopped)
+        ));
+        let fatal = Err(CallError::Fatal {
+            detail: "415".into(),
+        });
+        assert!(matches!(
+            after_decrease(&fatal, false),
+            Next::Defer(_, Deferral::Fatal)
+        ));
+    }
+
+    #[test]
+    fn a_failed_status_update_leaves_the_decision_pending() {
+        assert_eq!(
+            after_status_update(OrderStatus::Ready, String::new(), Ok(())),
+            Outcome::Ready
+        );
+        let o = after_status_update(OrderStatus::Ready, String::new(), Err(transient()));
+        assert!(
+            matches!(
+                o,
+                Outcome::Pending {
+                    status: OrderStatus::Ready,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        assert!(!o.left_registered());
+        let o = after_status_update(OrderStatus::Blocked, "Insufficient stock".into(), Ok(()));
+        assert_eq!(
+            o,
+            Outcome::Blocked {
+                reason: "Insufficient stock".into()
+            }
+        );
+        assert!(o.left_registered());
+        let refused = Err(CallError::Rejected {
+            status: 404,
+            reason: "Order not found".into(),
+        });
+        let o = after_status_update(OrderStatus::Ready, String::new(), refused);
+        assert!(
+            matches!(
+                o,
+                Outcome::StatusRefused {
+                    status: OrderStatus::Ready,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The Stock Service: the one call the worker makes, a decrease of one wood type's stock.
+
+use std::time::{Duration, Instant};
+
+use crate::http::{CallError, Http, Reply, SendError};
+use crate::orders::Order;
+
+/// Largest reply accepted for a decrease.
+const REPLY_LIMIT: u64 = 64 * 1024;
+
+/// The Stock Service client: one attempt per call; the caller retries.
+#[derive(Clone)]
+pub struct StockClient {
+    http: Http,
+    base: String,
+    reply_timeout: Duration,
+}
+
+impl StockClient {
+    /// `base` is the service's URL without a trailing slash; `reply_timeout` bounds the
+    /// wait for a decrease's reply once it is sent (the HTTP timeout bounds the rest).
+    pub fn new(http: Http, base: &str, reply_timeout: Duration) -> StockClient {
+        StockClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            reply_timeout,
+        }
+    }
+
+    /// The `Idempotency-Key` of an order's decrease: the same on every attempt.
+    pub fn idempotency_key(order: &Order) -> String {
+        format!("order-{}", order.id)
+    }
+
+    /// `POST /stocks/decrease` for one order. A `200` means the stock was taken, whatever
+    /// its body says.
+    pub fn decrease(&self, order: &Order) -> Result<(), CallError> {
+        let url = format!("{}/stocks/decrease", self.base);
+        let body = format!(
+            r#"{{"wood_type":"{}","quantity":{}}}"#,
+            order.wood_type.as_str(),
+            order.quantity
+        );
+        let started = Instant::now();
+        let result = self.http.post_json(
+            &url,
+            body.as_bytes(),
+            &StockClient::idempotency_key(order),
+            self.reply_timeout,
+            REPLY_LIMIT,
+        );
+        let slow = started.elapsed() >= self.http.timeout();
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(SendError::NotSent(d)) => {
+                return Err(CallError::Transient {
+                    detail: format!("Stock Service decrease not sent: {d}"),
+                    retry_after: None,
+                    slow,
+                });
+            }
+            Err(SendError::NoReply(d)) => {
+                return Err(CallError::InDoubt {
+                    detail: format!(
+                        "Stock Service decrease sent, no reply after {} ms: {d}",
+                        started.elapsed().as_millis()
+                    ),
+                });
+            }
+        };
+        if (200..300).contains(&reply.status) {
+            if let Err(e) = &reply.body {
+                log::warn!(
+                    "stock decrease for order {} succeeded but its reply could not be read: {e}",
+                    order.id
+                );
+            }
+            return Ok(());
+        }
+        Err(classify(&reply, slow))
+    }
+}
+
+/// The Stock Service's statuses: `400` (insufficient stock, invalid input) and `404`
+/// (no such stock) refuse the order; the usual overload statuses, `500` included, are
+/// transient (the service answers them before changing anything, and a service that
+/// honours the idempotency key makes a repeat safe in any case); anything else is a
+/// misconfiguration that stops the cycle.
+fn classify(reply: &Reply, slow: bool) -> CallError {
+    match reply.status {
+        400 | 404 => CallError::Rejected {
+            status: reply.status,
+            reason: reply.describe(),
+        },
+        408 | 429 | 500 | 502 | 503 | 504 => {
+            CallError::transient_reply("Stock Service decrease", reply, slow)
+        }
+        status => CallError::Fatal {
+            detail: format!(
+                "Stock Service decrease answered {status}: {}",
+                reply.describe()
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: Ok(body.as_bytes().to_vec()),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn business_refusals_carry_the_reason() {
+        assert_eq!(
+            classify(&reply(400, r#"{"error": "Insufficient stock"}"#), false),
+            CallError::Rejected {
+                status: 400,
+                reason: "Insufficient stock".into()
+            }
+        );
+        assert_eq!(
+            classify(&reply(404, r#"{"error": "Stock not found"}"#), false),
+            CallError::Rejected {
+                status: 404,
+                reason: "Stock not found".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_stalled_500_is_transient_and_slow() {
+        let e = classify(
+            &reply(
+                500,
+                r#"{"error": "Unexpected error during stock decrease (read)"}"#,
+            ),
+            true,
+        );
+        assert!(
+            matches!(e, CallError::Transient { slow: true, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_content_type_stops_the_cycle() {
+        assert!(matches!(
+            classify(&reply(415, "<!doctype html>"), false),
+            CallError::Fatal { .. }
+        ));
+        assert!(matches!(
+            classify(&reply(308, ""), false),
+            CallError::Fatal { .. }
+        ));
+    }
+}
