@@ -1,0 +1,246 @@
+//! A scripted HTTP/1.1 server on loopback for the fault cases a mock library cannot
+//! play: replies that change from one call to the next, replies that come late or never,
+//! connections dropped after the request, keep-alive connections closed by the server.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// A request as it arrived.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+    pub fn query(&self, key: &str) -> Option<u64> {
+        let query = self.target.split_once('?')?.1;
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What the server does with a request.
+pub enum Action {
+    /// Answer after `delay`; with `close`, close the connection after the reply without
+    /// saying so (as a server whose keep-alive timed out does).
+    Reply {
+        status: u16,
+        body: String,
+        delay: Duration,
+        close: bool,
+    },
+    /// Read the request, wait `after`, close the connection without a reply.
+    Drop { after: Duration },
+}
+
+pub fn reply(status: u16, body: impl Into<String>) -> Action {
+    Action::Reply {
+        status,
+        body: body.into(),
+        delay: Duration::ZERO,
+        close: false,
+    }
+}
+
+pub fn late(status: u16, body: impl Into<String>, delay: Duration) -> Action {
+    Action::Reply {
+        status,
+        body: body.into(),
+        delay,
+        close: false,
+    }
+}
+
+type Handler = dyn Fn(&Request) -> Action + Send + Sync;
+
+/// The server; it stops accepting and closes held connections when dropped.
+pub struct ScriptServer {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<Request>>>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl ScriptServer {
+    pub fn start(handler: impl Fn(&Request) -> Action + Send + Sync + 'static) -> ScriptServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (reqs, stop) = (requests.clone(), stopped.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (reqs, stop, handler) = (reqs.clone(), stop.clone(), handler.clone());
+                        thread::spawn(move || serve(stream, &reqs, &stop, &*handler));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        ScriptServer {
+            port,
+            requests,
+            stopped,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Requests whose method and path match.
+    pub fn calls(&self, method: &str, path: &str) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path() == path)
+            .collect()
+    }
+}
+
+impl Drop for ScriptServer {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    requests: &Mutex<Vec<Request>>,
+    stopped: &AtomicBool,
+    handler: &Handler,
+) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let request = match read_request(&mut reader, stopped) {
+            Some(r) => r,
+            None => return,
+        };
+        requests.lock().unwrap().push(request.clone());
+        match handler(&request) {
+            Action::Reply {
+                status,
+                body,
+                delay,
+                close,
+            } => {
+                if !wait(delay, stopped) {
+                    return;
+                }
+                // One write: a head and body sent apart meet Nagle and delayed ACKs (40 ms).
+                let message = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if writer.write_all(message.as_bytes()).is_err() {
+                    return;
+                }
+                if close {
+                    return;
+                }
+            }
+            Action::Drop { after } => {
+                wait(after, stopped);
+                return;
+            }
+        }
+    }
+}
+
+/// Sleeps unless the server stops first; false if it did.
+fn wait(duration: Duration, stopped: &AtomicBool) -> bool {
+    let end = std::time::Instant::now() + duration;
+    while std::time::Instant::now() < end {
+        if stopped.load(Ordering::SeqCst) {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5).min(end - std::time::Instant::now()));
+    }
+    true
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>, stopped: &AtomicBool) -> Option<Request> {
+    let mut line = String::new();
+    loop {
+        match reader.read_line(&mut line) {
+            Ok(0) => return None,
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stopped.load(Ordering::SeqCst) {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        target,
+        headers,
+        body,
+    })
+}
+
+/// An order as the Order Service lists it.
+pub fn order_json(id: u64, wood: &str, quantity: u32) -> serde_json::Value {
+    serde_json::json!({"id": id, "wood_type": wood, "quantity": quantity, "order_status": "registered"})
+}
