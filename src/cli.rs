@@ -19,8 +19,7 @@ Exit codes:
     name = "ordermanagement",
     version,
     about = "Takes stock for registered orders of the wood-shop demo and sets them ready or blocked",
-    after_help = EXIT_CODES_HELP,
-    propagate_version = true
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -33,6 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM or SIGINT.
+    #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
     /// Run a single cycle and exit (for cron); see the exit codes below.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -141,7 +141,8 @@ pub struct CommonArgs {
     )]
     pub page_size: String,
 
-    /// Fetch and log what would be done; change nothing.
-    #[arg(long, global = true, env = "DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
-    pub dry_run: bool,
+    /// Fetch and log what would be done; change nothing (`--dry-run`, or DRY_RUN=true|false).
+    #[arg(long, global = true, env = "DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", hide_default_value = true)]
+    pub dry_run: String,
 }

@@ -158,7 +158,14 @@ impl Config {
                         "a whole number from 1 to 10000",
                     )
                 })?,
-            dry_run: args.dry_run,
+            dry_run: boolean(&args.dry_run).ok_or_else(|| {
+                err(
+                    "--dry-run",
+                    "DRY_RUN",
+                    &args.dry_run,
+                    "true or false (or empty)",
+                )
+            })?,
             ..Config::default()
         };
         Ok(config)
@@ -225,6 +232,15 @@ fn log_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
     }
 }
 
+/// A boolean as environment files write it; empty means off.
+fn boolean(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +285,8 @@ mod tests {
         assert_eq!((c.error_rate, c.page_size), (0.5, 7));
         let (_, c) = parse(&["--dry-run", "once"]).unwrap();
         assert!(c.dry_run);
+        let (_, c) = parse(&["once", "--dry-run=false"]).unwrap();
+        assert!(!c.dry_run);
     }
 
     #[test]
@@ -309,6 +327,7 @@ mod tests {
                 "DECREASE_TIMEOUT_SECONDS",
             ),
             (&["once", "--max-retries", "-1"], "MAX_RETRIES"),
+            (&["once", "--dry-run=perhaps"], "DRY_RUN"),
         ];
         for (args, env) in cases {
             let e = parse(args).expect_err(&format!("{args:?} must be refused"));

@@ -1,0 +1,548 @@
+//! The real binary, run as a child process against httpmock on 127.0.0.1: help text,
+//! configuration errors (exit 2, nothing sent), `once` exit codes, options from the
+//! environment or before the command, and `run` stopping on SIGTERM/SIGINT.
+//!
+//! Every child runs with a cleared environment, so the developer's variables
+//! (API_URL_ORDERS, RUST_LOG, http_proxy, ...) cannot leak in, and every child is killed
+//! and reaped if a test fails or it outlives its time limit.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use httpmock::{Method, Mock, MockServer};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
+
+/// Longest a `once` or a failing command may take before the test gives up on it.
+const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+/// The promise of `run`: stopped within 2 s of SIGTERM/SIGINT.
+const STOP_LIMIT: Duration = Duration::from_secs(2);
+
+/// A child process that is killed and reaped when dropped, whatever the test did.
+struct Running {
+    child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    /// Starts `cmd` with stdin closed and stdout/stderr read on threads, so a chatty
+    /// child never blocks on a full pipe.
+    fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stdout = child.stdout.take().map(drain);
+        let stderr = child.stderr.take().map(drain);
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own, not yet reaped child: the pid cannot have been reused.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits up to `limit` for the child to exit; `None` if it did not (it is then
+    /// killed on drop).
+    fn wait_for(&mut self, limit: Duration) -> Option<Output> {
+        let deadline = Instant::now() + limit;
+        let status: ExitStatus = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let join = |h: Option<JoinHandle<Vec<u8>>>| {
+            h.map(|h| h.join().expect("pipe reader"))
+                .unwrap_or_default()
+        };
+        Some(Output {
+            status,
+            stdout: join(self.stdout.take()),
+            stderr: join(self.stderr.take()),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Harmless when the child has already exited and been reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+/// The binary with an empty environment.
+fn cmd() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear();
+    cmd
+}
+
+/// `cmd()` pointed at the two services, no simulated failures, short timeouts.
+/// `--max-retries` is left to each test (clap refuses a flag given twice).
+fn with_services(orders: &str, stocks: &str) -> Command {
+    let mut cmd = cmd();
+    cmd.args(["--orders-url", orders, "--stocks-url", stocks])
+        .args([
+            "--error-rate",
+            "0",
+            "--timeout",
+            "2",
+            "--decrease-timeout",
+            "2",
+        ])
+        .args(["--log-level", "info"]);
+    cmd
+}
+
+/// Runs `cmd` to its end, within [`RUN_LIMIT`].
+fn run(cmd: &mut Command) -> Output {
+    let mut child = Running::start(cmd);
+    child
+        .wait_for(RUN_LIMIT)
+        .unwrap_or_else(|| panic!("{cmd:?} still running after {RUN_LIMIT:?}; killed"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the exit code, showing the child's output when it is not the expected one.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// A port on 127.0.0.1 with nothing listening on it (bound, then released).
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Answers every request with 418, to count requests that must never be made.
+fn catch_all(server: &MockServer) -> Mock<'_> {
+    server.mock(|when, then| {
+        when.any_request();
+        then.status(418);
+    })
+}
+
+/// The registered list answering `body` (a JSON array) to its first page.
+fn list_mock<'a>(server: &'a MockServer, body: &serde_json::Value) -> Mock<'a> {
+    let body = body.to_string();
+    server.mock(|when, then| {
+        when.method(Method::GET)
+            .path("/orders/status/registered")
+            .query_param("skip", "0");
+        then.status(200)
+            .header("content-type", "application/json")
+            .body(body);
+    })
+}
+
+fn oak_order() -> serde_json::Value {
+    json!([{"id": 1, "wood_type": "oak", "quantity": 3, "order_status": "registered"}])
+}
+
+/// The decrease for order 1 (3 oak), as the worker must send it.
+fn decrease_mock(server: &MockServer) -> Mock<'_> {
+    server.mock(|when, then| {
+        when.method(Method::POST)
+            .path("/stocks/decrease")
+            .header("Idempotency-Key", "order-1")
+            .header("Content-Type", "application/json")
+            .json_body(json!({"wood_type": "oak", "quantity": 3}));
+        then.status(200)
+            .header("content-type", "application/json")
+            .json_body(json!({"wood_type": "oak", "quantity": 7}));
+    })
+}
+
+/// Order 1 set `ready`.
+fn ready_mock(server: &MockServer) -> Mock<'_> {
+    server.mock(|when, then| {
+        when.method(Method::PUT)
+            .path("/orders/1")
+            .json_body(json!({"order_status": "ready"}));
+        then.status(200)
+            .header("content-type", "application/json")
+            .json_body(json!({"id": 1, "order_status": "ready"}));
+    })
+}
+
+// ---------------------------------------------------------------- help
+
+#[test]
+fn help_lists_every_variable_and_the_exit_codes() {
+    let out = run(cmd().arg("--help"));
+    assert_exit(&out, 0);
+    let help = text(&out.stdout);
+    for var in [
+        "API_URL_ORDERS",
+        "API_URL_STOCKS",
+        "ERROR_RATE",
+        "LOG_LEVEL",
+        "HTTP_TIMEOUT_SECONDS",
+        "DECREASE_TIMEOUT_SECONDS",
+        "MAX_RETRIES",
+        "PAGE_SIZE",
+        "DRY_RUN",
+    ] {
+        assert!(help.contains(var), "--help does not mention {var}:\n{help}");
+    }
+    assert!(help.contains("Exit codes:"), "{help}");
+    for line in [
+        "  0  done",
+        "  1  work left",
+        "  2  usage or configuration error",
+    ] {
+        assert!(help.contains(line), "--help lacks {line:?}:\n{help}");
+    }
+
+    let out = run(cmd().args(["run", "--help"]));
+    assert_exit(&out, 0);
+    let help = text(&out.stdout);
+    assert!(help.contains("INTERVAL_SECONDS"), "{help}");
+    assert!(
+        help.contains("API_URL_ORDERS"),
+        "global options shown: {help}"
+    );
+
+    let out = run(cmd().args(["once", "--help"]));
+    assert_exit(&out, 0);
+    assert!(text(&out.stdout).contains("Exit codes:"));
+}
+
+// ---------------------------------------------------------------- configuration errors
+
+/// A bad value for a setting: (command, variable, flag, value).
+const BAD_SETTINGS: [(&str, &str, &str, &str); 8] = [
+    ("once", "ERROR_RATE", "--error-rate", "1.5"),
+    ("once", "ERROR_RATE", "--error-rate", "abc"),
+    ("run", "INTERVAL_SECONDS", "--interval", "0"),
+    ("run", "INTERVAL_SECONDS", "--interval", "-1"),
+    ("once", "API_URL_ORDERS", "--orders-url", "ftp://x"),
+    ("once", "API_URL_STOCKS", "--stocks-url", "ftp://x"),
+    ("once", "PAGE_SIZE", "--page-size", "0"),
+    ("once", "LOG_LEVEL", "--log-level", "loud"),
+];
+
+#[test]
+fn each_bad_setting_exits_2_with_one_line_naming_it_and_sends_nothing() {
+    let server = MockServer::start();
+    let any = catch_all(&server);
+    let url = server.base_url();
+    for (command, var, flag, value) in BAD_SETTINGS {
+        for from_env in [true, false] {
+            let mut cmd = cmd();
+            // Both services on the mock; the bad variable replaces one of these, and a
+            // flag wins over its variable.
+            cmd.env("API_URL_ORDERS", &url).env("API_URL_STOCKS", &url);
+            if from_env {
+                cmd.env(var, value).arg(command);
+            } else {
+                cmd.args([command, flag, value]);
+            }
+            let case = if from_env {
+                format!("{var}={value} {command}")
+            } else {
+                format!("{command} {flag} {value}")
+            };
+            let out = run(&mut cmd);
+            assert_eq!(out.status.code(), Some(2), "{case}: {out:?}");
+            assert!(out.stdout.is_empty(), "{case}: {out:?}");
+            let stderr = text(&out.stderr);
+            assert_eq!(
+                stderr.lines().collect::<Vec<_>>(),
+                [format!(
+                    "ordermanagement: error: invalid {flag} ({var}) {value:?}: expected {}",
+                    expected(var)
+                )],
+                "{case}"
+            );
+        }
+    }
+    any.assert_calls(0);
+}
+
+/// What the message of a bad `var` says is expected.
+fn expected(var: &str) -> &'static str {
+    match var {
+        "ERROR_RATE" => "a number from 0.0 to 1.0",
+        "INTERVAL_SECONDS" => "a positive number of seconds",
+        "API_URL_ORDERS" | "API_URL_STOCKS" => {
+            "an http:// or https:// URL with a host, such as http://order:5000"
+        }
+        "PAGE_SIZE" => "a whole number from 1 to 10000",
+        "LOG_LEVEL" => "one of error, warn, info, debug, trace",
+        other => panic!("no expectation for {other}"),
+    }
+}
+
+#[test]
+fn an_unknown_flag_is_a_usage_error_and_sends_nothing() {
+    let server = MockServer::start();
+    let any = catch_all(&server);
+    let url = server.base_url();
+    let out = run(with_services(&url, &url).args(["once", "--frobnicate"]));
+    assert_exit(&out, 2);
+    assert!(text(&out.stderr).contains("--frobnicate"), "{out:?}");
+
+    let out = run(with_services(&url, &url).arg("twice"));
+    assert_exit(&out, 2);
+
+    let out = run(&mut with_services(&url, &url));
+    assert_exit(&out, 2); // a command is required
+    any.assert_calls(0);
+}
+
+// ---------------------------------------------------------------- once: exit 0
+
+#[test]
+fn once_with_nothing_registered_exits_0() {
+    let server = MockServer::start();
+    let list = server.mock(|when, then| {
+        when.method(Method::GET)
+            .path("/orders/status/registered")
+            .query_param("skip", "0")
+            .query_param("limit", "100");
+        then.status(200)
+            .header("content-type", "application/json")
+            .body("[]");
+    });
+    let url = server.base_url();
+    let out = run(with_services(&url, &url).arg("once"));
+    assert_exit(&out, 0);
+    list.assert_calls(1);
+}
+
+#[test]
+fn once_takes_the_stock_of_an_order_sets_it_ready_and_exits_0() {
+    let server = MockServer::start();
+    let list = list_mock(&server, &oak_order());
+    let decrease = decrease_mock(&server);
+    let ready = ready_mock(&server);
+    let url = server.base_url();
+    let out = run(with_services(&url, &url).arg("once"));
+    assert_exit(&out, 0);
+    list.assert_calls(1); // one order < page size: no second page
+    decrease.assert_calls(1);
+    ready.assert_calls(1);
+}
+
+// ---------------------------------------------------------------- once: exit 1
+
+#[test]
+fn once_exits_1_when_the_order_list_cannot_be_fetched() {
+    let orders = format!("http://127.0.0.1:{}", closed_port());
+    let server = MockServer::start();
+    let any = catch_all(&server);
+    let out = run(with_services(&orders, &server.base_url()).args(["once", "--max-retries", "0"]));
+    assert_exit(&out, 1);
+    any.assert_calls(0); // no stock taken without a list
+}
+
+#[test]
+fn once_exits_1_and_leaves_the_order_registered_when_the_stock_service_fails() {
+    let server = MockServer::start();
+    let list = list_mock(&server, &oak_order());
+    let decrease = server.mock(|when, then| {
+        when.method(Method::POST).path("/stocks/decrease");
+        then.status(502).body("Bad Gateway");
+    });
+    let any_put = server.mock(|when, then| {
+        when.method(Method::PUT);
+        then.status(200);
+    });
+    let url = server.base_url();
+    let out = run(with_services(&url, &url).args(["once", "--max-retries", "1"]));
+    assert_exit(&out, 1);
+    list.assert_calls(1);
+    decrease.assert_calls(2); // the attempt and its one retry
+    any_put.assert_calls(0); // still registered
+}
+
+// ---------------------------------------------------------------- run: signals
+
+/// `run --interval 30` with nothing registered: after its first cycle, `signal` must
+/// stop it with exit 0 within [`STOP_LIMIT`].
+fn run_stops_on(signal: libc::c_int) {
+    let server = MockServer::start();
+    let list = list_mock(&server, &json!([]));
+    let url = server.base_url();
+    let mut child = Running::start(with_services(&url, &url).args(["run", "--interval", "30"]));
+
+    let deadline = Instant::now() + RUN_LIMIT;
+    while list.calls() == 0 {
+        if let Some(status) = child.child.try_wait().expect("try_wait") {
+            panic!("run exited before its first cycle: {status:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no list call within {RUN_LIMIT:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    child.signal(signal);
+    let sent = Instant::now();
+    let out = child
+        .wait_for(STOP_LIMIT)
+        .unwrap_or_else(|| panic!("still running {STOP_LIMIT:?} after signal {signal}"));
+    assert_exit(&out, 0);
+    assert!(sent.elapsed() < STOP_LIMIT);
+    list.assert_calls(1); // stopped during the 30 s sleep, not after another cycle
+}
+
+#[test]
+fn run_stops_on_sigterm_with_exit_0() {
+    run_stops_on(libc::SIGTERM);
+}
+
+#[test]
+fn run_stops_on_sigint_with_exit_0() {
+    run_stops_on(libc::SIGINT);
+}
+
+// ---------------------------------------------------------------- where options come from
+
+#[test]
+fn the_environment_configures_a_whole_cycle() {
+    let server = MockServer::start();
+    let list = list_mock(&server, &oak_order());
+    let decrease = decrease_mock(&server);
+    let ready = ready_mock(&server);
+    let url = server.base_url();
+    let out = run(cmd()
+        .env("API_URL_ORDERS", format!("{url}/")) // the trailing slash is dropped
+        .env("API_URL_STOCKS", &url)
+        .env("ERROR_RATE", "0")
+        .env("HTTP_TIMEOUT_SECONDS", "2")
+        .env("DECREASE_TIMEOUT_SECONDS", "2")
+        .arg("once"));
+    assert_exit(&out, 0);
+    list.assert_calls(1);
+    decrease.assert_calls(1);
+    ready.assert_calls(1);
+}
+
+#[test]
+fn options_may_stand_before_the_command() {
+    let server = MockServer::start();
+    let list = list_mock(&server, &oak_order());
+    let decrease = decrease_mock(&server);
+    let ready = ready_mock(&server);
+    let url = server.base_url();
+    let out = run(cmd()
+        .args([
+            "--error-rate",
+            "0",
+            "--orders-url",
+            &url,
+            "--stocks-url",
+            &url,
+        ])
+        .args(["--timeout", "2", "--decrease-timeout", "2", "once"]));
+    assert_exit(&out, 0);
+    list.assert_calls(1);
+    decrease.assert_calls(1);
+    ready.assert_calls(1);
+}
+
+#[test]
+fn an_option_before_the_command_is_applied_not_just_accepted() {
+    // ERROR_RATE 1: every stock step and every status step fails by simulation, so
+    // nothing reaches the Stock Service and the blocked status stays pending (exit 1).
+    let server = MockServer::start();
+    let list = list_mock(&server, &oak_order());
+    let any_post = server.mock(|when, then| {
+        when.method(Method::POST);
+        then.status(200);
+    });
+    let any_put = server.mock(|when, then| {
+        when.method(Method::PUT);
+        then.status(200);
+    });
+    let url = server.base_url();
+    let out = run(cmd()
+        .args([
+            "--error-rate",
+            "1",
+            "--max-retries",
+            "0",
+            "--orders-url",
+            &url,
+        ])
+        .args(["--stocks-url", &url, "--timeout", "2", "once"]));
+    assert_exit(&out, 1);
+    list.assert_calls(1);
+    any_post.assert_calls(0);
+    any_put.assert_calls(0);
+}
+
+#[test]
+fn dry_run_is_read_like_the_other_settings() {
+    let server = MockServer::start();
+    let any = catch_all(&server);
+    let url = server.base_url();
+    let refused = "ordermanagement: error: invalid --dry-run (DRY_RUN) \"maybe\": expected true or false (or empty)";
+    let mut from_env = with_services(&url, &url);
+    let out = run(from_env.env("DRY_RUN", "maybe").arg("once"));
+    assert_exit(&out, 2);
+    assert_eq!(text(&out.stderr).lines().collect::<Vec<_>>(), [refused]);
+    let out = run(with_services(&url, &url).args(["once", "--dry-run=maybe"]));
+    assert_exit(&out, 2);
+    assert_eq!(text(&out.stderr).lines().collect::<Vec<_>>(), [refused]);
+    any.assert_calls(0);
+
+    // An empty DRY_RUN (as compose files write it) means off; a dry run changes nothing.
+    let server = MockServer::start();
+    let url = server.base_url();
+    let list = list_mock(&server, &oak_order());
+    let decrease = decrease_mock(&server);
+    let ready = ready_mock(&server);
+    let out = run(with_services(&url, &url).env("DRY_RUN", "").env("ERROR_RATE", "0").arg("once"));
+    assert_exit(&out, 0);
+    decrease.assert_calls(1);
+    ready.assert_calls(1);
+    let out = run(with_services(&url, &url).env("DRY_RUN", "true").arg("once"));
+    assert_exit(&out, 0);
+    list.assert_calls(2);
+    decrease.assert_calls(1);
+    ready.assert_calls(1);
+}
