@@ -536,7 +536,10 @@ fn dry_run_is_read_like_the_other_settings() {
     let list = list_mock(&server, &oak_order());
     let decrease = decrease_mock(&server);
     let ready = ready_mock(&server);
-    let out = run(with_services(&url, &url).env("DRY_RUN", "").env("ERROR_RATE", "0").arg("once"));
+    let out = run(with_services(&url, &url)
+        .env("DRY_RUN", "")
+        .env("ERROR_RATE", "0")
+        .arg("once"));
     assert_exit(&out, 0);
     decrease.assert_calls(1);
     ready.assert_calls(1);
