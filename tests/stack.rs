@@ -1,0 +1,193 @@
+//! The real binary against the in-memory stand-in services: end states and the stock
+//! ledger, not just the calls.
+
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use standin::{Knobs, Stack, WOODS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
+
+fn worker(stack: &Stack, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("API_URL_ORDERS", stack.orders_url())
+        .env("API_URL_STOCKS", stack.stocks_url())
+        .env("ERROR_RATE", "0")
+        .env("LOG_LEVEL", "warn")
+        .env("HTTP_TIMEOUT_SECONDS", "2")
+        .env("DECREASE_TIMEOUT_SECONDS", "3")
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn once(stack: &Stack) -> Output {
+    worker(stack, &["once"]).output().expect("run the worker")
+}
+
+fn stack(orders: usize, stock_each: u64, knobs: Knobs) -> Stack {
+    let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
+    for wood in WOODS {
+        stack.add_stock(wood, stock_each);
+    }
+    stack.seed_orders(orders, &mut fastrand::Rng::with_seed(7));
+    stack
+}
+
+fn assert_invariants(stack: &Stack) {
+    let violations = stack.violations();
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
+    let taken: u64 = stack.ledger().iter().map(|e| e.quantity).sum();
+    let ready: u64 = stack
+        .orders()
+        .iter()
+        .filter(|o| o.status == "ready")
+        .map(|o| o.quantity)
+        .sum();
+    let unknown = stack
+        .orders()
+        .iter()
+        .filter(|o| o.status == "unknown")
+        .count();
+    if unknown == 0 {
+        assert_eq!(
+            taken, ready,
+            "stock taken equals the quantities of ready orders"
+        );
+    }
+}
+
+#[test]
+fn five_hundred_orders_without_faults_end_ready_or_blocked_for_insufficient_stock() {
+    // About half the stock the orders ask for: many orders are refused.
+    let stack = stack(500, 2_500, Knobs::default());
+    let out = once(&stack);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts = stack.count_by_status();
+    assert_eq!(
+        counts.get("ready").copied().unwrap_or(0) + counts.get("blocked").copied().unwrap_or(0),
+        500,
+        "{counts:?}"
+    );
+    assert!(counts["blocked"] > 0 && counts["ready"] > 0, "{counts:?}");
+    assert_invariants(&stack);
+    // Each ready order's key is in the ledger exactly once (checked by violations),
+    // and the ledger holds nothing else.
+    assert_eq!(stack.ledger().len(), counts["ready"]);
+}
+
+#[test]
+fn thirty_percent_faults_everywhere_lose_nothing_over_repeated_runs() {
+    let knobs = Knobs {
+        order_error_rate: 0.3,
+        stock_error_rate: 0.3,
+        ..Knobs::default()
+    };
+    let stack = stack(150, 1_000_000, knobs);
+    let mut runs = 0;
+    while stack.count_by_status().contains_key("registered") {
+        runs += 1;
+        assert!(
+            runs <= 20,
+            "orders still registered after 20 runs: {:?}",
+            stack.count_by_status()
+        );
+        let out = once(&stack);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        stack.count_by_status().get("ready").copied(),
+        Some(150),
+        "{:?}",
+        stack.count_by_status()
+    );
+    assert_invariants(&stack);
+}
+
+#[test]
+fn a_500_after_the_stock_was_taken_never_takes_it_twice() {
+    let knobs = Knobs {
+        stock_fail_after_change_rate: 0.3,
+        ..Knobs::default()
+    };
+    let stack = stack(200, 1_000_000, knobs);
+    let out = once(&stack);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stack.count_by_status().get("ready").copied(), Some(200));
+    // Retried decreases carried the same key, so the stand-in took each order once.
+    assert_eq!(stack.ledger().len(), 200);
+    assert_invariants(&stack);
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn sigterm_during_a_large_backlog_exits_0_promptly_and_leaves_no_stock_unaccounted() {
+    let stack = stack(5_000, 1_000_000, Knobs::default());
+    let mut child = Running(
+        worker(&stack, &["run", "--interval", "30"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    // Let it get well into the backlog.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack.ledger().len() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not start on the backlog"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on the pid of a child this test owns and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let status =
+        wait_for_exit(&mut child.0, Duration::from_secs(2)).expect("exit within 2 s of SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+    let counts = stack.count_by_status();
+    assert!(
+        counts.get("registered").copied().unwrap_or(0) > 0,
+        "stopped before the end: {counts:?}"
+    );
+    assert_invariants(&stack);
+}
