@@ -1,0 +1,173 @@
+//! Drains a backlog on the in-memory stand-in services and prints a table: the floor
+//! (a bare keep-alive ureq loop doing exactly one order's calls), the worker binary
+//! draining 20,000 orders in one `once` cycle, and its peak RSS at 1,000 and 20,000
+//! orders. No assertions: the figures are for reading.
+//!
+//! ```sh
+//! cargo bench
+//! ```
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use standin::{Knobs, Stack, WOODS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
+const BACKLOG: usize = 20_000;
+const PAGE: usize = 100;
+
+fn main() {
+    let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
+    for wood in WOODS {
+        stack.add_stock(wood, u64::MAX / 16);
+    }
+    let mut rng = fastrand::Rng::with_seed(1);
+
+    stack.seed_orders(BACKLOG, &mut rng);
+    let (floor_orders, floor_time) = floor(&stack);
+    let floor_rate = floor_orders as f64 / floor_time.as_secs_f64();
+
+    stack.seed_orders(1_000, &mut rng);
+    let small = run_worker(&stack);
+
+    stack.seed_orders(BACKLOG, &mut rng);
+    let large = run_worker(&stack);
+    let worker_rate = BACKLOG as f64 / large.wall.as_secs_f64();
+
+    let leftover = stack
+        .count_by_status()
+        .get("registered")
+        .copied()
+        .unwrap_or(0);
+    let violations = stack.violations().len();
+
+    println!();
+    println!(
+        "drain benchmark: {BACKLOG} registered orders, page size {PAGE}, error rate 0, telemetry off"
+    );
+    println!(
+        "{:<44} {:>12} {:>10} {:>12}",
+        "", "orders/s", "vs floor", "peak RSS"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10} {:>12}",
+        "floor: bare keep-alive ureq loop", floor_rate, "1.00", "-"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2} {:>9} KiB",
+        "worker: `once`, 20,000 orders",
+        worker_rate,
+        worker_rate / floor_rate,
+        large.max_rss_kib
+    );
+    println!(
+        "{:<44} {:>12} {:>10} {:>9} KiB",
+        "worker: `once`, 1,000 orders", "-", "-", small.max_rss_kib
+    );
+    println!(
+        "RSS growth 1,000 -> 20,000 orders: {:+.1}%   (exit codes {} and {}; orders left registered {leftover}; ledger violations {violations})",
+        (large.max_rss_kib as f64 / small.max_rss_kib as f64 - 1.0) * 100.0,
+        small.exit_code,
+        large.exit_code
+    );
+}
+
+/// The calls one order needs, and nothing else: a share of a page fetch, a decrease and
+/// a status update, on one keep-alive connection per service.
+fn floor(stack: &Stack) -> (usize, Duration) {
+    let agent = ureq::Agent::new_with_defaults();
+    let list = format!(
+        "{}/orders/status/registered?skip=0&limit={PAGE}",
+        stack.orders_url()
+    );
+    let decrease = format!("{}/stocks/decrease", stack.stocks_url());
+    let started = Instant::now();
+    let mut done = 0;
+    loop {
+        let bytes = agent
+            .get(&list)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_vec()
+            .unwrap();
+        let page: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let page = page.as_array().unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for order in page {
+            let id = order["id"].as_u64().unwrap();
+            let body = format!(
+                r#"{{"wood_type":"{}","quantity":{}}}"#,
+                order["wood_type"].as_str().unwrap(),
+                order["quantity"]
+            );
+            let mut r = agent
+                .post(&decrease)
+                .header("Content-Type", "application/json")
+                .header("Idempotency-Key", &format!("order-{id}"))
+                .send(body.as_bytes())
+                .unwrap();
+            r.body_mut().read_to_vec().unwrap();
+            let mut r = agent
+                .put(&format!("{}/orders/{id}", stack.orders_url()))
+                .header("Content-Type", "application/json")
+                .send(br#"{"order_status":"ready"}"#.as_slice())
+                .unwrap();
+            r.body_mut().read_to_vec().unwrap();
+            done += 1;
+        }
+    }
+    (done, started.elapsed())
+}
+
+struct Run {
+    wall: Duration,
+    max_rss_kib: i64,
+    exit_code: i32,
+}
+
+/// Runs `ordermanagement once` and follows its peak RSS (`VmHWM` in /proc, read every
+/// 2 ms until it exits). Not `wait4`'s `ru_maxrss`: a child spawned with
+/// `posix_spawn` shares this process's memory until exec, and its maximum carries
+/// that (this process holds the services) into the figure.
+fn run_worker(stack: &Stack) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("API_URL_ORDERS", stack.orders_url())
+        .env("API_URL_STOCKS", stack.stocks_url())
+        .env("ERROR_RATE", "0")
+        .env("LOG_LEVEL", "warn")
+        .env("PAGE_SIZE", PAGE.to_string())
+        .arg("once")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the worker");
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut max_rss_kib = 0;
+    let status = loop {
+        if let Some(kib) = std::fs::read_to_string(&status_file)
+            .ok()
+            .as_deref()
+            .and_then(vm_hwm_kib)
+        {
+            max_rss_kib = max_rss_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().expect("wait for the worker") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Run {
+        wall: started.elapsed(),
+        max_rss_kib,
+        exit_code: status.code().unwrap_or(-1),
+    }
+}
+
+fn vm_hwm_kib(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
