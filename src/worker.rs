@@ -122,6 +122,68 @@ impl Streaks {
     }
 }
 
+/// Paging through a list that shrinks as statuses change.
+///
+/// Orders that leave the list (ready, blocked, unknown) shift the ones behind them
+/// forward, so the next page starts after the orders that *stay* (`skip` counts only
+/// those). An order seen twice in one cycle is not handled again, and a page holding
+/// nothing new ends the paging, so no page is fetched forever, even from a service
+/// that ignores `skip`. Only ids of orders that stay are kept.
+#[derive(Debug, Default)]
+pub struct Pager {
+    skip: u64,
+    stayed: HashSet<u64>,
+    new_in_page: u32,
+}
+
+/// What to do after a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageEnd {
+    /// Fetch the next page at [`Pager::skip`].
+    Fetch,
+    /// The page was not full: the list is done.
+    Last,
+    /// A full page of orders already seen: the list is not moving; stop.
+    NothingNew,
+}
+
+impl Pager {
+    /// Where the next page starts.
+    pub fn skip(&self) -> u64 {
+        self.skip
+    }
+
+    /// True if the entry is new to this cycle and must be handled (an entry without a
+    /// valid id always is).
+    pub fn admit(&mut self, id: Option<u64>) -> bool {
+        let new = id.is_none_or(|id| !self.stayed.contains(&id));
+        if new {
+            self.new_in_page += 1;
+        }
+        new
+    }
+
+    /// The admitted entry stays in the list: later pages start behind it.
+    pub fn stays(&mut self, id: Option<u64>) {
+        self.skip += 1;
+        if let Some(id) = id {
+            self.stayed.insert(id);
+        }
+    }
+
+    /// After a page of `len` entries, when `page_size` were asked for.
+    pub fn after_page(&mut self, len: usize, page_size: u32) -> PageEnd {
+        let new = std::mem::take(&mut self.new_in_page);
+        if len < page_size as usize {
+            PageEnd::Last
+        } else if new == 0 {
+            PageEnd::NothingNew
+        } else {
+            PageEnd::Fetch
+        }
+    }
+}
+
 /// The worker: its clients, what it remembers between cycles, and the stop flag.
 pub struct Worker {
     journey: Journey,
@@ -189,14 +251,9 @@ impl Worker {
         report
     }
 
-    /// Pages through the registered list. Orders that leave the list (ready, blocked,
-    /// unknown) shift the ones behind them forward, so the next page starts after the
-    /// orders that stay (`skip` counts only those). An order seen twice in one cycle is
-    /// not handled again, and a page holding nothing new ends the paging, so no page is
-    /// fetched forever.
+    /// Pages through the registered list (see [`Pager`]), handling each order once.
     fn drain(&mut self, report: &mut CycleReport) {
-        let mut skip: u64 = 0;
-        let mut stayed: HashSet<u64> = HashSet::new();
+        let mut pager = Pager::default();
         let mut streaks = Streaks::default();
         let orders = self.journey.orders.clone();
         loop {
@@ -204,6 +261,7 @@ impl Worker {
                 report.ended_early = Some("stop requested".into());
                 return;
             }
+            let skip = pager.skip();
             let page =
                 self.journey
                     .policy
@@ -221,49 +279,44 @@ impl Worker {
                     return;
                 }
             };
-            let full_page = page.len() as u64 >= u64::from(self.page_size);
-            let mut new_here = 0;
+            let len = page.len();
             for entry in page {
-                let order = match entry {
-                    Ok(order) => order,
-                    Err(invalid) => {
-                        if invalid.id.is_some_and(|id| !stayed.insert(id)) {
-                            continue;
-                        }
-                        new_here += 1;
-                        skip += 1;
-                        report.fetched += 1;
-                        report.skipped += 1;
-                        log::error!(
-                            order_id = invalid.id.unwrap_or(0), outcome = "skipped", reason = invalid.problem.as_str();
-                            "order {}: skipped, bad data from the Order Service: {}",
-                            invalid.id.map_or_else(|| "(no valid id)".into(), |id| id.to_string()),
-                            invalid.problem
-                        );
-                        continue;
-                    }
+                let id = match &entry {
+                    Ok(order) => Some(order.id),
+                    Err(invalid) => invalid.id,
                 };
-                if stayed.contains(&order.id) {
+                if !pager.admit(id) {
                     continue;
                 }
                 if self.stop.requested() {
                     report.ended_early = Some("stop requested".into());
                     return;
                 }
-                new_here += 1;
                 report.fetched += 1;
+                let order = match entry {
+                    Ok(order) => order,
+                    Err(invalid) => {
+                        report.skipped += 1;
+                        pager.stays(id);
+                        log::error!(
+                            order_id = id.unwrap_or(0), outcome = "skipped", reason = invalid.problem.as_str();
+                            "order {}: skipped, bad data from the Order Service: {}",
+                            id.map_or_else(|| "(no valid id)".into(), |id| id.to_string()),
+                            invalid.problem
+                        );
+                        continue;
+                    }
+                };
                 if self.pending.contains_key(&order.id) {
                     // Stock already decided: only its status update is retried, below.
-                    stayed.insert(order.id);
-                    skip += 1;
+                    pager.stays(id);
                     continue;
                 }
                 let outcome = self.journey.process(&order, &self.stop);
                 log_outcome(&order, &outcome);
                 report.count(&outcome);
                 if !outcome.left_registered() {
-                    stayed.insert(order.id);
-                    skip += 1;
+                    pager.stays(id);
                 }
                 let stop_reason = streaks.record(&outcome);
                 if let Outcome::Pending { status, reason } = outcome {
@@ -284,14 +337,15 @@ impl Worker {
                     return;
                 }
             }
-            if !full_page {
-                return;
-            }
-            if new_here == 0 {
-                log::warn!(
-                    "the registered list returned only orders already seen this cycle (skip {skip}); paging stops"
-                );
-                return;
+            match pager.after_page(len, self.page_size) {
+                PageEnd::Fetch => {}
+                PageEnd::Last => return,
+                PageEnd::NothingNew => {
+                    log::warn!(
+                        "the registered list returned only orders already seen this cycle (skip {skip}); paging stops"
+                    );
+                    return;
+                }
             }
         }
     }
@@ -383,6 +437,76 @@ mod tests {
             reason: "500".into(),
             cause,
         }
+    }
+
+    /// Drains a simulated registered list (ascending ids, shrinking as orders leave it)
+    /// with `Pager`; `stays` decides which orders stay registered. Returns the ids
+    /// handled, in order, and the number of pages fetched.
+    fn simulate(total: u64, page_size: u32, stays: impl Fn(u64) -> bool) -> (Vec<u64>, usize) {
+        let mut registered: Vec<u64> = (1..=total).collect();
+        let mut pager = Pager::default();
+        let (mut handled, mut pages) = (Vec::new(), 0);
+        loop {
+            pages += 1;
+            assert!(pages < 10_000, "paging does not end");
+            let page: Vec<u64> = registered
+                .iter()
+                .copied()
+                .skip(pager.skip() as usize)
+                .take(page_size as usize)
+                .collect();
+            for &id in &page {
+                if !pager.admit(Some(id)) {
+                    continue;
+                }
+                handled.push(id);
+                if stays(id) {
+                    pager.stays(Some(id));
+                } else {
+                    registered.retain(|r| *r != id);
+                }
+            }
+            if pager.after_page(page.len(), page_size) != PageEnd::Fetch {
+                return (handled, pages);
+            }
+        }
+    }
+
+    #[test]
+    fn paging_a_shrinking_list_handles_every_order_once() {
+        let (handled, pages) = simulate(1050, 100, |_| false);
+        assert_eq!(handled, (1..=1050).collect::<Vec<_>>());
+        assert_eq!(pages, 11);
+        let (handled, _) = simulate(1000, 100, |id| id % 3 == 0);
+        assert_eq!(handled, (1..=1000).collect::<Vec<_>>());
+        let (handled, pages) = simulate(500, 50, |_| true);
+        assert_eq!(handled, (1..=500).collect::<Vec<_>>());
+        assert_eq!(pages, 11);
+    }
+
+    #[test]
+    fn a_list_that_ignores_skip_ends_the_paging() {
+        let mut pager = Pager::default();
+        for id in 1..=10 {
+            assert!(pager.admit(Some(id)));
+            pager.stays(Some(id));
+        }
+        assert_eq!(pager.after_page(10, 10), PageEnd::Fetch);
+        // The same page again: nothing new.
+        for id in 1..=10 {
+            assert!(!pager.admit(Some(id)));
+        }
+        assert_eq!(pager.after_page(10, 10), PageEnd::NothingNew);
+    }
+
+    #[test]
+    fn a_short_page_is_the_last_and_entries_without_id_always_count() {
+        let mut pager = Pager::default();
+        assert!(pager.admit(None));
+        pager.stays(None);
+        assert!(pager.admit(None));
+        assert_eq!(pager.skip(), 1);
+        assert_eq!(pager.after_page(2, 100), PageEnd::Last);
     }
 
     #[test]

@@ -549,3 +549,42 @@ fn dry_run_is_read_like_the_other_settings() {
     decrease.assert_calls(1);
     ready.assert_calls(1);
 }
+
+#[test]
+fn a_second_sigterm_exits_at_once_while_a_decrease_is_in_flight() {
+    let server = MockServer::start();
+    list_mock(&server, &oak_order());
+    let decrease = server.mock(|when, then| {
+        when.method(Method::POST).path("/stocks/decrease");
+        then.status(200).delay(Duration::from_secs(15)).body("{}");
+    });
+    let url = server.base_url();
+    let mut child = Running::start(with_services(&url, &url).args([
+        "run",
+        "--interval",
+        "30",
+        "--decrease-timeout",
+        "20",
+    ]));
+    // The list is answered at once; give the worker time to send the decrease.
+    thread::sleep(Duration::from_millis(700));
+    child.signal(libc::SIGTERM);
+    // The first signal lets the order in flight finish: the worker keeps waiting.
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.child.try_wait().expect("try_wait").is_none(),
+        "the first SIGTERM must not cut the order short"
+    );
+    child.signal(libc::SIGTERM);
+    let sent = Instant::now();
+    let out = child
+        .wait_for(Duration::from_secs(1))
+        .expect("the second SIGTERM exits at once");
+    assert_exit(&out, 143);
+    assert!(sent.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        decrease.calls(),
+        1,
+        "the decrease was in flight when the signals came"
+    );
+}

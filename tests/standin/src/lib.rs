@@ -17,7 +17,14 @@ use serde_json::{Value, json};
 use tiny_http::{Header, Request, Response, Server};
 
 pub const WOODS: [&str; 5] = ["oak", "maple", "birch", "elm", "pine"];
-pub const STATUSES: [&str; 6] = ["registered", "ready", "shipped", "blocked", "closed", "unknown"];
+pub const STATUSES: [&str; 6] = [
+    "registered",
+    "ready",
+    "shipped",
+    "blocked",
+    "closed",
+    "unknown",
+];
 
 /// Threads serving each service.
 const THREADS: usize = 8;
@@ -83,16 +90,36 @@ pub struct Stack {
 impl Stack {
     /// Starts both services on 127.0.0.1; port 0 picks a free one.
     pub fn start(order_port: u16, stock_port: u16, knobs: Knobs) -> std::io::Result<Stack> {
-        let shared = Arc::new(Shared { shop: Mutex::new(Shop { next_id: 1, ..Shop::default() }), knobs: Mutex::new(knobs) });
-        let mut stack = Stack { shared, servers: Vec::new(), threads: Vec::new(), order_port: 0, stock_port: 0 };
+        let shared = Arc::new(Shared {
+            shop: Mutex::new(Shop {
+                next_id: 1,
+                ..Shop::default()
+            }),
+            knobs: Mutex::new(knobs),
+        });
+        let mut stack = Stack {
+            shared,
+            servers: Vec::new(),
+            threads: Vec::new(),
+            order_port: 0,
+            stock_port: 0,
+        };
         stack.order_port = stack.serve(order_port, order_service)?;
         stack.stock_port = stack.serve(stock_port, stock_service)?;
         Ok(stack)
     }
 
-    fn serve(&mut self, port: u16, handler: fn(&Shared, &mut Request) -> Reply) -> std::io::Result<u16> {
+    fn serve(
+        &mut self,
+        port: u16,
+        handler: fn(&Shared, &mut Request) -> Reply,
+    ) -> std::io::Result<u16> {
         let server = Server::http(("127.0.0.1", port)).map_err(std::io::Error::other)?;
-        let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(port);
+        let port = server
+            .server_addr()
+            .to_ip()
+            .map(|a| a.port())
+            .unwrap_or(port);
         let server = Arc::new(server);
         for _ in 0..THREADS {
             let (server, shared) = (server.clone(), self.shared.clone());
@@ -126,25 +153,51 @@ impl Stack {
     /// Registers `n` orders of random wood and quantity 1..=100; returns the new ids.
     pub fn seed_orders(&self, n: usize, rng: &mut fastrand::Rng) -> Vec<u64> {
         let mut shop = self.shared.shop.lock().unwrap();
-        (0..n).map(|_| shop.add_order(WOODS[rng.usize(..WOODS.len())], rng.u64(1..=100))).collect()
+        (0..n)
+            .map(|_| shop.add_order(WOODS[rng.usize(..WOODS.len())], rng.u64(1..=100)))
+            .collect()
     }
 
     /// Registers one order.
     pub fn add_order(&self, wood_type: &str, quantity: u64) -> u64 {
-        self.shared.shop.lock().unwrap().add_order(wood_type, quantity)
+        self.shared
+            .shop
+            .lock()
+            .unwrap()
+            .add_order(wood_type, quantity)
     }
 
     /// Adds stock of one wood type (creating its row).
     pub fn add_stock(&self, wood_type: &str, quantity: u64) {
-        *self.shared.shop.lock().unwrap().stock.entry(wood_type.to_string()).or_insert(0) += quantity;
+        *self
+            .shared
+            .shop
+            .lock()
+            .unwrap()
+            .stock
+            .entry(wood_type.to_string())
+            .or_insert(0) += quantity;
     }
 
     pub fn stock(&self, wood_type: &str) -> Option<u64> {
-        self.shared.shop.lock().unwrap().stock.get(wood_type).copied()
+        self.shared
+            .shop
+            .lock()
+            .unwrap()
+            .stock
+            .get(wood_type)
+            .copied()
     }
 
     pub fn orders(&self) -> Vec<OrderRecord> {
-        self.shared.shop.lock().unwrap().orders.values().cloned().collect()
+        self.shared
+            .shop
+            .lock()
+            .unwrap()
+            .orders
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn ledger(&self) -> Vec<LedgerEntry> {
@@ -169,9 +222,15 @@ impl Stack {
         let mut taken: HashMap<u64, Vec<&LedgerEntry>> = HashMap::new();
         let mut problems = Vec::new();
         for entry in &shop.ledger {
-            let id = entry.key.as_deref().and_then(|k| k.strip_prefix("order-")).and_then(|id| id.parse().ok());
+            let id = entry
+                .key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("order-"))
+                .and_then(|id| id.parse().ok());
             match id.and_then(|id| shop.orders.get(&id)) {
-                Some(order) if order.wood_type == entry.wood_type && order.quantity == entry.quantity => {
+                Some(order)
+                    if order.wood_type == entry.wood_type && order.quantity == entry.quantity =>
+                {
                     taken.entry(order.id).or_default().push(entry)
                 }
                 _ => problems.push(format!("ledger entry {entry:?} matches no order")),
@@ -185,7 +244,10 @@ impl Stack {
                 _ => 0..=0,
             };
             if !allowed.contains(&times) {
-                problems.push(format!("order {} is {} with its stock taken {times} times", order.id, order.status));
+                problems.push(format!(
+                    "order {} is {} with its stock taken {times} times",
+                    order.id, order.status
+                ));
             }
         }
         problems
@@ -218,9 +280,17 @@ impl Shop {
     fn add_order(&mut self, wood_type: &str, quantity: u64) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let record = OrderRecord { id, wood_type: wood_type.into(), quantity, status: "registered".into() };
+        let record = OrderRecord {
+            id,
+            wood_type: wood_type.into(),
+            quantity,
+            status: "registered".into(),
+        };
         self.orders.insert(id, record);
-        self.by_status.entry("registered".into()).or_default().insert(id);
+        self.by_status
+            .entry("registered".into())
+            .or_default()
+            .insert(id);
         id
     }
 
@@ -230,7 +300,10 @@ impl Shop {
             ids.remove(&id);
         }
         order.status = status.to_string();
-        self.by_status.entry(status.to_string()).or_default().insert(id);
+        self.by_status
+            .entry(status.to_string())
+            .or_default()
+            .insert(id);
         Some(order)
     }
 }
@@ -249,18 +322,34 @@ struct Reply {
 
 impl Reply {
     fn json(status: u16, body: Value) -> Reply {
-        Reply { status, body: body.to_string(), html: false, location: None }
+        Reply {
+            status,
+            body: body.to_string(),
+            html: false,
+            location: None,
+        }
     }
     fn error(status: u16, message: &str) -> Reply {
         Reply::json(status, json!({ "error": message }))
     }
     /// Flask's HTML error page.
     fn html(status: u16, title: &str) -> Reply {
-        let body = format!("<!doctype html>\n<html lang=en>\n<title>{status} {title}</title>\n<h1>{title}</h1>\n");
-        Reply { status, body, html: true, location: None }
+        let body = format!(
+            "<!doctype html>\n<html lang=en>\n<title>{status} {title}</title>\n<h1>{title}</h1>\n"
+        );
+        Reply {
+            status,
+            body,
+            html: true,
+            location: None,
+        }
     }
     fn into_response(self) -> Response<std::io::Cursor<Vec<u8>>> {
-        let kind = if self.html { "text/html; charset=utf-8" } else { "application/json" };
+        let kind = if self.html {
+            "text/html; charset=utf-8"
+        } else {
+            "application/json"
+        };
         let mut r = Response::from_string(self.body)
             .with_status_code(self.status)
             .with_header(Header::from_bytes("Content-Type", kind).unwrap());
@@ -277,12 +366,21 @@ fn chance(rate: f64) -> bool {
 
 fn is_json(request: &Request) -> bool {
     request.headers().iter().any(|h| {
-        h.field.equiv("Content-Type") && h.value.as_str().trim().to_ascii_lowercase().starts_with("application/json")
+        h.field.equiv("Content-Type")
+            && h.value
+                .as_str()
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
     })
 }
 
 fn header(request: &Request, name: &'static str) -> Option<String> {
-    request.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str().to_string())
 }
 
 /// The JSON body of a PUT or POST, or the reply Flask gives when there is none.
@@ -308,7 +406,9 @@ fn paging(url: &str) -> Result<(usize, usize), Reply> {
                 "limit" => &mut limit,
                 _ => continue,
             };
-            *slot = v.parse().map_err(|_| Reply::html(500, "Internal Server Error"))?;
+            *slot = v
+                .parse()
+                .map_err(|_| Reply::html(500, "Internal Server Error"))?;
         }
     }
     Ok((skip, limit))
@@ -342,7 +442,11 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
             }
             let shop = shared.shop.lock().unwrap();
             let ids = shop.by_status.get(*status).into_iter().flatten();
-            let page: Vec<Value> = ids.skip(skip).take(limit).map(|id| order_json(&shop.orders[id])).collect();
+            let page: Vec<Value> = ids
+                .skip(skip)
+                .take(limit)
+                .map(|id| order_json(&shop.orders[id]))
+                .collect();
             Reply::json(200, Value::Array(page))
         }
         ("GET", ["orders", ""]) => {
@@ -354,10 +458,22 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
                 return Reply::error(502, "Simulated API error while listing orders");
             }
             let shop = shared.shop.lock().unwrap();
-            Reply::json(200, Value::Array(shop.orders.values().skip(skip).take(limit).map(order_json).collect()))
+            Reply::json(
+                200,
+                Value::Array(
+                    shop.orders
+                        .values()
+                        .skip(skip)
+                        .take(limit)
+                        .map(order_json)
+                        .collect(),
+                ),
+            )
         }
         ("GET", ["orders", id]) => {
-            let Ok(id) = id.parse::<u64>() else { return Reply::html(404, "Not Found") };
+            let Ok(id) = id.parse::<u64>() else {
+                return Reply::html(404, "Not Found");
+            };
             if chance(error_rate) {
                 return Reply::error(502, "Simulated API error while reading an order");
             }
@@ -367,7 +483,9 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
             }
         }
         ("PUT", ["orders", id]) => {
-            let Ok(id) = id.parse::<u64>() else { return Reply::html(404, "Not Found") };
+            let Ok(id) = id.parse::<u64>() else {
+                return Reply::html(404, "Not Found");
+            };
             let body = match json_body(request) {
                 Ok(b) => b,
                 Err(r) => return r,
@@ -394,8 +512,14 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
             if chance(error_rate) {
                 return Reply::error(500, "Simulated API error while creating an order");
             }
-            let wood = body.get("wood_type").and_then(Value::as_str).filter(|w| WOODS.contains(w));
-            let quantity = body.get("quantity").and_then(Value::as_u64).filter(|q| *q > 0);
+            let wood = body
+                .get("wood_type")
+                .and_then(Value::as_str)
+                .filter(|w| WOODS.contains(w));
+            let quantity = body
+                .get("quantity")
+                .and_then(Value::as_u64)
+                .filter(|q| *q > 0);
             let (Some(wood), Some(quantity)) = (wood, quantity) else {
                 return Reply::error(400, "Invalid input");
             };
@@ -410,7 +534,9 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
 /// A quantity as the real service reads it: leniently (`"2"`, `2.0`, `true`).
 fn lenient_quantity(value: Option<&Value>) -> Option<i64> {
     match value? {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
         Value::String(s) => s.trim().parse().ok(),
         Value::Bool(b) => Some(i64::from(*b)),
         _ => None,
@@ -437,7 +563,10 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
                 thread::sleep(knobs.stall);
                 return Reply::error(500, "Unexpected error during stock decrease (read)");
             }
-            let wood = body.get("wood_type").and_then(Value::as_str).map(str::to_ascii_lowercase);
+            let wood = body
+                .get("wood_type")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase);
             let quantity = lenient_quantity(body.get("quantity")).filter(|q| *q > 0);
             let (Some(wood), Some(quantity)) = (wood, quantity) else {
                 return Reply::error(400, "Invalid input");
@@ -459,7 +588,11 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
             if let Some(k) = &key {
                 shop.keys.insert(k.clone());
             }
-            shop.ledger.push(LedgerEntry { key, wood_type: wood.clone(), quantity });
+            shop.ledger.push(LedgerEntry {
+                key,
+                wood_type: wood.clone(),
+                quantity,
+            });
             if chance(knobs.stock_fail_after_change_rate) {
                 return Reply::error(500, "Unexpected error during stock decrease (update)");
             }
@@ -473,7 +606,11 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
             let shop = shared.shop.lock().unwrap();
             let mut rows: Vec<(&String, &u64)> = shop.stock.iter().collect();
             rows.sort();
-            let rows = rows.into_iter().skip(skip).take(limit).map(|(w, q)| json!({"wood_type": w, "quantity": q}));
+            let rows = rows
+                .into_iter()
+                .skip(skip)
+                .take(limit)
+                .map(|(w, q)| json!({"wood_type": w, "quantity": q}));
             Reply::json(200, Value::Array(rows.collect()))
         }
         ("GET", ["stocks", wood]) => match shared.shop.lock().unwrap().stock.get(*wood) {
@@ -485,7 +622,10 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let wood = body.get("wood_type").and_then(Value::as_str).map(str::to_ascii_lowercase);
+            let wood = body
+                .get("wood_type")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase);
             let quantity = lenient_quantity(body.get("quantity")).filter(|q| *q > 0);
             let (Some(wood), Some(quantity)) = (wood, quantity) else {
                 return Reply::error(400, "Invalid input");
