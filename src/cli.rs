@@ -141,6 +141,51 @@ pub struct CommonArgs {
     )]
     pub page_size: String,
 
+    /// Journal of the orders in flight, so a restart after a crash never takes stock
+    /// twice (e.g. /var/lib/ordermanagement/state.jsonl on a volume). Off when empty.
+    #[arg(
+        long,
+        global = true,
+        env = "STATE_FILE",
+        value_name = "PATH",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub state_file: String,
+
+    /// Handle only the orders with id % COUNT == INDEX (e.g. 2/4), for N replicas.
+    #[arg(
+        long,
+        global = true,
+        env = "SHARD",
+        value_name = "INDEX/COUNT",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub shard: String,
+
+    /// The shard's index, when given apart from its count (e.g. a StatefulSet's pod index).
+    #[arg(
+        long,
+        global = true,
+        env = "SHARD_INDEX",
+        value_name = "INDEX",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub shard_index: String,
+
+    /// The number of shards, with --shard-index.
+    #[arg(
+        long,
+        global = true,
+        env = "SHARD_COUNT",
+        value_name = "COUNT",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub shard_count: String,
+
     /// Fetch and log what would be done; change nothing (`--dry-run`, or DRY_RUN=true|false).
     #[arg(long, global = true, env = "DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", hide_default_value = true)]

@@ -1,6 +1,7 @@
 //! A validated configuration. Nothing after this module sees clap or the environment.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{Cli, Command, CommonArgs};
@@ -26,6 +27,10 @@ pub struct Config {
     pub page_size: u32,
     /// Fetch and log only. Default off.
     pub dry_run: bool,
+    /// The journal of orders in flight. Default none (in memory only).
+    pub state_file: Option<PathBuf>,
+    /// The share of the orders this replica handles. Default all.
+    pub shard: Option<Shard>,
     /// First backoff delay between attempts; doubled each retry. Default 200 ms.
     pub retry_base: Duration,
     /// Longest backoff delay, and the cap on a honoured `Retry-After`. Default 5 s.
@@ -44,9 +49,30 @@ impl Default for Config {
             max_retries: 3,
             page_size: 100,
             dry_run: false,
+            state_file: None,
+            shard: None,
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(5),
         }
+    }
+}
+
+/// One replica's share of the orders: those with `id % count == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub fn contains(&self, id: u64) -> bool {
+        id % self.count == self.index
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
     }
 }
 
@@ -158,6 +184,10 @@ impl Config {
                         "a whole number from 1 to 10000",
                     )
                 })?,
+            state_file: Some(args.state_file.trim())
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            shard: shard(args)?,
             dry_run: boolean(&args.dry_run).ok_or_else(|| {
                 err(
                     "--dry-run",
@@ -228,6 +258,71 @@ fn log_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
             "LOG_LEVEL",
             value,
             "one of error, warn, info, debug, trace",
+        )),
+    }
+}
+
+/// `--shard INDEX/COUNT`, or `--shard-index` with `--shard-count`; none when all are empty.
+fn shard(args: &CommonArgs) -> Result<Option<Shard>, ConfigError> {
+    let expected = "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4";
+    let number = |v: &str| v.trim().parse::<u64>().ok();
+    let (whole, index, count) = (
+        args.shard.trim(),
+        args.shard_index.trim(),
+        args.shard_count.trim(),
+    );
+    let pair = match (whole.is_empty(), index.is_empty(), count.is_empty()) {
+        (true, true, true) => return Ok(None),
+        (false, true, true) => {
+            let (i, n) = whole
+                .split_once('/')
+                .ok_or_else(|| err("--shard", "SHARD", whole, expected))?;
+            number(i)
+                .zip(number(n))
+                .ok_or_else(|| err("--shard", "SHARD", whole, expected))
+        }
+        (true, false, false) => match (number(index), number(count)) {
+            (Some(i), Some(n)) => Ok((i, n)),
+            (None, _) => Err(err(
+                "--shard-index",
+                "SHARD_INDEX",
+                index,
+                "a whole number below SHARD_COUNT",
+            )),
+            (_, None) => Err(err(
+                "--shard-count",
+                "SHARD_COUNT",
+                count,
+                "a whole number of shards, 1 or more",
+            )),
+        },
+        (false, _, _) => Err(err(
+            "--shard",
+            "SHARD",
+            whole,
+            "either SHARD or SHARD_INDEX with SHARD_COUNT, not both",
+        )),
+        (true, true, false) => Err(err(
+            "--shard-index",
+            "SHARD_INDEX",
+            index,
+            "a value, with SHARD_COUNT",
+        )),
+        (true, false, true) => Err(err(
+            "--shard-count",
+            "SHARD_COUNT",
+            count,
+            "a value, with SHARD_INDEX",
+        )),
+    }?;
+    match pair {
+        (index, count) if count >= 1 && index < count => Ok(Some(Shard { index, count })),
+        _ if !whole.is_empty() => Err(err("--shard", "SHARD", whole, expected)),
+        _ => Err(err(
+            "--shard-index",
+            "SHARD_INDEX",
+            &format!("{index}/{count}"),
+            "an index below SHARD_COUNT, and SHARD_COUNT 1 or more",
         )),
     }
 }
@@ -336,6 +431,30 @@ mod tests {
                 e.to_string().contains(e.env) && e.to_string().contains(e.flag),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn shards_are_read_in_either_form() {
+        let (_, c) = parse(&["once", "--shard", "2/4"]).unwrap();
+        assert_eq!(c.shard, Some(Shard { index: 2, count: 4 }));
+        let (_, c) = parse(&["once", "--shard-index", "0", "--shard-count", "3"]).unwrap();
+        assert_eq!(c.shard, Some(Shard { index: 0, count: 3 }));
+        assert!(c.shard.unwrap().contains(9) && !c.shard.unwrap().contains(10));
+        assert_eq!(parse(&["once"]).unwrap().1.shard, None);
+        for bad in [
+            &["--shard", "4/4"][..],
+            &["--shard", "1/0"],
+            &["--shard", "x"],
+            &["--shard", "1-2"],
+            &["--shard-index", "1"],
+            &["--shard-count", "2"],
+            &["--shard-index", "3", "--shard-count", "2"],
+            &["--shard", "0/2", "--shard-index", "0", "--shard-count", "2"],
+        ] {
+            let args: Vec<&str> = std::iter::once("once").chain(bad.iter().copied()).collect();
+            let e = parse(&args).expect_err(&format!("{bad:?}"));
+            assert!(e.env.starts_with("SHARD"), "{bad:?}: {e}");
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod journal;
 pub mod logging;
 pub mod orders;
 pub mod process;
@@ -14,8 +15,8 @@ pub mod stock;
 pub mod stop;
 pub mod worker;
 
-pub use config::{Config, ConfigError, Mode};
+pub use config::{Config, ConfigError, Mode, Shard};
 pub use orders::{Order, OrderStatus, WoodType};
-pub use process::{Journal, NoJournal, Outcome};
+pub use process::{InFlight, Journal, NoJournal, Outcome};
 pub use stop::Stop;
 pub use worker::{CycleReport, Worker};

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ordermanagement::cli::Cli;
+use ordermanagement::journal::FileJournal;
 use ordermanagement::{Config, Mode, Stop, Worker, logging};
 
 /// Exit code of a usage or configuration error.
@@ -17,21 +18,35 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    logging::init(config.log_level);
+    logging::init(config.log_level, config.shard.map(|s| s.to_string()));
     let stop = Stop::new();
     if let Err(e) = stop.install_signal_handlers() {
         log::error!("cannot install the SIGTERM/SIGINT handlers: {e}");
         return ExitCode::FAILURE;
     }
     log::info!(
-        "ordermanagement {}: orders {}, stocks {}, error rate {}{}",
+        "ordermanagement {}: orders {}, stocks {}, error rate {}{}{}",
         env!("CARGO_PKG_VERSION"),
         config.orders_url,
         config.stocks_url,
         config.error_rate,
+        config
+            .shard
+            .map(|s| format!(", shard {s}"))
+            .unwrap_or_default(),
         if config.dry_run { ", dry run" } else { "" }
     );
-    let mut worker = Worker::new(&config, stop);
+    let mut worker = match &config.state_file {
+        None => Worker::new(&config, stop),
+        Some(path) => match FileJournal::open(path) {
+            Ok(journal) => Worker::with_journal(&config, stop, Box::new(journal)),
+            Err(e) => {
+                log::error!("{e}");
+                eprintln!("ordermanagement: error: {e}");
+                return ExitCode::from(USAGE);
+            }
+        },
+    };
     let code = match mode {
         Mode::Run { interval } => {
             worker.run_loop(interval);
@@ -46,11 +61,18 @@ fn main() -> ExitCode {
         }
     };
     if worker.pending() > 0 {
-        log::error!(
-            "exiting with {} status updates pending: their stock is taken; set those orders by hand, \
-             or the next run will take their stock again",
-            worker.pending()
-        );
+        if config.state_file.is_some() {
+            log::warn!(
+                "exiting with {} status updates pending; the state file keeps them for the next run",
+                worker.pending()
+            );
+        } else {
+            log::error!(
+                "exiting with {} status updates pending and no --state-file: a new run will not know \
+                 their stock is taken; set those orders by hand",
+                worker.pending()
+            );
+        }
     }
     code
 }

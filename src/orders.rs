@@ -76,6 +76,14 @@ impl OrderStatus {
             OrderStatus::Unknown => "unknown",
         }
     }
+
+    /// The exact lower-case name.
+    pub fn parse(name: &str) -> Option<OrderStatus> {
+        use OrderStatus::*;
+        [Registered, Ready, Shipped, Blocked, Closed, Unknown]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
 }
 
 impl fmt::Display for OrderStatus {

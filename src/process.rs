@@ -139,30 +139,45 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
-/// Where the worker writes down, before each step, what it is about to do, so that a
-/// crash leaves a record of what may have happened. The default keeps nothing.
-pub trait Journal {
-    /// Before a decrease is sent. An error stops the order before anything is sent.
-    fn decrease_sending(&mut self, order: &Order) -> io::Result<()>;
-    /// After a decrease is known to have taken the stock.
-    fn stock_taken(&mut self, order: &Order) -> io::Result<()>;
-    /// After the order's final status is set: the order can be forgotten.
-    fn status_set(&mut self, order: &Order, status: OrderStatus) -> io::Result<()>;
+/// What a previous run left unfinished for an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFlight {
+    /// A decrease was (perhaps) sent and its outcome is not recorded: in doubt.
+    Sent,
+    /// The status to set is decided (`ready`: stock taken); only the update is left.
+    Decided(OrderStatus),
 }
 
-/// The in-memory default: the worker's own pending list is the only record.
+/// Where the worker writes down, before each step, what it is about to do, so that a
+/// crash leaves a record of what may have happened (see [`crate::journal`]).
+pub trait Journal {
+    /// Before a decrease is sent. An error stops the order before anything is sent.
+    fn sending(&mut self, order: &Order) -> io::Result<()>;
+    /// The decrease's outcome is known and the status chosen; before the status update.
+    fn decided(&mut self, order: &Order, status: OrderStatus) -> io::Result<()>;
+    /// The status is set, or nothing was taken: the order can be forgotten.
+    fn finished(&mut self, order: &Order) -> io::Result<()>;
+    /// Orders a previous run left unfinished.
+    fn in_flight(&self) -> Vec<(Order, InFlight)>;
+}
+
+/// The in-memory default: the worker's own pending list is the only record, and a
+/// restart forgets it.
 #[derive(Debug, Default)]
 pub struct NoJournal;
 
 impl Journal for NoJournal {
-    fn decrease_sending(&mut self, _: &Order) -> io::Result<()> {
+    fn sending(&mut self, _: &Order) -> io::Result<()> {
         Ok(())
     }
-    fn stock_taken(&mut self, _: &Order) -> io::Result<()> {
+    fn decided(&mut self, _: &Order, _: OrderStatus) -> io::Result<()> {
         Ok(())
     }
-    fn status_set(&mut self, _: &Order, _: OrderStatus) -> io::Result<()> {
+    fn finished(&mut self, _: &Order) -> io::Result<()> {
         Ok(())
+    }
+    fn in_flight(&self) -> Vec<(Order, InFlight)> {
+        Vec::new()
     }
 }
 
@@ -197,38 +212,38 @@ impl Journey {
             );
             Next::SetStatus(OrderStatus::Blocked, "simulated stock failure".into())
         } else {
-            let result = self.decrease(order, stop);
-            if result.is_ok()
-                && let Err(e) = self.journal.stock_taken(order)
-            {
-                log::error!(
-                    "order {}: could not journal that its stock was taken: {e}",
-                    order.id
-                );
+            if let Err(e) = self.journal.sending(order) {
+                let reason = format!("state file not writable, decrease not sent: {e}");
+                return Outcome::Deferred {
+                    reason,
+                    cause: Deferral::Fatal,
+                };
             }
+            let stock = &self.stock;
+            let result = self.policy.run(
+                &format!("order {}: stock decrease", order.id),
+                Some(stop),
+                |_| stock.decrease(order),
+            );
             after_decrease(&result, stop.requested())
         };
         match next {
-            Next::Defer(reason, cause) => Outcome::Deferred { reason, cause },
+            Next::Defer(reason, cause) => {
+                // Nothing was taken: the order is no longer in flight.
+                self.journal_finished(order);
+                Outcome::Deferred { reason, cause }
+            }
             Next::SetStatus(status, reason) => {
+                if let Err(e) = self.journal.decided(order, status) {
+                    log::error!(
+                        "order {}: could not write its decision ({status}) to the state file: {e}",
+                        order.id
+                    );
+                }
                 let result = self.set_status(order, status);
                 after_status_update(status, reason, result)
             }
         }
-    }
-
-    fn decrease(&mut self, order: &Order, stop: &Stop) -> Result<(), CallError> {
-        if let Err(e) = self.journal.decrease_sending(order) {
-            return Err(CallError::Fatal {
-                detail: format!("journal not writable, decrease not sent: {e}"),
-            });
-        }
-        let stock = &self.stock;
-        self.policy.run(
-            &format!("order {}: stock decrease", order.id),
-            Some(stop),
-            |_| stock.decrease(order),
-        )
     }
 
     /// Sets the status, retrying transient failures; a simulated failure (at
@@ -248,12 +263,19 @@ impl Journey {
             }
             self.orders.set_status(order.id, status)
         });
-        if result.is_ok()
-            && let Err(e) = self.journal.status_set(order, status)
-        {
-            log::error!("order {}: could not journal its status: {e}", order.id);
+        if result.is_ok() {
+            self.journal_finished(order);
         }
         result
+    }
+
+    fn journal_finished(&mut self, order: &Order) {
+        if let Err(e) = self.journal.finished(order) {
+            log::error!(
+                "order {}: could not write to the state file that it is finished: {e}",
+                order.id
+            );
+        }
     }
 
     fn simulated_failure(&self) -> bool {

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, Shard};
 use crate::http::{CallError, Http, RetryPolicy};
 use crate::orders::{Order, OrderStatus, OrdersClient};
-use crate::process::{Deferral, Journal, Journey, NoJournal, Outcome};
+use crate::process::{Deferral, InFlight, Journal, Journey, NoJournal, Outcome};
 use crate::stock::StockClient;
 use crate::stop::Stop;
 
@@ -188,6 +188,7 @@ impl Pager {
 pub struct Worker {
     journey: Journey,
     page_size: u32,
+    shard: Option<Shard>,
     stop: Stop,
     /// Decided orders whose status is still to be set, by id. Survives cycles (not
     /// restarts): an order here never has its stock decreased again.
@@ -199,7 +200,11 @@ impl Worker {
         Worker::with_journal(config, stop, Box::new(NoJournal))
     }
 
+    /// A worker whose steps are written to `journal`; the orders a previous run left in
+    /// flight become pending status updates: `ready`/`blocked`/`unknown` as decided, and
+    /// `unknown` for a decrease whose outcome was never recorded (never sent again).
     pub fn with_journal(config: &Config, stop: Stop, journal: Box<dyn Journal>) -> Worker {
+        let recovered = journal.in_flight();
         let http = Http::new(config.http_timeout);
         let journey = Journey {
             orders: OrdersClient::new(http.clone(), &config.orders_url),
@@ -213,12 +218,55 @@ impl Worker {
             dry_run: config.dry_run,
             journal,
         };
-        Worker {
+        let mut worker = Worker {
             journey,
             page_size: config.page_size,
+            shard: config.shard,
             stop,
             pending: BTreeMap::new(),
+        };
+        for (order, state) in recovered {
+            let (status, reason) = match state {
+                InFlight::Decided(status) => (
+                    status,
+                    "decided before a restart; status update retried".to_string(),
+                ),
+                InFlight::Sent => {
+                    log::error!(
+                        order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
+                        "order {}: a decrease was sent before a restart and its outcome is not known; \
+                         it is set unknown and never sent again: reconcile by hand",
+                        order.id
+                    );
+                    if let Err(e) = worker.journey.journal.decided(&order, OrderStatus::Unknown) {
+                        log::error!(
+                            "order {}: could not write its decision to the state file: {e}",
+                            order.id
+                        );
+                    }
+                    (
+                        OrderStatus::Unknown,
+                        "decrease sent before a restart, outcome not known; reconcile by hand"
+                            .into(),
+                    )
+                }
+            };
+            worker.pending.insert(
+                order.id,
+                PendingUpdate {
+                    order,
+                    status,
+                    reason,
+                },
+            );
         }
+        if !worker.pending.is_empty() {
+            log::warn!(
+                "state file: {} orders left in flight by a previous run; only their status updates are retried",
+                worker.pending.len()
+            );
+        }
+        worker
     }
 
     /// Orders whose status update is still pending.
@@ -286,6 +334,13 @@ impl Worker {
                     Err(invalid) => invalid.id,
                 };
                 if !pager.admit(id) {
+                    continue;
+                }
+                // Another replica's order (an entry with no valid id is shard 0's to report).
+                if let Some(shard) = self.shard
+                    && !shard.contains(id.unwrap_or(0))
+                {
+                    pager.stays(id);
                     continue;
                 }
                 if self.stop.requested() {
