@@ -137,7 +137,7 @@ impl Http {
             .config()
             .timeout_global(Some(self.timeout))
             .build();
-        read_reply(request.call(), limit, false)
+        read_reply(request.call(), limit)
     }
 
     /// `PUT url` with a JSON body, the whole call bounded by the HTTP timeout.
@@ -150,7 +150,7 @@ impl Http {
             .config()
             .timeout_global(Some(self.timeout))
             .build();
-        read_reply(request.send(body), limit, false)
+        read_reply(request.send(body), limit)
     }
 
     /// `POST url` with a JSON body and an idempotency key. Connecting and sending are
@@ -175,16 +175,15 @@ impl Http {
             .timeout_recv_response(Some(reply_timeout))
             .timeout_recv_body(Some(self.timeout))
             .build();
-        read_reply(request.send(body), limit, true)
+        read_reply(request.send(body), limit)
     }
 }
 
 fn read_reply(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     limit: u64,
-    sends_body: bool,
 ) -> Result<Reply, SendError> {
-    let mut response = result.map_err(|e| classify(&e, sends_body))?;
+    let mut response = result.map_err(|e| classify(&e))?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -208,27 +207,37 @@ fn read_reply(
     })
 }
 
-/// Tells a request that never reached the server from one that may have.
-fn classify(error: &ureq::Error, sends_body: bool) -> SendError {
+/// Tells a request that never reached the server from one that may have: failures to
+/// resolve, connect (TLS handshake and proxy included) or finish sending the request.
+/// Anything else after the connection was made may have reached the server.
+fn classify(error: &ureq::Error) -> SendError {
     use ureq::Error as E;
     use ureq::Timeout as T;
     let detail = error.to_string();
     match error {
-        E::Timeout(T::Resolve | T::Connect | T::SendRequest) => SendError::NotSent(detail),
-        // The body never fully left: the server cannot have a complete request.
-        E::Timeout(T::SendBody) if sends_body => SendError::NotSent(detail),
+        // The request never fully left: the server cannot have a complete request.
+        E::Timeout(T::Resolve | T::Connect | T::SendRequest | T::SendBody) => {
+            SendError::NotSent(detail)
+        }
         E::Timeout(_) => SendError::NoReply(detail),
         E::HostNotFound
         | E::ConnectionFailed
         | E::BadUri(_)
         | E::Http(_)
         | E::Tls(_)
-        | E::Rustls(_) => SendError::NotSent(detail),
+        | E::Rustls(_)
+        | E::InvalidProxyUrl
+        | E::ConnectProxyFailed(_)
+        | E::RequireHttpsOnly(_)
+        | E::TlsRequired => SendError::NotSent(detail),
         E::Io(e) if not_connected(e.kind()) => SendError::NotSent(detail),
         _ => SendError::NoReply(detail),
     }
 }
 
+/// I/O errors of the connect phase. `InvalidData` is how a failed TLS handshake (a bad
+/// certificate) comes back; plain HTTP replies that cannot be parsed are
+/// `Error::Protocol` instead.
 fn not_connected(kind: io::ErrorKind) -> bool {
     use io::ErrorKind as K;
     matches!(
@@ -237,6 +246,9 @@ fn not_connected(kind: io::ErrorKind) -> bool {
             | K::AddrNotAvailable
             | K::NetworkUnreachable
             | K::HostUnreachable
+            | K::NetworkDown
+            | K::PermissionDenied
+            | K::InvalidData
             | K::NotFound
     )
 }
@@ -475,6 +487,40 @@ mod tests {
             Err(transient(false))
         });
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn only_errors_before_the_request_left_are_not_sent() {
+        use ureq::Error as E;
+        use ureq::Timeout as T;
+        let io = |kind| E::Io(io::Error::from(kind));
+        let not_sent = [
+            io(io::ErrorKind::ConnectionRefused),
+            io(io::ErrorKind::InvalidData),
+            io(io::ErrorKind::HostUnreachable),
+            E::Timeout(T::Connect),
+            E::Timeout(T::Resolve),
+            E::Timeout(T::SendRequest),
+            E::Timeout(T::SendBody),
+            E::HostNotFound,
+            E::ConnectionFailed,
+            E::ConnectProxyFailed("refused".into()),
+            E::TlsRequired,
+        ];
+        for e in &not_sent {
+            assert!(matches!(classify(e), SendError::NotSent(_)), "{e:?}");
+        }
+        let no_reply = [
+            io(io::ErrorKind::ConnectionReset),
+            io(io::ErrorKind::UnexpectedEof),
+            io(io::ErrorKind::BrokenPipe),
+            E::Timeout(T::RecvResponse),
+            E::Timeout(T::RecvBody),
+            E::Timeout(T::Global),
+        ];
+        for e in &no_reply {
+            assert!(matches!(classify(e), SendError::NoReply(_)), "{e:?}");
+        }
     }
 
     #[test]

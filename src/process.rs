@@ -204,7 +204,7 @@ impl Journey {
             );
             return Outcome::DryRun;
         }
-        let next = if self.simulated_failure() {
+        let next = if self.simulated_stock_failure(order) {
             log::error!(
                 order_id = order.id;
                 "order {}: simulated failure at the stock step (ERROR_RATE {}), stock not touched",
@@ -240,17 +240,23 @@ impl Journey {
                         order.id
                     );
                 }
-                let result = self.set_status(order, status);
+                let result = self.set_status(order, status, None);
                 after_status_update(status, reason, result)
             }
         }
     }
 
     /// Sets the status, retrying transient failures; a simulated failure (at
-    /// ERROR_RATE) counts as a transient failure of one attempt.
-    pub fn set_status(&mut self, order: &Order, status: OrderStatus) -> Result<(), CallError> {
+    /// ERROR_RATE) counts as a transient failure of one attempt. With `stop`, a stop
+    /// request cuts the waits between attempts short.
+    pub fn set_status(
+        &mut self,
+        order: &Order,
+        status: OrderStatus,
+        stop: Option<&Stop>,
+    ) -> Result<(), CallError> {
         let what = format!("order {}: status update to {status}", order.id);
-        let result = self.policy.run(&what, None, |_| {
+        let result = self.policy.run(&what, stop, |_| {
             if self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
                 return Err(CallError::Transient {
                     detail: format!(
@@ -278,8 +284,12 @@ impl Journey {
         }
     }
 
-    fn simulated_failure(&self) -> bool {
-        self.error_rate > 0.0 && fastrand::f64() < self.error_rate
+    /// The simulated failure at the stock step is drawn once per order, from a generator
+    /// seeded with its id: an order whose decrease was ever sent (and perhaps took the
+    /// stock, then failed) is never blocked by a simulated failure in a later cycle,
+    /// after a restart, or on another replica. Over many orders the rate is ERROR_RATE.
+    fn simulated_stock_failure(&self, order: &Order) -> bool {
+        self.error_rate > 0.0 && fastrand::Rng::with_seed(order.id).f64() < self.error_rate
     }
 }
 
@@ -293,6 +303,50 @@ mod tests {
             retry_after: None,
             slow: false,
         }
+    }
+
+    #[test]
+    fn the_simulated_stock_failure_is_the_same_for_an_order_every_time() {
+        let journey = |error_rate| Journey {
+            orders: OrdersClient::new(
+                crate::http::Http::new(std::time::Duration::from_secs(1)),
+                "http://127.0.0.1:9",
+            ),
+            stock: StockClient::new(
+                crate::http::Http::new(std::time::Duration::from_secs(1)),
+                "http://127.0.0.1:9",
+                std::time::Duration::from_secs(1),
+            ),
+            policy: RetryPolicy {
+                max_retries: 0,
+                base: Default::default(),
+                cap: Default::default(),
+            },
+            error_rate,
+            dry_run: false,
+            journal: Box::new(NoJournal),
+        };
+        let j = journey(0.1);
+        let order = |id| Order {
+            id,
+            wood_type: crate::orders::WoodType::Oak,
+            quantity: 1,
+        };
+        let failed = (1..=20_000)
+            .filter(|id| j.simulated_stock_failure(&order(*id)))
+            .count();
+        assert!(
+            (1_700..=2_300).contains(&failed),
+            "{failed} of 20000 at rate 0.1"
+        );
+        for id in 1..=200 {
+            assert_eq!(
+                j.simulated_stock_failure(&order(id)),
+                j.simulated_stock_failure(&order(id))
+            );
+        }
+        assert!(!(1..=1000).any(|id| journey(0.0).simulated_stock_failure(&order(id))));
+        assert!((1..=1000).all(|id| journey(1.0).simulated_stock_failure(&order(id))));
     }
 
     #[test]

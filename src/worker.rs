@@ -86,10 +86,14 @@ impl Streaks {
                 cause: Deferral::Fatal,
                 reason,
             } => return Some(reason.clone()),
+            // A decrease that failed every attempt, or got no reply at all, counts
+            // against the Stock Service: a service that never answers must not turn
+            // the whole backlog unknown.
             Outcome::Deferred {
                 cause: Deferral::Unavailable,
                 reason,
-            } => {
+            }
+            | Outcome::Unknown { reason } => {
                 self.stock += 1;
                 if self.stock >= FAILURES_IN_A_ROW {
                     return Some(format!(
@@ -126,14 +130,20 @@ impl Streaks {
 ///
 /// Orders that leave the list (ready, blocked, unknown) shift the ones behind them
 /// forward, so the next page starts after the orders that *stay* (`skip` counts only
-/// those). An order seen twice in one cycle is not handled again, and a page holding
-/// nothing new ends the paging, so no page is fetched forever, even from a service
-/// that ignores `skip`. Only ids of orders that stay are kept.
+/// those). Other replicas' orders (with `--shard`) do not count: their replicas remove
+/// them at their own pace; they are remembered, and only a full page holding nothing new
+/// moves `skip` past the ones on it. An order seen twice in one cycle is not handled
+/// again, and a page identical to the one before ends the paging, so no page is fetched
+/// forever, even from a service that ignores `skip`.
 #[derive(Debug, Default)]
 pub struct Pager {
     skip: u64,
     stayed: HashSet<u64>,
+    passed: HashSet<u64>,
     new_in_page: u32,
+    passed_in_page: u64,
+    page_hash: u64,
+    last_hash: Option<u64>,
 }
 
 /// What to do after a page.
@@ -143,7 +153,7 @@ pub enum PageEnd {
     Fetch,
     /// The page was not full: the list is done.
     Last,
-    /// A full page of orders already seen: the list is not moving; stop.
+    /// The list is not moving (nothing new, or the same page again): stop.
     NothingNew,
 }
 
@@ -156,11 +166,21 @@ impl Pager {
     /// True if the entry is new to this cycle and must be handled (an entry without a
     /// valid id always is).
     pub fn admit(&mut self, id: Option<u64>) -> bool {
-        let new = id.is_none_or(|id| !self.stayed.contains(&id));
-        if new {
-            self.new_in_page += 1;
+        self.page_hash = self
+            .page_hash
+            .wrapping_mul(0x100_0000_01b3)
+            .wrapping_add(id.unwrap_or(0) + 1);
+        match id {
+            Some(id) if self.passed.contains(&id) => {
+                self.passed_in_page += 1;
+                false
+            }
+            Some(id) if self.stayed.contains(&id) => false,
+            _ => {
+                self.new_in_page += 1;
+                true
+            }
         }
-        new
     }
 
     /// The admitted entry stays in the list: later pages start behind it.
@@ -171,16 +191,30 @@ impl Pager {
         }
     }
 
+    /// The admitted entry is another replica's: remembered, `skip` unchanged.
+    pub fn passes(&mut self, id: u64) {
+        self.passed.insert(id);
+        self.passed_in_page += 1;
+    }
+
     /// After a page of `len` entries, when `page_size` were asked for.
     pub fn after_page(&mut self, len: usize, page_size: u32) -> PageEnd {
         let new = std::mem::take(&mut self.new_in_page);
+        let passed = std::mem::take(&mut self.passed_in_page);
+        let hash = std::mem::take(&mut self.page_hash);
         if len < page_size as usize {
-            PageEnd::Last
-        } else if new == 0 {
-            PageEnd::NothingNew
-        } else {
-            PageEnd::Fetch
+            return PageEnd::Last;
         }
+        if self.last_hash.replace(hash) == Some(hash) {
+            return PageEnd::NothingNew;
+        }
+        if new == 0 {
+            if passed == 0 {
+                return PageEnd::NothingNew;
+            }
+            self.skip += passed;
+        }
+        PageEnd::Fetch
     }
 }
 
@@ -190,9 +224,12 @@ pub struct Worker {
     page_size: u32,
     shard: Option<Shard>,
     stop: Stop,
-    /// Decided orders whose status is still to be set, by id. Survives cycles (not
-    /// restarts): an order here never has its stock decreased again.
+    /// Decided orders whose status is still to be set, by id. Survives cycles (and
+    /// restarts, with a state file): an order here never has its stock decreased again.
     pending: BTreeMap<u64, PendingUpdate>,
+    /// Orders whose status update the Order Service refused (`400`/`404`): they may stay
+    /// `registered`, and are never handled again by this process.
+    refused: HashSet<u64>,
 }
 
 impl Worker {
@@ -224,6 +261,7 @@ impl Worker {
             shard: config.shard,
             stop,
             pending: BTreeMap::new(),
+            refused: HashSet::new(),
         };
         for (order, state) in recovered {
             let (status, reason) = match state {
@@ -340,7 +378,10 @@ impl Worker {
                 if let Some(shard) = self.shard
                     && !shard.contains(id.unwrap_or(0))
                 {
-                    pager.stays(id);
+                    match id {
+                        Some(id) => pager.passes(id),
+                        None => pager.stays(None),
+                    }
                     continue;
                 }
                 if self.stop.requested() {
@@ -362,8 +403,9 @@ impl Worker {
                         continue;
                     }
                 };
-                if self.pending.contains_key(&order.id) {
-                    // Stock already decided: only its status update is retried, below.
+                if self.pending.contains_key(&order.id) || self.refused.contains(&order.id) {
+                    // Stock already decided: only its status update is retried, below
+                    // (or, refused by the Order Service, left alone).
                     pager.stays(id);
                     continue;
                 }
@@ -421,7 +463,11 @@ impl Worker {
             let Some(update) = self.pending.remove(&id) else {
                 continue;
             };
-            let result = self.journey.set_status(&update.order, update.status);
+            // After a stop request the waits between attempts are cut short: the update
+            // stays pending (and in the state file) rather than delaying the exit.
+            let result = self
+                .journey
+                .set_status(&update.order, update.status, Some(&self.stop));
             let outcome =
                 crate::process::after_status_update(update.status, update.reason.clone(), result);
             if let Outcome::Pending { reason, .. } = &outcome {
@@ -434,6 +480,9 @@ impl Worker {
                 continue;
             }
             failures = 0;
+            if let Outcome::StatusRefused { .. } = outcome {
+                self.refused.insert(id);
+            }
             log_outcome(&update.order, &outcome);
             report.count(&outcome);
         }
@@ -494,37 +543,58 @@ mod tests {
         }
     }
 
-    /// Drains a simulated registered list (ascending ids, shrinking as orders leave it)
-    /// with `Pager`; `stays` decides which orders stay registered. Returns the ids
-    /// handled, in order, and the number of pages fetched.
-    fn simulate(total: u64, page_size: u32, stays: impl Fn(u64) -> bool) -> (Vec<u64>, usize) {
-        let mut registered: Vec<u64> = (1..=total).collect();
-        let mut pager = Pager::default();
-        let (mut handled, mut pages) = (Vec::new(), 0);
-        loop {
-            pages += 1;
-            assert!(pages < 10_000, "paging does not end");
-            let page: Vec<u64> = registered
-                .iter()
-                .copied()
-                .skip(pager.skip() as usize)
-                .take(page_size as usize)
-                .collect();
-            for &id in &page {
-                if !pager.admit(Some(id)) {
+    /// One cycle of replicas sharing a registered list (ascending ids), each draining it
+    /// with its own `Pager` one page at a time, in turns; `stays` decides which orders
+    /// stay registered. Returns, per replica, the ids it handled and the pages it fetched.
+    fn simulate_cycle(
+        registered: &mut Vec<u64>,
+        page_size: u32,
+        shards: u64,
+        stays: &dyn Fn(u64) -> bool,
+    ) -> (Vec<Vec<u64>>, Vec<usize>) {
+        let mut pagers: Vec<Pager> = (0..shards).map(|_| Pager::default()).collect();
+        let mut done = vec![false; shards as usize];
+        let mut handled = vec![Vec::new(); shards as usize];
+        let mut pages = vec![0; shards as usize];
+        while done.iter().any(|d| !d) {
+            for r in 0..shards as usize {
+                if done[r] {
                     continue;
                 }
-                handled.push(id);
-                if stays(id) {
-                    pager.stays(Some(id));
-                } else {
-                    registered.retain(|r| *r != id);
+                pages[r] += 1;
+                assert!(pages[r] < 10_000, "paging does not end");
+                let pager = &mut pagers[r];
+                let page: Vec<u64> = registered
+                    .iter()
+                    .copied()
+                    .skip(pager.skip() as usize)
+                    .take(page_size as usize)
+                    .collect();
+                for &id in &page {
+                    if !pager.admit(Some(id)) {
+                        continue;
+                    }
+                    if id % shards != r as u64 {
+                        pager.passes(id);
+                        continue;
+                    }
+                    handled[r].push(id);
+                    if stays(id) {
+                        pager.stays(Some(id));
+                    } else {
+                        registered.retain(|x| *x != id);
+                    }
                 }
-            }
-            if pager.after_page(page.len(), page_size) != PageEnd::Fetch {
-                return (handled, pages);
+                done[r] = pager.after_page(page.len(), page_size) != PageEnd::Fetch;
             }
         }
+        (handled, pages)
+    }
+
+    fn simulate(total: u64, page_size: u32, stays: impl Fn(u64) -> bool) -> (Vec<u64>, usize) {
+        let mut registered: Vec<u64> = (1..=total).collect();
+        let (mut handled, pages) = simulate_cycle(&mut registered, page_size, 1, &stays);
+        (handled.remove(0), pages[0])
     }
 
     #[test]
@@ -539,6 +609,35 @@ mod tests {
         assert_eq!(pages, 11);
     }
 
+    /// Replicas paging at once may step past a few of their own orders in one cycle
+    /// (the others remove orders behind their back); those stay registered for the next
+    /// cycle. Across cycles each order is handled exactly once, by its own replica.
+    #[test]
+    fn sharded_replicas_paging_together_handle_each_of_their_orders_once() {
+        for shards in [2, 3, 4] {
+            let mut registered: Vec<u64> = (1..=2000).collect();
+            let mut handled = vec![Vec::new(); shards as usize];
+            let mut cycles = 0;
+            while !registered.is_empty() {
+                cycles += 1;
+                assert!(
+                    cycles <= 4,
+                    "{shards} replicas: {} left after {cycles} cycles",
+                    registered.len()
+                );
+                let (ids, _) = simulate_cycle(&mut registered, 100, shards, &|_| false);
+                for (r, ids) in ids.into_iter().enumerate() {
+                    handled[r].extend(ids);
+                }
+            }
+            for (r, ids) in handled.iter_mut().enumerate() {
+                ids.sort_unstable();
+                let mine: Vec<u64> = (1..=2000).filter(|id| id % shards == r as u64).collect();
+                assert_eq!(ids, &mine, "replica {r} of {shards}");
+            }
+        }
+    }
+
     #[test]
     fn a_list_that_ignores_skip_ends_the_paging() {
         let mut pager = Pager::default();
@@ -547,11 +646,39 @@ mod tests {
             pager.stays(Some(id));
         }
         assert_eq!(pager.after_page(10, 10), PageEnd::Fetch);
-        // The same page again: nothing new.
         for id in 1..=10 {
             assert!(!pager.admit(Some(id)));
         }
         assert_eq!(pager.after_page(10, 10), PageEnd::NothingNew);
+        // Entries without an id are new every time, but the same page twice ends it.
+        let mut pager = Pager::default();
+        let mut ends = Vec::new();
+        for _ in 0..2 {
+            for id in [None, Some(1), Some(2)] {
+                if pager.admit(id) {
+                    pager.stays(id);
+                }
+            }
+            ends.push(pager.after_page(3, 3));
+        }
+        assert_eq!(ends, [PageEnd::Fetch, PageEnd::NothingNew]);
+    }
+
+    #[test]
+    fn a_full_page_of_known_other_replicas_orders_is_stepped_over() {
+        let mut pager = Pager::default();
+        for id in 1..=10 {
+            assert!(pager.admit(Some(id)));
+            pager.passes(id);
+        }
+        assert_eq!(pager.after_page(10, 10), PageEnd::Fetch);
+        assert_eq!(pager.skip(), 0, "the other replicas may still remove those");
+        // The next page: the same ten, already known, and nothing new: step over them.
+        for id in (1..=10).rev() {
+            assert!(!pager.admit(Some(id)));
+        }
+        assert_eq!(pager.after_page(10, 10), PageEnd::Fetch);
+        assert_eq!(pager.skip(), 10);
     }
 
     #[test]
@@ -574,6 +701,17 @@ mod tests {
                 .unwrap()
                 .contains("Stock Service")
         );
+    }
+
+    #[test]
+    fn decreases_without_a_reply_count_against_the_stock_service() {
+        let mut s = Streaks::default();
+        let unknown = Outcome::Unknown {
+            reason: "no reply".into(),
+        };
+        assert_eq!(s.record(&unknown), None);
+        assert_eq!(s.record(&deferred(Deferral::Unavailable)), None);
+        assert!(s.record(&unknown).is_some());
     }
 
     #[test]

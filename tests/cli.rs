@@ -566,8 +566,15 @@ fn a_second_sigterm_exits_at_once_while_a_decrease_is_in_flight() {
         "--decrease-timeout",
         "20",
     ]));
-    // The list is answered at once; give the worker time to send the decrease.
-    thread::sleep(Duration::from_millis(700));
+    // Wait until the decrease is in flight (httpmock counts it before the delay).
+    let deadline = Instant::now() + RUN_LIMIT;
+    while decrease.calls() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no decrease within {RUN_LIMIT:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     child.signal(libc::SIGTERM);
     // The first signal lets the order in flight finish: the worker keeps waiting.
     thread::sleep(Duration::from_millis(300));

@@ -22,8 +22,30 @@ fn worker(stack: &Stack, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `once` to its end, or kills it after a minute: a hang fails the test.
 fn once(stack: &Stack) -> Output {
-    worker(stack, &["once"]).output().expect("run the worker")
+    let child = worker(stack, &["once"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the worker");
+    let pid = child.id() as libc::pid_t;
+    let (done, waiting) = std::sync::mpsc::channel();
+    let watchdog = std::thread::spawn(move || {
+        if waiting.recv_timeout(Duration::from_secs(60)).is_err() {
+            // SAFETY: kill(2) on our child, which wait_with_output has not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().expect("wait for the worker");
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    assert_ne!(
+        out.status.code(),
+        None,
+        "the worker hung and was killed after 60 s"
+    );
+    out
 }
 
 fn stack(orders: usize, stock_each: u64, knobs: Knobs) -> Stack {
