@@ -416,15 +416,19 @@ impl Worker {
                     pager.stays(id);
                 }
                 let stop_reason = streaks.record(&outcome);
-                if let Outcome::Pending { status, reason } = outcome {
-                    self.pending.insert(
-                        order.id,
-                        PendingUpdate {
+                match outcome {
+                    Outcome::Pending { status, reason } => {
+                        let update = PendingUpdate {
                             order,
                             status,
                             reason,
-                        },
-                    );
+                        };
+                        self.pending.insert(order.id, update);
+                    }
+                    Outcome::StatusRefused { .. } => {
+                        self.refused.insert(order.id);
+                    }
+                    _ => {}
                 }
                 if let Some(reason) = stop_reason {
                     log::error!(

@@ -544,3 +544,50 @@ fn simulated_failures_block_orders_without_calling_the_stock_service() {
     assert_eq!(report.pending, 3, "ended after three in a row: {report:?}");
     assert!(report.ended_early.is_some());
 }
+
+#[test]
+fn a_refused_status_update_after_the_stock_was_taken_is_never_decreased_again() {
+    for status in [400, 404] {
+        let shop = ScriptServer::start(move |r: &Request| match r.method.as_str() {
+            "GET" => reply(200, json!([order_json(1, "oak", 3)]).to_string()),
+            "POST" => reply(200, r#"{"wood_type": "oak", "quantity": 1}"#),
+            _ => reply(status, r#"{"error": "Invalid order status"}"#),
+        });
+        let mut worker = Worker::new(&config(&shop.url(), &shop.url()), Stop::new());
+        let first = worker.cycle();
+        let second = worker.cycle();
+        assert_eq!(shop.calls("POST", "/stocks/decrease").len(), 1, "{status}");
+        assert_eq!((first.skipped, second.skipped), (1, 0), "{status}");
+        assert!(!first.complete());
+    }
+}
+
+#[test]
+fn a_stock_service_that_refuses_connections_leaves_orders_registered_not_unknown() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stocks = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let server = MockServer::start();
+    list_once(
+        &server,
+        json!(
+            (1..=5)
+                .map(|id| order_json(id, "oak", 1))
+                .collect::<Vec<_>>()
+        ),
+    );
+    let any_put = server.mock(|when, then| {
+        when.method(Method::PUT);
+        then.status(200);
+    });
+    let report = cycle(&config(&server.base_url(), &stocks));
+    any_put.assert_calls(0);
+    assert_eq!((report.deferred, report.unknown), (3, 0), "{report:?}");
+    assert!(
+        report
+            .ended_early
+            .as_deref()
+            .unwrap()
+            .contains("Stock Service")
+    );
+}
