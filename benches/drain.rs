@@ -15,6 +15,8 @@ use standin::{Knobs, Stack, WOODS};
 const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 const BACKLOG: usize = 20_000;
 const PAGE: usize = 100;
+const SCALING_ORDERS: usize = 3_000;
+const SERVICE_LATENCY: Duration = Duration::from_millis(2);
 
 fn main() {
     let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
@@ -40,6 +42,44 @@ fn main() {
         .copied()
         .unwrap_or(0);
     let violations = stack.violations().len();
+    drop(stack);
+
+    // Replicas: with each reply taking SERVICE_LATENCY, as real services on a network
+    // do, the wait rather than this machine's two cores sets the pace.
+    let mut scaling = Vec::new();
+    for replicas in [1, 2, 3] {
+        let knobs = Knobs {
+            delay: SERVICE_LATENCY,
+            ..Knobs::default()
+        };
+        let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
+        for wood in WOODS {
+            stack.add_stock(wood, u64::MAX / 16);
+        }
+        stack.seed_orders(SCALING_ORDERS, &mut rng);
+        let started = Instant::now();
+        let children: Vec<_> = (0..replicas)
+            .map(|i| {
+                worker_command(&stack)
+                    .env("SHARD", format!("{i}/{replicas}"))
+                    .args(["run", "--interval", "0.1"])
+                    .spawn()
+                    .expect("start a replica")
+            })
+            .collect();
+        while stack.count_by_status().contains_key("registered") {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let elapsed = started.elapsed();
+        for mut child in children {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            child.wait().expect("wait for a replica");
+        }
+        let rate = SCALING_ORDERS as f64 / elapsed.as_secs_f64();
+        let done = stack.count_by_status().get("ready").copied().unwrap_or(0);
+        scaling.push((replicas, rate, done, stack.violations().len()));
+    }
 
     println!();
     println!(
@@ -70,6 +110,16 @@ fn main() {
         small.exit_code,
         large.exit_code
     );
+    println!();
+    println!(
+        "sharded replicas, {SCALING_ORDERS} orders, {} ms per service reply:",
+        SERVICE_LATENCY.as_millis()
+    );
+    for (replicas, rate, done, violations) in &scaling {
+        println!(
+            "{replicas} replica(s): {rate:>8.0} orders/s   ({done} ready, ledger violations {violations})"
+        );
+    }
 }
 
 /// The calls one order needs, and nothing else: a share of a page fetch, a decrease and
@@ -134,15 +184,8 @@ struct Run {
 /// that (this process holds the services) into the figure.
 fn run_worker(stack: &Stack) -> Run {
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("API_URL_ORDERS", stack.orders_url())
-        .env("API_URL_STOCKS", stack.stocks_url())
-        .env("ERROR_RATE", "0")
-        .env("LOG_LEVEL", "warn")
-        .env("PAGE_SIZE", PAGE.to_string())
+    let mut child = worker_command(stack)
         .arg("once")
-        .stdin(Stdio::null())
         .spawn()
         .expect("start the worker");
     let status_file = format!("/proc/{}/status", child.id());
@@ -165,6 +208,19 @@ fn run_worker(stack: &Stack) -> Run {
         max_rss_kib,
         exit_code: status.code().unwrap_or(-1),
     }
+}
+
+/// The worker binary against the stack, error rate 0.
+fn worker_command(stack: &Stack) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("API_URL_ORDERS", stack.orders_url())
+        .env("API_URL_STOCKS", stack.stocks_url())
+        .env("ERROR_RATE", "0")
+        .env("LOG_LEVEL", "warn")
+        .env("PAGE_SIZE", PAGE.to_string())
+        .stdin(Stdio::null());
+    cmd
 }
 
 fn vm_hwm_kib(status: &str) -> Option<i64> {

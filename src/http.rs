@@ -85,12 +85,26 @@ impl fmt::Display for CallError {
 }
 
 impl CallError {
-    /// A transient error from a reply, e.g. a 5xx.
-    pub fn transient_reply(what: &str, reply: &Reply, slow: bool) -> CallError {
-        CallError::Transient {
-            detail: format!("{what} answered {}: {}", reply.status, reply.describe()),
-            retry_after: reply.retry_after,
-            slow,
+    /// What a non-2xx reply means, for both services: `400`/`404` refuse this request
+    /// (when `rejectable`: insufficient stock, no such order...), the usual overload
+    /// statuses are transient, anything else (a redirect, `401`, `403`, `415`, other
+    /// `5xx`) is a misconfiguration that no retry fixes. `500` is transient: the Stock
+    /// Service answers it before changing anything (but at a failed commit), and the
+    /// idempotency key makes a repeat safe on a service that honours it.
+    pub fn from_status(what: &str, reply: &Reply, slow: bool, rejectable: bool) -> CallError {
+        match reply.status {
+            400 | 404 if rejectable => CallError::Rejected {
+                status: reply.status,
+                reason: reply.describe(),
+            },
+            408 | 429 | 500 | 502 | 503 | 504 => CallError::Transient {
+                detail: format!("{what} answered {}: {}", reply.status, reply.describe()),
+                retry_after: reply.retry_after,
+                slow,
+            },
+            status => CallError::Fatal {
+                detail: format!("{what} answered {status}: {}", reply.describe()),
+            },
         }
     }
 }

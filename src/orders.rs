@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::http::{CallError, Http, Reply, SendError};
+use crate::http::{CallError, Http, SendError};
 
 /// Largest reply accepted for a status update.
 const SMALL_REPLY_LIMIT: u64 = 64 * 1024;
@@ -213,7 +213,13 @@ impl OrdersClient {
             .get(&url, byte_limit)
             .map_err(|e| self.send_failed(what, e, started))?;
         if reply.status != 200 {
-            return Err(classify(what, &reply, self.slow(started), false));
+            // A list call refused means a wrong URL, not a refused order.
+            return Err(CallError::from_status(
+                what,
+                &reply,
+                self.slow(started),
+                false,
+            ));
         }
         let bad = |detail: String| CallError::Transient {
             detail: format!("{what} answered 200 with {detail}"),
@@ -263,7 +269,12 @@ impl OrdersClient {
                 }
                 Ok(())
             }
-            _ => Err(classify(what, &reply, self.slow(started), true)),
+            _ => Err(CallError::from_status(
+                what,
+                &reply,
+                self.slow(started),
+                true,
+            )),
         }
     }
 
@@ -281,25 +292,10 @@ impl OrdersClient {
     }
 }
 
-/// The Order Service's statuses: `400`/`404` refuse this request (only for a status
-/// update: a list call refused means a wrong URL), the usual overload statuses are
-/// transient, anything else is a misconfiguration that stops the cycle.
-fn classify(what: &str, reply: &Reply, slow: bool, rejectable: bool) -> CallError {
-    match reply.status {
-        400 | 404 if rejectable => CallError::Rejected {
-            status: reply.status,
-            reason: reply.describe(),
-        },
-        408 | 429 | 500 | 502 | 503 | 504 => CallError::transient_reply(what, reply, slow),
-        status => CallError::Fatal {
-            detail: format!("{what} answered {status}: {}", reply.describe()),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Reply;
     use serde_json::json;
 
     #[test]
@@ -404,7 +400,7 @@ mod tests {
 
     #[test]
     fn statuses_map_to_what_the_caller_does_next() {
-        let r = classify(
+        let r = CallError::from_status(
             "x",
             &reply(404, r#"{"error": "Order not found"}"#),
             false,
@@ -418,13 +414,13 @@ mod tests {
             }
         );
         assert!(matches!(
-            classify("x", &reply(404, "<html>"), false, false),
+            CallError::from_status("x", &reply(404, "<html>"), false, false),
             CallError::Fatal { .. }
         ));
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(
                 matches!(
-                    classify("x", &reply(s, ""), false, true),
+                    CallError::from_status("x", &reply(s, ""), false, true),
                     CallError::Transient { .. }
                 ),
                 "{s}"
@@ -433,7 +429,7 @@ mod tests {
         for s in [301, 308, 401, 403, 405, 415] {
             assert!(
                 matches!(
-                    classify("x", &reply(s, ""), false, true),
+                    CallError::from_status("x", &reply(s, ""), false, true),
                     CallError::Fatal { .. }
                 ),
                 "{s}"

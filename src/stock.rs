@@ -2,8 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::http::{CallError, Http, Reply, SendError};
+use crate::http::{CallError, Http, SendError};
 use crate::orders::Order;
+
+/// The call, in log lines.
+const WHAT: &str = "Stock Service decrease";
 
 /// Largest reply accepted for a decrease.
 const REPLY_LIMIT: u64 = 64 * 1024;
@@ -77,36 +80,14 @@ impl StockClient {
             }
             return Ok(());
         }
-        Err(classify(&reply, slow))
-    }
-}
-
-/// The Stock Service's statuses: `400` (insufficient stock, invalid input) and `404`
-/// (no such stock) refuse the order; the usual overload statuses, `500` included, are
-/// transient (the service answers them before changing anything, and a service that
-/// honours the idempotency key makes a repeat safe in any case); anything else is a
-/// misconfiguration that stops the cycle.
-fn classify(reply: &Reply, slow: bool) -> CallError {
-    match reply.status {
-        400 | 404 => CallError::Rejected {
-            status: reply.status,
-            reason: reply.describe(),
-        },
-        408 | 429 | 500 | 502 | 503 | 504 => {
-            CallError::transient_reply("Stock Service decrease", reply, slow)
-        }
-        status => CallError::Fatal {
-            detail: format!(
-                "Stock Service decrease answered {status}: {}",
-                reply.describe()
-            ),
-        },
+        Err(CallError::from_status(WHAT, &reply, slow, true))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Reply;
 
     fn reply(status: u16, body: &str) -> Reply {
         Reply {
@@ -119,14 +100,24 @@ mod tests {
     #[test]
     fn business_refusals_carry_the_reason() {
         assert_eq!(
-            classify(&reply(400, r#"{"error": "Insufficient stock"}"#), false),
+            CallError::from_status(
+                WHAT,
+                &reply(400, r#"{"error": "Insufficient stock"}"#),
+                false,
+                true
+            ),
             CallError::Rejected {
                 status: 400,
                 reason: "Insufficient stock".into()
             }
         );
         assert_eq!(
-            classify(&reply(404, r#"{"error": "Stock not found"}"#), false),
+            CallError::from_status(
+                WHAT,
+                &reply(404, r#"{"error": "Stock not found"}"#),
+                false,
+                true
+            ),
             CallError::Rejected {
                 status: 404,
                 reason: "Stock not found".into()
@@ -136,13 +127,11 @@ mod tests {
 
     #[test]
     fn a_stalled_500_is_transient_and_slow() {
-        let e = classify(
-            &reply(
-                500,
-                r#"{"error": "Unexpected error during stock decrease (read)"}"#,
-            ),
-            true,
+        let stalled = reply(
+            500,
+            r#"{"error": "Unexpected error during stock decrease (read)"}"#,
         );
+        let e = CallError::from_status(WHAT, &stalled, true, true);
         assert!(
             matches!(e, CallError::Transient { slow: true, .. }),
             "{e:?}"
@@ -152,11 +141,11 @@ mod tests {
     #[test]
     fn a_refused_content_type_stops_the_cycle() {
         assert!(matches!(
-            classify(&reply(415, "<!doctype html>"), false),
+            CallError::from_status(WHAT, &reply(415, "<!doctype html>"), false, true),
             CallError::Fatal { .. }
         ));
         assert!(matches!(
-            classify(&reply(308, ""), false),
+            CallError::from_status(WHAT, &reply(308, ""), false, true),
             CallError::Fatal { .. }
         ));
     }

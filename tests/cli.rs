@@ -251,7 +251,7 @@ fn help_lists_every_variable_and_the_exit_codes() {
 // ---------------------------------------------------------------- configuration errors
 
 /// A bad value for a setting: (command, variable, flag, value).
-const BAD_SETTINGS: [(&str, &str, &str, &str); 8] = [
+const BAD_SETTINGS: [(&str, &str, &str, &str); 10] = [
     ("once", "ERROR_RATE", "--error-rate", "1.5"),
     ("once", "ERROR_RATE", "--error-rate", "abc"),
     ("run", "INTERVAL_SECONDS", "--interval", "0"),
@@ -260,6 +260,8 @@ const BAD_SETTINGS: [(&str, &str, &str, &str); 8] = [
     ("once", "API_URL_STOCKS", "--stocks-url", "ftp://x"),
     ("once", "PAGE_SIZE", "--page-size", "0"),
     ("once", "LOG_LEVEL", "--log-level", "loud"),
+    ("once", "SHARD", "--shard", "3/3"),
+    ("run", "SHARD", "--shard", "one/two"),
 ];
 
 #[test]
@@ -310,6 +312,7 @@ fn expected(var: &str) -> &'static str {
         }
         "PAGE_SIZE" => "a whole number from 1 to 10000",
         "LOG_LEVEL" => "one of error, warn, info, debug, trace",
+        "SHARD" => "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4",
         other => panic!("no expectation for {other}"),
     }
 }
