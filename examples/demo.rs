@@ -125,34 +125,38 @@ fn main() -> ExitCode {
 
 /// Registers an order of random wood and quantity 1..=100 every 200-500 ms.
 fn customer(orders_url: &str, stop: &Stop) {
-    let agent = ureq::Agent::new_with_defaults();
-    let url = format!("{orders_url}/orders/");
-    while stop.sleep(Duration::from_millis(fastrand::u64(200..=500))) {
-        let body = format!(
-            r#"{{"wood_type":"{}","quantity":{}}}"#,
-            fastrand::choice(WOODS).unwrap(),
-            fastrand::u32(1..=100)
-        );
-        // The service fails some creates on its own; a customer simply orders again later.
-        let _ = agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body.as_bytes());
-    }
+    let every = || Duration::from_millis(fastrand::u64(200..=500));
+    // The service fails some creates on its own; a customer simply orders again later.
+    post_until_stopped(&format!("{orders_url}/orders/"), every, 1..=100, stop);
 }
 
 /// Adds 50-250 of a random wood every second.
 fn supplier(stocks_url: &str, stop: &Stop) {
+    post_until_stopped(
+        &format!("{stocks_url}/stocks/"),
+        || Duration::from_secs(1),
+        50..=250,
+        stop,
+    );
+}
+
+/// Posts `{"wood_type": <random>, "quantity": <random in quantities>}` to `url` after
+/// each wait given by `every`, until stopped.
+fn post_until_stopped(
+    url: &str,
+    every: impl Fn() -> Duration,
+    quantities: std::ops::RangeInclusive<u32>,
+    stop: &Stop,
+) {
     let agent = ureq::Agent::new_with_defaults();
-    let url = format!("{stocks_url}/stocks/");
-    while stop.sleep(Duration::from_secs(1)) {
+    while stop.sleep(every()) {
+        let wood = fastrand::choice(WOODS).unwrap();
         let body = format!(
-            r#"{{"wood_type":"{}","quantity":{}}}"#,
-            fastrand::choice(WOODS).unwrap(),
-            fastrand::u32(50..=250)
+            r#"{{"wood_type":"{wood}","quantity":{}}}"#,
+            fastrand::u32(quantities.clone())
         );
         let _ = agent
-            .post(&url)
+            .post(url)
             .header("Content-Type", "application/json")
             .send(body.as_bytes());
     }

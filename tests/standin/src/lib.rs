@@ -543,6 +543,16 @@ fn lenient_quantity(value: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// A stock body's wood type and positive quantity, read as leniently as the real service.
+fn stock_body(body: &Value) -> Option<(String, u64)> {
+    let wood = body
+        .get("wood_type")
+        .and_then(Value::as_str)?
+        .to_ascii_lowercase();
+    let quantity = lenient_quantity(body.get("quantity")).filter(|q| *q > 0)?;
+    Some((wood, quantity as u64))
+}
+
 fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
@@ -563,15 +573,9 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
                 thread::sleep(knobs.stall);
                 return Reply::error(500, "Unexpected error during stock decrease (read)");
             }
-            let wood = body
-                .get("wood_type")
-                .and_then(Value::as_str)
-                .map(str::to_ascii_lowercase);
-            let quantity = lenient_quantity(body.get("quantity")).filter(|q| *q > 0);
-            let (Some(wood), Some(quantity)) = (wood, quantity) else {
+            let Some((wood, quantity)) = stock_body(&body) else {
                 return Reply::error(400, "Invalid input");
             };
-            let quantity = quantity as u64;
             let key = header(request, "Idempotency-Key");
             let mut shop = shared.shop.lock().unwrap();
             let Some(&left) = shop.stock.get(&wood) else {
@@ -622,17 +626,12 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let wood = body
-                .get("wood_type")
-                .and_then(Value::as_str)
-                .map(str::to_ascii_lowercase);
-            let quantity = lenient_quantity(body.get("quantity")).filter(|q| *q > 0);
-            let (Some(wood), Some(quantity)) = (wood, quantity) else {
+            let Some((wood, quantity)) = stock_body(&body) else {
                 return Reply::error(400, "Invalid input");
             };
             let mut shop = shared.shop.lock().unwrap();
             let row = shop.stock.entry(wood.clone()).or_insert(0);
-            *row += quantity as u64;
+            *row += quantity;
             Reply::json(201, json!({"wood_type": wood, "quantity": *row}))
         }
         _ => Reply::html(404, "Not Found"),
