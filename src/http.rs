@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ureq::Agent;
 
 use crate::stop::Stop;
+use crate::telemetry::{HttpAttempt, propagation_headers};
 
 /// Longest piece of a reply body quoted in a log line.
 const QUOTE_LIMIT: usize = 200;
@@ -142,44 +143,58 @@ impl Http {
         self.timeout
     }
 
-    /// `GET url`, the whole call bounded by the HTTP timeout.
-    pub fn get(&self, url: &str, limit: u64) -> Result<Reply, SendError> {
-        let request = self
-            .agent
-            .get(url)
+    /// `GET url`, the whole call bounded by the HTTP timeout. `template` names the
+    /// route in telemetry; `resend` is the attempt's number (0 for the first).
+    pub fn get(
+        &self,
+        url: &str,
+        template: &'static str,
+        resend: u32,
+        limit: u64,
+    ) -> Result<Reply, SendError> {
+        let attempt = HttpAttempt::start("GET", template, url, resend);
+        let request = with_trace(self.agent.get(url))
             .header("Accept", "application/json")
             .config()
             .timeout_global(Some(self.timeout))
             .build();
-        read_reply(request.call(), limit)
+        read_reply(request.call(), limit, attempt)
     }
 
     /// `PUT url` with a JSON body, the whole call bounded by the HTTP timeout.
-    pub fn put_json(&self, url: &str, body: &[u8], limit: u64) -> Result<Reply, SendError> {
-        let request = self
-            .agent
-            .put(url)
+    pub fn put_json(
+        &self,
+        url: &str,
+        template: &'static str,
+        resend: u32,
+        body: &[u8],
+        limit: u64,
+    ) -> Result<Reply, SendError> {
+        let attempt = HttpAttempt::start("PUT", template, url, resend);
+        let request = with_trace(self.agent.put(url))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
             .config()
             .timeout_global(Some(self.timeout))
             .build();
-        read_reply(request.send(body), limit)
+        read_reply(request.send(body), limit, attempt)
     }
 
     /// `POST url` with a JSON body and an idempotency key. Connecting and sending are
     /// bounded by the HTTP timeout; the reply may take up to `reply_timeout`.
+    #[allow(clippy::too_many_arguments)]
     pub fn post_json(
         &self,
         url: &str,
+        template: &'static str,
+        resend: u32,
         body: &[u8],
         idempotency_key: &str,
         reply_timeout: Duration,
         limit: u64,
     ) -> Result<Reply, SendError> {
-        let request = self
-            .agent
-            .post(url)
+        let attempt = HttpAttempt::start("POST", template, url, resend);
+        let request = with_trace(self.agent.post(url))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
             .header("Idempotency-Key", idempotency_key)
@@ -189,15 +204,30 @@ impl Http {
             .timeout_recv_response(Some(reply_timeout))
             .timeout_recv_body(Some(self.timeout))
             .build();
-        read_reply(request.send(body), limit)
+        read_reply(request.send(body), limit, attempt)
     }
+}
+
+/// Adds the current trace's `traceparent` (and `tracestate`, `baggage`) headers.
+fn with_trace<B>(mut request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    for (name, value) in propagation_headers() {
+        request = request.header(name, value);
+    }
+    request
 }
 
 fn read_reply(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     limit: u64,
+    attempt: HttpAttempt,
 ) -> Result<Reply, SendError> {
-    let mut response = result.map_err(|e| classify(&e))?;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            attempt.finish(None, Some(error_type(&e)));
+            return Err(classify(&e));
+        }
+    };
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -214,11 +244,23 @@ fn read_reply(
             ureq::Error::BodyExceedsLimit(_) => format!("larger than {limit} bytes"),
             other => other.to_string(),
         });
+    attempt.finish(Some(status), None);
     Ok(Reply {
         status,
         body,
         retry_after,
     })
+}
+
+/// `error.type` of a call that got no reply.
+fn error_type(error: &ureq::Error) -> &'static str {
+    match error {
+        ureq::Error::Timeout(_) => "timeout",
+        ureq::Error::HostNotFound => "host_not_found",
+        ureq::Error::Io(_) | ureq::Error::ConnectionFailed => "connection_error",
+        ureq::Error::Protocol(_) => "protocol_error",
+        _ => "_OTHER",
+    }
 }
 
 /// Tells a request that never reached the server from one that may have: failures to

@@ -13,6 +13,7 @@ pub mod orders;
 pub mod process;
 pub mod stock;
 pub mod stop;
+pub mod telemetry;
 pub mod worker;
 
 pub use config::{Config, ConfigError, Mode, Shard};

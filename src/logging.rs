@@ -3,8 +3,70 @@
 //! every line when it has one.
 
 use std::io::Write;
+use std::sync::RwLock;
 
 use log::kv::{Key, Value, VisitSource};
+use log::{Log, Metadata, Record};
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+
+/// Records never exported over OTLP: the exporters' own traffic and messages, which
+/// would otherwise feed back into the export.
+const NOT_EXPORTED: [&str; 5] = [
+    crate::telemetry::EXPORT_LOG_TARGET,
+    "ureq",
+    "rustls",
+    "opentelemetry",
+    "hyper",
+];
+
+/// The OTLP side of the tee, set when logs export is on.
+static OTLP: RwLock<Option<Box<dyn Log>>> = RwLock::new(None);
+
+/// Every record to stderr and, when logs export is on, to OTLP (with the trace and span
+/// of the order it belongs to).
+struct Tee {
+    stderr: env_logger::Logger,
+}
+
+impl Log for Tee {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        self.stderr.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.stderr.matches(record) {
+            return;
+        }
+        self.stderr.log(record);
+        if NOT_EXPORTED.iter().any(|t| record.target().starts_with(t)) {
+            return;
+        }
+        if let Ok(otlp) = OTLP.read()
+            && let Some(otlp) = otlp.as_ref()
+        {
+            otlp.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.stderr.flush();
+    }
+}
+
+/// Sends the log records to `provider` as well as to stderr.
+pub fn export_to(provider: &SdkLoggerProvider) {
+    let bridge = opentelemetry_appender_log::OpenTelemetryLogBridge::new(provider);
+    if let Ok(mut otlp) = OTLP.write() {
+        *otlp = Some(Box::new(bridge));
+    }
+}
+
+/// Stops sending records to OTLP (before the provider shuts down).
+pub fn stop_export() {
+    if let Ok(mut otlp) = OTLP.write() {
+        *otlp = None;
+    }
+}
 
 /// Crates whose own chatter stays at warn unless `RUST_LOG` asks for it.
 const QUIET: [&str; 3] = ["ureq", "ureq_proto", "rustls"];
@@ -42,8 +104,12 @@ pub fn init(level: log::LevelFilter, shard: Option<String>) {
         })
         .target(env_logger::Target::Stderr)
         .write_style(env_logger::WriteStyle::Never);
+    let stderr = builder.build();
+    let max = stderr.filter();
     // A second init (tests calling it twice) keeps the first logger; nothing to report.
-    let _ = builder.try_init();
+    if log::set_boxed_logger(Box::new(Tee { stderr })).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
 /// ` key=value` for each pair; a value with spaces (or none) is quoted.

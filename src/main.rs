@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ordermanagement::cli::Cli;
 use ordermanagement::journal::FileJournal;
-use ordermanagement::{Config, Mode, Stop, Worker, logging};
+use ordermanagement::{Config, Mode, Stop, Worker, logging, telemetry};
 
 /// Exit code of a usage or configuration error.
 const USAGE: u8 = 2;
@@ -19,6 +19,12 @@ fn main() -> ExitCode {
         }
     };
     logging::init(config.log_level, config.shard.map(|s| s.to_string()));
+    let settings = telemetry::Settings::from_env(|name| std::env::var(name).ok());
+    let shard = config
+        .shard
+        .map(|s| opentelemetry::KeyValue::new("ordermanagement.shard", s.to_string()));
+    // Dropped (flushed and shut down) on every return below.
+    let _telemetry = telemetry::Telemetry::init(&settings, shard.into_iter().collect());
     let stop = Stop::new();
     if let Err(e) = stop.install_signal_handlers() {
         log::error!("cannot install the SIGTERM/SIGINT handlers: {e}");

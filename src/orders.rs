@@ -200,6 +200,7 @@ impl OrdersClient {
         &self,
         skip: u64,
         limit: u32,
+        resend: u32,
     ) -> Result<Vec<Result<Order, InvalidOrder>>, CallError> {
         let url = format!(
             "{}/orders/status/registered?skip={skip}&limit={limit}",
@@ -210,7 +211,7 @@ impl OrdersClient {
         let byte_limit = SMALL_REPLY_LIMIT + u64::from(limit) * BYTES_PER_LISTED_ORDER;
         let reply = self
             .http
-            .get(&url, byte_limit)
+            .get(&url, "/orders/status/{status}", resend, byte_limit)
             .map_err(|e| self.send_failed(what, e, started))?;
         if reply.status != 200 {
             // A list call refused means a wrong URL, not a refused order.
@@ -249,15 +250,21 @@ impl OrdersClient {
         Ok(entries.iter().map(validate).collect())
     }
 
-    /// `PUT /orders/<id>` with the new status.
-    pub fn set_status(&self, id: u64, status: OrderStatus) -> Result<(), CallError> {
+    /// `PUT /orders/<id>` with the new status; `resend` is the attempt's number.
+    pub fn set_status(&self, id: u64, status: OrderStatus, resend: u32) -> Result<(), CallError> {
         let url = format!("{}/orders/{id}", self.base);
         let body = format!(r#"{{"order_status":"{}"}}"#, status.as_str());
         let what = "Order Service status update";
         let started = Instant::now();
         let reply = self
             .http
-            .put_json(&url, body.as_bytes(), SMALL_REPLY_LIMIT)
+            .put_json(
+                &url,
+                "/orders/{id}",
+                resend,
+                body.as_bytes(),
+                SMALL_REPLY_LIMIT,
+            )
             .map_err(|e| self.send_failed(what, e, started))?;
         match reply.status {
             // The status is set whatever the body says; a bad body is only worth a line.

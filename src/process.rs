@@ -10,6 +10,11 @@ use crate::http::{CallError, RetryPolicy};
 use crate::orders::{Order, OrderStatus, OrdersClient};
 use crate::stock::StockClient;
 use crate::stop::Stop;
+use crate::telemetry;
+use opentelemetry::KeyValue;
+
+/// The reason given for an order blocked by a simulated failure.
+pub const SIMULATED_STOCK_FAILURE: &str = "simulated stock failure";
 
 /// How an order left the worker's hands.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +69,30 @@ impl Outcome {
             | Outcome::Deferred { reason, .. }
             | Outcome::Pending { reason, .. }
             | Outcome::StatusRefused { reason, .. } => reason,
+        }
+    }
+
+    /// The reason as a small fixed set, for metric attributes.
+    pub fn reason_kind(&self) -> &'static str {
+        match self {
+            Outcome::Ready | Outcome::DryRun => "",
+            Outcome::Blocked { reason } if reason == SIMULATED_STOCK_FAILURE => "simulated",
+            Outcome::Blocked { .. } => "rejected",
+            Outcome::Unknown { .. } => "no_reply",
+            Outcome::Deferred {
+                cause: Deferral::Unavailable,
+                ..
+            } => "unavailable",
+            Outcome::Deferred {
+                cause: Deferral::Stopped,
+                ..
+            } => "stopped",
+            Outcome::Deferred {
+                cause: Deferral::Fatal,
+                ..
+            } => "misconfigured",
+            Outcome::Pending { .. } => "status_not_set",
+            Outcome::StatusRefused { .. } => "status_refused",
         }
     }
 
@@ -210,7 +239,11 @@ impl Journey {
                 "order {}: simulated failure at the stock step (ERROR_RATE {}), stock not touched",
                 order.id, self.error_rate
             );
-            Next::SetStatus(OrderStatus::Blocked, "simulated stock failure".into())
+            telemetry::event(
+                "simulated failure",
+                vec![KeyValue::new("ordermanagement.step", "stock")],
+            );
+            Next::SetStatus(OrderStatus::Blocked, SIMULATED_STOCK_FAILURE.into())
         } else {
             if let Err(e) = self.journal.sending(order) {
                 let reason = format!("state file not writable, decrease not sent: {e}");
@@ -223,8 +256,14 @@ impl Journey {
             let result = self.policy.run(
                 &format!("order {}: stock decrease", order.id),
                 Some(stop),
-                |_| stock.decrease(order),
+                |attempt| stock.decrease(order, attempt),
             );
+            if result.is_ok() {
+                let wood = KeyValue::new("wood_type", order.wood_type.as_str());
+                telemetry::instruments()
+                    .stock_taken
+                    .add(u64::from(order.quantity), &[wood]);
+            }
             after_decrease(&result, stop.requested())
         };
         match next {
@@ -256,8 +295,12 @@ impl Journey {
         stop: Option<&Stop>,
     ) -> Result<(), CallError> {
         let what = format!("order {}: status update to {status}", order.id);
-        let result = self.policy.run(&what, stop, |_| {
+        let result = self.policy.run(&what, stop, |attempt| {
             if self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
+                telemetry::event(
+                    "simulated failure",
+                    vec![KeyValue::new("ordermanagement.step", "status")],
+                );
                 return Err(CallError::Transient {
                     detail: format!(
                         "simulated failure at the status step (ERROR_RATE {})",
@@ -267,7 +310,7 @@ impl Journey {
                     slow: false,
                 });
             }
-            self.orders.set_status(order.id, status)
+            self.orders.set_status(order.id, status, attempt)
         });
         if result.is_ok() {
             self.journal_finished(order);

@@ -37,7 +37,7 @@ impl StockClient {
 
     /// `POST /stocks/decrease` for one order. A `200` means the stock was taken, whatever
     /// its body says.
-    pub fn decrease(&self, order: &Order) -> Result<(), CallError> {
+    pub fn decrease(&self, order: &Order, resend: u32) -> Result<(), CallError> {
         let url = format!("{}/stocks/decrease", self.base);
         let body = format!(
             r#"{{"wood_type":"{}","quantity":{}}}"#,
@@ -47,6 +47,8 @@ impl StockClient {
         let started = Instant::now();
         let result = self.http.post_json(
             &url,
+            "/stocks/decrease",
+            resend,
             body.as_bytes(),
             &StockClient::idempotency_key(order),
             self.reply_timeout,

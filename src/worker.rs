@@ -11,6 +11,9 @@ use crate::orders::{Order, OrderStatus, OrdersClient};
 use crate::process::{Deferral, InFlight, Journal, Journey, NoJournal, Outcome};
 use crate::stock::StockClient;
 use crate::stop::Stop;
+use crate::telemetry::{self, Scope};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// Orders in a row for which one service failed every attempt before the cycle stops
 /// taking new orders (the rest stay `registered` for the next cycle).
@@ -328,13 +331,43 @@ impl Worker {
     /// One cycle: every order registered at its start, then the pending status updates.
     pub fn cycle(&mut self) -> CycleReport {
         let started = Instant::now();
+        let scope = Scope::start("cycle", SpanKind::Internal, self.shard_attribute());
         let mut report = CycleReport::default();
         self.drain(&mut report);
         self.retry_pending(&mut report);
         report.pending = self.pending.len() as u64;
         report.duration = started.elapsed();
         log_summary(&report);
+        let count = |name: &'static str, n: u64| KeyValue::new(name, n as i64);
+        scope.set(vec![
+            count("ordermanagement.cycle.fetched", report.fetched),
+            count("ordermanagement.cycle.ready", report.ready),
+            count("ordermanagement.cycle.blocked", report.blocked),
+            count("ordermanagement.cycle.unknown", report.unknown),
+            count("ordermanagement.cycle.deferred", report.deferred),
+            count("ordermanagement.cycle.pending", report.pending),
+        ]);
+        if report.list_failed {
+            scope.fail("the order list could not be fetched".into());
+        } else if let Some(why) = &report.ended_early {
+            scope.fail(format!("ended early: {why}"));
+        }
+        let metrics = telemetry::instruments();
+        let shard = self.shard_attribute();
+        metrics
+            .cycle_duration
+            .record(report.duration.as_secs_f64(), &shard);
+        if !report.list_failed {
+            metrics.orders_registered.record(report.fetched, &shard);
+        }
         report
+    }
+
+    fn shard_attribute(&self) -> Vec<KeyValue> {
+        self.shard
+            .map(|s| KeyValue::new("ordermanagement.shard", s.to_string()))
+            .into_iter()
+            .collect()
     }
 
     /// Pages through the registered list (see [`Pager`]), handling each order once.
@@ -348,12 +381,11 @@ impl Worker {
                 return;
             }
             let skip = pager.skip();
-            let page =
-                self.journey
-                    .policy
-                    .run("fetching registered orders", Some(&self.stop), |_| {
-                        orders.list_registered(skip, self.page_size)
-                    });
+            let page = self.journey.policy.run(
+                "fetching registered orders",
+                Some(&self.stop),
+                |attempt| orders.list_registered(skip, self.page_size, attempt),
+            );
             let page = match page {
                 Ok(page) => page,
                 Err(e) => {
@@ -409,8 +441,9 @@ impl Worker {
                     pager.stays(id);
                     continue;
                 }
+                let scope = order_scope(&order);
                 let outcome = self.journey.process(&order, &self.stop);
-                log_outcome(&order, &outcome);
+                finish_order(&scope, &order, &outcome);
                 report.count(&outcome);
                 if !outcome.left_registered() {
                     pager.stays(id);
@@ -467,6 +500,7 @@ impl Worker {
             let Some(update) = self.pending.remove(&id) else {
                 continue;
             };
+            let scope = order_scope(&update.order);
             // After a stop request the waits between attempts are cut short: the update
             // stays pending (and in the state file) rather than delaying the exit.
             let result = self
@@ -487,10 +521,43 @@ impl Worker {
             if let Outcome::StatusRefused { .. } = outcome {
                 self.refused.insert(id);
             }
-            log_outcome(&update.order, &outcome);
+            finish_order(&scope, &update.order, &outcome);
             report.count(&outcome);
         }
     }
+}
+
+/// The span of one order's journey (current until dropped).
+fn order_scope(order: &Order) -> Scope {
+    Scope::start(
+        "order",
+        SpanKind::Internal,
+        vec![
+            KeyValue::new("ordermanagement.order.id", order.id as i64),
+            KeyValue::new("ordermanagement.order.wood_type", order.wood_type.as_str()),
+            KeyValue::new("ordermanagement.order.quantity", i64::from(order.quantity)),
+        ],
+    )
+}
+
+/// Logs the outcome (inside the order's span, so the line carries its trace) and
+/// records it on the span and in the metrics.
+fn finish_order(scope: &Scope, order: &Order, outcome: &Outcome) {
+    log_outcome(order, outcome);
+    scope.set(vec![
+        KeyValue::new("ordermanagement.order.outcome", outcome.name()),
+        KeyValue::new("ordermanagement.order.reason", outcome.reason().to_string()),
+    ]);
+    if !matches!(outcome, Outcome::Ready | Outcome::DryRun) {
+        scope.fail(format!("{}: {}", outcome.name(), outcome.reason()));
+    }
+    let mut attributes = vec![KeyValue::new("outcome", outcome.name())];
+    if !outcome.reason_kind().is_empty() {
+        attributes.push(KeyValue::new("reason", outcome.reason_kind()));
+    }
+    telemetry::instruments()
+        .orders_processed
+        .add(1, &attributes);
 }
 
 /// The one line per order outcome, with its fields as key-values as well.

@@ -76,6 +76,8 @@ struct Shop {
 struct Shared {
     shop: Mutex<Shop>,
     knobs: Mutex<Knobs>,
+    /// `traceparent` headers received, by both services.
+    traceparents: Mutex<Vec<String>>,
 }
 
 /// Both services, running until dropped (or [`Stack::shutdown`]).
@@ -96,6 +98,7 @@ impl Stack {
                 ..Shop::default()
             }),
             knobs: Mutex::new(knobs),
+            traceparents: Mutex::new(Vec::new()),
         });
         let mut stack = Stack {
             shared,
@@ -125,6 +128,9 @@ impl Stack {
             let (server, shared) = (server.clone(), self.shared.clone());
             self.threads.push(thread::spawn(move || {
                 while let Ok(mut request) = server.recv() {
+                    if let Some(tp) = header(&request, "traceparent") {
+                        shared.traceparents.lock().unwrap().push(tp);
+                    }
                     let delay = shared.knobs.lock().unwrap().delay;
                     if !delay.is_zero() {
                         thread::sleep(delay);
@@ -144,6 +150,11 @@ impl Stack {
 
     pub fn stocks_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.stock_port)
+    }
+
+    /// The `traceparent` headers the services received, in order.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.shared.traceparents.lock().unwrap().clone()
     }
 
     pub fn set_knobs(&self, knobs: Knobs) {
@@ -635,5 +646,65 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
             Reply::json(201, json!({"wood_type": wood, "quantity": *row}))
         }
         _ => Reply::html(404, "Not Found"),
+    }
+}
+
+/// Request bodies by path, in arrival order.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An OTLP/HTTP receiver on loopback that keeps every request body by path
+/// (`/v1/traces`, `/v1/metrics`, `/v1/logs`) and answers `200`.
+pub struct OtlpSink {
+    server: Arc<Server>,
+    thread: Option<JoinHandle<()>>,
+    received: Received,
+    pub port: u16,
+}
+
+impl OtlpSink {
+    pub fn start() -> std::io::Result<OtlpSink> {
+        let server = Arc::new(Server::http(("127.0.0.1", 0)).map_err(std::io::Error::other)?);
+        let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(0);
+        let received: Received = Arc::new(Mutex::new(Vec::new()));
+        let (srv, got) = (server.clone(), received.clone());
+        let thread = thread::spawn(move || {
+            while let Ok(mut request) = srv.recv() {
+                let mut body = Vec::new();
+                let _ = request.as_reader().read_to_end(&mut body);
+                got.lock().unwrap().push((request.url().to_string(), body));
+                let _ = request.respond(Response::empty(200));
+            }
+        });
+        Ok(OtlpSink {
+            server,
+            thread: Some(thread),
+            received,
+            port,
+        })
+    }
+
+    /// The base URL, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The bodies received at `path`.
+    pub fn bodies(&self, path: &str) -> Vec<Vec<u8>> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

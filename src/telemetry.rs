@@ -1,0 +1,682 @@
+//! Everything OpenTelemetry SDK: settings from the standard environment variables, an
+//! OTLP/HTTP client built on the worker's own ureq (no async runtime), one provider per
+//! signal with the SDK's batch processors and periodic reader on their own threads, and
+//! a guard that flushes and shuts them down on every exit path.
+//!
+//! Business code uses only the `opentelemetry` API (through the helpers at the end of
+//! this module); with export off, those calls go to no-op providers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+/// The log target of the exporters' own messages: never sent back through OTLP.
+pub const EXPORT_LOG_TARGET: &str = "ordermanagement::telemetry::export";
+/// How long shutdown waits for each signal's last export.
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(900);
+/// Export errors are logged at most this often (per signal).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The three signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    fn upper(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+            Signal::Logs => "LOGS",
+        }
+    }
+}
+
+/// What to export, decided from the environment at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub traces: bool,
+    pub metrics: bool,
+    pub logs: bool,
+    /// Lines to log once telemetry is set up (why something is off, how to turn it on).
+    pub notes: Vec<(log::Level, String)>,
+    /// OTEL_EXPORTER_OTLP_TIMEOUT, for the HTTP client.
+    pub export_timeout: Duration,
+    /// OTEL_PROPAGATORS asks for baggage as well as tracecontext.
+    pub baggage: bool,
+    /// service.name unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES gives one.
+    pub default_service_name: bool,
+    /// service.version (the crate's) unless OTEL_RESOURCE_ATTRIBUTES gives one.
+    pub default_service_version: bool,
+}
+
+impl Settings {
+    /// Reads the standard variables through `var` (the process environment in main).
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Settings {
+        let get = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let mut notes = Vec::new();
+        let export_timeout = get("OTEL_EXPORTER_OTLP_TIMEOUT")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(Duration::from_secs(10), Duration::from_millis);
+        let baggage =
+            get("OTEL_PROPAGATORS").is_some_and(|p| p.split(',').any(|p| p.trim() == "baggage"));
+        let resource = get("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+        let has = |key: &str| resource.split(',').any(|kv| kv.trim().starts_with(key));
+        let default_service_name = get("OTEL_SERVICE_NAME").is_none() && !has("service.name=");
+        let default_service_version = !has("service.version=");
+        let off = |notes| Settings {
+            traces: false,
+            metrics: false,
+            logs: false,
+            notes,
+            export_timeout,
+            baggage,
+            default_service_name,
+            default_service_version,
+        };
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return off(vec![(
+                log::Level::Info,
+                "telemetry off: OTEL_SDK_DISABLED=true".into(),
+            )]);
+        }
+        let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+        let mut on = [false; 3];
+        let mut grpc_port = None;
+        for (i, signal) in Signal::ALL.into_iter().enumerate() {
+            let exporter =
+                get(&format!("OTEL_{}_EXPORTER", signal.upper())).unwrap_or_else(|| "otlp".into());
+            let endpoint = get(&format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", signal.upper()))
+                .or_else(|| base.clone());
+            match exporter.to_ascii_lowercase().as_str() {
+                "none" => continue,
+                "otlp" => {}
+                other => {
+                    notes.push((
+                        log::Level::Warn,
+                        format!(
+                            "OTEL_{}_EXPORTER={other} is not supported (otlp or none): {} off",
+                            signal.upper(),
+                            signal.name()
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            let Some(endpoint) = endpoint else { continue };
+            if port_of(&endpoint) == Some(4317) {
+                grpc_port = Some(endpoint);
+                continue;
+            }
+            on[i] = true;
+        }
+        if let Some(endpoint) = grpc_port {
+            notes.push((
+                log::Level::Warn,
+                format!(
+                    "telemetry export off for {endpoint}: port 4317 is OTLP/gRPC and this build speaks OTLP/HTTP; \
+                     set OTEL_EXPORTER_OTLP_ENDPOINT to the collector's port 4318 (e.g. http://otel-collector:4318) \
+                     and OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+                ),
+            ));
+        }
+        let protocol = get("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_default();
+        if on.iter().any(|o| *o) && !protocol.is_empty() && protocol != "http/protobuf" {
+            notes.push((
+                log::Level::Warn,
+                format!("OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is ignored: this build exports OTLP over http/protobuf"),
+            ));
+        }
+        if !on.iter().any(|o| *o) && notes.is_empty() {
+            notes.push((
+                log::Level::Info,
+                "telemetry export off: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318) to send \
+                 traces, metrics and logs over OTLP/HTTP"
+                    .into(),
+            ));
+        }
+        Settings {
+            traces: on[0],
+            metrics: on[1],
+            logs: on[2],
+            ..off(notes)
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.traces || self.metrics || self.logs
+    }
+}
+
+fn port_of(endpoint: &str) -> Option<u16> {
+    let uri: ureq::http::Uri = endpoint.parse().ok()?;
+    uri.port_u16()
+}
+
+/// The OTLP/HTTP client: the worker's ureq, with a short connect timeout so that a
+/// collector that is down costs milliseconds, and export errors logged now and then.
+#[derive(Debug)]
+struct UreqClient {
+    agent: ureq::Agent,
+    signal: Signal,
+    errors: Mutex<(Option<Instant>, u64)>,
+}
+
+impl UreqClient {
+    fn new(signal: Signal, timeout: Duration) -> UreqClient {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_millis(500)))
+            .timeout_global(Some(timeout))
+            .max_redirects(0)
+            .build()
+            .new_agent();
+        UreqClient {
+            agent,
+            signal,
+            errors: Mutex::new((None, 0)),
+        }
+    }
+
+    fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let (parts, body) = request.into_parts();
+        let request = Request::from_parts(parts, body.to_vec());
+        let result = self.agent.run(request).and_then(|mut r| {
+            let status = r.status();
+            let bytes = r
+                .body_mut()
+                .with_config()
+                .limit(4 * 1024 * 1024)
+                .read_to_vec()?;
+            Ok(Response::builder()
+                .status(status)
+                .body(Bytes::from(bytes))
+                .expect("a status and a body"))
+        });
+        match &result {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => self.note_error(&format!("collector answered {}", r.status())),
+            Err(e) => self.note_error(&e.to_string()),
+        }
+        result.map_err(Into::into)
+    }
+
+    /// Logs an export failure on stderr only (its target is kept out of OTLP), at most
+    /// once a minute per signal.
+    fn note_error(&self, what: &str) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.1 += 1;
+        if errors
+            .0
+            .is_none_or(|last| last.elapsed() >= ERROR_LOG_EVERY)
+        {
+            log::warn!(
+                target: EXPORT_LOG_TARGET,
+                "{} export failed ({} so far): {what}; the worker goes on, next report in a minute at most",
+                self.signal.name(),
+                errors.1
+            );
+            errors.0 = Some(Instant::now());
+        }
+    }
+}
+
+impl HttpClient for UreqClient {
+    fn send_bytes<'a, 'b>(
+        &'a self,
+        request: Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        // Called from the SDK's own export threads, which block on this future.
+        Box::pin(async move { self.send(request) })
+    }
+}
+
+/// The providers that are on; shut down when dropped or by [`Telemetry::shutdown`].
+#[derive(Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+    logger: Option<SdkLoggerProvider>,
+}
+
+impl Telemetry {
+    /// Starts the signals `settings` turn on, sets them as the global providers and
+    /// propagator, and hands the logs to the log tee. Problems are logged, never fatal.
+    pub fn init(settings: &Settings, extra: Vec<KeyValue>) -> Telemetry {
+        for (level, note) in &settings.notes {
+            log::log!(*level, "{note}");
+        }
+        let mut telemetry = Telemetry::default();
+        if !settings.any() {
+            return telemetry;
+        }
+        // The environment's OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES come first; the
+        // worker's name and version fill in what they leave out.
+        let mut resource = Resource::builder();
+        if settings.default_service_name {
+            resource = resource.with_service_name("ordermanagement");
+        }
+        if settings.default_service_version {
+            resource = resource
+                .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))]);
+        }
+        let resource = resource.with_attributes(extra).build();
+        let client = |signal| UreqClient::new(signal, settings.export_timeout);
+        if settings.traces {
+            match opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client(Signal::Traces))
+                .with_protocol(Protocol::HttpBinary)
+                .with_retry_policy(export_retries())
+                .build()
+            {
+                Ok(exporter) => {
+                    let provider = SdkTracerProvider::builder()
+                        .with_batch_exporter(exporter)
+                        .with_resource(resource.clone())
+                        .build();
+                    opentelemetry::global::set_tracer_provider(provider.clone());
+                    telemetry.tracer = Some(provider);
+                }
+                Err(e) => log::warn!("traces off: {e}"),
+            }
+        }
+        if settings.metrics {
+            match opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_http_client(client(Signal::Metrics))
+                .with_protocol(Protocol::HttpBinary)
+                .with_retry_policy(export_retries())
+                .build()
+            {
+                Ok(exporter) => {
+                    let provider = SdkMeterProvider::builder()
+                        .with_periodic_exporter(exporter)
+                        .with_resource(resource.clone())
+                        .build();
+                    opentelemetry::global::set_meter_provider(provider.clone());
+                    telemetry.meter = Some(provider);
+                }
+                Err(e) => log::warn!("metrics off: {e}"),
+            }
+        }
+        if settings.logs {
+            match opentelemetry_otlp::LogExporter::builder()
+                .with_http()
+                .with_http_client(client(Signal::Logs))
+                .with_protocol(Protocol::HttpBinary)
+                .with_retry_policy(export_retries())
+                .build()
+            {
+                Ok(exporter) => {
+                    let provider = SdkLoggerProvider::builder()
+                        .with_batch_exporter(exporter)
+                        .with_resource(resource)
+                        .build();
+                    crate::logging::export_to(&provider);
+                    telemetry.logger = Some(provider);
+                }
+                Err(e) => log::warn!("logs off: {e}"),
+            }
+        }
+        set_propagator(settings.baggage);
+        let on: Vec<&str> = [
+            (telemetry.tracer.is_some(), "traces"),
+            (telemetry.meter.is_some(), "metrics"),
+            (telemetry.logger.is_some(), "logs"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        log::info!("telemetry: exporting {} over OTLP/HTTP", on.join(", "));
+        telemetry
+    }
+
+    /// Flushes and stops every signal: traces, then logs, then metrics; errors are
+    /// logged on stderr only. Bounded: a collector that is down costs about a second.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let mut errors: Vec<String> = Vec::new();
+        if let Some(p) = self.tracer.take()
+            && let Err(e) = p.shutdown_with_timeout(SHUTDOWN_WAIT)
+        {
+            errors.push(format!("traces: {e}"));
+        }
+        if let Some(p) = self.logger.take() {
+            crate::logging::stop_export();
+            if let Err(e) = p.shutdown_with_timeout(SHUTDOWN_WAIT) {
+                errors.push(format!("logs: {e}"));
+            }
+        }
+        if let Some(p) = self.meter.take()
+            && let Err(e) = p.shutdown_with_timeout(SHUTDOWN_WAIT)
+        {
+            errors.push(format!("metrics: {e}"));
+        }
+        if !errors.is_empty() {
+            log::warn!(target: EXPORT_LOG_TARGET, "telemetry shutdown: {}", errors.join("; "));
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One quick retry: a collector that is down must cost milliseconds, not the
+/// exporters' default backoff, at every export and at shutdown.
+fn export_retries() -> opentelemetry_otlp::RetryPolicy {
+    opentelemetry_otlp::RetryPolicy::default()
+        .with_max_retries(1)
+        .with_initial_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_millis(100))
+        .with_max_jitter(Duration::from_millis(50))
+}
+
+fn set_propagator(baggage: bool) {
+    use opentelemetry::propagation::TextMapCompositePropagator;
+    use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+    if baggage {
+        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+    } else {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    }
+}
+
+/// Headers to add to a request so that the services continue the current trace.
+pub fn propagation_headers() -> HashMap<String, String> {
+    let mut headers = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject(&mut headers));
+    headers
+}
+
+/// A span made current until dropped; ended when dropped.
+pub struct Scope {
+    // The guard is dropped first, restoring the previous context.
+    _guard: opentelemetry::ContextGuard,
+    cx: opentelemetry::Context,
+}
+
+impl Scope {
+    /// Starts a span (child of the current one) and makes it current.
+    pub fn start(
+        name: &'static str,
+        kind: opentelemetry::trace::SpanKind,
+        attributes: Vec<KeyValue>,
+    ) -> Scope {
+        use opentelemetry::trace::{TraceContextExt, Tracer};
+        let tracer = opentelemetry::global::tracer("ordermanagement");
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start(&tracer);
+        let cx = opentelemetry::Context::current_with_span(span);
+        Scope {
+            _guard: cx.clone().attach(),
+            cx,
+        }
+    }
+
+    pub fn set(&self, attributes: Vec<KeyValue>) {
+        use opentelemetry::trace::TraceContextExt;
+        self.cx.span().set_attributes(attributes);
+    }
+
+    /// Marks the span failed, with a description.
+    pub fn fail(&self, description: String) {
+        use opentelemetry::trace::{Status, TraceContextExt};
+        self.cx.span().set_status(Status::error(description));
+    }
+}
+
+/// Records an event on the current span (e.g. a simulated failure).
+pub fn event(name: &'static str, attributes: Vec<KeyValue>) {
+    use opentelemetry::trace::TraceContextExt;
+    opentelemetry::Context::current()
+        .span()
+        .add_event(name, attributes);
+}
+
+/// The worker's instruments, from the global meter (no-op when metrics are off).
+pub struct Instruments {
+    pub http_duration: opentelemetry::metrics::Histogram<f64>,
+    pub orders_processed: opentelemetry::metrics::Counter<u64>,
+    pub cycle_duration: opentelemetry::metrics::Histogram<f64>,
+    pub orders_registered: opentelemetry::metrics::Gauge<u64>,
+    pub stock_taken: opentelemetry::metrics::Counter<u64>,
+}
+
+/// The instruments, made on first use (after [`Telemetry::init`] in the binary).
+pub fn instruments() -> &'static Instruments {
+    static INSTRUMENTS: std::sync::OnceLock<Instruments> = std::sync::OnceLock::new();
+    INSTRUMENTS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("ordermanagement");
+        Instruments {
+            http_duration: meter
+                .f64_histogram("http.client.request.duration")
+                .with_unit("s")
+                .with_description("Duration of HTTP client requests.")
+                .with_boundaries(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                ])
+                .build(),
+            orders_processed: meter
+                .u64_counter("ordermanagement.orders.processed")
+                .with_unit("{order}")
+                .with_description("Orders handled, by outcome.")
+                .build(),
+            cycle_duration: meter
+                .f64_histogram("ordermanagement.cycle.duration")
+                .with_unit("s")
+                .with_description("Duration of one cycle.")
+                .with_boundaries(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                ])
+                .build(),
+            orders_registered: meter
+                .u64_gauge("ordermanagement.orders.registered")
+                .with_unit("{order}")
+                .with_description("Registered orders seen by the last cycle.")
+                .build(),
+            stock_taken: meter
+                .u64_counter("ordermanagement.stock.taken")
+                .with_unit("{item}")
+                .with_description("Stock taken by successful decreases.")
+                .build(),
+        }
+    })
+}
+
+/// One HTTP call attempt: a CLIENT span named `{method} {url.template}` with the HTTP
+/// client semantic-convention attributes, current while the call runs (so that its
+/// `traceparent` goes out with the request), and a duration measurement.
+pub struct HttpAttempt {
+    scope: Scope,
+    started: Instant,
+    common: Vec<KeyValue>,
+}
+
+impl HttpAttempt {
+    pub fn start(
+        method: &'static str,
+        template: &'static str,
+        url: &str,
+        resend: u32,
+    ) -> HttpAttempt {
+        let uri: Option<ureq::http::Uri> = url.parse().ok();
+        let host = uri
+            .as_ref()
+            .and_then(|u| u.host())
+            .unwrap_or("")
+            .to_string();
+        let port = uri.as_ref().and_then(|u| {
+            u.port_u16().or(match u.scheme_str() {
+                Some("https") => Some(443),
+                _ => Some(80),
+            })
+        });
+        let mut common = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("server.address", host),
+            KeyValue::new("url.template", template),
+        ];
+        if let Some(port) = port {
+            common.push(KeyValue::new("server.port", i64::from(port)));
+        }
+        let mut attributes = common.clone();
+        attributes.push(KeyValue::new("url.full", url.to_string()));
+        if resend > 0 {
+            attributes.push(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(resend),
+            ));
+        }
+        let name = match (method, template) {
+            ("GET", "/orders/status/{status}") => "GET /orders/status/{status}",
+            ("PUT", "/orders/{id}") => "PUT /orders/{id}",
+            ("POST", "/stocks/decrease") => "POST /stocks/decrease",
+            _ => method,
+        };
+        let scope = Scope::start(name, opentelemetry::trace::SpanKind::Client, attributes);
+        HttpAttempt {
+            scope,
+            started: Instant::now(),
+            common,
+        }
+    }
+
+    /// Ends the attempt with the reply's status, or the kind of error that ended it.
+    pub fn finish(mut self, status: Option<u16>, error: Option<&str>) {
+        if let Some(status) = status {
+            let code = KeyValue::new("http.response.status_code", i64::from(status));
+            self.scope.set(vec![code.clone()]);
+            self.common.push(code);
+        }
+        let error_type = match (status, error) {
+            (_, Some(kind)) => Some(kind.to_string()),
+            (Some(s), None) if s >= 400 => Some(s.to_string()),
+            _ => None,
+        };
+        if let Some(kind) = error_type {
+            self.scope
+                .set(vec![KeyValue::new("error.type", kind.clone())]);
+            self.scope.fail(kind.clone());
+            self.common.push(KeyValue::new("error.type", kind));
+        }
+        instruments()
+            .http_duration
+            .record(self.started.elapsed().as_secs_f64(), &self.common);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Settings {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_env(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn without_an_endpoint_export_is_off_with_one_line_saying_how() {
+        let s = settings(&[]);
+        assert!(!s.any());
+        assert_eq!(s.notes.len(), 1);
+        assert!(s.notes[0].1.contains("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        assert!(s.default_service_name);
+    }
+
+    #[test]
+    fn an_endpoint_turns_every_signal_on_unless_told_otherwise() {
+        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]);
+        assert!(s.traces && s.metrics && s.logs);
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ]);
+        assert!(s.traces && !s.metrics && s.logs);
+        let s = settings(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://c:4318/v1/traces",
+        )]);
+        assert!(s.traces && !s.metrics && !s.logs);
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]);
+        assert!(!s.any());
+    }
+
+    #[test]
+    fn the_grpc_port_gets_one_clear_line_and_no_export() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        assert!(!s.any());
+        assert!(
+            s.notes
+                .iter()
+                .all(|(level, note)| *level == log::Level::Warn && note.contains("4318"))
+        );
+    }
+
+    #[test]
+    fn the_demo_settings_are_read() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_PROPAGATORS", "tracecontext,baggage"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.namespace=keeper,service.name=om",
+            ),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ]);
+        assert!(s.baggage && !s.default_service_name);
+        assert_eq!(s.export_timeout, Duration::from_millis(2500));
+    }
+}
