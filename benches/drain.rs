@@ -10,7 +10,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use standin::{Knobs, Stack, WOODS};
+use standin::{Knobs, OtlpSink, Stack, WOODS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 const BACKLOG: usize = 20_000;
@@ -30,11 +30,20 @@ fn main() {
     let floor_rate = floor_orders as f64 / floor_time.as_secs_f64();
 
     stack.seed_orders(1_000, &mut rng);
-    let small = run_worker(&stack);
+    let small = run_worker(&stack, None);
 
     stack.seed_orders(BACKLOG, &mut rng);
-    let large = run_worker(&stack);
+    let large = run_worker(&stack, None);
     let worker_rate = BACKLOG as f64 / large.wall.as_secs_f64();
+
+    let sink = OtlpSink::start().expect("start the OTLP sink");
+    stack.seed_orders(BACKLOG, &mut rng);
+    let traced = run_worker(&stack, Some(&sink));
+    let traced_rate = BACKLOG as f64 / traced.wall.as_secs_f64();
+    let exported: usize = ["/v1/traces", "/v1/metrics", "/v1/logs"]
+        .iter()
+        .map(|p| sink.bodies(p).len())
+        .sum();
 
     let leftover = stack
         .count_by_status()
@@ -83,7 +92,7 @@ fn main() {
 
     println!();
     println!(
-        "drain benchmark: {BACKLOG} registered orders, page size {PAGE}, error rate 0, telemetry off"
+        "drain benchmark: {BACKLOG} registered orders, page size {PAGE}, error rate 0, telemetry off unless said"
     );
     println!(
         "{:<44} {:>12} {:>10} {:>12}",
@@ -101,11 +110,18 @@ fn main() {
         large.max_rss_kib
     );
     println!(
+        "{:<44} {:>12.0} {:>10.2} {:>9} KiB",
+        "worker: `once`, 20,000, telemetry exported",
+        traced_rate,
+        traced_rate / floor_rate,
+        traced.max_rss_kib
+    );
+    println!(
         "{:<44} {:>12} {:>10} {:>9} KiB",
         "worker: `once`, 1,000 orders", "-", "-", small.max_rss_kib
     );
     println!(
-        "RSS growth 1,000 -> 20,000 orders: {:+.1}%   (exit codes {} and {}; orders left registered {leftover}; ledger violations {violations})",
+        "RSS growth 1,000 -> 20,000 orders: {:+.1}%   (exit codes {} and {}; orders left registered {leftover}; ledger violations {violations}; OTLP requests {exported})",
         (large.max_rss_kib as f64 / small.max_rss_kib as f64 - 1.0) * 100.0,
         small.exit_code,
         large.exit_code
@@ -182,12 +198,13 @@ struct Run {
 /// 2 ms until it exits). Not `wait4`'s `ru_maxrss`: a child spawned with
 /// `posix_spawn` shares this process's memory until exec, and its maximum carries
 /// that (this process holds the services) into the figure.
-fn run_worker(stack: &Stack) -> Run {
+fn run_worker(stack: &Stack, otlp: Option<&OtlpSink>) -> Run {
     let started = Instant::now();
-    let mut child = worker_command(stack)
-        .arg("once")
-        .spawn()
-        .expect("start the worker");
+    let mut command = worker_command(stack);
+    if let Some(sink) = otlp {
+        command.env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url());
+    }
+    let mut child = command.arg("once").spawn().expect("start the worker");
     let status_file = format!("/proc/{}/status", child.id());
     let mut max_rss_kib = 0;
     let status = loop {
