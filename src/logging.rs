@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::kv::{Key, Value, VisitSource};
 use log::{Log, Metadata, Record};
@@ -89,7 +90,7 @@ pub fn init(level: log::LevelFilter, shard: Option<String>) {
             write!(
                 buf,
                 "[{} {:<5} {}] {}",
-                buf.timestamp_millis(),
+                rfc3339_millis(SystemTime::now()),
                 record.level(),
                 record.target(),
                 record.args()
@@ -112,6 +113,29 @@ pub fn init(level: log::LevelFilter, shard: Option<String>) {
     }
 }
 
+/// `2026-11-24T15:27:31.478Z`: RFC 3339, UTC, milliseconds.
+pub fn rfc3339_millis(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
 /// ` key=value` for each pair; a value with spaces (or none) is quoted.
 struct Pairs(String);
 
@@ -124,5 +148,22 @@ impl<'kvs> VisitSource<'kvs> for Pairs {
             self.0.push_str(&format!(" {key}={text}"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let at = |secs: u64, millis: u64| {
+            rfc3339_millis(UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_795_533_451, 478), "2026-11-24T15:17:31.478Z");
+        assert_eq!(at(4_102_444_799, 999), "2099-12-31T23:59:59.999Z");
     }
 }
