@@ -6,11 +6,14 @@
 //! (API_URL_ORDERS, RUST_LOG, http_proxy, ...) cannot leak in, and every child is killed
 //! and reaped if a test fails or it outlives its time limit.
 
-use std::io::Read;
+mod common;
+
 use std::net::TcpListener;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::thread::{self, JoinHandle};
+use std::process::{Command, Output};
+use std::thread;
 use std::time::{Duration, Instant};
+
+use common::Running;
 
 use httpmock::{Method, Mock, MockServer};
 use serde_json::json;
@@ -22,83 +25,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(20);
 
 /// The promise of `run`: stopped within 2 s of SIGTERM/SIGINT.
 const STOP_LIMIT: Duration = Duration::from_secs(2);
-
-/// A child process that is killed and reaped when dropped, whatever the test did.
-struct Running {
-    child: Child,
-    stdout: Option<JoinHandle<Vec<u8>>>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
-}
-
-impl Running {
-    /// Starts `cmd` with stdin closed and stdout/stderr read on threads, so a chatty
-    /// child never blocks on a full pipe.
-    fn start(cmd: &mut Command) -> Running {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stdout = child.stdout.take().map(drain);
-        let stderr = child.stderr.take().map(drain);
-        Running {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on our own, not yet reaped child: the pid cannot have been reused.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
-    }
-
-    /// Waits up to `limit` for the child to exit; `None` if it did not (it is then
-    /// killed on drop).
-    fn wait_for(&mut self, limit: Duration) -> Option<Output> {
-        let deadline = Instant::now() + limit;
-        let status: ExitStatus = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        let join = |h: Option<JoinHandle<Vec<u8>>>| {
-            h.map(|h| h.join().expect("pipe reader"))
-                .unwrap_or_default()
-        };
-        Some(Output {
-            status,
-            stdout: join(self.stdout.take()),
-            stderr: join(self.stderr.take()),
-        })
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // Harmless when the child has already exited and been reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        bytes
-    })
-}
 
 /// The binary with an empty environment.
 fn cmd() -> Command {

@@ -1,8 +1,12 @@
 //! The real binary against the in-memory stand-in services: end states and the stock
 //! ledger, not just the calls.
 
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+mod common;
+
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Running;
 
 use standin::{Knobs, Stack, WOODS};
 
@@ -24,28 +28,9 @@ fn worker(stack: &Stack, args: &[&str]) -> Command {
 
 /// Runs `once` to its end, or kills it after a minute: a hang fails the test.
 fn once(stack: &Stack) -> Output {
-    let child = worker(stack, &["once"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the worker");
-    let pid = child.id() as libc::pid_t;
-    let (done, waiting) = std::sync::mpsc::channel();
-    let watchdog = std::thread::spawn(move || {
-        if waiting.recv_timeout(Duration::from_secs(60)).is_err() {
-            // SAFETY: kill(2) on our child, which wait_with_output has not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let out = child.wait_with_output().expect("wait for the worker");
-    let _ = done.send(());
-    watchdog.join().unwrap();
-    assert_ne!(
-        out.status.code(),
-        None,
-        "the worker hung and was killed after 60 s"
-    );
-    out
+    Running::start(&mut worker(stack, &["once"]))
+        .wait_for(Duration::from_secs(60))
+        .expect("the worker hung and was killed after 60 s")
 }
 
 fn stack(orders: usize, stock_each: u64, knobs: Knobs) -> Stack {
@@ -161,35 +146,10 @@ fn a_500_after_the_stock_was_taken_never_takes_it_twice() {
     assert_invariants(&stack);
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
 #[test]
 fn sigterm_during_a_large_backlog_exits_0_promptly_and_leaves_no_stock_unaccounted() {
     let stack = stack(5_000, 1_000_000, Knobs::default());
-    let mut child = Running(
-        worker(&stack, &["run", "--interval", "30"])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    );
+    let mut child = Running::start(&mut worker(&stack, &["run", "--interval", "30"]));
     // Let it get well into the backlog.
     let deadline = Instant::now() + Duration::from_secs(20);
     while stack.ledger().len() < 200 {
@@ -200,11 +160,11 @@ fn sigterm_during_a_large_backlog_exits_0_promptly_and_leaves_no_stock_unaccount
         std::thread::sleep(Duration::from_millis(10));
     }
     let signalled = Instant::now();
-    // SAFETY: kill(2) on the pid of a child this test owns and has not reaped.
-    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
-    let status =
-        wait_for_exit(&mut child.0, Duration::from_secs(2)).expect("exit within 2 s of SIGTERM");
-    assert_eq!(status.code(), Some(0));
+    child.signal(libc::SIGTERM);
+    let out = child
+        .wait_for(Duration::from_secs(2))
+        .expect("exit within 2 s of SIGTERM");
+    assert_eq!(out.status.code(), Some(0));
     assert!(signalled.elapsed() < Duration::from_secs(2));
     let counts = stack.count_by_status();
     assert!(

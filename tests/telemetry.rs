@@ -1,10 +1,13 @@
 //! Telemetry through the real binary: what arrives at an OTLP/HTTP receiver on loopback,
 //! decoded with the official OTLP protobuf definitions, and what the services receive.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Running;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -219,34 +222,25 @@ fn a_collector_that_is_down_neither_slows_cycles_nor_delays_shutdown() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let mut child = worker(&stack)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("LOG_LEVEL", "info")
-        .args(["run", "--interval", "0.2"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running::start(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("LOG_LEVEL", "info")
+            .args(["run", "--interval", "0.2"]),
+    );
     std::thread::sleep(Duration::from_millis(2000));
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    child.signal(libc::SIGTERM);
     let signalled = Instant::now();
-    let deadline = signalled + Duration::from_secs(3);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("not stopped 3 s after SIGTERM with the collector down");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let out = child
+        .wait_for(Duration::from_secs(3))
+        .expect("stopped within 3 s of SIGTERM with the collector down");
     let stopped_in = signalled.elapsed();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stopped_in < Duration::from_secs(3), "{stopped_in:?}");
     // About one cycle per 0.2 s, as without telemetry.

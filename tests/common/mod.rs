@@ -5,10 +5,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A request as it arrived.
 #[derive(Debug, Clone)]
@@ -182,12 +184,12 @@ fn serve(
 
 /// Sleeps unless the server stops first; false if it did.
 fn wait(duration: Duration, stopped: &AtomicBool) -> bool {
-    let end = std::time::Instant::now() + duration;
-    while std::time::Instant::now() < end {
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
         if stopped.load(Ordering::SeqCst) {
             return false;
         }
-        thread::sleep(Duration::from_millis(5).min(end - std::time::Instant::now()));
+        thread::sleep(Duration::from_millis(5).min(end - Instant::now()));
     }
     true
 }
@@ -243,4 +245,81 @@ fn read_request(reader: &mut BufReader<TcpStream>, stopped: &AtomicBool) -> Opti
 /// An order as the Order Service lists it.
 pub fn order_json(id: u64, wood: &str, quantity: u32) -> serde_json::Value {
     serde_json::json!({"id": id, "wood_type": wood, "quantity": quantity, "order_status": "registered"})
+}
+
+/// A child process that is killed and reaped when dropped, whatever the test did.
+pub struct Running {
+    pub child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    /// Starts `cmd` with stdin closed and stdout/stderr read on threads, so a chatty
+    /// child never blocks on a full pipe.
+    pub fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stdout = child.stdout.take().map(drain);
+        let stderr = child.stderr.take().map(drain);
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own, not yet reaped child: the pid cannot have been reused.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits up to `limit` for the child to exit; `None` if it did not (it is then
+    /// killed on drop).
+    pub fn wait_for(&mut self, limit: Duration) -> Option<Output> {
+        let deadline = Instant::now() + limit;
+        let status: ExitStatus = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let join = |h: Option<JoinHandle<Vec<u8>>>| {
+            h.map(|h| h.join().expect("pipe reader"))
+                .unwrap_or_default()
+        };
+        Some(Output {
+            status,
+            stdout: join(self.stdout.take()),
+            stderr: join(self.stderr.take()),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Harmless when the child has already exited and been reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
 }
