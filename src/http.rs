@@ -244,7 +244,7 @@ fn read_reply(
             ureq::Error::BodyExceedsLimit(_) => format!("larger than {limit} bytes"),
             other => other.to_string(),
         });
-    attempt.finish(Some(status), None);
+    attempt.finish(Some(status), body.as_ref().err().map(|_| "response_body"));
     Ok(Reply {
         status,
         body,

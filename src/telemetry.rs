@@ -22,8 +22,10 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// The log target of the exporters' own messages: never sent back through OTLP.
 pub const EXPORT_LOG_TARGET: &str = "ordermanagement::telemetry::export";
-/// How long shutdown waits for each signal's last export.
+/// How long shutdown asks each signal's processor to wait for its last export.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(900);
+/// The most the exit waits for telemetry, all signals together.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(2000);
 /// Export errors are logged at most this often (per signal).
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -151,7 +153,16 @@ impl Settings {
         if on.iter().any(|o| *o) && !protocol.is_empty() && protocol != "http/protobuf" {
             notes.push((
                 log::Level::Warn,
-                format!("OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is ignored: this build exports OTLP over http/protobuf"),
+                format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is ignored: this build exports OTLP over http/protobuf \
+                     (the collector's port 4318)"
+                ),
+            ));
+        }
+        if !on.iter().any(|o| *o) && notes.is_empty() && base.is_some() {
+            notes.push((
+                log::Level::Info,
+                "telemetry export off: every OTEL_*_EXPORTER is none".into(),
             ));
         }
         if !on.iter().any(|o| *o) && notes.is_empty() {
@@ -363,29 +374,67 @@ impl Telemetry {
         telemetry
     }
 
-    /// Flushes and stops every signal: traces, then logs, then metrics; errors are
-    /// logged on stderr only. Bounded: a collector that is down costs about a second.
+    /// Flushes and stops every signal; errors are logged on stderr only. Bounded: at
+    /// most about two seconds, whatever the collector does.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
+    /// The three shutdowns run side by side, each on its own thread, against one
+    /// deadline: a collector that is slow or never answers cannot hold the exit longer
+    /// (the meter provider ignores its own timeout, and an export in flight keeps its
+    /// thread until its HTTP timeout). Whatever is not done by then is abandoned.
     fn stop(&mut self) {
-        let mut errors: Vec<String> = Vec::new();
-        if let Some(p) = self.tracer.take()
-            && let Err(e) = p.shutdown_with_timeout(SHUTDOWN_WAIT)
-        {
-            errors.push(format!("traces: {e}"));
+        use std::sync::mpsc;
+        let (done, results) = mpsc::channel::<Result<(), String>>();
+        let mut started = 0;
+        let mut spawn = |name: &'static str,
+                         shutdown: Box<
+            dyn FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send,
+        >| {
+            let done = done.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("otel-shutdown-{name}"))
+                .spawn(move || {
+                    let _ = done.send(shutdown().map_err(|e| format!("{name}: {e}")));
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        };
+        if let Some(p) = self.tracer.take() {
+            spawn(
+                "traces",
+                Box::new(move || p.shutdown_with_timeout(SHUTDOWN_WAIT)),
+            );
         }
         if let Some(p) = self.logger.take() {
             crate::logging::stop_export();
-            if let Err(e) = p.shutdown_with_timeout(SHUTDOWN_WAIT) {
-                errors.push(format!("logs: {e}"));
-            }
+            spawn(
+                "logs",
+                Box::new(move || p.shutdown_with_timeout(SHUTDOWN_WAIT)),
+            );
         }
-        if let Some(p) = self.meter.take()
-            && let Err(e) = p.shutdown_with_timeout(SHUTDOWN_WAIT)
-        {
-            errors.push(format!("metrics: {e}"));
+        if let Some(p) = self.meter.take() {
+            spawn(
+                "metrics",
+                Box::new(move || p.shutdown_with_timeout(SHUTDOWN_WAIT)),
+            );
+        }
+        let deadline = Instant::now() + SHUTDOWN_DEADLINE;
+        let mut errors = Vec::new();
+        for _ in 0..started {
+            match results.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => {
+                    errors.push(format!(
+                        "not finished after {} s, abandoned",
+                        SHUTDOWN_DEADLINE.as_secs_f64()
+                    ));
+                    break;
+                }
+            }
         }
         if !errors.is_empty() {
             log::warn!(target: EXPORT_LOG_TARGET, "telemetry shutdown: {}", errors.join("; "));

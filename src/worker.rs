@@ -349,7 +349,11 @@ impl Worker {
         ]);
         if report.list_failed {
             scope.fail("the order list could not be fetched".into());
-        } else if let Some(why) = &report.ended_early {
+        } else if let Some(why) = report
+            .ended_early
+            .as_ref()
+            .filter(|_| !self.stop.requested())
+        {
             scope.fail(format!("ended early: {why}"));
         }
         let metrics = telemetry::instruments();
@@ -357,7 +361,8 @@ impl Worker {
         metrics
             .cycle_duration
             .record(report.duration.as_secs_f64(), &shard);
-        if !report.list_failed {
+        // Only a cycle that saw the whole list knows how many orders were registered.
+        if !report.list_failed && report.ended_early.is_none() {
             metrics.orders_registered.record(report.fetched, &shard);
         }
         report
@@ -508,12 +513,9 @@ impl Worker {
                 .set_status(&update.order, update.status, Some(&self.stop));
             let outcome =
                 crate::process::after_status_update(update.status, update.reason.clone(), result);
-            if let Outcome::Pending { reason, .. } = &outcome {
+            if let Outcome::Pending { .. } = &outcome {
                 failures += 1;
-                log::warn!(
-                    "order {id}: status update to {} still pending: {reason}",
-                    update.status
-                );
+                finish_order(&scope, &update.order, &outcome);
                 self.pending.insert(id, update);
                 continue;
             }
@@ -548,7 +550,16 @@ fn finish_order(scope: &Scope, order: &Order, outcome: &Outcome) {
         KeyValue::new("ordermanagement.order.outcome", outcome.name()),
         KeyValue::new("ordermanagement.order.reason", outcome.reason().to_string()),
     ]);
-    if !matches!(outcome, Outcome::Ready | Outcome::DryRun) {
+    let fine = matches!(
+        outcome,
+        Outcome::Ready
+            | Outcome::DryRun
+            | Outcome::Deferred {
+                cause: Deferral::Stopped,
+                ..
+            }
+    );
+    if !fine {
         scope.fail(format!("{}: {}", outcome.name(), outcome.reason()));
     }
     let mut attributes = vec![KeyValue::new("outcome", outcome.name())];

@@ -254,3 +254,81 @@ fn a_collector_that_is_down_neither_slows_cycles_nor_delays_shutdown() {
     );
     assert_eq!(stack.count_by_status().get("ready").copied(), Some(20));
 }
+
+#[test]
+fn a_collector_that_never_answers_does_not_hold_the_exit() {
+    let stack = stack(10);
+    // Connections complete in the kernel's backlog, and nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let mut child = Running::start(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .args(["run", "--interval", "0.2"]),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    child.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let out = child
+        .wait_for(Duration::from_secs(3))
+        .expect("stopped within 3 s of SIGTERM with a silent collector");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(signalled.elapsed() < Duration::from_secs(3));
+    assert_eq!(stack.count_by_status().get("ready").copied(), Some(10));
+    drop(silent);
+}
+
+#[test]
+fn the_exporters_own_complaints_stay_out_of_the_exported_logs() {
+    let stack = stack(3);
+    let sink = OtlpSink::start_failing(Some("/v1/traces")).unwrap();
+    let mut child = Running::start(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .env("OTEL_BLRP_SCHEDULE_DELAY", "1000")
+            .env("LOG_LEVEL", "info")
+            .args(["run", "--interval", "0.3"]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.bodies("/v1/traces").is_empty() || sink.bodies("/v1/logs").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no traces and logs exported within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(Duration::from_secs(3)).expect("stopped");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr.contains("traces export failed"),
+        "the failure is reported on stderr:\n{stderr}"
+    );
+    let mut bodies = Vec::new();
+    for body in sink.bodies("/v1/logs") {
+        let request = ExportLogsServiceRequest::decode(body.as_slice()).expect("OTLP logs decode");
+        for rl in request.resource_logs {
+            for sl in rl.scope_logs {
+                bodies.extend(sl.log_records.iter().map(|r| text(&r.body)));
+            }
+        }
+    }
+    assert!(
+        bodies.iter().any(|b| b.contains(": ready")),
+        "the worker's own lines are exported: {bodies:?}"
+    );
+    assert!(
+        !bodies.iter().any(|b| b.contains("export failed")),
+        "no feedback: {bodies:?}"
+    );
+}

@@ -663,6 +663,13 @@ pub struct OtlpSink {
 
 impl OtlpSink {
     pub fn start() -> std::io::Result<OtlpSink> {
+        OtlpSink::start_failing(None)
+    }
+
+    /// Like [`OtlpSink::start`], but requests to `failing` (e.g. `/v1/traces`) are
+    /// kept and answered `500`.
+    pub fn start_failing(failing: Option<&str>) -> std::io::Result<OtlpSink> {
+        let failing = failing.map(str::to_string);
         let server = Arc::new(Server::http(("127.0.0.1", 0)).map_err(std::io::Error::other)?);
         let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(0);
         let received: Received = Arc::new(Mutex::new(Vec::new()));
@@ -671,8 +678,13 @@ impl OtlpSink {
             while let Ok(mut request) = srv.recv() {
                 let mut body = Vec::new();
                 let _ = request.as_reader().read_to_end(&mut body);
+                let status = if failing.as_deref() == Some(request.url()) {
+                    500
+                } else {
+                    200
+                };
                 got.lock().unwrap().push((request.url().to_string(), body));
-                let _ = request.respond(Response::empty(200));
+                let _ = request.respond(Response::empty(status));
             }
         });
         Ok(OtlpSink {
