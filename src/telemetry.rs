@@ -305,12 +305,11 @@ impl Telemetry {
         let resource = resource.with_attributes(extra).build();
         let client = |signal| UreqClient::new(signal, settings.export_timeout);
         if settings.traces {
-            match opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(client(Signal::Traces))
-                .with_protocol(Protocol::HttpBinary)
-                .with_retry_policy(export_retries())
-                .build()
+            match http_export(
+                opentelemetry_otlp::SpanExporter::builder().with_http(),
+                client(Signal::Traces),
+            )
+            .build()
             {
                 Ok(exporter) => {
                     let provider = SdkTracerProvider::builder()
@@ -324,12 +323,11 @@ impl Telemetry {
             }
         }
         if settings.metrics {
-            match opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_http_client(client(Signal::Metrics))
-                .with_protocol(Protocol::HttpBinary)
-                .with_retry_policy(export_retries())
-                .build()
+            match http_export(
+                opentelemetry_otlp::MetricExporter::builder().with_http(),
+                client(Signal::Metrics),
+            )
+            .build()
             {
                 Ok(exporter) => {
                     let provider = SdkMeterProvider::builder()
@@ -343,12 +341,11 @@ impl Telemetry {
             }
         }
         if settings.logs {
-            match opentelemetry_otlp::LogExporter::builder()
-                .with_http()
-                .with_http_client(client(Signal::Logs))
-                .with_protocol(Protocol::HttpBinary)
-                .with_retry_policy(export_retries())
-                .build()
+            match http_export(
+                opentelemetry_otlp::LogExporter::builder().with_http(),
+                client(Signal::Logs),
+            )
+            .build()
             {
                 Ok(exporter) => {
                     let provider = SdkLoggerProvider::builder()
@@ -448,6 +445,14 @@ impl Drop for Telemetry {
     }
 }
 
+/// The same OTLP/HTTP settings for every signal's exporter.
+fn http_export<B: WithHttpConfig + WithExportConfig>(builder: B, client: UreqClient) -> B {
+    builder
+        .with_http_client(client)
+        .with_protocol(Protocol::HttpBinary)
+        .with_retry_policy(export_retries())
+}
+
 /// One quick retry: a collector that is down must cost milliseconds, not the
 /// exporters' default backoff, at every export and at shutdown.
 fn export_retries() -> opentelemetry_otlp::RetryPolicy {
@@ -493,12 +498,12 @@ impl Scope {
         attributes: Vec<KeyValue>,
     ) -> Scope {
         use opentelemetry::trace::{TraceContextExt, Tracer};
-        let tracer = opentelemetry::global::tracer("ordermanagement");
+        let tracer = tracer();
         let span = tracer
             .span_builder(name)
             .with_kind(kind)
             .with_attributes(attributes)
-            .start(&tracer);
+            .start(tracer);
         let cx = opentelemetry::Context::current_with_span(span);
         Scope {
             _guard: cx.clone().attach(),
@@ -516,6 +521,14 @@ impl Scope {
         use opentelemetry::trace::{Status, TraceContextExt};
         self.cx.span().set_status(Status::error(description));
     }
+}
+
+/// The worker's tracer, made on first use (after [`Telemetry::init`] in the binary),
+/// so that the per-order path does not look up the global provider for every span.
+fn tracer() -> &'static opentelemetry::global::BoxedTracer {
+    static TRACER: std::sync::OnceLock<opentelemetry::global::BoxedTracer> =
+        std::sync::OnceLock::new();
+    TRACER.get_or_init(|| opentelemetry::global::tracer("ordermanagement"))
 }
 
 /// Records an event on the current span (e.g. a simulated failure).
