@@ -37,6 +37,34 @@ pub enum Command {
     /// Run a single cycle and exit (for cron); see the exit codes below.
     #[command(after_help = EXIT_CODES_HELP)]
     Once,
+    /// Exit 0 while the worker using the same --heartbeat-file makes progress, 1 when it
+    /// is stuck (for a container HEALTHCHECK or a liveness probe); prints one line.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Unhealthy when the last heartbeat is older than this. Default: the worker's own
+    /// figure, in the file (the longest one order may take, a page fetch and the interval).
+    #[arg(
+        long,
+        env = "HEALTHCHECK_MAX_AGE_SECONDS",
+        value_name = "SECONDS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub max_age: String,
+
+    /// Also unhealthy when the Order Service has not answered for this long (off by
+    /// default: a service being down is no reason to restart the worker).
+    #[arg(
+        long,
+        env = "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
+        value_name = "SECONDS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub max_cut_off: String,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +180,17 @@ pub struct CommonArgs {
         hide_default_value = true
     )]
     pub state_file: String,
+
+    /// The heartbeat the worker rewrites after every order and cycle, read by
+    /// `healthcheck` (a sharded replica's default name carries its shard). Off when empty.
+    #[arg(
+        long,
+        global = true,
+        env = "HEARTBEAT_FILE",
+        value_name = "PATH",
+        default_value = crate::heartbeat::DEFAULT_PATH
+    )]
+    pub heartbeat_file: String,
 
     /// Handle only the orders with id % COUNT == INDEX (e.g. 2/4), for N replicas.
     #[arg(

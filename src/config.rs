@@ -31,6 +31,9 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// The share of the orders this replica handles. Default all.
     pub shard: Option<Shard>,
+    /// The heartbeat file read by `healthcheck`. Default [`crate::heartbeat::DEFAULT_PATH`]
+    /// (with the shard in its name on a sharded replica); none when set empty.
+    pub heartbeat_file: Option<PathBuf>,
     /// First backoff delay between attempts; doubled each retry. Default 200 ms.
     pub retry_base: Duration,
     /// Longest backoff delay, and the cap on a honoured `Retry-After`. Default 5 s.
@@ -51,6 +54,7 @@ impl Default for Config {
             dry_run: false,
             state_file: None,
             shard: None,
+            heartbeat_file: None,
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(5),
         }
@@ -83,6 +87,11 @@ pub enum Mode {
     Run { interval: Duration },
     /// A single cycle.
     Once,
+    /// Judge the heartbeat file; `None` takes the worker's own figure / no cut-off.
+    Healthcheck {
+        max_age: Option<Duration>,
+        max_cut_off: Option<Duration>,
+    },
 }
 
 /// A setting with a bad value: the message names the flag, the variable and the value.
@@ -120,6 +129,20 @@ impl Config {
                 )?,
             },
             Command::Once => Mode::Once,
+            Command::Healthcheck(h) => {
+                let optional = |v: &str, flag, env| match v.trim() {
+                    "" => Ok(None),
+                    _ => seconds(v, flag, env, "a positive number of seconds").map(Some),
+                };
+                Mode::Healthcheck {
+                    max_age: optional(&h.max_age, "--max-age", "HEALTHCHECK_MAX_AGE_SECONDS")?,
+                    max_cut_off: optional(
+                        &h.max_cut_off,
+                        "--max-cut-off",
+                        "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
+                    )?,
+                }
+            }
         };
         Ok((mode, config))
     }
@@ -188,6 +211,7 @@ impl Config {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
             shard: shard(args)?,
+            heartbeat_file: None,
             dry_run: boolean(&args.dry_run).ok_or_else(|| {
                 err(
                     "--dry-run",
@@ -198,7 +222,19 @@ impl Config {
             })?,
             ..Config::default()
         };
-        Ok(config)
+        let heartbeat = args.heartbeat_file.trim();
+        let heartbeat_file = match (heartbeat, config.shard) {
+            ("", _) => None,
+            (crate::heartbeat::DEFAULT_PATH, Some(s)) => Some(PathBuf::from(format!(
+                "/tmp/ordermanagement-shard-{}-of-{}.heartbeat",
+                s.index, s.count
+            ))),
+            (path, _) => Some(PathBuf::from(path)),
+        };
+        Ok(Config {
+            heartbeat_file,
+            ..config
+        })
     }
 }
 

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ordermanagement::cli::Cli;
 use ordermanagement::journal::FileJournal;
-use ordermanagement::{Config, Mode, Stop, Worker, logging, telemetry};
+use ordermanagement::{Config, Mode, Stop, Worker, heartbeat, logging, telemetry};
 
 /// Exit code of a usage or configuration error.
 const USAGE: u8 = 2;
@@ -18,6 +18,13 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
+    if let Mode::Healthcheck {
+        max_age,
+        max_cut_off,
+    } = mode
+    {
+        return healthcheck(&config, max_age, max_cut_off);
+    }
     logging::init(config.log_level, config.shard.map(|s| s.to_string()));
     let settings = telemetry::Settings::from_env(|name| std::env::var(name).ok());
     let shard = config
@@ -53,6 +60,20 @@ fn main() -> ExitCode {
             }
         },
     };
+    if let Some(path) = &config.heartbeat_file {
+        match heartbeat::Heartbeat::start(path, heartbeat::stale_after(&config, &mode)) {
+            Ok(beat) => worker.set_heartbeat(beat),
+            Err(e) => {
+                let e = format!(
+                    "invalid --heartbeat-file (HEARTBEAT_FILE) {:?}: cannot write it: {e}",
+                    path.display().to_string()
+                );
+                log::error!("{e}");
+                eprintln!("ordermanagement: error: {e}");
+                return ExitCode::from(USAGE);
+            }
+        }
+    }
     let code = match mode {
         Mode::Run { interval } => {
             worker.run_loop(interval);
@@ -65,6 +86,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        // Answered before the worker starts; kept here so every mode has its arm.
+        Mode::Healthcheck {
+            max_age,
+            max_cut_off,
+        } => healthcheck(&config, max_age, max_cut_off),
     };
     if worker.pending() > 0 {
         if config.state_file.is_some() {
@@ -81,4 +107,25 @@ fn main() -> ExitCode {
         }
     }
     code
+}
+
+/// `healthcheck`: one line on stdout, exit 0 while the worker makes progress, 1 otherwise.
+fn healthcheck(
+    config: &Config,
+    max_age: Option<std::time::Duration>,
+    max_cut_off: Option<std::time::Duration>,
+) -> ExitCode {
+    let Some(path) = &config.heartbeat_file else {
+        eprintln!(
+            "ordermanagement: error: healthcheck needs --heartbeat-file (HEARTBEAT_FILE); it is set empty"
+        );
+        return ExitCode::from(USAGE);
+    };
+    let verdict = heartbeat::check(path, max_age, max_cut_off, heartbeat::now_ms());
+    println!("{verdict}");
+    if verdict.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Shard};
+use crate::heartbeat::Heartbeat;
 use crate::http::{CallError, Http, RetryPolicy};
 use crate::orders::{Order, OrderStatus, OrdersClient};
 use crate::process::{Deferral, InFlight, Journal, Journey, NoJournal, Outcome};
@@ -233,6 +234,8 @@ pub struct Worker {
     /// Orders whose status update the Order Service refused (`400`/`404`): they may stay
     /// `registered`, and are never handled again by this process.
     refused: HashSet<u64>,
+    /// Rewritten after every finished order and every cycle, for `healthcheck`.
+    heartbeat: Option<Heartbeat>,
 }
 
 impl Worker {
@@ -265,6 +268,7 @@ impl Worker {
             stop,
             pending: BTreeMap::new(),
             refused: HashSet::new(),
+            heartbeat: None,
         };
         for (order, state) in recovered {
             let (status, reason) = match state {
@@ -310,6 +314,28 @@ impl Worker {
         worker
     }
 
+    /// Beats `heartbeat` from now on.
+    pub fn set_heartbeat(&mut self, heartbeat: Heartbeat) {
+        self.heartbeat = Some(heartbeat);
+    }
+
+    /// Records a finished order in the heartbeat; an outcome that set a status means the
+    /// Order Service answered.
+    fn beat_order(&mut self, outcome: &Outcome) {
+        if let Some(heartbeat) = &mut self.heartbeat {
+            if matches!(
+                outcome,
+                Outcome::Ready
+                    | Outcome::Blocked { .. }
+                    | Outcome::Unknown { .. }
+                    | Outcome::StatusRefused { .. }
+            ) {
+                heartbeat.orders_answered();
+            }
+            heartbeat.order_finished();
+        }
+    }
+
     /// Orders whose status update is still pending.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -338,6 +364,9 @@ impl Worker {
         report.pending = self.pending.len() as u64;
         report.duration = started.elapsed();
         log_summary(&report);
+        if let Some(heartbeat) = &mut self.heartbeat {
+            heartbeat.cycle_ended(&report);
+        }
         let count = |name: &'static str, n: u64| KeyValue::new(name, n as i64);
         scope.set(vec![
             count("ordermanagement.cycle.fetched", report.fetched),
@@ -392,7 +421,12 @@ impl Worker {
                 |attempt| orders.list_registered(skip, self.page_size, attempt),
             );
             let page = match page {
-                Ok(page) => page,
+                Ok(page) => {
+                    if let Some(heartbeat) = &mut self.heartbeat {
+                        heartbeat.orders_answered();
+                    }
+                    page
+                }
                 Err(e) => {
                     log::error!("could not fetch registered orders (skip {skip}): {e}");
                     report.list_failed = true;
@@ -449,6 +483,7 @@ impl Worker {
                 let scope = order_scope(&order);
                 let outcome = self.journey.process(&order, &self.stop);
                 finish_order(&scope, &order, &outcome);
+                self.beat_order(&outcome);
                 report.count(&outcome);
                 if !outcome.left_registered() {
                     pager.stays(id);
@@ -516,6 +551,7 @@ impl Worker {
             if let Outcome::Pending { .. } = &outcome {
                 failures += 1;
                 finish_order(&scope, &update.order, &outcome);
+                self.beat_order(&outcome);
                 self.pending.insert(id, update);
                 continue;
             }
@@ -524,6 +560,7 @@ impl Worker {
                 self.refused.insert(id);
             }
             finish_order(&scope, &update.order, &outcome);
+            self.beat_order(&outcome);
             report.count(&outcome);
         }
     }

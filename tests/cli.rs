@@ -524,3 +524,125 @@ fn a_second_sigterm_exits_at_once_while_a_decrease_is_in_flight() {
         "the decrease was in flight when the signals came"
     );
 }
+
+// ---------------------------------------------------------------- heartbeat and healthcheck
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("om-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn healthcheck(beat: &std::path::Path, extra: &[&str]) -> Output {
+    let mut cmd = cmd();
+    cmd.env("HEARTBEAT_FILE", beat)
+        .arg("healthcheck")
+        .args(extra);
+    run(&mut cmd)
+}
+
+#[test]
+fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
+    let dir = TempDir::new("healthcheck");
+    let beat = dir.0.join("beat");
+    let server = MockServer::start();
+    let list = list_mock(&server, &oak_order());
+    let decrease = decrease_mock(&server);
+    let ready = ready_mock(&server);
+    let url = server.base_url();
+
+    // No worker yet: no heartbeat, unhealthy.
+    let out = healthcheck(&beat, &[]);
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stdout).starts_with("unhealthy: no heartbeat at"),
+        "{out:?}"
+    );
+
+    let mut child = Running::start(
+        with_services(&url, &url)
+            .env("HEARTBEAT_FILE", &beat)
+            .args(["run", "--interval", "0.2"]),
+    );
+    let deadline = Instant::now() + RUN_LIMIT;
+    while ready.calls() == 0 || list.calls() < 3 {
+        assert!(Instant::now() < deadline, "no cycles within {RUN_LIMIT:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = healthcheck(&beat, &["--max-age", "1"]);
+    assert_exit(&out, 0);
+    let line = text(&out.stdout);
+    assert!(
+        line.starts_with("healthy: last beat 0 s ago (max 1 s"),
+        "{line}"
+    );
+    assert!(line.contains("last cycle ended"), "{line}");
+    assert!(line.contains("Order Service answered 0 s ago"), "{line}");
+    // The worker's own figure is the default: above two stalled decreases (2 x 4 s here).
+    let out = healthcheck(&beat, &[]);
+    assert_exit(&out, 0);
+
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(STOP_LIMIT).expect("stopped after SIGTERM");
+    assert_exit(&out, 0);
+    // The mock lists the same order every cycle: one decrease per cycle.
+    assert!(decrease.calls() >= 1);
+    thread::sleep(Duration::from_millis(1_200));
+    let out = healthcheck(&beat, &["--max-age", "1"]);
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stdout).starts_with("unhealthy: no progress for 1 s"),
+        "{out:?}"
+    );
+    // From the environment too, and a silent Order Service only with a cut-off.
+    let mut cmd = cmd();
+    cmd.env("HEARTBEAT_FILE", &beat)
+        .env("HEALTHCHECK_MAX_AGE_SECONDS", "1")
+        .arg("healthcheck");
+    assert_exit(&run(&mut cmd), 1);
+    assert_exit(&healthcheck(&beat, &["--max-age", "60"]), 0);
+    let out = healthcheck(&beat, &["--max-age", "60", "--max-cut-off", "1"]);
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stdout).contains("Order Service silent for 1 s"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_heartbeat_file_that_cannot_be_written_stops_the_worker_at_start() {
+    let server = MockServer::start();
+    let any = catch_all(&server);
+    let url = server.base_url();
+    let out = run(with_services(&url, &url)
+        .env("HEARTBEAT_FILE", "/nonexistent-dir/beat")
+        .arg("once"));
+    assert_exit(&out, 2);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("invalid --heartbeat-file (HEARTBEAT_FILE) \"/nonexistent-dir/beat\""),
+        "{stderr}"
+    );
+    any.assert_calls(0);
+    // Empty turns the heartbeat off; healthcheck then has nothing to read.
+    let out = run(cmd().env("HEARTBEAT_FILE", "").arg("healthcheck"));
+    assert_exit(&out, 2);
+    let out = run(cmd().args(["healthcheck", "--max-age", "soon"]));
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("invalid --max-age (HEALTHCHECK_MAX_AGE_SECONDS) \"soon\""),
+        "{out:?}"
+    );
+}

@@ -1,0 +1,416 @@
+//! The heartbeat file and the `healthcheck` command that reads it.
+//!
+//! The worker rewrites a small JSON file after every order it finishes and at the end
+//! of every cycle, whatever the outcome. `healthcheck` (an image's `HEALTHCHECK`, a
+//! Kubernetes liveness probe) tells a stuck worker from a working one by the file's
+//! age, which a process-alive check cannot. A service being down is not a reason to
+//! restart the worker, so by default only progress is judged; `--max-cut-off` also
+//! fails when the Order Service has not answered for that long.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Mode};
+use crate::worker::CycleReport;
+
+/// The heartbeat path when `--heartbeat-file` is not given.
+pub const DEFAULT_PATH: &str = "/tmp/ordermanagement.heartbeat";
+
+/// Slack added to the computed longest gap between two heartbeats.
+const SLACK: Duration = Duration::from_secs(30);
+
+/// What the file holds: one JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    /// The worker's process id.
+    pub pid: u32,
+    /// When the worker started (Unix milliseconds).
+    pub started_ms: u64,
+    /// When this beat was written (Unix milliseconds).
+    pub at_ms: u64,
+    /// The longest gap between two beats of a working worker, from its own settings
+    /// (the longest one order may take, a page fetch and the interval): `healthcheck`'s
+    /// default `--max-age`.
+    pub stale_after_s: u64,
+    /// When the Order Service last answered a list or status call (Unix milliseconds).
+    pub orders_answered_ms: Option<u64>,
+    /// The last complete cycle, if one ran.
+    pub last_cycle: Option<CycleBeat>,
+}
+
+/// A cycle's counts as the heartbeat keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CycleBeat {
+    pub ended_ms: u64,
+    pub duration_ms: u64,
+    pub fetched: u64,
+    pub ready: u64,
+    pub blocked: u64,
+    pub unknown: u64,
+    pub deferred: u64,
+    pub pending: u64,
+    pub skipped: u64,
+    pub list_failed: bool,
+}
+
+impl From<&CycleReport> for CycleBeat {
+    fn from(r: &CycleReport) -> Self {
+        CycleBeat {
+            ended_ms: now_ms(),
+            duration_ms: r.duration.as_millis() as u64,
+            fetched: r.fetched,
+            ready: r.ready,
+            blocked: r.blocked,
+            unknown: r.unknown,
+            deferred: r.deferred,
+            pending: r.pending,
+            skipped: r.skipped,
+            list_failed: r.list_failed,
+        }
+    }
+}
+
+/// The longest a working worker may go without a beat, from its settings: the next
+/// cycle's sleep, a page fetch, then one order (a decrease that stalls and is retried
+/// once, plus fast failures, then its status update), each with its backoff waits;
+/// plus some slack. About 3.7 minutes with the defaults.
+pub fn stale_after(config: &Config, mode: &Mode) -> Duration {
+    let interval = match mode {
+        Mode::Run { interval } => *interval,
+        _ => Duration::ZERO,
+    };
+    let retries = config.max_retries;
+    let backoffs = config.retry_cap * retries;
+    // Every attempt of an Order Service call is bounded by the HTTP timeout.
+    let orders_call = config.http_timeout * (retries + 1) + backoffs;
+    // A slow failure of the decrease is retried once; other failures are fast
+    // (refused connection, an error reply) or bounded by the connect timeout.
+    let decrease = (config.http_timeout + config.decrease_timeout) * 2
+        + config.http_timeout * (retries + 1)
+        + backoffs;
+    interval + orders_call + decrease + orders_call + SLACK
+}
+
+/// Writes the heartbeat file (through a temporary file and a rename, so a reader never
+/// sees half a beat).
+pub struct Heartbeat {
+    path: PathBuf,
+    tmp: PathBuf,
+    beat: Beat,
+    failing: bool,
+}
+
+impl Heartbeat {
+    /// Writes the first beat; an error here (a missing directory, no permission) is a
+    /// configuration error.
+    pub fn start(path: &Path, stale_after: Duration) -> io::Result<Heartbeat> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.tmp", std::process::id()));
+        let now = now_ms();
+        let heartbeat = Heartbeat {
+            path: path.to_path_buf(),
+            tmp: path.with_file_name(name),
+            beat: Beat {
+                pid: std::process::id(),
+                started_ms: now,
+                at_ms: now,
+                stale_after_s: stale_after.as_secs().max(1),
+                orders_answered_ms: None,
+                last_cycle: None,
+            },
+            failing: false,
+        };
+        heartbeat.write()?;
+        Ok(heartbeat)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The Order Service answered a call.
+    pub fn orders_answered(&mut self) {
+        self.beat.orders_answered_ms = Some(now_ms());
+    }
+
+    /// An order is finished, whatever its outcome.
+    pub fn order_finished(&mut self) {
+        self.touch();
+    }
+
+    /// A cycle ended.
+    pub fn cycle_ended(&mut self, report: &CycleReport) {
+        self.beat.last_cycle = Some(CycleBeat::from(report));
+        self.touch();
+    }
+
+    fn touch(&mut self) {
+        self.beat.at_ms = now_ms();
+        match self.write() {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                log::info!("heartbeat file {} written again", self.path.display());
+            }
+            Ok(()) => {}
+            Err(e) if !self.failing => {
+                self.failing = true;
+                log::error!(
+                    "cannot write the heartbeat file {}: {e}; the healthcheck will report this worker stuck",
+                    self.path.display()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn write(&self) -> io::Result<()> {
+        let mut text = serde_json::to_vec(&self.beat).map_err(io::Error::other)?;
+        text.push(b'\n');
+        let mut file = fs::File::create(&self.tmp)?;
+        file.write_all(&text)?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path).inspect_err(|_| {
+            let _ = fs::remove_file(&self.tmp);
+        })
+    }
+}
+
+/// The healthcheck's verdict: the line to print, and whether the worker is healthy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub healthy: bool,
+    pub line: String,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line)
+    }
+}
+
+/// Reads the heartbeat at `path` and judges it at `now_ms`.
+pub fn check(
+    path: &Path,
+    max_age: Option<Duration>,
+    max_cut_off: Option<Duration>,
+    now_ms: u64,
+) -> Verdict {
+    let unhealthy = |line: String| Verdict {
+        healthy: false,
+        line,
+    };
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            return unhealthy(format!(
+                "unhealthy: no heartbeat at {}: {e} (is the worker running with the same --heartbeat-file?)",
+                path.display()
+            ));
+        }
+    };
+    let beat: Beat = match serde_json::from_str(&text) {
+        Ok(beat) => beat,
+        Err(e) => {
+            return unhealthy(format!(
+                "unhealthy: the heartbeat at {} cannot be read: {e}",
+                path.display()
+            ));
+        }
+    };
+    judge(&beat, max_age, max_cut_off, now_ms)
+}
+
+/// The verdict on one beat (pure, for tests).
+pub fn judge(
+    beat: &Beat,
+    max_age: Option<Duration>,
+    max_cut_off: Option<Duration>,
+    now_ms: u64,
+) -> Verdict {
+    let max_age = max_age.unwrap_or(Duration::from_secs(beat.stale_after_s));
+    let age = Duration::from_millis(now_ms.saturating_sub(beat.at_ms));
+    let ago = |ms: u64| secs(Duration::from_millis(now_ms.saturating_sub(ms)));
+    let mut line = format!(
+        "last beat {} ago (max {}, pid {})",
+        secs(age),
+        secs(max_age),
+        beat.pid
+    );
+    match &beat.last_cycle {
+        Some(c) => line.push_str(&format!(
+            "; last cycle ended {} ago in {} ms: fetched {}, ready {}, blocked {}, unknown {}, \
+             deferred {}, pending {}, skipped {}{}",
+            ago(c.ended_ms),
+            c.duration_ms,
+            c.fetched,
+            c.ready,
+            c.blocked,
+            c.unknown,
+            c.deferred,
+            c.pending,
+            c.skipped,
+            if c.list_failed {
+                ", order list not fetched"
+            } else {
+                ""
+            }
+        )),
+        None => line.push_str(&format!(
+            "; no cycle finished since the start {} ago",
+            ago(beat.started_ms)
+        )),
+    }
+    let since_answer = match beat.orders_answered_ms {
+        Some(ms) => {
+            line.push_str(&format!("; Order Service answered {} ago", ago(ms)));
+            Duration::from_millis(now_ms.saturating_sub(ms))
+        }
+        None => {
+            line.push_str("; Order Service not answered yet");
+            Duration::from_millis(now_ms.saturating_sub(beat.started_ms))
+        }
+    };
+    let mut problems = Vec::new();
+    if age > max_age {
+        problems.push(format!("no progress for {}", secs(age)));
+    }
+    if let Some(cut_off) = max_cut_off
+        && since_answer > cut_off
+    {
+        problems.push(format!(
+            "Order Service silent for {} (max cut-off {})",
+            secs(since_answer),
+            secs(cut_off)
+        ));
+    }
+    if problems.is_empty() {
+        Verdict {
+            healthy: true,
+            line: format!("healthy: {line}"),
+        }
+    } else {
+        Verdict {
+            healthy: false,
+            line: format!("unhealthy: {}: {line}", problems.join(", ")),
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(at_ms: u64) -> Beat {
+        Beat {
+            pid: 7,
+            started_ms: 1_000,
+            at_ms,
+            stale_after_s: 60,
+            orders_answered_ms: Some(2_000),
+            last_cycle: None,
+        }
+    }
+
+    #[test]
+    fn fresh_beat_is_healthy_and_old_one_is_not() {
+        let v = judge(&beat(10_000), None, None, 69_000);
+        assert!(v.healthy, "{v}");
+        assert!(
+            v.line.starts_with("healthy: last beat 59 s ago (max 60 s"),
+            "{v}"
+        );
+        let v = judge(&beat(10_000), None, None, 71_000);
+        assert!(!v.healthy, "{v}");
+        assert!(v.line.contains("no progress for 61 s"), "{v}");
+        // --max-age overrides the worker's own figure.
+        assert!(!judge(&beat(10_000), Some(Duration::from_secs(5)), None, 16_000).healthy);
+    }
+
+    #[test]
+    fn silent_order_service_fails_only_with_a_cut_off() {
+        let now = 200_000; // beat fresh, Order Service last answered 198 s ago
+        assert!(judge(&beat(199_000), None, None, now).healthy);
+        let v = judge(&beat(199_000), None, Some(Duration::from_secs(120)), now);
+        assert!(!v.healthy, "{v}");
+        assert!(v.line.contains("Order Service silent for 198 s"), "{v}");
+        assert!(judge(&beat(199_000), None, Some(Duration::from_secs(300)), now).healthy);
+    }
+
+    #[test]
+    fn line_reports_the_last_cycle() {
+        let mut b = beat(10_000);
+        b.last_cycle = Some(CycleBeat {
+            ended_ms: 9_000,
+            duration_ms: 120,
+            fetched: 4,
+            ready: 3,
+            blocked: 1,
+            unknown: 0,
+            deferred: 0,
+            pending: 0,
+            skipped: 0,
+            list_failed: false,
+        });
+        let v = judge(&b, None, None, 12_000);
+        assert!(
+            v.line
+                .contains("last cycle ended 3 s ago in 120 ms: fetched 4, ready 3, blocked 1"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn stale_after_covers_a_stalled_decrease_and_the_interval() {
+        let config = Config::default();
+        let run = Mode::Run {
+            interval: Duration::from_secs(60),
+        };
+        let d = stale_after(&config, &run);
+        // Two stalled decrease attempts alone take 2 x (5 + 35) s.
+        assert!(d > Duration::from_secs(60 + 80), "{d:?}");
+        assert!(d < Duration::from_secs(600), "{d:?}");
+        assert!(stale_after(&config, &Mode::Once) < d);
+    }
+
+    #[test]
+    fn file_round_trip_and_missing_file() {
+        let dir = std::env::temp_dir().join(format!("om-heartbeat-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("beat");
+        let mut hb = Heartbeat::start(&path, Duration::from_secs(90)).unwrap();
+        hb.orders_answered();
+        hb.cycle_ended(&CycleReport {
+            fetched: 2,
+            ready: 2,
+            ..CycleReport::default()
+        });
+        let v = check(&path, None, None, now_ms());
+        assert!(v.healthy, "{v}");
+        assert!(v.line.contains("(max 90 s"), "{v}");
+        assert!(v.line.contains("fetched 2, ready 2"), "{v}");
+        let v = check(&dir.join("none"), None, None, now_ms());
+        assert!(!v.healthy);
+        assert!(v.line.starts_with("unhealthy: no heartbeat at"), "{v}");
+        fs::write(&path, "{not json").unwrap();
+        assert!(!check(&path, None, None, now_ms()).healthy);
+        assert!(Heartbeat::start(&dir.join("no/such/dir/beat"), Duration::from_secs(1)).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
