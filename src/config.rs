@@ -266,12 +266,22 @@ fn seconds(
 
 /// An http(s) URL with a host; the trailing slash is dropped so paths never get `//`.
 fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<String, ConfigError> {
-    let expected = "an http:// or https:// URL with a host, such as http://order:5000";
+    #[cfg(feature = "tls")]
+    let (expected, schemes) = (
+        "an http:// or https:// URL with a host, such as http://order:5000",
+        ["http", "https"],
+    );
+    // A build without the `tls` feature cannot speak https: refused at start.
+    #[cfg(not(feature = "tls"))]
+    let (expected, schemes) = (
+        "an http:// URL with a host, such as http://order:5000 (this build has no TLS)",
+        ["http", "http"],
+    );
     let trimmed = value.trim().trim_end_matches('/');
     let uri: ureq::http::Uri = trimmed
         .parse()
         .map_err(|_| err(flag, env, value, expected))?;
-    let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+    let scheme_ok = uri.scheme_str().is_some_and(|s| schemes.contains(&s));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
     if !scheme_ok || !host_ok || uri.query().is_some() {
         return Err(err(flag, env, value, expected));

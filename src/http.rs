@@ -276,12 +276,13 @@ fn classify(error: &ureq::Error) -> SendError {
             SendError::NotSent(detail)
         }
         E::Timeout(_) => SendError::NoReply(detail),
+        #[cfg(feature = "tls")]
+        E::Rustls(_) => SendError::NotSent(detail),
         E::HostNotFound
         | E::ConnectionFailed
         | E::BadUri(_)
         | E::Http(_)
         | E::Tls(_)
-        | E::Rustls(_)
         | E::InvalidProxyUrl
         | E::ConnectProxyFailed(_)
         | E::RequireHttpsOnly(_)

@@ -1,0 +1,217 @@
+//! The container image's runtime, without a container engine: the static binary built
+//! exactly as the Dockerfile builds it, run the way the image runs it — as PID 1 of a new
+//! PID namespace, chrooted into a directory holding only the binary, `/etc/hosts` and
+//! `/tmp`, as uid 65532 — against the stand-in services reached by a host name from
+//! that `/etc/hosts`.
+//!
+//! Needs root (for `unshare --pid` and `chroot`); skipped with a message otherwise.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Running;
+use standin::{Knobs, Stack, WOODS};
+
+/// The Dockerfile's build command, as its RUN line has it.
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+const RUSTFLAGS: &str = "-C target-feature=+crt-static";
+const BUILD_LIMIT: Duration = Duration::from_secs(1_800);
+const UID: &str = "65532";
+const HOST: &str = "shop.test";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Builds the static binary in its own target directory (as the image's builder stage
+/// does) and returns its path.
+fn build_static() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target_dir = root.join("target").join("image");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .env("RUSTFLAGS", RUSTFLAGS)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args(["build", "--release", "--locked", "--target", TARGET])
+        .args(["--bin", "ordermanagement"]);
+    let out = Running::start(&mut cmd)
+        .wait_for(BUILD_LIMIT)
+        .expect("the static build finished in time");
+    assert!(
+        out.status.success(),
+        "static build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target_dir
+        .join(TARGET)
+        .join("release")
+        .join("ordermanagement")
+}
+
+/// The image's file system: `/ordermanagement`, `/etc/hosts`, `/tmp` (1777).
+struct Root(PathBuf);
+
+impl Root {
+    fn new(binary: &Path) -> Root {
+        let dir = std::env::temp_dir().join(format!("om-image-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("etc")).unwrap();
+        fs::create_dir_all(dir.join("tmp")).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::copy(binary, dir.join("ordermanagement")).unwrap();
+        fs::write(
+            dir.join("etc/hosts"),
+            format!("127.0.0.1 {HOST} localhost\n"),
+        )
+        .unwrap();
+        Root(dir)
+    }
+
+    /// The binary, chrooted here as uid 65532, with an empty environment plus `env`.
+    fn command(&self, env: &[(&str, String)], args: &[&str], pid_namespace: bool) -> Command {
+        let mut cmd = Command::new("unshare");
+        // A container engine sets PATH too; here it lets unshare find chroot.
+        cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if pid_namespace {
+            // --fork: the chrooted binary is PID 1 of the new namespace; --kill-child:
+            // it dies with `unshare` if the test is cut short.
+            cmd.args(["--pid", "--fork", "--kill-child"]);
+        }
+        cmd.args(["--", "chroot", &format!("--userspec={UID}:{UID}")])
+            .arg(&self.0)
+            .arg("/ordermanagement")
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn port(url: &str) -> &str {
+    url.rsplit(':').next().expect("a port in the URL")
+}
+
+/// The host pid of `parent`'s only child (the namespace's PID 1).
+fn only_child(parent: u32) -> Option<i32> {
+    let children = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_image_runtime_processes_orders_reports_health_and_stops_on_sigterm() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: the image runtime test needs root (unshare --pid, chroot); run `cargo test --test image` as root"
+        );
+        return;
+    }
+    let binary = build_static();
+    let size = fs::metadata(&binary).unwrap().len();
+    eprintln!("static binary (the image's only file): {size} bytes");
+
+    let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
+    for wood in WOODS {
+        stack.add_stock(wood, 1_000_000);
+    }
+    stack.seed_orders(50, &mut fastrand::Rng::with_seed(3));
+    let root = Root::new(&binary);
+    let env = [
+        (
+            "API_URL_ORDERS",
+            format!("http://{HOST}:{}", port(&stack.orders_url())),
+        ),
+        (
+            "API_URL_STOCKS",
+            format!("http://{HOST}:{}", port(&stack.stocks_url())),
+        ),
+        ("ERROR_RATE", "0".to_string()),
+        ("INTERVAL_SECONDS", "0.2".to_string()),
+        (
+            "HEARTBEAT_FILE",
+            "/tmp/ordermanagement.heartbeat".to_string(),
+        ),
+    ];
+    let healthcheck = |args: &[&str]| {
+        Running::start(&mut root.command(&env, &[&["healthcheck"], args].concat(), false))
+            .wait_for(Duration::from_secs(10))
+            .expect("healthcheck answered within 10 s")
+    };
+
+    let mut worker = Running::start(&mut root.command(&env, &["run"], true));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.count_by_status().get("ready").copied().unwrap_or(0) < 50 {
+        if worker.child.try_wait().unwrap().is_some() {
+            let out = worker.wait_for(Duration::ZERO).unwrap();
+            panic!("the worker exited early: {}", text(&out));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders not all ready within 30 s: {:?}",
+            stack.count_by_status()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+
+    // PID 1 of its own namespace, running as 65532.
+    let pid = only_child(worker.child.id()).expect("unshare's child");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid.split_whitespace().skip(1).all(|u| u == UID), "{uid}");
+    let beat = root.0.join("tmp/ordermanagement.heartbeat");
+    assert_eq!(fs::metadata(&beat).unwrap().uid(), 65532);
+
+    let out = healthcheck(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("healthy: last beat"),
+        "{}",
+        text(&out)
+    );
+
+    // SIGTERM to PID 1 (from outside its namespace, as a container engine sends it).
+    // SAFETY: kill(2) on a pid read from the live child's /proc entry a moment ago.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let sent = Instant::now();
+    let out = worker
+        .wait_for(Duration::from_secs(2))
+        .expect("PID 1 exits within 2 s of SIGTERM");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(sent.elapsed() < Duration::from_secs(2));
+
+    thread::sleep(Duration::from_millis(1_200));
+    let out = healthcheck(&["--max-age", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("unhealthy: no progress"),
+        "{}",
+        text(&out)
+    );
+}
