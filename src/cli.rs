@@ -181,7 +181,7 @@ pub struct CommonArgs {
     )]
     pub state_file: String,
 
-    /// The heartbeat the worker rewrites after every order and cycle, read by
+    /// The heartbeat the worker rewrites as orders finish and after each cycle, read by
     /// `healthcheck` (a sharded replica's default name carries its shard). Off when empty.
     #[arg(
         long,
