@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // The worker's own lines at warn (retries, simulated failures); the demo prints the rest.
-    logging::init(log::LevelFilter::Warn, None);
+    logging::init(log::LevelFilter::Warn, None, logging::Format::Text);
     let knobs = Knobs {
         order_error_rate: args.service_error_rate,
         stock_error_rate: args.service_error_rate,

@@ -49,6 +49,7 @@ pub struct HealthcheckArgs {
     #[arg(
         long,
         env = "HEALTHCHECK_MAX_AGE_SECONDS",
+        allow_negative_numbers = true,
         value_name = "SECONDS",
         default_value = "",
         hide_default_value = true
@@ -60,6 +61,7 @@ pub struct HealthcheckArgs {
     #[arg(
         long,
         env = "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
+        allow_negative_numbers = true,
         value_name = "SECONDS",
         default_value = "",
         hide_default_value = true
@@ -123,6 +125,17 @@ pub struct CommonArgs {
         value_name = "LEVEL"
     )]
     pub log_level: String,
+
+    /// text (human-readable) or json (one JSON object per line, with trace_id and span_id;
+    /// also the body of the logs exported over OTLP).
+    #[arg(
+        long,
+        global = true,
+        env = "LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: String,
 
     /// Limit in seconds for one call to the Order Service, and for connecting to either service.
     #[arg(

@@ -17,6 +17,8 @@ pub struct Config {
     pub error_rate: f64,
     /// Log level when `RUST_LOG` is not set. Default `info`.
     pub log_level: log::LevelFilter,
+    /// Text or JSON lines. Default text.
+    pub log_format: crate::logging::Format,
     /// Limit for one Order Service call and for connecting to either service. Default 5 s.
     pub http_timeout: Duration,
     /// Limit for a decrease's reply once the request is sent. Default 35 s.
@@ -47,6 +49,7 @@ impl Default for Config {
             stocks_url: "http://localhost:5001".into(),
             error_rate: 0.1,
             log_level: log::LevelFilter::Info,
+            log_format: crate::logging::Format::Text,
             http_timeout: Duration::from_secs(5),
             decrease_timeout: Duration::from_secs(35),
             max_retries: 3,
@@ -167,6 +170,18 @@ impl Config {
             stocks_url: base_url(&args.stocks_url, "--stocks-url", "API_URL_STOCKS")?,
             error_rate,
             log_level: log_level(&args.log_level)?,
+            log_format: match args.log_format.trim().to_ascii_lowercase().as_str() {
+                "text" => crate::logging::Format::Text,
+                "json" => crate::logging::Format::Json,
+                _ => {
+                    return Err(err(
+                        "--log-format",
+                        "LOG_FORMAT",
+                        &args.log_format,
+                        "text or json",
+                    ));
+                }
+            },
             http_timeout: seconds(
                 &args.timeout,
                 "--timeout",

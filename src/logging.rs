@@ -1,6 +1,11 @@
-//! Log lines on stderr: env_logger, human-readable, with each record's key-values
-//! (`order_id=17 wood_type=oak ...`) after the message, and the replica's shard on
-//! every line when it has one.
+//! Log lines on stderr, in one of two formats:
+//!
+//! - `text`: human-readable, with each record's key-values (`order_id=17 wood_type=oak
+//!   ...`) after the message, and the replica's shard on every line when it has one;
+//! - `json`: one JSON object per line, `timestamp`, `level`, `logger`, `message`,
+//!   `trace_id`, `span_id`, then the record's key-values as fields of their own (and
+//!   `shard`). Exported over OTLP, that same text is the log record's body, so a Grafana
+//!   derived field reading `"trace_id"` from the body links the line to its trace.
 
 use std::io::Write;
 use std::sync::RwLock;
@@ -8,7 +13,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::kv::{Key, Value, VisitSource};
 use log::{Log, Metadata, Record};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
+
+/// How lines are written on stderr (and, in `Json`, the OTLP record's body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
 
 /// Records never exported over OTLP: the exporters' own traffic and messages, which
 /// would otherwise feed back into the export.
@@ -27,6 +41,8 @@ static OTLP: RwLock<Option<Box<dyn Log>>> = RwLock::new(None);
 /// of the order it belongs to).
 struct Tee {
     stderr: env_logger::Logger,
+    format: Format,
+    shard: Option<String>,
 }
 
 impl Log for Tee {
@@ -38,14 +54,41 @@ impl Log for Tee {
         if !self.stderr.matches(record) {
             return;
         }
-        self.stderr.log(record);
-        if NOT_EXPORTED.iter().any(|t| record.target().starts_with(t)) {
-            return;
-        }
-        if let Ok(otlp) = OTLP.read()
-            && let Some(otlp) = otlp.as_ref()
-        {
-            otlp.log(record);
+        let exported = !NOT_EXPORTED.iter().any(|t| record.target().starts_with(t));
+        let otlp = OTLP.read();
+        let otlp = match &otlp {
+            Ok(otlp) if exported => otlp.as_ref(),
+            _ => None,
+        };
+        match self.format {
+            Format::Text => {
+                self.stderr.log(record);
+                if let Some(otlp) = otlp {
+                    otlp.log(record);
+                }
+            }
+            Format::Json => {
+                let line = json_line(record, self.shard.as_deref(), SystemTime::now());
+                {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(line.as_bytes());
+                    let _ = err.write_all(b"\n");
+                }
+                if let Some(otlp) = otlp {
+                    // The same text as the body; level, target, key-values and the
+                    // current trace travel in the record's own fields as before.
+                    otlp.log(
+                        &Record::builder()
+                            .args(format_args!("{line}"))
+                            .metadata(record.metadata().clone())
+                            .module_path(record.module_path())
+                            .file(record.file())
+                            .line(record.line())
+                            .key_values(record.key_values())
+                            .build(),
+                    );
+                }
+            }
         }
     }
 
@@ -74,7 +117,7 @@ const QUIET: [&str; 3] = ["ureq", "ureq_proto", "rustls"];
 
 /// Sets up logging: `RUST_LOG`, when set, wins (per-module filters allowed);
 /// otherwise `level` applies to the worker.
-pub fn init(level: log::LevelFilter, shard: Option<String>) {
+pub fn init(level: log::LevelFilter, shard: Option<String>, format: Format) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level);
     for module in QUIET {
@@ -86,29 +129,37 @@ pub fn init(level: log::LevelFilter, shard: Option<String>) {
         builder.parse_filters(&filters);
     }
     builder
-        .format(move |buf, record| {
-            write!(
-                buf,
-                "[{} {:<5} {}] {}",
-                rfc3339_millis(SystemTime::now()),
-                record.level(),
-                record.target(),
-                record.args()
-            )?;
-            let mut pairs = Pairs(String::new());
-            let _ = record.key_values().visit(&mut pairs);
-            buf.write_all(pairs.0.as_bytes())?;
-            if let Some(shard) = &shard {
-                write!(buf, " shard={shard}")?;
+        .format({
+            let shard = shard.clone();
+            move |buf, record| {
+                write!(
+                    buf,
+                    "[{} {:<5} {}] {}",
+                    rfc3339_millis(SystemTime::now()),
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )?;
+                let mut pairs = Pairs(String::new());
+                let _ = record.key_values().visit(&mut pairs);
+                buf.write_all(pairs.0.as_bytes())?;
+                if let Some(shard) = &shard {
+                    write!(buf, " shard={shard}")?;
+                }
+                writeln!(buf)
             }
-            writeln!(buf)
         })
         .target(env_logger::Target::Stderr)
         .write_style(env_logger::WriteStyle::Never);
     let stderr = builder.build();
     let max = stderr.filter();
     // A second init (tests calling it twice) keeps the first logger; nothing to report.
-    if log::set_boxed_logger(Box::new(Tee { stderr })).is_ok() {
+    let tee = Tee {
+        stderr,
+        format,
+        shard,
+    };
+    if log::set_boxed_logger(Box::new(tee)).is_ok() {
         log::set_max_level(max);
     }
 }
@@ -136,6 +187,95 @@ pub fn rfc3339_millis(time: SystemTime) -> String {
     )
 }
 
+/// Fields every JSON line has; a record's key-value with one of these names is written
+/// as `kv_<name>` instead.
+const JSON_FIELDS: [&str; 7] = [
+    "timestamp",
+    "level",
+    "logger",
+    "message",
+    "trace_id",
+    "span_id",
+    "shard",
+];
+
+/// One JSON object for `record`: always valid JSON, whatever the message carries.
+pub fn json_line(record: &Record, shard: Option<&str>, at: SystemTime) -> String {
+    let context = opentelemetry::Context::current();
+    let span = context.span();
+    let span = span.span_context();
+    let (trace_id, span_id) = if span.is_valid() {
+        (span.trace_id().to_string(), span.span_id().to_string())
+    } else {
+        (String::new(), String::new())
+    };
+    let mut line = String::with_capacity(256);
+    line.push('{');
+    let mut fields = JsonFields(&mut line, false);
+    fields.string("timestamp", &rfc3339_millis(at));
+    fields.string("level", record.level().as_str());
+    fields.string("logger", record.target());
+    fields.string("message", &record.args().to_string());
+    fields.string("trace_id", &trace_id);
+    fields.string("span_id", &span_id);
+    let _ = record.key_values().visit(&mut fields);
+    if let Some(shard) = shard {
+        fields.string("shard", shard);
+    }
+    line.push('}');
+    line
+}
+
+/// Writes `"key":value` pairs, comma-separated, into a JSON object under construction.
+struct JsonFields<'a>(&'a mut String, bool);
+
+impl JsonFields<'_> {
+    fn key(&mut self, key: &str) {
+        if self.1 {
+            self.0.push(',');
+        }
+        self.1 = true;
+        self.0.push_str(&quoted(key));
+        self.0.push(':');
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.0.push_str(&quoted(value));
+    }
+}
+
+impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        let key = key.as_str();
+        if JSON_FIELDS.contains(&key) {
+            self.key(&format!("kv_{key}"));
+        } else {
+            self.key(key);
+        }
+        // Numbers and booleans stay numbers and booleans; anything else is a string.
+        if let Some(n) = value.to_u64() {
+            self.0.push_str(&n.to_string());
+        } else if let Some(n) = value.to_i64() {
+            self.0.push_str(&n.to_string());
+        } else if let Some(b) = value.to_bool() {
+            self.0.push_str(if b { "true" } else { "false" });
+        } else if let Some(x) = value.to_f64().filter(|x| x.is_finite()) {
+            self.0.push_str(
+                &serde_json::Number::from_f64(x).map_or("null".into(), |n| n.to_string()),
+            );
+        } else {
+            self.0.push_str(&quoted(&value.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string literal (quotes, backslashes and control characters escaped).
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+}
+
 /// ` key=value` for each pair; a value with spaces (or none) is quoted.
 struct Pairs(String);
 
@@ -155,6 +295,45 @@ impl<'kvs> VisitSource<'kvs> for Pairs {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn json_lines_are_valid_json_whatever_the_message_carries() {
+        let nasty =
+            "a \"quote\", a \\ backslash,\na newline, \u{1}\u{1f} controls, <html>\u{fffd}</html>";
+        let order_id = 17u64;
+        let kvs = [
+            ("order_id", Value::from(order_id)),
+            ("quantity", Value::from(-3i64)),
+            ("reason", Value::from(nasty)),
+            ("message", Value::from("collides")),
+            ("ok", Value::from(true)),
+        ];
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_533_451_478);
+        let line = json_line(
+            &Record::builder()
+                .args(format_args!("order {order_id}: {nasty}"))
+                .level(log::Level::Warn)
+                .target("ordermanagement::worker")
+                .key_values(&kvs)
+                .build(),
+            Some("1/3"),
+            at,
+        );
+        assert!(!line.contains('\n'), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
+        assert_eq!(v["timestamp"], "2026-11-24T15:17:31.478Z");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["logger"], "ordermanagement::worker");
+        assert_eq!(v["message"], format!("order 17: {nasty}"));
+        assert_eq!(v["trace_id"], "", "no span is current");
+        assert_eq!(v["span_id"], "");
+        assert_eq!(v["order_id"], 17);
+        assert_eq!(v["quantity"], -3);
+        assert_eq!(v["reason"], nasty);
+        assert_eq!(v["kv_message"], "collides");
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["shard"], "1/3");
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_milliseconds() {

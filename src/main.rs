@@ -25,7 +25,11 @@ fn main() -> ExitCode {
     {
         return healthcheck(&config, max_age, max_cut_off);
     }
-    logging::init(config.log_level, config.shard.map(|s| s.to_string()));
+    logging::init(
+        config.log_level,
+        config.shard.map(|s| s.to_string()),
+        config.log_format,
+    );
     let settings = telemetry::Settings::from_env(|name| std::env::var(name).ok());
     let shard = config
         .shard

@@ -226,6 +226,7 @@ impl Journey {
     pub fn process(&mut self, order: &Order, stop: &Stop) -> Outcome {
         if self.dry_run {
             log::info!(
+                order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
                 "order {}: would decrease {} {} and set it ready (dry run)",
                 order.id,
                 order.quantity,
@@ -235,7 +236,7 @@ impl Journey {
         }
         let next = if self.simulated_stock_failure(order) {
             log::error!(
-                order_id = order.id;
+                order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
                 "order {}: simulated failure at the stock step (ERROR_RATE {}), stock not touched",
                 order.id, self.error_rate
             );
@@ -275,6 +276,7 @@ impl Journey {
             Next::SetStatus(status, reason) => {
                 if let Err(e) = self.journal.decided(order, status) {
                     log::error!(
+                        order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
                         "order {}: could not write its decision ({status}) to the state file: {e}",
                         order.id
                     );
@@ -321,6 +323,7 @@ impl Journey {
     fn journal_finished(&mut self, order: &Order) {
         if let Err(e) = self.journal.finished(order) {
             log::error!(
+                order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
                 "order {}: could not write to the state file that it is finished: {e}",
                 order.id
             );

@@ -67,7 +67,8 @@ pub struct Settings {
     pub notes: Vec<(log::Level, String)>,
     /// OTEL_EXPORTER_OTLP_TIMEOUT, for the HTTP client.
     pub export_timeout: Duration,
-    /// OTEL_PROPAGATORS asks for baggage as well as tracecontext.
+    /// OTEL_PROPAGATORS asks for baggage as well as tracecontext (its default,
+    /// `tracecontext,baggage`, does).
     pub baggage: bool,
     /// service.name unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES gives one.
     pub default_service_name: bool,
@@ -87,8 +88,9 @@ impl Settings {
         let export_timeout = get("OTEL_EXPORTER_OTLP_TIMEOUT")
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(Duration::from_secs(10), Duration::from_millis);
-        let baggage =
-            get("OTEL_PROPAGATORS").is_some_and(|p| p.split(',').any(|p| p.trim() == "baggage"));
+        let baggage = get("OTEL_PROPAGATORS")
+            .filter(|p| !p.trim().is_empty())
+            .is_none_or(|p| p.split(',').any(|p| p.trim() == "baggage"));
         let resource = get("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
         let has = |key: &str| resource.split(',').any(|kv| kv.trim().starts_with(key));
         let default_service_name = get("OTEL_SERVICE_NAME").is_none() && !has("service.name=");
@@ -497,14 +499,31 @@ impl Scope {
         kind: opentelemetry::trace::SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Scope {
+        Scope::with_baggage(name, kind, attributes, Vec::new())
+    }
+
+    /// [`Scope::start`], with `baggage` entries added to the context: sent to the
+    /// services in a `baggage` header when OTEL_PROPAGATORS lists `baggage`.
+    pub fn with_baggage(
+        name: &'static str,
+        kind: opentelemetry::trace::SpanKind,
+        attributes: Vec<KeyValue>,
+        baggage: Vec<KeyValue>,
+    ) -> Scope {
+        use opentelemetry::baggage::BaggageExt;
         use opentelemetry::trace::{TraceContextExt, Tracer};
         let tracer = tracer();
+        let parent = if baggage.is_empty() {
+            opentelemetry::Context::current()
+        } else {
+            opentelemetry::Context::current_with_baggage(baggage)
+        };
         let span = tracer
             .span_builder(name)
             .with_kind(kind)
             .with_attributes(attributes)
-            .start(tracer);
-        let cx = opentelemetry::Context::current_with_span(span);
+            .start_with_context(tracer, &parent);
+        let cx = parent.with_span(span);
         Scope {
             _guard: cx.clone().attach(),
             cx,
@@ -545,6 +564,7 @@ pub struct Instruments {
     pub orders_processed: opentelemetry::metrics::Counter<u64>,
     pub cycle_duration: opentelemetry::metrics::Histogram<f64>,
     pub orders_registered: opentelemetry::metrics::Gauge<u64>,
+    pub orders_pending: opentelemetry::metrics::Gauge<u64>,
     pub stock_taken: opentelemetry::metrics::Counter<u64>,
 }
 
@@ -559,7 +579,10 @@ pub fn instruments() -> &'static Instruments {
                 .with_unit("s")
                 .with_description("Duration of HTTP client requests.")
                 .with_boundaries(vec![
+                    // The semantic conventions' buckets, plus 30 s and 60 s: a Stock Service
+                    // decrease may stall 30 s before it answers.
                     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                    30.0, 60.0,
                 ])
                 .build(),
             orders_processed: meter
@@ -579,6 +602,13 @@ pub fn instruments() -> &'static Instruments {
                 .u64_gauge("ordermanagement.orders.registered")
                 .with_unit("{order}")
                 .with_description("Registered orders seen by the last cycle.")
+                .build(),
+            orders_pending: meter
+                .u64_gauge("ordermanagement.orders.pending")
+                .with_unit("{order}")
+                .with_description(
+                    "Orders whose stock is decided but whose status update is still pending.",
+                )
                 .build(),
             stock_taken: meter
                 .u64_counter("ordermanagement.stock.taken")
@@ -740,5 +770,15 @@ mod tests {
         ]);
         assert!(s.baggage && !s.default_service_name);
         assert_eq!(s.export_timeout, Duration::from_millis(2500));
+        let propagators = |p: &str| {
+            settings(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_PROPAGATORS", p),
+            ])
+            .baggage
+        };
+        assert!(propagators("")); // the specification's default: tracecontext,baggage
+        assert!(propagators("baggage, tracecontext"));
+        assert!(!propagators("tracecontext"));
     }
 }

@@ -390,6 +390,7 @@ impl Worker {
         metrics
             .cycle_duration
             .record(report.duration.as_secs_f64(), &shard);
+        metrics.orders_pending.record(report.pending, &shard);
         // Only a cycle that saw the whole list knows how many orders were registered.
         if !report.list_failed && report.ended_early.is_none() {
             metrics.orders_registered.record(report.fetched, &shard);
@@ -566,9 +567,10 @@ impl Worker {
     }
 }
 
-/// The span of one order's journey (current until dropped).
+/// The span of one order's journey (current until dropped); the order id also travels
+/// to the services as baggage when the baggage propagator is on.
 fn order_scope(order: &Order) -> Scope {
-    Scope::start(
+    Scope::with_baggage(
         "order",
         SpanKind::Internal,
         vec![
@@ -576,6 +578,7 @@ fn order_scope(order: &Order) -> Scope {
             KeyValue::new("ordermanagement.order.wood_type", order.wood_type.as_str()),
             KeyValue::new("ordermanagement.order.quantity", i64::from(order.quantity)),
         ],
+        vec![KeyValue::new("ordermanagement.order.id", order.id as i64)],
     )
 }
 

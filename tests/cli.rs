@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::Running;
+use common::{Request, Running, ScriptServer, order_json, reply};
 
 use httpmock::{Method, Mock, MockServer};
 use serde_json::json;
@@ -177,7 +177,7 @@ fn help_lists_every_variable_and_the_exit_codes() {
 // ---------------------------------------------------------------- configuration errors
 
 /// A bad value for a setting: (command, variable, flag, value).
-const BAD_SETTINGS: [(&str, &str, &str, &str); 10] = [
+const BAD_SETTINGS: [(&str, &str, &str, &str); 12] = [
     ("once", "ERROR_RATE", "--error-rate", "1.5"),
     ("once", "ERROR_RATE", "--error-rate", "abc"),
     ("run", "INTERVAL_SECONDS", "--interval", "0"),
@@ -188,6 +188,13 @@ const BAD_SETTINGS: [(&str, &str, &str, &str); 10] = [
     ("once", "LOG_LEVEL", "--log-level", "loud"),
     ("once", "SHARD", "--shard", "3/3"),
     ("run", "SHARD", "--shard", "one/two"),
+    ("once", "LOG_FORMAT", "--log-format", "yaml"),
+    (
+        "healthcheck",
+        "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
+        "--max-cut-off",
+        "-5",
+    ),
 ];
 
 #[test]
@@ -239,6 +246,8 @@ fn expected(var: &str) -> &'static str {
         "PAGE_SIZE" => "a whole number from 1 to 10000",
         "LOG_LEVEL" => "one of error, warn, info, debug, trace",
         "SHARD" => "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4",
+        "LOG_FORMAT" => "text or json",
+        "HEALTHCHECK_MAX_CUT_OFF_SECONDS" => "a positive number of seconds",
         other => panic!("no expectation for {other}"),
     }
 }
@@ -645,4 +654,72 @@ fn a_heartbeat_file_that_cannot_be_written_stops_the_worker_at_start() {
         text(&out.stderr).contains("invalid --max-age (HEALTHCHECK_MAX_AGE_SECONDS) \"soon\""),
         "{out:?}"
     );
+}
+
+// ---------------------------------------------------------------- JSON log lines
+
+#[test]
+fn json_log_lines_stay_valid_json_whatever_the_services_answer() {
+    let nasty_html: &[u8] =
+        b"<html><body>\xff\xfe not UTF-8, a \"quote\",\na newline, \x01\x1b[31m</body></html>";
+    let server = ScriptServer::start(move |r: &Request| {
+        match (r.method.as_str(), r.path()) {
+            ("GET", _) if r.query("skip") == Some(0) => reply(
+                200,
+                json!([
+                    order_json(1, "oak", 2),
+                    {"id": 2, "wood_type": "oak\"\n\u{7}<b>x</b>\u{2028}", "quantity": 1, "order_status": "registered"},
+                    order_json(3, "oak", 1),
+                    order_json(4, "pine", 9),
+                    order_json(5, "elm", 1),
+                ])
+                .to_string(),
+            ),
+            ("GET", _) => reply(200, "[]"),
+            ("POST", _) => match r.header("Idempotency-Key").unwrap_or_default() {
+                "order-1" => reply(500, nasty_html),
+                "order-4" => reply(400, &br#"{"error": "not enough \"pine\"\t\u0000left"}"#[..]),
+                "order-5" => reply(200, &b"\xc3\x28 {not json"[..]),
+                _ => reply(200, r#"{"wood_type": "oak", "quantity": 5}"#),
+            },
+            ("PUT", "/orders/3") => reply(404, "<h1>Not Found</h1>\r\n\"gone\"\u{0}"),
+            _ => reply(200, "{}"),
+        }
+    });
+    let url = server.url();
+    let out = run(with_services(&url, &url)
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "debug")
+        .args(["--max-retries", "0", "once"]));
+    assert_exit(&out, 1); // orders left registered or refused
+    let stderr = text(&out.stderr);
+    let mut messages = String::new();
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(
+            v["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z') && t.len() == 24),
+            "{line}"
+        );
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&v["level"].as_str().unwrap()),
+            "{line}"
+        );
+        messages.push_str(v["message"].as_str().unwrap());
+        messages.push('\n');
+    }
+    // The replies' content did reach the lines.
+    for seen in [
+        "<html><body>",
+        "\u{fffd}",
+        "\"quote\"",
+        "<h1>Not Found</h1>",
+        "pine",
+        "<b>x</b>",
+    ] {
+        assert!(messages.contains(seen), "{seen:?} in:\n{messages}");
+    }
+    assert!(stderr.lines().count() >= 6, "{stderr}");
 }

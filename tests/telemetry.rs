@@ -182,6 +182,7 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
         ("ordermanagement.orders.processed", "{order}"),
         ("ordermanagement.cycle.duration", "s"),
         ("ordermanagement.orders.registered", "{order}"),
+        ("ordermanagement.orders.pending", "{order}"),
         ("ordermanagement.stock.taken", "{item}"),
     ] {
         assert_eq!(
@@ -331,4 +332,227 @@ fn the_exporters_own_complaints_stay_out_of_the_exported_logs() {
         !bodies.iter().any(|b| b.contains("export failed")),
         "no feedback: {bodies:?}"
     );
+}
+
+// ---------------------------------------------------------------- the demo's own settings
+
+/// The environment block every service of the wood-shop demo gets, as it is.
+const DEMO_BLOCK: [(&str, &str); 10] = [
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ("OTEL_TRACES_EXPORTER", "otlp"),
+    ("OTEL_METRICS_EXPORTER", "otlp"),
+    ("OTEL_LOGS_EXPORTER", "otlp"),
+    ("OTEL_PROPAGATORS", "tracecontext,baggage"),
+    (
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment.name=local,service.version=0.1.0,service.instance.id=${HOSTNAME},service.namespace=keeper",
+    ),
+    ("LOG_LEVEL", "INFO"),
+    ("ERROR_RATE", "0.1"),
+    ("LOG_FORMAT", "json"),
+];
+
+/// The demo block with the endpoint pointed at `endpoint`, `${HOSTNAME}` as compose
+/// would fill it in, and `edit` applied to the resource attributes.
+fn demo_worker(stack: &Stack, endpoint: &str, edit: impl Fn(&str) -> String) -> Command {
+    let mut cmd = worker(stack);
+    for (key, value) in DEMO_BLOCK {
+        let value = match key {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => endpoint.to_string(),
+            "OTEL_RESOURCE_ATTRIBUTES" => edit(&value.replace("${HOSTNAME}", "worker-7f3a")),
+            _ => value.to_string(),
+        };
+        cmd.env(key, value);
+    }
+    cmd.env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("OTEL_BLRP_SCHEDULE_DELAY", "50")
+        .arg("once");
+    cmd
+}
+
+fn run_once(cmd: &mut Command) -> std::process::Output {
+    let out = Running::start(cmd)
+        .wait_for(Duration::from_secs(30))
+        .expect("once finished within 30 s");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn resources_and_spans(sink: &OtlpSink) -> (Vec<HashMap<String, String>>, Vec<Span>) {
+    let (mut resources, mut spans) = (Vec::new(), Vec::new());
+    for body in sink.bodies("/v1/traces") {
+        let request =
+            ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP traces decode");
+        for rs in request.resource_spans {
+            resources.push(attrs(&rs.resource.unwrap_or_default().attributes));
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+    }
+    (resources, spans)
+}
+
+fn log_records(sink: &OtlpSink) -> Vec<opentelemetry_proto::tonic::logs::v1::LogRecord> {
+    let mut records = Vec::new();
+    for body in sink.bodies("/v1/logs") {
+        let request = ExportLogsServiceRequest::decode(body.as_slice()).expect("OTLP logs decode");
+        for rl in request.resource_logs {
+            for sl in rl.scope_logs {
+                records.extend(sl.log_records);
+            }
+        }
+    }
+    records
+}
+
+#[test]
+fn the_demo_block_as_it_is_gives_resources_baggage_and_json_logs_linked_to_traces() {
+    let stack = stack(20);
+    let sink = OtlpSink::start().unwrap();
+    let out = run_once(&mut demo_worker(&stack, &sink.url(), str::to_string));
+
+    // Every line on stderr is one JSON object with the fields Grafana reads.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (mut order_lines, mut outcome_lines) = (0, 0);
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for field in [
+            "timestamp",
+            "level",
+            "logger",
+            "message",
+            "trace_id",
+            "span_id",
+        ] {
+            assert!(v[field].is_string(), "{field} in {line}");
+        }
+        if v.get("order_id").is_some() {
+            order_lines += 1;
+            assert_eq!(v["trace_id"].as_str().unwrap().len(), 32, "{line}");
+            assert_eq!(v["span_id"].as_str().unwrap().len(), 16, "{line}");
+            assert!(v["order_id"].is_u64() && v["quantity"].is_u64(), "{line}");
+            assert!(v["wood_type"].is_string(), "{line}");
+        }
+        if v.get("outcome").is_some() {
+            outcome_lines += 1;
+            assert!(v["order_id"].is_u64() && v["reason"].is_string(), "{line}");
+        }
+    }
+    assert!(order_lines >= 20, "{order_lines} order lines:\n{stderr}");
+    assert!(
+        outcome_lines >= 20,
+        "{outcome_lines} outcome lines:\n{stderr}"
+    );
+
+    // Every resource attribute of the block arrives.
+    let (resources, spans) = resources_and_spans(&sink);
+    assert!(!resources.is_empty(), "no traces arrived:\n{stderr}");
+    for r in &resources {
+        assert_eq!(r["service.name"], "ordermanagement");
+        assert_eq!(r["service.namespace"], "keeper");
+        assert_eq!(r["service.instance.id"], "worker-7f3a");
+        assert_eq!(r["deployment.environment.name"], "local");
+        assert_eq!(r["service.version"], "0.1.0");
+    }
+
+    // OTEL_PROPAGATORS: the order travels as baggage, beside the traceparent.
+    let baggage = stack.baggage();
+    assert!(
+        !baggage.is_empty(),
+        "no baggage header reached the services"
+    );
+    assert!(
+        baggage
+            .iter()
+            .all(|b| b.contains("ordermanagement.order.id=")),
+        "{baggage:?}"
+    );
+    // Every order's calls carry it (the list calls belong to the cycle, not an order).
+    assert!(baggage.len() >= 20, "{baggage:?}");
+
+    // The exported log bodies are the same JSON lines, and the demo's Loki derived
+    // field finds in them trace ids of exported spans.
+    let derived_field = regex::Regex::new(r#""trace_id":\s*"([a-f0-9]{32})""#).unwrap();
+    let span_traces: HashSet<String> = spans.iter().map(|s| hex(&s.trace_id)).collect();
+    let records = log_records(&sink);
+    let mut linked = 0;
+    for record in &records {
+        let body = text(&record.body);
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert!(
+            stderr.contains(&body),
+            "the body is the stderr line: {body}"
+        );
+        if let Some(found) = derived_field.captures(&body) {
+            let id = &found[1];
+            assert!(span_traces.contains(id), "{id} is no exported span's trace");
+            assert_eq!(id, hex(&record.trace_id), "the record's own field agrees");
+            linked += 1;
+        }
+        if v.get("order_id").is_some() {
+            let a = attrs(&record.attributes);
+            assert_eq!(a["order_id"], v["order_id"].to_string(), "{body}");
+            assert_eq!(a["wood_type"], v["wood_type"], "{body}");
+            if let Some(outcome) = v.get("outcome") {
+                assert_eq!(a["outcome"], *outcome, "{body}");
+            }
+        }
+    }
+    assert!(linked >= 20, "{linked} of {} bodies linked", records.len());
+
+    // Without service.version in the block, the crate's version.
+    let sink = OtlpSink::start().unwrap();
+    let stack = self::stack(2);
+    run_once(
+        demo_worker(&stack, &sink.url(), |attributes| {
+            attributes.replace("service.version=0.1.0,", "")
+        })
+        .env("OTEL_PROPAGATORS", "tracecontext"),
+    );
+    let (resources, _) = resources_and_spans(&sink);
+    assert!(!resources.is_empty());
+    for r in &resources {
+        assert_eq!(r["service.version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(r["service.instance.id"], "worker-7f3a");
+    }
+    assert!(
+        stack.baggage().is_empty(),
+        "no baggage without the propagator"
+    );
+    assert!(!stack.traceparents().is_empty());
+}
+
+#[test]
+fn the_demo_block_on_the_grpc_port_gives_one_clear_line_and_no_export_errors() {
+    let stack = stack(5);
+    // The block's own endpoint on loopback: port 4317, OTLP/gRPC.
+    let out = run_once(&mut demo_worker(
+        &stack,
+        "http://127.0.0.1:4317",
+        str::to_string,
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let about_4317: Vec<&str> = stderr.lines().filter(|l| l.contains("4317")).collect();
+    assert_eq!(about_4317.len(), 1, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(about_4317[0]).unwrap();
+    assert_eq!(line["level"], "WARN");
+    assert!(
+        line["message"].as_str().unwrap().contains("4318"),
+        "the line says what to use instead: {line}"
+    );
+    assert!(!stderr.contains("export failed"), "{stderr}");
+    assert_eq!(
+        stack.count_by_status().values().sum::<usize>(),
+        5,
+        "and the orders are handled"
+    );
+    assert_eq!(stack.count_by_status().get("registered"), None, "{stderr}");
 }

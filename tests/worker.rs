@@ -345,7 +345,7 @@ fn a_keep_alive_connection_closed_by_the_server_does_not_make_an_order_unknown()
         };
         Action::Reply {
             status: 200,
-            body,
+            body: body.into_bytes(),
             delay: Duration::ZERO,
             close: true,
         }

@@ -49,7 +49,7 @@ pub enum Action {
     /// saying so (as a server whose keep-alive timed out does).
     Reply {
         status: u16,
-        body: String,
+        body: Vec<u8>,
         delay: Duration,
         close: bool,
     },
@@ -57,7 +57,7 @@ pub enum Action {
     Drop { after: Duration },
 }
 
-pub fn reply(status: u16, body: impl Into<String>) -> Action {
+pub fn reply(status: u16, body: impl Into<Vec<u8>>) -> Action {
     Action::Reply {
         status,
         body: body.into(),
@@ -66,7 +66,7 @@ pub fn reply(status: u16, body: impl Into<String>) -> Action {
     }
 }
 
-pub fn late(status: u16, body: impl Into<String>, delay: Duration) -> Action {
+pub fn late(status: u16, body: impl Into<Vec<u8>>, delay: Duration) -> Action {
     Action::Reply {
         status,
         body: body.into(),
@@ -163,11 +163,13 @@ fn serve(
                     return;
                 }
                 // One write: a head and body sent apart meet Nagle and delayed ACKs (40 ms).
-                let message = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                let mut message = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                     body.len()
-                );
-                if writer.write_all(message.as_bytes()).is_err() {
+                )
+                .into_bytes();
+                message.extend_from_slice(&body);
+                if writer.write_all(&message).is_err() {
                     return;
                 }
                 if close {

@@ -78,6 +78,8 @@ struct Shared {
     knobs: Mutex<Knobs>,
     /// `traceparent` headers received, by both services.
     traceparents: Mutex<Vec<String>>,
+    /// `baggage` headers received, by both services.
+    baggage: Mutex<Vec<String>>,
 }
 
 /// Both services, running until dropped (or [`Stack::shutdown`]).
@@ -99,6 +101,7 @@ impl Stack {
             }),
             knobs: Mutex::new(knobs),
             traceparents: Mutex::new(Vec::new()),
+            baggage: Mutex::new(Vec::new()),
         });
         let mut stack = Stack {
             shared,
@@ -131,6 +134,9 @@ impl Stack {
                     if let Some(tp) = header(&request, "traceparent") {
                         shared.traceparents.lock().unwrap().push(tp);
                     }
+                    if let Some(b) = header(&request, "baggage") {
+                        shared.baggage.lock().unwrap().push(b);
+                    }
                     let delay = shared.knobs.lock().unwrap().delay;
                     if !delay.is_zero() {
                         thread::sleep(delay);
@@ -155,6 +161,11 @@ impl Stack {
     /// The `traceparent` headers the services received, in order.
     pub fn traceparents(&self) -> Vec<String> {
         self.shared.traceparents.lock().unwrap().clone()
+    }
+
+    /// The `baggage` headers the services received, in order.
+    pub fn baggage(&self) -> Vec<String> {
+        self.shared.baggage.lock().unwrap().clone()
     }
 
     pub fn set_knobs(&self, knobs: Knobs) {
