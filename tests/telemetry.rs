@@ -556,3 +556,303 @@ fn the_demo_block_on_the_grpc_port_gives_one_clear_line_and_no_export_errors() {
     );
     assert_eq!(stack.count_by_status().get("registered"), None, "{stderr}");
 }
+
+// ---------------------------------------------------------------- the Grafana dashboard
+
+/// A metric as the receiver saw it: name, unit, kind and attribute keys.
+struct Exported {
+    name: String,
+    unit: String,
+    kind: Kind,
+    labels: HashSet<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+fn exported_metrics(sink: &OtlpSink) -> Vec<Exported> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let mut found: HashMap<String, Exported> = HashMap::new();
+    for body in sink.bodies("/v1/metrics") {
+        let request =
+            ExportMetricsServiceRequest::decode(body.as_slice()).expect("OTLP metrics decode");
+        for sm in request
+            .resource_metrics
+            .into_iter()
+            .flat_map(|r| r.scope_metrics)
+        {
+            for m in sm.metrics {
+                let (kind, points): (Kind, Vec<&[KeyValue]>) = match &m.data {
+                    Some(Data::Sum(s)) if s.is_monotonic => (
+                        Kind::Counter,
+                        s.data_points.iter().map(|p| &p.attributes[..]).collect(),
+                    ),
+                    Some(Data::Gauge(g)) => (
+                        Kind::Gauge,
+                        g.data_points.iter().map(|p| &p.attributes[..]).collect(),
+                    ),
+                    Some(Data::Histogram(h)) => (
+                        Kind::Histogram,
+                        h.data_points.iter().map(|p| &p.attributes[..]).collect(),
+                    ),
+                    other => panic!(
+                        "{}: a kind the dashboard test does not know: {other:?}",
+                        m.name
+                    ),
+                };
+                let entry = found.entry(m.name.clone()).or_insert_with(|| Exported {
+                    name: m.name.clone(),
+                    unit: m.unit.clone(),
+                    kind,
+                    labels: HashSet::new(),
+                });
+                for kv in points.into_iter().flatten() {
+                    entry.labels.insert(kv.key.replace('.', "_"));
+                }
+            }
+        }
+    }
+    found.into_values().collect()
+}
+
+/// The series names an OTLP-to-Prometheus translation gives `m`: with suffixes off (the
+/// demo's Mimir: dots to underscores, nothing added) or on (unit and `_total` added).
+fn prometheus_names(m: &Exported, suffixes: bool) -> Vec<String> {
+    let mut base = m.name.replace(['.', '-', '/'], "_");
+    if suffixes {
+        // Units in braces are annotations and give no suffix.
+        let unit = match m.unit.as_str() {
+            u if u.is_empty() || (u.starts_with('{') && u.ends_with('}')) => "",
+            "s" => "seconds",
+            "ms" => "milliseconds",
+            "By" => "bytes",
+            other => panic!("{}: add the translation of unit {other:?}", m.name),
+        };
+        if !unit.is_empty() && !base.ends_with(unit) {
+            base = format!("{base}_{unit}");
+        }
+        if m.kind == Kind::Counter {
+            base.push_str("_total");
+        }
+    }
+    match m.kind {
+        Kind::Histogram => ["_bucket", "_sum", "_count"]
+            .iter()
+            .map(|s| format!("{base}{s}"))
+            .collect(),
+        _ => vec![base],
+    }
+}
+
+/// Every vector selector in `expr`, and the grouping labels used.
+fn selectors(
+    expr: &promql_parser::parser::Expr,
+    found: &mut Vec<promql_parser::parser::VectorSelector>,
+    grouping: &mut Vec<String>,
+) {
+    use promql_parser::parser::{Expr, LabelModifier};
+    let mut modifier = |m: &Option<LabelModifier>| {
+        if let Some(LabelModifier::Include(l) | LabelModifier::Exclude(l)) = m {
+            grouping.extend(l.labels.iter().cloned());
+        }
+    };
+    match expr {
+        Expr::Aggregate(a) => {
+            modifier(&a.modifier);
+            selectors(&a.expr, found, grouping);
+            if let Some(p) = &a.param {
+                selectors(p, found, grouping);
+            }
+        }
+        Expr::Unary(u) => selectors(&u.expr, found, grouping),
+        Expr::Binary(b) => {
+            if let Some(m) = &b.modifier {
+                modifier(&m.matching);
+            }
+            selectors(&b.lhs, found, grouping);
+            selectors(&b.rhs, found, grouping);
+        }
+        Expr::Paren(p) => selectors(&p.expr, found, grouping),
+        Expr::Subquery(s) => selectors(&s.expr, found, grouping),
+        Expr::VectorSelector(v) => found.push(v.clone()),
+        Expr::MatrixSelector(m) => found.push(m.vs.clone()),
+        Expr::Call(c) => {
+            for arg in &c.args.args {
+                selectors(arg, found, grouping);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// Grafana's variables as a query would see them.
+fn substitute(query: &str) -> String {
+    query
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$job", "keeper/ordermanagement")
+        .replace("$instance", ".*")
+        .replace("$shard", ".*")
+}
+
+#[test]
+fn the_dashboard_selects_only_metrics_and_labels_the_worker_exports() {
+    // A sharded run with failures, so that every attribute the worker can set appears.
+    let stack = stack(30);
+    stack.set_knobs(Knobs {
+        stock_error_rate: 0.2,
+        ..Knobs::default()
+    });
+    let sink = OtlpSink::start().unwrap();
+    let out = Running::start(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+            .env("ERROR_RATE", "0.1")
+            .env("MAX_RETRIES", "0")
+            .env("SHARD", "0/1")
+            .arg("once"),
+    )
+    .wait_for(Duration::from_secs(30))
+    .expect("once finished within 30 s");
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    let exported = exported_metrics(&sink);
+    assert!(exported.len() >= 6, "{} metrics exported", exported.len());
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/dashboards/ordermanagement.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard"))
+            .expect("valid JSON");
+
+    // Datasources: variables whose defaults are the demo's uids; every panel and target
+    // names one of them.
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("variable {name}"))
+    };
+    for (name, kind, uid) in [
+        ("metrics", "prometheus", "mymimir"),
+        ("logs", "loki", "myloki"),
+        ("traces", "tempo", "mytempo"),
+    ] {
+        let v = variable(name);
+        assert_eq!(
+            (v["type"].as_str(), v["query"].as_str()),
+            (Some("datasource"), Some(kind))
+        );
+        assert_eq!(v["current"]["value"], uid, "{name}'s default");
+    }
+    let datasource_uids = ["${metrics}", "${logs}", "${traces}"];
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = HashSet::new();
+    let mut queries: Vec<String> = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("a numeric id")),
+            "duplicate id: {title}"
+        );
+        assert!(
+            datasource_uids.contains(&panel["datasource"]["uid"].as_str().unwrap_or_default()),
+            "{title}: datasource {}",
+            panel["datasource"]
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            let uid = target["datasource"]["uid"].as_str().unwrap_or_default();
+            assert!(
+                datasource_uids.contains(&uid),
+                "{title}: a target's datasource"
+            );
+            if uid == "${metrics}" {
+                queries.push(target["expr"].as_str().expect("a PromQL expr").to_string());
+            }
+        }
+    }
+    let label_values = regex::Regex::new(r"^label_values\((.*),\s*(\w+)\)$").unwrap();
+    for v in variables.iter().filter(|v| v["type"] == "query") {
+        let query = v["query"]["query"]
+            .as_str()
+            .or(v["query"].as_str())
+            .expect("a query");
+        let parts = label_values
+            .captures(query)
+            .unwrap_or_else(|| panic!("{query}"));
+        queries.push(parts[1].to_string());
+        let label = parts[2].to_string();
+        assert!(
+            ["job", "instance"].contains(&label.as_str())
+                || exported.iter().any(|m| m.labels.contains(&label)),
+            "variable {} reads label {label}, which no metric has",
+            v["name"]
+        );
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+
+    // Every selector names, through a `__name__` pattern, exactly one series name of the
+    // worker under each translation, and only labels that series has.
+    let known = ["job", "instance", "le", "__name__"];
+    for query in &queries {
+        let expr = promql_parser::parser::parse(&substitute(query))
+            .unwrap_or_else(|e| panic!("PromQL does not parse: {e}\n{query}"));
+        let (mut found, mut grouping) = (Vec::new(), Vec::new());
+        selectors(&expr, &mut found, &mut grouping);
+        assert!(!found.is_empty(), "no selector in {query}");
+        let mut series_labels: HashSet<String> = HashSet::new();
+        for vs in &found {
+            let name_matcher = vs
+                .matchers
+                .matchers
+                .iter()
+                .find(|m| m.name == "__name__")
+                .unwrap_or_else(|| panic!("a selector without a __name__ pattern in {query}"));
+            let pattern = regex::Regex::new(&format!("^(?:{})$", name_matcher.value)).unwrap();
+            for suffixes in [false, true] {
+                let matched: Vec<(&Exported, String)> = exported
+                    .iter()
+                    .flat_map(|m| {
+                        prometheus_names(m, suffixes)
+                            .into_iter()
+                            .map(move |n| (m, n))
+                    })
+                    .filter(|(_, n)| pattern.is_match(n))
+                    .collect();
+                assert_eq!(
+                    matched.len(),
+                    1,
+                    "{} matches {:?} with suffixes {}: {query}",
+                    name_matcher.value,
+                    matched.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+                    if suffixes { "on" } else { "off" }
+                );
+                series_labels.extend(matched[0].0.labels.iter().cloned());
+            }
+            for m in &vs.matchers.matchers {
+                assert!(
+                    known.contains(&m.name.as_str()) || series_labels.contains(&m.name),
+                    "label {} is not on {}: {query}",
+                    m.name,
+                    name_matcher.value
+                );
+            }
+        }
+        for label in &grouping {
+            assert!(
+                known.contains(&label.as_str()) || series_labels.contains(label),
+                "grouping by {label}, which the selected series do not have: {query}"
+            );
+        }
+    }
+}

@@ -1,0 +1,967 @@
+//! The packaging files, read as text (Dockerfile) and YAML (compose.yaml,
+//! deploy/kubernetes/*.yaml): the settings the worker relies on once it runs in an
+//! image or a pod. Each assertion names the file and the field, so that a setting
+//! removed or changed by mistake fails here with a message saying what it is for.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// `DECREASE_TIMEOUT_SECONDS`' default: the longest a decrease in flight may wait.
+const DECREASE_TIMEOUT_S: u64 = 35;
+/// `HTTP_TIMEOUT_SECONDS`' default: the status update after the decrease.
+const STATUS_UPDATE_S: u64 = 5;
+/// What a stop must allow for: the order in hand, decrease then status update.
+const STOP_NEEDS_S: u64 = DECREASE_TIMEOUT_S + STATUS_UPDATE_S;
+
+const HEALTHCHECK: [&str; 2] = ["/ordermanagement", "healthcheck"];
+const STATE_DIR: &str = "/var/lib/ordermanagement";
+
+/// The wood-shop demo's common environment (`x-common-apps-env` in
+/// docker-compose/docker-compose-apps.yml), less its two Python-only keys.
+const DEMO_ENV: [(&str, &str); 9] = [
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ("OTEL_TRACES_EXPORTER", "otlp"),
+    ("OTEL_METRICS_EXPORTER", "otlp"),
+    ("OTEL_LOGS_EXPORTER", "otlp"),
+    ("OTEL_PROPAGATORS", "tracecontext,baggage"),
+    (
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment.name=local,service.version=0.1.0,service.instance.id=${HOSTNAME},service.namespace=keeper",
+    ),
+    ("LOG_LEVEL", "INFO"),
+    ("ERROR_RATE", "0.1"),
+];
+
+/// The only two demo settings this build needs changed: it exports over OTLP/HTTP.
+const HTTP_OVERRIDES: [(&str, &str); 2] = [
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+];
+
+/// The demo's Order and Stock services, as its compose files name them.
+const DEMO_ORDERS_URL: &str = "http://ms-order:5000";
+const DEMO_STOCKS_URL: &str = "http://ms-stock:5001";
+/// The demo's network, created outside its compose files.
+const DEMO_NETWORK: &str = "otel-network";
+
+fn read(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+// ------------------------------------------------------------------ YAML helpers
+
+/// The value at a dotted path of mapping keys (`spec.template.spec`), if there is one.
+fn get<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+/// The value at `path`, or a panic naming `what` and the missing path.
+fn at<'a>(value: &'a Value, path: &str, what: &str) -> &'a Value {
+    get(value, path).unwrap_or_else(|| panic!("{what}: `{path}` is missing"))
+}
+
+/// A scalar as the text a program would see in its environment.
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn text_at(value: &Value, path: &str, what: &str) -> String {
+    text(at(value, path, what)).unwrap_or_else(|| {
+        panic!(
+            "{what}: `{path}` is not a scalar: {:?}",
+            at(value, path, what)
+        )
+    })
+}
+
+fn seq<'a>(value: &'a Value, path: &str, what: &str) -> &'a [Value] {
+    at(value, path, what)
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{what}: `{path}` is not a list"))
+}
+
+fn strings(values: &[Value]) -> Vec<String> {
+    values.iter().filter_map(text).collect()
+}
+
+fn u64_at(value: &Value, path: &str, what: &str) -> u64 {
+    at(value, path, what)
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what}: `{path}` is not a whole number"))
+}
+
+/// The directory part of an absolute file path.
+fn dir_of(path: &str) -> &str {
+    path.rsplit_once('/')
+        .map(|(dir, _)| dir)
+        .unwrap_or_else(|| panic!("{path:?} is not an absolute path"))
+}
+
+// ------------------------------------------------------------------ Dockerfile
+
+/// One instruction: its keyword in upper case and the rest of the line.
+struct Instruction {
+    keyword: String,
+    args: String,
+}
+
+/// A build stage: its FROM arguments and its instructions.
+struct Stage {
+    from: String,
+    instructions: Vec<Instruction>,
+}
+
+impl Stage {
+    /// The image it starts from, without `--platform=...` and `AS name`.
+    fn base(&self) -> &str {
+        self.from
+            .split_whitespace()
+            .find(|w| !w.starts_with("--"))
+            .unwrap_or("")
+    }
+
+    fn name(&self) -> Option<&str> {
+        let words: Vec<&str> = self.from.split_whitespace().collect();
+        words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case("as"))
+            .and_then(|i| words.get(i + 1).copied())
+    }
+
+    fn all(&self, keyword: &str) -> Vec<&str> {
+        self.instructions
+            .iter()
+            .filter(|i| i.keyword == keyword)
+            .map(|i| i.args.as_str())
+            .collect()
+    }
+
+    /// The last instruction with this keyword (the one that counts for USER, CMD, ...).
+    fn last(&self, keyword: &str) -> &str {
+        self.all(keyword).pop().unwrap_or_else(|| {
+            panic!(
+                "Dockerfile: stage `FROM {}` has no {keyword} instruction",
+                self.from
+            )
+        })
+    }
+}
+
+/// The Dockerfile's stages, with comment lines dropped and `\` continuations joined.
+fn dockerfile() -> Vec<Stage> {
+    let mut logical = Vec::new();
+    let mut pending = String::new();
+    for line in read("Dockerfile").lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && pending.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(trimmed);
+                logical.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    assert!(pending.is_empty(), "Dockerfile ends in a `\\` continuation");
+
+    let mut stages: Vec<Stage> = Vec::new();
+    for line in logical.iter().filter(|l| !l.trim().is_empty()) {
+        let (keyword, args) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let instruction = Instruction {
+            keyword: keyword.to_ascii_uppercase(),
+            args: args.trim().to_string(),
+        };
+        if instruction.keyword == "FROM" {
+            stages.push(Stage {
+                from: instruction.args,
+                instructions: Vec::new(),
+            });
+        } else {
+            stages
+                .last_mut()
+                .unwrap_or_else(|| panic!("Dockerfile: `{line}` comes before any FROM"))
+                .instructions
+                .push(instruction);
+        }
+    }
+    assert!(!stages.is_empty(), "Dockerfile has no FROM");
+    stages
+}
+
+/// An exec-form (JSON array) argument list.
+fn exec_form(args: &str, what: &str) -> Vec<String> {
+    serde_json::from_str(args).unwrap_or_else(|e| {
+        panic!("Dockerfile: {what} `{args}` is not a JSON array (exec form): {e}")
+    })
+}
+
+/// `1.95` or `1.95.0` (or `"1.89"`) as numbers, for comparing versions.
+fn version(text: &str) -> Vec<u64> {
+    text.trim_matches('"')
+        .split('.')
+        .map(|part| {
+            part.parse()
+                .unwrap_or_else(|_| panic!("{text:?} is not a numeric version"))
+        })
+        .collect()
+}
+
+/// A `key = "value"` line of Cargo.toml's [package] table.
+fn cargo_package_field(key: &str) -> String {
+    read("Cargo.toml")
+        .lines()
+        .take_while(|l| !l.starts_with('[') || l.starts_with("[package]"))
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| panic!("Cargo.toml: no `{key}` in [package]"))
+}
+
+#[test]
+fn the_image_is_a_non_root_scratch_image_running_the_worker() {
+    let stages = dockerfile();
+    let last = stages.last().unwrap();
+    assert_eq!(
+        last.base(),
+        "scratch",
+        "Dockerfile: the last stage (the default target) must be FROM scratch, not `{}`",
+        last.from
+    );
+    assert_eq!(
+        last.last("USER"),
+        "65532:65532",
+        "Dockerfile: the worker must run as the numeric non-root user and group 65532"
+    );
+    assert_eq!(
+        exec_form(last.last("ENTRYPOINT"), "ENTRYPOINT"),
+        ["/ordermanagement"],
+        "Dockerfile: ENTRYPOINT must be the binary in exec form (no shell in scratch)"
+    );
+    assert_eq!(
+        exec_form(last.last("CMD"), "CMD"),
+        ["run"],
+        "Dockerfile: the default command must be `run`"
+    );
+    assert_eq!(
+        last.last("STOPSIGNAL"),
+        "SIGTERM",
+        "Dockerfile: the worker finishes its order and exits on SIGTERM"
+    );
+    let binary = last
+        .all("COPY")
+        .into_iter()
+        .find(|c| c.ends_with(" /ordermanagement"))
+        .expect("Dockerfile: the last stage must COPY the binary to /ordermanagement");
+    assert!(
+        binary.contains("x86_64-unknown-linux-gnu/release/ordermanagement"),
+        "Dockerfile: the binary copied must be the static release build, not `{binary}`"
+    );
+    assert_eq!(
+        last.last("LABEL")
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("org.opencontainers.image.version="))
+            .map(|v| v.trim_matches('"')),
+        Some(cargo_package_field("version").as_str()),
+        "Dockerfile: the org.opencontainers.image.version label must be Cargo.toml's version"
+    );
+}
+
+#[test]
+fn the_image_keeps_its_state_on_a_volume_and_its_heartbeat_in_tmp() {
+    let stages = dockerfile();
+    let last = stages.last().unwrap();
+    let volumes = last.all("VOLUME");
+    assert!(
+        !volumes.is_empty(),
+        "Dockerfile: the last stage needs a VOLUME for the state file"
+    );
+    let env: BTreeMap<&str, &str> = last
+        .all("ENV")
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let state_file = env
+        .get("STATE_FILE")
+        .expect("Dockerfile: ENV STATE_FILE is missing");
+    let volume_paths: Vec<String> = volumes
+        .iter()
+        .flat_map(|v| {
+            if v.starts_with('[') {
+                exec_form(v, "VOLUME")
+            } else {
+                v.split_whitespace().map(str::to_string).collect()
+            }
+        })
+        .collect();
+    assert!(
+        volume_paths.iter().any(|p| p == dir_of(state_file)),
+        "Dockerfile: STATE_FILE {state_file} must be on a VOLUME (found {volume_paths:?})"
+    );
+    let heartbeat = env
+        .get("HEARTBEAT_FILE")
+        .expect("Dockerfile: ENV HEARTBEAT_FILE is missing");
+    assert_eq!(
+        dir_of(heartbeat),
+        "/tmp",
+        "Dockerfile: the heartbeat belongs in /tmp, the one directory the image makes writable"
+    );
+    assert!(
+        read(".dockerignore")
+            .lines()
+            .any(|l| l.trim().trim_end_matches('/') == "target"),
+        ".dockerignore: target/ must stay out of the build context"
+    );
+}
+
+#[test]
+fn the_image_healthcheck_is_exec_form() {
+    let stages = dockerfile();
+    let healthcheck = stages.last().unwrap().last("HEALTHCHECK");
+    let (options, command) = healthcheck
+        .split_once("CMD")
+        .unwrap_or_else(|| panic!("Dockerfile: HEALTHCHECK `{healthcheck}` has no CMD"));
+    for option in ["--interval=", "--timeout=", "--retries="] {
+        assert!(
+            options.contains(option),
+            "Dockerfile: HEALTHCHECK should set {option}…"
+        );
+    }
+    assert_eq!(
+        exec_form(command.trim(), "HEALTHCHECK CMD"),
+        HEALTHCHECK,
+        "Dockerfile: HEALTHCHECK must run `/ordermanagement healthcheck` in exec form"
+    );
+}
+
+#[test]
+fn the_builder_pins_its_toolchain_and_links_statically() {
+    let stages = dockerfile();
+    let builder = stages
+        .iter()
+        .find(|s| s.name() == Some("builder"))
+        .expect("Dockerfile: no stage named `builder`");
+    let tag = builder.base().strip_prefix("rust:").unwrap_or_else(|| {
+        panic!(
+            "Dockerfile: the builder must be FROM rust:…, not `{}`",
+            builder.from
+        )
+    });
+    let pinned = tag.split('-').next().unwrap();
+    assert!(
+        pinned.split('.').count() >= 2,
+        "Dockerfile: the builder's toolchain must be pinned to a version like 1.95, not `{tag}`"
+    );
+    let minimum = cargo_package_field("rust-version");
+    assert!(
+        version(pinned) >= version(&minimum),
+        "Dockerfile: the builder's Rust {pinned} is older than Cargo.toml's rust-version {minimum}"
+    );
+
+    // Every cargo build, the dependency layer's too (with other flags its compiled
+    // dependencies would not be reused).
+    let builds: Vec<&str> = stages
+        .iter()
+        .flat_map(|s| s.all("RUN"))
+        .filter(|r| r.contains("cargo build"))
+        .collect();
+    assert!(
+        builds.iter().any(|r| r.contains("--bin ordermanagement")),
+        "Dockerfile: no RUN builds `--bin ordermanagement`"
+    );
+    for run in builds {
+        assert!(
+            run.contains("+crt-static"),
+            "Dockerfile: `{run}` must link statically (RUSTFLAGS=\"-C target-feature=+crt-static\")"
+        );
+        assert!(
+            run.contains("--target x86_64-unknown-linux-gnu"),
+            "Dockerfile: `{run}` must name --target x86_64-unknown-linux-gnu (so RUSTFLAGS spare build scripts)"
+        );
+        assert!(
+            run.contains("--locked"),
+            "Dockerfile: `{run}` must build --locked"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ compose.yaml
+
+fn compose() -> Value {
+    let mut value: Value = serde_yaml::from_str(&read("compose.yaml"))
+        .unwrap_or_else(|e| panic!("compose.yaml is not valid YAML: {e}"));
+    value
+        .apply_merge()
+        .unwrap_or_else(|e| panic!("compose.yaml: a `<<` merge is invalid: {e}"));
+    value
+}
+
+fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    at(compose, &format!("services.{name}"), "compose.yaml")
+}
+
+/// A service's environment, in either of compose's forms (a map, or `KEY=VALUE` lines).
+fn compose_env(service: &Value, what: &str) -> BTreeMap<String, String> {
+    match at(service, "environment", what) {
+        Value::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let key = text(k).unwrap_or_default();
+                let value = text(v).unwrap_or_else(|| panic!("{what}: {key} is not a scalar"));
+                (key, value)
+            })
+            .collect(),
+        Value::Sequence(lines) => strings(lines)
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        other => panic!("{what}: environment is neither a map nor a list: {other:?}"),
+    }
+}
+
+/// A compose duration (`60s`, `1m30s`, `1h`) in seconds.
+fn duration_s(text: &str) -> f64 {
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut chars = text.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&next) = chars.peek() {
+            if next.is_ascii_digit() {
+                break;
+            }
+            unit.push(next);
+            chars.next();
+        }
+        let scale = match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" => 0.000_001,
+            _ => panic!("{text:?}: unknown duration unit {unit:?}"),
+        };
+        let n: f64 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("{text:?} is not a duration"));
+        total += n * scale;
+        number.clear();
+    }
+    assert!(
+        number.is_empty(),
+        "{text:?}: a duration needs a unit (s, m, h)"
+    );
+    total
+}
+
+/// The names of the services in a compose profile.
+fn in_profile(compose: &Value, profile: &str) -> Vec<String> {
+    at(compose, "services", "compose.yaml")
+        .as_mapping()
+        .expect("compose.yaml: services is not a map")
+        .iter()
+        .filter(|(_, s)| {
+            get(s, "profiles")
+                .and_then(Value::as_sequence)
+                .is_some_and(|p| strings(p).iter().any(|p| p == profile))
+        })
+        .filter_map(|(name, _)| text(name))
+        .collect()
+}
+
+/// Stop, health and state settings every worker service needs.
+fn check_compose_worker(compose: &Value, name: &str) {
+    let what = format!("compose.yaml, service {name}");
+    let s = service(compose, name);
+    let grace = text_at(s, "stop_grace_period", &what);
+    assert!(
+        duration_s(&grace) >= STOP_NEEDS_S as f64,
+        "{what}: stop_grace_period {grace} must exceed the {DECREASE_TIMEOUT_S} s decrease timeout plus a {STATUS_UPDATE_S} s status update"
+    );
+    assert_eq!(
+        strings(seq(s, "healthcheck.test", &what)),
+        ["CMD", HEALTHCHECK[0], HEALTHCHECK[1]],
+        "{what}: healthcheck.test must be the CMD (exec) form of `/ordermanagement healthcheck`"
+    );
+    let env = compose_env(s, &what);
+    let state_file = env
+        .get("STATE_FILE")
+        .unwrap_or_else(|| panic!("{what}: STATE_FILE is not set"));
+    let state_dir = dir_of(state_file);
+    let declared = get(compose, "volumes").and_then(Value::as_mapping);
+    let on_named_volume = seq(s, "volumes", &what).iter().any(|v| {
+        let (source, target) = match v {
+            Value::String(short) => {
+                let mut parts = short.split(':');
+                (
+                    parts.next().map(str::to_string),
+                    parts.next().map(str::to_string),
+                )
+            }
+            long => (
+                get(long, "source").and_then(text),
+                get(long, "target").and_then(text),
+            ),
+        };
+        target.as_deref() == Some(state_dir)
+            && source
+                .as_deref()
+                .is_some_and(|src| declared.is_some_and(|d| d.contains_key(src)))
+    });
+    assert!(
+        on_named_volume,
+        "{what}: STATE_FILE's directory {state_dir} must be a named volume declared under top-level volumes"
+    );
+}
+
+#[test]
+fn compose_demo_service_keeps_the_demo_environment_but_for_otlp_over_http() {
+    let compose = compose();
+    let what = "compose.yaml, service ordermanagement";
+    assert!(
+        in_profile(&compose, "demo")
+            .iter()
+            .any(|s| s == "ordermanagement"),
+        "{what}: must be in the `demo` profile"
+    );
+
+    // The shared block is the demo's, unchanged, so that it can be compared with it.
+    let block: BTreeMap<String, String> = at(&compose, "x-otel-env", "compose.yaml")
+        .as_mapping()
+        .expect("compose.yaml: x-otel-env is not a map")
+        .iter()
+        .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+        .collect();
+    let demo: BTreeMap<String, String> = DEMO_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(
+        block, demo,
+        "compose.yaml: x-otel-env must be the demo's block as it is"
+    );
+
+    let env = compose_env(service(&compose, "ordermanagement"), what);
+    let overrides: BTreeMap<&str, &str> = HTTP_OVERRIDES.into_iter().collect();
+    for (key, demo_value) in DEMO_ENV {
+        let expected = overrides.get(key).copied().unwrap_or(demo_value);
+        assert_eq!(
+            env.get(key).map(String::as_str),
+            Some(expected),
+            "{what}: {key} must be {expected:?} (the demo's value{})",
+            if overrides.contains_key(key) {
+                ", changed for OTLP/HTTP"
+            } else {
+                ""
+            }
+        );
+    }
+    let changed: Vec<&str> = DEMO_ENV
+        .iter()
+        .filter(|(k, v)| env.get(*k).map(String::as_str) != Some(*v))
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        changed,
+        ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"],
+        "{what}: only the OTLP endpoint and protocol may differ from the demo"
+    );
+    assert_eq!(
+        env.get("API_URL_ORDERS").map(String::as_str),
+        Some(DEMO_ORDERS_URL),
+        "{what}: API_URL_ORDERS must be the demo's Order Service"
+    );
+    assert_eq!(
+        env.get("API_URL_STOCKS").map(String::as_str),
+        Some(DEMO_STOCKS_URL),
+        "{what}: API_URL_STOCKS must be the demo's Stock Service"
+    );
+
+    assert!(
+        strings(seq(service(&compose, "ordermanagement"), "networks", what))
+            .iter()
+            .any(|n| n == DEMO_NETWORK),
+        "{what}: must join the demo's network {DEMO_NETWORK}"
+    );
+    assert_eq!(
+        get(&compose, &format!("networks.{DEMO_NETWORK}.external")).and_then(Value::as_bool),
+        Some(true),
+        "compose.yaml: network {DEMO_NETWORK} is the demo's own: it must be declared external"
+    );
+}
+
+#[test]
+fn compose_workers_stop_gracefully_report_health_and_keep_their_state() {
+    let compose = compose();
+    for name in ["ordermanagement", "ordermanagement-local"] {
+        check_compose_worker(&compose, name);
+    }
+}
+
+#[test]
+fn compose_local_profile_runs_the_worker_against_the_stand_in() {
+    let compose = compose();
+    let local = in_profile(&compose, "local");
+    for name in ["stand-in", "ordermanagement-local"] {
+        assert!(
+            local.iter().any(|s| s == name),
+            "compose.yaml: service {name} must be in the `local` profile (found {local:?})"
+        );
+    }
+
+    let target = text_at(
+        service(&compose, "stand-in"),
+        "build.target",
+        "compose.yaml, service stand-in",
+    );
+    assert!(
+        dockerfile()
+            .iter()
+            .any(|s| s.name() == Some(target.as_str())),
+        "compose.yaml: stand-in builds Dockerfile target {target:?}, which is no stage of the Dockerfile"
+    );
+
+    let what = "compose.yaml, service ordermanagement-local";
+    let worker = service(&compose, "ordermanagement-local");
+    let env = compose_env(worker, what);
+    // The stand-in listens on 127.0.0.1 only: the worker reaches it there by sharing its
+    // network namespace, or by its service name if it ever listens on all interfaces.
+    let shares_namespace =
+        get(worker, "network_mode").and_then(text).as_deref() == Some("service:stand-in");
+    let hosts: &[&str] = if shares_namespace {
+        &["127.0.0.1", "localhost"]
+    } else {
+        &["stand-in"]
+    };
+    for key in ["API_URL_ORDERS", "API_URL_STOCKS"] {
+        let url = env
+            .get(key)
+            .unwrap_or_else(|| panic!("{what}: {key} is not set"));
+        let host = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split([':', '/']).next())
+            .unwrap_or_else(|| panic!("{what}: {key} {url:?} is not an http:// URL"));
+        assert!(
+            hosts.contains(&host),
+            "{what}: {key} {url:?} must point to the stand-in (host one of {hosts:?})"
+        );
+    }
+    assert_eq!(
+        env.get("OTEL_SDK_DISABLED").map(String::as_str),
+        Some("true"),
+        "{what}: telemetry must be off (OTEL_SDK_DISABLED=true): the local profile has no collector"
+    );
+}
+
+// ------------------------------------------------------------------ Kubernetes
+
+/// Every document of a multi-document YAML file.
+fn k8s(rel: &str) -> Vec<Value> {
+    let text = read(rel);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel} is not valid YAML: {e}"))
+        })
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str, rel: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| get(d, "kind").and_then(Value::as_str) == Some(kind))
+        .unwrap_or_else(|| panic!("{rel}: no {kind}"))
+}
+
+/// The pod spec and its one container.
+fn pod_and_container<'a>(pod: &'a Value, what: &str) -> (&'a Value, &'a Value) {
+    let containers = seq(pod, "containers", what);
+    assert_eq!(containers.len(), 1, "{what}: expected one container");
+    (pod, &containers[0])
+}
+
+/// A container's environment variable: inline `value`, the `valueFrom` source, or a
+/// value from a ConfigMap of the same file named in `envFrom`.
+enum Env<'a> {
+    Value(String),
+    From(&'a Value),
+}
+
+fn env<'a>(docs: &'a [Value], container: &'a Value, name: &str) -> Option<Env<'a>> {
+    let inline = get(container, "env")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .find(|e| get(e, "name").and_then(Value::as_str) == Some(name));
+    if let Some(entry) = inline {
+        return match (get(entry, "value"), get(entry, "valueFrom")) {
+            (Some(v), _) => text(v).map(Env::Value),
+            (None, Some(from)) => Some(Env::From(from)),
+            _ => None,
+        };
+    }
+    let config_maps: Vec<&str> = get(container, "envFrom")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| get(e, "configMapRef.name").and_then(Value::as_str))
+        .collect();
+    docs.iter()
+        .filter(|d| get(d, "kind").and_then(Value::as_str) == Some("ConfigMap"))
+        .filter(|d| {
+            get(d, "metadata.name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| config_maps.contains(&n))
+        })
+        .find_map(|d| get(d, &format!("data.{name}")).and_then(text))
+        .map(Env::Value)
+}
+
+fn env_value(docs: &[Value], container: &Value, name: &str, what: &str) -> String {
+    match env(docs, container, name) {
+        Some(Env::Value(v)) => v,
+        Some(Env::From(_)) => panic!("{what}: {name} must be a plain value"),
+        None => panic!("{what}: {name} is not set"),
+    }
+}
+
+/// A securityContext field: the container's, else the pod's.
+fn security<'a>(pod: &'a Value, container: &'a Value, field: &str) -> Option<&'a Value> {
+    get(container, &format!("securityContext.{field}"))
+        .or_else(|| get(pod, &format!("securityContext.{field}")))
+}
+
+/// What every worker pod needs: non-root, read-only root with /tmp writable, a stop
+/// long enough for the order in hand, memory requests, and the state file on a mounted
+/// volume, whose name it returns.
+fn check_pod(docs: &[Value], pod: &Value, container: &Value, what: &str) -> String {
+    assert_eq!(
+        security(pod, container, "runAsNonRoot").and_then(Value::as_bool),
+        Some(true),
+        "{what}: runAsNonRoot must be true"
+    );
+    for id in ["runAsUser", "runAsGroup"] {
+        assert_eq!(
+            security(pod, container, id).and_then(Value::as_u64),
+            Some(65532),
+            "{what}: {id} must be 65532, the image's user"
+        );
+    }
+    assert_eq!(
+        get(container, "securityContext.readOnlyRootFilesystem").and_then(Value::as_bool),
+        Some(true),
+        "{what}: the container's readOnlyRootFilesystem must be true"
+    );
+    assert_eq!(
+        get(container, "securityContext.allowPrivilegeEscalation").and_then(Value::as_bool),
+        Some(false),
+        "{what}: the container's allowPrivilegeEscalation must be false"
+    );
+    assert!(
+        get(container, "securityContext.capabilities.drop")
+            .and_then(Value::as_sequence)
+            .is_some_and(|d| strings(d).iter().any(|c| c == "ALL")),
+        "{what}: the container must drop ALL capabilities"
+    );
+    assert_eq!(
+        security(pod, container, "seccompProfile.type").and_then(Value::as_str),
+        Some("RuntimeDefault"),
+        "{what}: seccompProfile.type must be RuntimeDefault"
+    );
+
+    let grace = u64_at(pod, "terminationGracePeriodSeconds", what);
+    assert!(
+        grace > STOP_NEEDS_S,
+        "{what}: terminationGracePeriodSeconds {grace} must exceed the {DECREASE_TIMEOUT_S} s decrease timeout plus a {STATUS_UPDATE_S} s status update"
+    );
+    at(container, "resources.requests.memory", what);
+
+    let mounts = seq(container, "volumeMounts", what);
+    let mount_of = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| get(m, "mountPath").and_then(Value::as_str) == Some(path))
+            .and_then(|m| get(m, "name").and_then(text))
+    };
+    let tmp = mount_of("/tmp").unwrap_or_else(|| {
+        panic!("{what}: nothing is mounted at /tmp (the heartbeat's directory)")
+    });
+    assert!(
+        seq(pod, "volumes", what).iter().any(|v| {
+            get(v, "name").and_then(Value::as_str) == Some(tmp.as_str())
+                && get(v, "emptyDir").is_some()
+        }),
+        "{what}: /tmp must be an emptyDir volume (the root filesystem is read-only)"
+    );
+
+    let state_file = env_value(docs, container, "STATE_FILE", what);
+    mount_of(dir_of(&state_file)).unwrap_or_else(|| {
+        panic!(
+            "{what}: STATE_FILE {state_file} must be on a mounted volume, at {}",
+            dir_of(&state_file)
+        )
+    })
+}
+
+#[test]
+fn cronjob_runs_once_a_minute_without_overlap_or_retries() {
+    let rel = "deploy/kubernetes/cronjob.yaml";
+    let docs = k8s(rel);
+    let cron = kind(&docs, "CronJob", rel);
+    let what = format!("{rel}, CronJob");
+    assert_eq!(
+        text_at(cron, "spec.concurrencyPolicy", &what),
+        "Forbid",
+        "{what}: two runs at once would handle the same orders"
+    );
+    at(cron, "spec.startingDeadlineSeconds", &what);
+    at(cron, "spec.jobTemplate.spec.activeDeadlineSeconds", &what);
+    assert_eq!(
+        u64_at(cron, "spec.jobTemplate.spec.backoffLimit", &what),
+        0,
+        "{what}: exit 1 means work left for the next scheduled run, not a Job retry"
+    );
+    let (pod, container) = pod_and_container(
+        at(cron, "spec.jobTemplate.spec.template.spec", &what),
+        &what,
+    );
+    assert_eq!(
+        text_at(pod, "restartPolicy", &what),
+        "Never",
+        "{what}: restartPolicy must be Never"
+    );
+    assert_eq!(
+        strings(seq(container, "args", &what)),
+        ["once"],
+        "{what}: the container must run `once`"
+    );
+
+    let state = check_pod(&docs, pod, container, &what);
+    let claim = seq(pod, "volumes", &what)
+        .iter()
+        .find(|v| get(v, "name").and_then(text).as_deref() == Some(state.as_str()))
+        .and_then(|v| get(v, "persistentVolumeClaim.claimName").and_then(text))
+        .unwrap_or_else(|| {
+            panic!("{what}: the state volume {state:?} must be a persistentVolumeClaim")
+        });
+    assert!(
+        docs.iter().any(|d| {
+            get(d, "kind").and_then(Value::as_str) == Some("PersistentVolumeClaim")
+                && get(d, "metadata.name").and_then(text).as_deref() == Some(claim.as_str())
+        }),
+        "{rel}: no PersistentVolumeClaim named {claim:?}"
+    );
+}
+
+#[test]
+fn statefulset_shards_by_pod_index_and_restarts_only_a_stuck_worker() {
+    let rel = "deploy/kubernetes/statefulset.yaml";
+    let docs = k8s(rel);
+    let set = kind(&docs, "StatefulSet", rel);
+    let what = format!("{rel}, StatefulSet");
+    let (pod, container) = pod_and_container(at(set, "spec.template.spec", &what), &what);
+
+    assert_eq!(
+        strings(seq(container, "args", &what)),
+        ["run"],
+        "{what}: the container must run `run`"
+    );
+    let replicas = u64_at(set, "spec.replicas", &what);
+    assert_eq!(
+        env_value(&docs, container, "SHARD_COUNT", &what),
+        replicas.to_string(),
+        "{what}: SHARD_COUNT must equal spec.replicas, or orders are missed or shared"
+    );
+    match env(&docs, container, "SHARD_INDEX") {
+        Some(Env::From(from)) => assert_eq!(
+            get(from, "fieldRef.fieldPath").and_then(Value::as_str),
+            Some("metadata.labels['apps.kubernetes.io/pod-index']"),
+            "{what}: SHARD_INDEX must come from the pod-index label"
+        ),
+        _ => panic!("{what}: SHARD_INDEX must be set from the downward API (valueFrom.fieldRef)"),
+    }
+    assert_eq!(
+        text_at(set, "spec.podManagementPolicy", &what),
+        "Parallel",
+        "{what}: the replicas are independent: podManagementPolicy Parallel"
+    );
+    let service = text_at(set, "spec.serviceName", &what);
+    assert!(
+        docs.iter().any(|d| {
+            get(d, "kind").and_then(Value::as_str) == Some("Service")
+                && get(d, "metadata.name").and_then(text).as_deref() == Some(service.as_str())
+                && get(d, "spec.clusterIP").and_then(Value::as_str) == Some("None")
+        }),
+        "{rel}: spec.serviceName {service:?} must be a headless Service of the same file"
+    );
+
+    assert_eq!(
+        strings(seq(container, "livenessProbe.exec.command", &what)),
+        HEALTHCHECK,
+        "{what}: the liveness probe must run `/ordermanagement healthcheck`"
+    );
+    assert!(
+        get(container, "readinessProbe").is_none(),
+        "{what}: no readinessProbe: no traffic comes to the worker"
+    );
+
+    let state = check_pod(&docs, pod, container, &what);
+    assert!(
+        seq(set, "spec.volumeClaimTemplates", &what)
+            .iter()
+            .any(|t| get(t, "metadata.name").and_then(text).as_deref() == Some(state.as_str())),
+        "{what}: the state file's volume {state:?} must come from volumeClaimTemplates (one per replica)"
+    );
+    assert_eq!(
+        dir_of(&env_value(&docs, container, "STATE_FILE", &what)),
+        STATE_DIR,
+        "{what}: STATE_FILE must be in {STATE_DIR}"
+    );
+}
+
+#[test]
+fn kubernetes_recipes_share_one_environment_for_otlp_over_http() {
+    let mut maps = Vec::new();
+    for rel in [
+        "deploy/kubernetes/cronjob.yaml",
+        "deploy/kubernetes/statefulset.yaml",
+    ] {
+        let docs = k8s(rel);
+        let map = kind(&docs, "ConfigMap", rel).clone();
+        for (key, value) in HTTP_OVERRIDES {
+            assert_eq!(
+                get(&map, &format!("data.{key}")).and_then(text).as_deref(),
+                Some(value),
+                "{rel}: ConfigMap {key} must be {value:?}"
+            );
+        }
+        maps.push(map);
+    }
+    assert_eq!(
+        maps[0], maps[1],
+        "the ConfigMaps of cronjob.yaml and statefulset.yaml must be equal"
+    );
+}
