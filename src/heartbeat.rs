@@ -82,7 +82,7 @@ impl From<&CycleReport> for CycleBeat {
 /// The longest a working worker may go without a beat, from its settings: the next
 /// cycle's sleep, a page fetch, then one order (a decrease that stalls and is retried
 /// once, plus fast failures, then its status update), each with its backoff waits;
-/// plus some slack. About 3.7 minutes with the defaults.
+/// plus some slack. 220 s with the defaults (`run`, 5 s interval).
 pub fn stale_after(config: &Config, mode: &Mode) -> Duration {
     let interval = match mode {
         Mode::Run { interval } => *interval,
