@@ -195,7 +195,7 @@ pub struct CommonArgs {
     pub state_file: String,
 
     /// The heartbeat the worker rewrites as orders finish and after each cycle, read by
-    /// `healthcheck` (a sharded replica's default name carries its shard). Off when empty.
+    /// `healthcheck` (replicas sharing a /tmp need one each). Off when empty.
     #[arg(
         long,
         global = true,

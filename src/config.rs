@@ -33,9 +33,12 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// The share of the orders this replica handles. Default all.
     pub shard: Option<Shard>,
-    /// The heartbeat file read by `healthcheck`. Default [`crate::heartbeat::DEFAULT_PATH`]
-    /// (with the shard in its name on a sharded replica); none when set empty.
+    /// The heartbeat file read by `healthcheck`. Default [`crate::heartbeat::DEFAULT_PATH`];
+    /// none when set empty.
     pub heartbeat_file: Option<PathBuf>,
+    /// The heartbeat path was set by the user (a path that cannot be written is then a
+    /// configuration error; the default one only gets an error line).
+    pub heartbeat_chosen: bool,
     /// First backoff delay between attempts; doubled each retry. Default 200 ms.
     pub retry_base: Duration,
     /// Longest backoff delay, and the cap on a honoured `Retry-After`. Default 5 s.
@@ -58,6 +61,7 @@ impl Default for Config {
             state_file: None,
             shard: None,
             heartbeat_file: None,
+            heartbeat_chosen: false,
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(5),
         }
@@ -226,7 +230,6 @@ impl Config {
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
             shard: shard(args)?,
-            heartbeat_file: None,
             dry_run: boolean(&args.dry_run).ok_or_else(|| {
                 err(
                     "--dry-run",
@@ -238,16 +241,9 @@ impl Config {
             ..Config::default()
         };
         let heartbeat = args.heartbeat_file.trim();
-        let heartbeat_file = match (heartbeat, config.shard) {
-            ("", _) => None,
-            (crate::heartbeat::DEFAULT_PATH, Some(s)) => Some(PathBuf::from(format!(
-                "/tmp/ordermanagement-shard-{}-of-{}.heartbeat",
-                s.index, s.count
-            ))),
-            (path, _) => Some(PathBuf::from(path)),
-        };
         Ok(Config {
-            heartbeat_file,
+            heartbeat_file: Some(heartbeat).filter(|p| !p.is_empty()).map(PathBuf::from),
+            heartbeat_chosen: heartbeat != crate::heartbeat::DEFAULT_PATH,
             ..config
         })
     }

@@ -82,7 +82,7 @@ impl From<&CycleReport> for CycleBeat {
 /// The longest a working worker may go without a beat, from its settings: the next
 /// cycle's sleep, a page fetch, then one order (a decrease that stalls and is retried
 /// once, plus fast failures, then its status update), each with its backoff waits;
-/// plus some slack. 220 s with the defaults (`run`, 5 s interval).
+/// plus some slack. 260 s with the defaults (`run`, 5 s interval).
 pub fn stale_after(config: &Config, mode: &Mode) -> Duration {
     let interval = match mode {
         Mode::Run { interval } => *interval,
@@ -92,11 +92,12 @@ pub fn stale_after(config: &Config, mode: &Mode) -> Duration {
     let backoffs = config.retry_cap * retries;
     // Every attempt of an Order Service call is bounded by the HTTP timeout.
     let orders_call = config.http_timeout * (retries + 1) + backoffs;
-    // A slow failure of the decrease is retried once; other failures are fast
-    // (refused connection, an error reply) or bounded by the connect timeout.
-    let decrease = (config.http_timeout + config.decrease_timeout) * 2
-        + config.http_timeout * (retries + 1)
-        + backoffs;
+    // A decrease attempt's phases are bounded apart: resolving, connecting, sending the
+    // head, sending the body and reading the body by the HTTP timeout each, the reply by
+    // the decrease timeout. A failure that took longer than the HTTP timeout (a slow
+    // one) is retried once; the other attempts failed within the HTTP timeout.
+    let slow_attempt = config.http_timeout * 5 + config.decrease_timeout;
+    let decrease = slow_attempt * 2 + config.http_timeout * (retries + 1) + backoffs;
     interval + orders_call + decrease + orders_call + SLACK
 }
 
@@ -114,6 +115,15 @@ impl Heartbeat {
     /// Writes the first beat; an error here (a missing directory, no permission) is a
     /// configuration error.
     pub fn start(path: &Path, stale_after: Duration) -> io::Result<Heartbeat> {
+        // Never rename over a device or a directory (HEARTBEAT_FILE=/dev/null as root).
+        if let Ok(meta) = fs::symlink_metadata(path)
+            && !meta.is_file()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it exists and is not a regular file",
+            ));
+        }
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".{}.tmp", std::process::id()));
         let now = now_ms();
@@ -180,12 +190,13 @@ impl Heartbeat {
     fn write(&self) -> io::Result<()> {
         let mut text = serde_json::to_vec(&self.beat).map_err(io::Error::other)?;
         text.push(b'\n');
-        let mut file = fs::File::create(&self.tmp)?;
-        file.write_all(&text)?;
-        drop(file);
-        fs::rename(&self.tmp, &self.path).inspect_err(|_| {
+        let written = fs::File::create(&self.tmp)
+            .and_then(|mut file| file.write_all(&text))
+            .and_then(|()| fs::rename(&self.tmp, &self.path));
+        if written.is_err() {
             let _ = fs::remove_file(&self.tmp);
-        })
+        }
+        written
     }
 }
 

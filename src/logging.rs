@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::kv::{Key, Value, VisitSource};
+use log::kv::{Key, Source, Value, VisitSource};
 use log::{Log, Metadata, Record};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
@@ -55,17 +55,31 @@ impl Log for Tee {
             return;
         }
         let exported = !NOT_EXPORTED.iter().any(|t| record.target().starts_with(t));
-        let otlp = OTLP.read();
-        let otlp = match &otlp {
-            Ok(otlp) if exported => otlp.as_ref(),
-            _ => None,
+        // stderr first, then the OTLP lock: a blocked stderr never holds up
+        // `stop_export`.
+        // The exported record: `body` (the JSON line, or the message), with the order's
+        // fields added to the record's key-values as attributes.
+        let otlp = |body: std::fmt::Arguments| {
+            if exported
+                && let Ok(otlp) = OTLP.read()
+                && let Some(otlp) = otlp.as_ref()
+            {
+                otlp.log(
+                    &Record::builder()
+                        .args(body)
+                        .metadata(record.metadata().clone())
+                        .module_path(record.module_path())
+                        .file(record.file())
+                        .line(record.line())
+                        .key_values(&WithOrder(record.key_values()))
+                        .build(),
+                );
+            }
         };
         match self.format {
             Format::Text => {
                 self.stderr.log(record);
-                if let Some(otlp) = otlp {
-                    otlp.log(record);
-                }
+                otlp(*record.args());
             }
             Format::Json => {
                 let line = json_line(record, self.shard.as_deref(), SystemTime::now());
@@ -74,20 +88,9 @@ impl Log for Tee {
                     let _ = err.write_all(line.as_bytes());
                     let _ = err.write_all(b"\n");
                 }
-                if let Some(otlp) = otlp {
-                    // The same text as the body; level, target, key-values and the
-                    // current trace travel in the record's own fields as before.
-                    otlp.log(
-                        &Record::builder()
-                            .args(format_args!("{line}"))
-                            .metadata(record.metadata().clone())
-                            .module_path(record.module_path())
-                            .file(record.file())
-                            .line(record.line())
-                            .key_values(record.key_values())
-                            .build(),
-                    );
-                }
+                // The same text as the body; level, target, key-values and the current
+                // trace travel in the record's own fields as before.
+                otlp(format_args!("{line}"));
             }
         }
     }
@@ -187,6 +190,35 @@ pub fn rfc3339_millis(time: SystemTime) -> String {
     )
 }
 
+thread_local! {
+    /// The order being handled on this thread, for the JSON lines logged meanwhile.
+    static ORDER: std::cell::Cell<Option<OrderFields>> = const { std::cell::Cell::new(None) };
+}
+
+/// An order's fields, as every per-order JSON line carries them.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderFields {
+    pub id: u64,
+    pub wood_type: &'static str,
+    pub quantity: u32,
+}
+
+/// Until dropped, JSON lines logged on this thread carry `fields` (`order_id`,
+/// `wood_type`, `quantity`) unless the record has them already: retry warnings and
+/// other lines about the order get them without naming them.
+pub fn order_fields(fields: OrderFields) -> OrderGuard {
+    OrderGuard(ORDER.replace(Some(fields)))
+}
+
+/// Restores the previous order fields when dropped.
+pub struct OrderGuard(Option<OrderFields>);
+
+impl Drop for OrderGuard {
+    fn drop(&mut self) {
+        ORDER.set(self.0);
+    }
+}
+
 /// Fields every JSON line has; a record's key-value with one of these names is written
 /// as `kv_<name>` instead.
 const JSON_FIELDS: [&str; 7] = [
@@ -218,7 +250,7 @@ pub fn json_line(record: &Record, shard: Option<&str>, at: SystemTime) -> String
     fields.string("message", &record.args().to_string());
     fields.string("trace_id", &trace_id);
     fields.string("span_id", &span_id);
-    let _ = record.key_values().visit(&mut fields);
+    let _ = WithOrder(record.key_values()).visit(&mut fields);
     if let Some(shard) = shard {
         fields.string("shard", shard);
     }
@@ -226,7 +258,26 @@ pub fn json_line(record: &Record, shard: Option<&str>, at: SystemTime) -> String
     line
 }
 
-/// Writes `"key":value` pairs, comma-separated, into a JSON object under construction.
+/// A record's key-values, followed by the current order's fields (see [`order_fields`])
+/// unless the record names its `order_id` itself.
+struct WithOrder<'a>(&'a dyn Source);
+
+impl Source for WithOrder<'_> {
+    fn visit<'kvs>(&'kvs self, visitor: &mut dyn VisitSource<'kvs>) -> Result<(), log::kv::Error> {
+        self.0.visit(visitor)?;
+        if let Some(order) = ORDER.get()
+            && self.0.get(Key::from("order_id")).is_none()
+        {
+            visitor.visit_pair(Key::from("order_id"), Value::from(order.id))?;
+            visitor.visit_pair(Key::from("wood_type"), Value::from(order.wood_type))?;
+            visitor.visit_pair(Key::from("quantity"), Value::from(order.quantity))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `"key":value` pairs, comma-separated, into a JSON object under construction;
+/// the flag: a pair is written.
 struct JsonFields<'a>(&'a mut String, bool);
 
 impl JsonFields<'_> {
@@ -295,6 +346,43 @@ impl<'kvs> VisitSource<'kvs> for Pairs {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn lines_logged_while_an_order_is_handled_carry_its_fields() {
+        let line = |kvs: &[(&str, Value)]| {
+            let v: serde_json::Value = serde_json::from_str(&json_line(
+                &Record::builder()
+                    .args(format_args!("attempt 1 failed; retrying"))
+                    .key_values(&kvs)
+                    .build(),
+                None,
+                UNIX_EPOCH,
+            ))
+            .unwrap();
+            v
+        };
+        assert!(line(&[]).get("order_id").is_none());
+        {
+            let _order = order_fields(OrderFields {
+                id: 9,
+                wood_type: "elm",
+                quantity: 4,
+            });
+            let v = line(&[]);
+            assert_eq!(
+                (&v["order_id"], &v["wood_type"], &v["quantity"]),
+                (&9.into(), &"elm".into(), &4.into())
+            );
+            // A record naming its order keeps its own fields, once.
+            let v = line(&[("order_id", Value::from(3u64))]);
+            assert_eq!(v["order_id"], 3);
+            assert!(v.get("wood_type").is_none());
+        }
+        assert!(
+            line(&[]).get("order_id").is_none(),
+            "cleared when the guard drops"
+        );
+    }
 
     #[test]
     fn json_lines_are_valid_json_whatever_the_message_carries() {

@@ -57,25 +57,26 @@ fn main() -> ExitCode {
         None => Worker::new(&config, stop),
         Some(path) => match FileJournal::open(path) {
             Ok(journal) => Worker::with_journal(&config, stop, Box::new(journal)),
-            Err(e) => {
-                log::error!("{e}");
-                eprintln!("ordermanagement: error: {e}");
-                return ExitCode::from(USAGE);
-            }
+            Err(e) => return fail_at_start(&config, &e.to_string()),
         },
     };
     if let Some(path) = &config.heartbeat_file {
         match heartbeat::Heartbeat::start(path, heartbeat::stale_after(&config, &mode)) {
             Ok(beat) => worker.set_heartbeat(beat),
-            Err(e) => {
+            Err(e) if config.heartbeat_chosen => {
                 let e = format!(
                     "invalid --heartbeat-file (HEARTBEAT_FILE) {:?}: cannot write it: {e}",
                     path.display().to_string()
                 );
-                log::error!("{e}");
-                eprintln!("ordermanagement: error: {e}");
-                return ExitCode::from(USAGE);
+                return fail_at_start(&config, &e);
             }
+            // The default path: a worker that cannot beat still works; `healthcheck`
+            // reports it stuck, and the line says how to choose another file.
+            Err(e) => log::error!(
+                "cannot write the heartbeat file {}: {e}; `healthcheck` will report this worker \
+                 stuck: set HEARTBEAT_FILE to a writable path, or empty to turn the heartbeat off",
+                path.display()
+            ),
         }
     }
     let code = match mode {
@@ -111,6 +112,16 @@ fn main() -> ExitCode {
         }
     }
     code
+}
+
+/// A problem with a setting found once logging is up: logged (in JSON mode only there,
+/// so that every line on stderr stays JSON), exit code 2.
+fn fail_at_start(config: &Config, message: &str) -> ExitCode {
+    log::error!("{message}");
+    if config.log_format == logging::Format::Text {
+        eprintln!("ordermanagement: error: {message}");
+    }
+    ExitCode::from(USAGE)
 }
 
 /// `healthcheck`: one line on stdout, exit 0 while the worker makes progress, 1 otherwise.

@@ -48,6 +48,11 @@ pub enum Deferral {
 }
 
 impl Outcome {
+    /// Every outcome's name, as the logs and the `outcome` metric attribute give it.
+    pub const NAMES: [&'static str; 7] = [
+        "ready", "blocked", "unknown", "deferred", "pending", "refused", "dry-run",
+    ];
+
     /// The outcome's name in logs and the summary.
     pub fn name(&self) -> &'static str {
         match self {
@@ -342,6 +347,33 @@ impl Journey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_outcome_name_is_listed() {
+        let reason = || "r".to_string();
+        let names: Vec<&str> = [
+            Outcome::Ready,
+            Outcome::Blocked { reason: reason() },
+            Outcome::Unknown { reason: reason() },
+            Outcome::Deferred {
+                reason: reason(),
+                cause: Deferral::Stopped,
+            },
+            Outcome::Pending {
+                status: OrderStatus::Ready,
+                reason: reason(),
+            },
+            Outcome::StatusRefused {
+                status: OrderStatus::Ready,
+                reason: reason(),
+            },
+            Outcome::DryRun,
+        ]
+        .iter()
+        .map(Outcome::name)
+        .collect();
+        assert_eq!(names, Outcome::NAMES);
+    }
 
     fn transient() -> CallError {
         CallError::Transient {

@@ -481,7 +481,7 @@ impl Worker {
                     pager.stays(id);
                     continue;
                 }
-                let scope = order_scope(&order);
+                let (scope, _fields) = order_scope(&order);
                 let outcome = self.journey.process(&order, &self.stop);
                 finish_order(&scope, &order, &outcome);
                 self.beat_order(&outcome);
@@ -541,7 +541,7 @@ impl Worker {
             let Some(update) = self.pending.remove(&id) else {
                 continue;
             };
-            let scope = order_scope(&update.order);
+            let (scope, _fields) = order_scope(&update.order);
             // After a stop request the waits between attempts are cut short: the update
             // stays pending (and in the state file) rather than delaying the exit.
             let result = self
@@ -568,9 +568,15 @@ impl Worker {
 }
 
 /// The span of one order's journey (current until dropped); the order id also travels
-/// to the services as baggage when the baggage propagator is on.
-fn order_scope(order: &Order) -> Scope {
-    Scope::with_baggage(
+/// to the services as baggage when the baggage propagator is on. The guard puts the
+/// order's fields on every JSON log line until dropped.
+fn order_scope(order: &Order) -> (Scope, crate::logging::OrderGuard) {
+    let fields = crate::logging::order_fields(crate::logging::OrderFields {
+        id: order.id,
+        wood_type: order.wood_type.as_str(),
+        quantity: order.quantity,
+    });
+    let scope = Scope::with_baggage(
         "order",
         SpanKind::Internal,
         vec![
@@ -579,7 +585,8 @@ fn order_scope(order: &Order) -> Scope {
             KeyValue::new("ordermanagement.order.quantity", i64::from(order.quantity)),
         ],
         vec![KeyValue::new("ordermanagement.order.id", order.id as i64)],
-    )
+    );
+    (scope, fields)
 }
 
 /// Logs the outcome (inside the order's span, so the line carries its trace) and

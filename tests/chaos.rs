@@ -35,6 +35,8 @@ impl Replica {
     fn start(&mut self, stack: &Stack) {
         let child = Command::new(BIN)
             .env_clear()
+            // No heartbeat file left in /tmp by a test.
+            .env("HEARTBEAT_FILE", "")
             .env("API_URL_ORDERS", stack.orders_url())
             .env("API_URL_STOCKS", stack.stocks_url())
             .env("ERROR_RATE", "0.05")

@@ -3,7 +3,7 @@
 //! image or a pod. Each assertion names the file and the field, so that a setting
 //! removed or changed by mistake fails here with a message saying what it is for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
@@ -964,4 +964,125 @@ fn kubernetes_recipes_share_one_environment_for_otlp_over_http() {
         maps[0], maps[1],
         "the ConfigMaps of cronjob.yaml and statefulset.yaml must be equal"
     );
+}
+
+// ------------------------------------------------------------------ names and types
+
+/// The variables the binary reads, as its own `--help` lists them, plus the
+/// OpenTelemetry SDK's (`OTEL_*`) and `RUST_LOG`.
+fn variables_the_worker_reads() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for command in ["run", "once", "healthcheck"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordermanagement"))
+            .args(["help", command])
+            .env_clear()
+            .output()
+            .expect("the binary's help");
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        for part in help.split("[env: ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    assert!(names.contains("API_URL_ORDERS") && names.contains("HEALTHCHECK_MAX_AGE_SECONDS"));
+    names
+}
+
+fn read_by_the_worker(name: &str, known: &BTreeSet<String>) -> bool {
+    known.contains(name) || name.starts_with("OTEL_") || name == "RUST_LOG"
+}
+
+#[test]
+fn every_variable_set_is_one_the_worker_reads_and_kubernetes_values_are_strings() {
+    let known = variables_the_worker_reads();
+    // compose.yaml: every worker service's environment.
+    let compose = compose();
+    for name in ["ordermanagement", "ordermanagement-local"] {
+        for key in compose_env(service(&compose, name), name).keys() {
+            assert!(
+                read_by_the_worker(key, &known),
+                "compose.yaml {name}: {key} is read by nothing"
+            );
+        }
+    }
+    // Kubernetes: ConfigMap data and container env, whose values must be strings (the
+    // API refuses a YAML number or boolean there).
+    for rel in [
+        "deploy/kubernetes/cronjob.yaml",
+        "deploy/kubernetes/statefulset.yaml",
+    ] {
+        let docs = k8s(rel);
+        let mut checked = 0;
+        for doc in &docs {
+            if doc.get("kind").and_then(Value::as_str) == Some("ConfigMap") {
+                for (k, v) in at(doc, "data", rel).as_mapping().expect("ConfigMap data") {
+                    let key = k.as_str().unwrap_or_default();
+                    assert!(
+                        v.is_string(),
+                        "{rel}: ConfigMap value of {key} must be a string: {v:?}"
+                    );
+                    assert!(
+                        read_by_the_worker(key, &known),
+                        "{rel}: {key} is read by nothing"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        let workload = docs
+            .iter()
+            .find(|d| {
+                matches!(
+                    d.get("kind").and_then(Value::as_str),
+                    Some("CronJob" | "StatefulSet")
+                )
+            })
+            .expect("a workload");
+        let containers = walk_containers(workload);
+        assert!(!containers.is_empty(), "{rel}: no container");
+        for container in containers {
+            for e in get(container, "env")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let key = at(e, "name", rel).as_str().unwrap_or_default();
+                if let Some(v) = e.get("value") {
+                    assert!(
+                        v.is_string(),
+                        "{rel}: env value of {key} must be a string: {v:?}"
+                    );
+                }
+                assert!(
+                    read_by_the_worker(key, &known) || key == "POD_NAME",
+                    "{rel}: {key} is read by nothing"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "{rel}: only {checked} variables found");
+    }
+}
+
+/// Every `containers` entry anywhere under `value`.
+fn walk_containers(value: &Value) -> Vec<&Value> {
+    match value {
+        Value::Mapping(map) => map
+            .iter()
+            .flat_map(|(k, v)| {
+                if k.as_str() == Some("containers") {
+                    v.as_sequence()
+                        .map(|s| s.iter().collect())
+                        .unwrap_or_default()
+                } else {
+                    walk_containers(v)
+                }
+            })
+            .collect(),
+        Value::Sequence(items) => items.iter().flat_map(walk_containers).collect(),
+        _ => Vec::new(),
+    }
 }

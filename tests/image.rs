@@ -1,17 +1,21 @@
 //! The container image's runtime, without a container engine: the static binary built
 //! exactly as the Dockerfile builds it, run the way the image runs it — as PID 1 of a new
-//! PID namespace, chrooted into a directory holding only the binary, `/etc/hosts` and
-//! `/tmp`, as uid 65532 — against the stand-in services reached by a host name from
-//! that `/etc/hosts`.
+//! PID namespace, chrooted into a directory holding only the binary, `/etc/hosts`,
+//! `/etc/resolv.conf`, `/tmp` and the state directory owned by 65532, as uid 65532 —
+//! against the stand-in services, the Order Service reached by a name from that
+//! `/etc/hosts`, the Stock Service by a name only a DNS server on loopback knows.
 //!
 //! Needs root (for `unshare --pid` and `chroot`); skipped with a message otherwise.
 
 mod common;
 
 use std::fs;
+use std::net::UdpSocket;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,11 @@ const RUSTFLAGS: &str = "-C target-feature=+crt-static";
 const BUILD_LIMIT: Duration = Duration::from_secs(1_800);
 const UID: &str = "65532";
 const HOST: &str = "shop.test";
+/// A name only the DNS server below resolves.
+const DNS_HOST: &str = "stock.dns.test";
+/// A loopback address of its own for that server (all of 127/8 is loopback on Linux),
+/// so that a local resolver on 127.0.0.1:53 or 127.0.0.53:53 is no obstacle.
+const DNS_ADDR: &str = "127.0.0.77";
 
 fn is_root() -> bool {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
@@ -65,12 +74,21 @@ impl Root {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("etc")).unwrap();
         fs::create_dir_all(dir.join("tmp")).unwrap();
+        let state = dir.join("var/lib/ordermanagement");
+        fs::create_dir_all(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(65532), Some(65532)).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o750)).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
         fs::copy(binary, dir.join("ordermanagement")).unwrap();
         fs::write(
             dir.join("etc/hosts"),
             format!("127.0.0.1 {HOST} localhost\n"),
+        )
+        .unwrap();
+        fs::write(
+            dir.join("etc/resolv.conf"),
+            format!("nameserver {DNS_ADDR}\noptions timeout:1 attempts:2\n"),
         )
         .unwrap();
         Root(dir)
@@ -101,6 +119,90 @@ impl Drop for Root {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// A DNS server on `DNS_ADDR:53` that answers `A` queries for `DNS_HOST` with 127.0.0.1,
+/// other types for it with no records, and other names with NXDOMAIN; it counts the
+/// queries it answered for `DNS_HOST`. Stops when dropped.
+struct Dns {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Dns {
+    fn start() -> Dns {
+        let socket = UdpSocket::bind((DNS_ADDR, 53)).expect("bind the test DNS server");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let (stop, answered) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (stopping, counter) = (stop.clone(), answered.clone());
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some((reply, ours)) = dns_reply(&buf[..len]) {
+                    if ours {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = socket.send_to(&reply, from);
+                }
+            }
+        });
+        Dns {
+            stop,
+            answered,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The reply to one query, and whether it asked for `DNS_HOST`.
+fn dns_reply(query: &[u8]) -> Option<(Vec<u8>, bool)> {
+    if query.len() < 12 {
+        return None;
+    }
+    // The question's name: length-prefixed labels up to a zero byte.
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *query.get(at)? as usize;
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).to_lowercase());
+        at += len;
+    }
+    let question_end = at + 4;
+    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+    let ours = labels.join(".") == DNS_HOST;
+    let answer = ours && qtype == 1;
+    let mut reply = Vec::with_capacity(question_end + 16);
+    reply.extend_from_slice(&query[..2]); // id
+    reply.extend_from_slice(&[0x81, if ours { 0x80 } else { 0x83 }]); // response, NOERROR / NXDOMAIN
+    reply.extend_from_slice(&[0, 1, 0, u8::from(answer), 0, 0, 0, 0]);
+    reply.extend_from_slice(query.get(12..question_end)?);
+    if answer {
+        // A pointer to the question's name, A, IN, TTL 60, 4 bytes: 127.0.0.1.
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some((reply, ours))
 }
 
 fn port(url: &str) -> &str {
@@ -134,6 +236,7 @@ fn the_image_runtime_processes_orders_reports_health_and_stops_on_sigterm() {
     let size = fs::metadata(&binary).unwrap().len();
     eprintln!("static binary (the image's only file): {size} bytes");
 
+    let dns = Dns::start();
     let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
     for wood in WOODS {
         stack.add_stock(wood, 1_000_000);
@@ -147,7 +250,11 @@ fn the_image_runtime_processes_orders_reports_health_and_stops_on_sigterm() {
         ),
         (
             "API_URL_STOCKS",
-            format!("http://{HOST}:{}", port(&stack.stocks_url())),
+            format!("http://{DNS_HOST}:{}", port(&stack.stocks_url())),
+        ),
+        (
+            "STATE_FILE",
+            "/var/lib/ordermanagement/state.jsonl".to_string(),
         ),
         ("ERROR_RATE", "0".to_string()),
         ("INTERVAL_SECONDS", "0.2".to_string()),
@@ -177,6 +284,12 @@ fn the_image_runtime_processes_orders_reports_health_and_stops_on_sigterm() {
         thread::sleep(Duration::from_millis(50));
     }
     assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+    assert!(
+        dns.answered.load(Ordering::Relaxed) > 0,
+        "the Stock Service's name was resolved through DNS"
+    );
+    let journal = root.0.join("var/lib/ordermanagement/state.jsonl");
+    assert_eq!(fs::metadata(&journal).expect("the state file").uid(), 65532);
 
     // PID 1 of its own namespace, running as 65532.
     let pid = only_child(worker.child.id()).expect("unshare's child");

@@ -16,6 +16,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 fn worker(server: &ScriptServer, state: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
+        // No heartbeat file left in /tmp by a test.
+        .env("HEARTBEAT_FILE", "")
         .env("API_URL_ORDERS", server.url())
         .env("API_URL_STOCKS", server.url())
         .env("ERROR_RATE", "0")

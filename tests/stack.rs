@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 fn worker(stack: &Stack, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
+        // No heartbeat file left in /tmp by a test.
+        .env("HEARTBEAT_FILE", "")
         .env("API_URL_ORDERS", stack.orders_url())
         .env("API_URL_STOCKS", stack.stocks_url())
         .env("ERROR_RATE", "0")
