@@ -645,6 +645,19 @@ fn a_heartbeat_file_that_cannot_be_written_stops_the_worker_at_start() {
         stderr.contains("invalid --heartbeat-file (HEARTBEAT_FILE) \"/nonexistent-dir/beat\""),
         "{stderr}"
     );
+    // Never renamed over something that is not a regular file.
+    let out = run(with_services(&url, &url)
+        .env("HEARTBEAT_FILE", "/dev/null")
+        .arg("once"));
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("it exists and is not a regular file"),
+        "{out:?}"
+    );
+    assert!(
+        std::fs::metadata("/dev/null").is_ok_and(|m| !m.is_file()),
+        "/dev/null untouched"
+    );
     any.assert_calls(0);
     // Empty turns the heartbeat off; healthcheck then has nothing to read.
     let out = run(cmd().env("HEARTBEAT_FILE", "").arg("healthcheck"));
