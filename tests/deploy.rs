@@ -3,12 +3,16 @@
 //! image or a pod. Each assertion names the file and the field, so that a setting
 //! removed or changed by mistake fails here with a message saying what it is for.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
 use serde::Deserialize;
 use serde_yaml::Value;
+
+use common::DEMO_ENV;
 
 /// `DECREASE_TIMEOUT_SECONDS`' default: the longest a decrease in flight may wait.
 const DECREASE_TIMEOUT_S: u64 = 35;
@@ -19,23 +23,6 @@ const STOP_NEEDS_S: u64 = DECREASE_TIMEOUT_S + STATUS_UPDATE_S;
 
 const HEALTHCHECK: [&str; 2] = ["/ordermanagement", "healthcheck"];
 const STATE_DIR: &str = "/var/lib/ordermanagement";
-
-/// The wood-shop demo's common environment (`x-common-apps-env` in
-/// docker-compose/docker-compose-apps.yml), less its two Python-only keys.
-const DEMO_ENV: [(&str, &str); 9] = [
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
-    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-    ("OTEL_TRACES_EXPORTER", "otlp"),
-    ("OTEL_METRICS_EXPORTER", "otlp"),
-    ("OTEL_LOGS_EXPORTER", "otlp"),
-    ("OTEL_PROPAGATORS", "tracecontext,baggage"),
-    (
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "deployment.environment.name=local,service.version=0.1.0,service.instance.id=${HOSTNAME},service.namespace=keeper",
-    ),
-    ("LOG_LEVEL", "INFO"),
-    ("ERROR_RATE", "0.1"),
-];
 
 /// The only two demo settings this build needs changed: it exports over OTLP/HTTP.
 const HTTP_OVERRIDES: [(&str, &str); 2] = [

@@ -338,28 +338,13 @@ fn the_exporters_own_complaints_stay_out_of_the_exported_logs() {
 
 // ---------------------------------------------------------------- the demo's own settings
 
-/// The environment block every service of the wood-shop demo gets, as it is.
-const DEMO_BLOCK: [(&str, &str); 10] = [
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
-    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-    ("OTEL_TRACES_EXPORTER", "otlp"),
-    ("OTEL_METRICS_EXPORTER", "otlp"),
-    ("OTEL_LOGS_EXPORTER", "otlp"),
-    ("OTEL_PROPAGATORS", "tracecontext,baggage"),
-    (
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "deployment.environment.name=local,service.version=0.1.0,service.instance.id=${HOSTNAME},service.namespace=keeper",
-    ),
-    ("LOG_LEVEL", "INFO"),
-    ("ERROR_RATE", "0.1"),
-    ("LOG_FORMAT", "json"),
-];
-
 /// The demo block with the endpoint pointed at `endpoint`, `${HOSTNAME}` as compose
 /// would fill it in, and `edit` applied to the resource attributes.
 fn demo_worker(stack: &Stack, endpoint: &str, edit: impl Fn(&str) -> String) -> Command {
     let mut cmd = worker(stack);
-    for (key, value) in DEMO_BLOCK {
+    // The demo's block as it is (shared with the compose test), JSON lines on.
+    cmd.env("LOG_FORMAT", "json");
+    for (key, value) in common::DEMO_ENV {
         let value = match key {
             "OTEL_EXPORTER_OTLP_ENDPOINT" => endpoint.to_string(),
             "OTEL_RESOURCE_ATTRIBUTES" => edit(&value.replace("${HOSTNAME}", "worker-7f3a")),

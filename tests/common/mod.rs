@@ -325,3 +325,20 @@ fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
         bytes
     })
 }
+
+/// The wood-shop demo's common environment (`x-common-apps-env` in
+/// docker-compose/docker-compose-apps.yml), less its two Python-only keys.
+pub const DEMO_ENV: [(&str, &str); 9] = [
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ("OTEL_TRACES_EXPORTER", "otlp"),
+    ("OTEL_METRICS_EXPORTER", "otlp"),
+    ("OTEL_LOGS_EXPORTER", "otlp"),
+    ("OTEL_PROPAGATORS", "tracecontext,baggage"),
+    (
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment.name=local,service.version=0.1.0,service.instance.id=${HOSTNAME},service.namespace=keeper",
+    ),
+    ("LOG_LEVEL", "INFO"),
+    ("ERROR_RATE", "0.1"),
+];
