@@ -219,27 +219,41 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     assert_eq!(with_trace, 5, "one exported line per order, in its span");
 }
 
+/// Runs `run --interval 0.2` (spans exported every 100 ms) for `run_for`, sends SIGTERM
+/// and waits up to 3 s; returns the output and how long the stop took.
+fn run_then_sigterm(
+    cmd: &mut Command,
+    run_for: Duration,
+    what: &str,
+) -> (std::process::Output, Duration) {
+    let mut child = Running::start(cmd.env("OTEL_BSP_SCHEDULE_DELAY", "100").args([
+        "run",
+        "--interval",
+        "0.2",
+    ]));
+    std::thread::sleep(run_for);
+    child.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let out = child
+        .wait_for(Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("stopped within 3 s of SIGTERM with {what}"));
+    (out, signalled.elapsed())
+}
+
 #[test]
 fn a_collector_that_is_down_neither_slows_cycles_nor_delays_shutdown() {
     let stack = stack(20);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let mut child = Running::start(
+    let (out, stopped_in) = run_then_sigterm(
         worker(&stack)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("LOG_LEVEL", "info")
-            .args(["run", "--interval", "0.2"]),
+            .env("LOG_LEVEL", "info"),
+        Duration::from_millis(2000),
+        "the collector down",
     );
-    std::thread::sleep(Duration::from_millis(2000));
-    child.signal(libc::SIGTERM);
-    let signalled = Instant::now();
-    let out = child
-        .wait_for(Duration::from_secs(3))
-        .expect("stopped within 3 s of SIGTERM with the collector down");
-    let stopped_in = signalled.elapsed();
     let (status, stderr) = (
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -264,26 +278,20 @@ fn a_collector_that_never_answers_does_not_hold_the_exit() {
     // Connections complete in the kernel's backlog, and nothing ever answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    let mut child = Running::start(
+    let (out, stopped_in) = run_then_sigterm(
         worker(&stack)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .args(["run", "--interval", "0.2"]),
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        Duration::from_millis(1500),
+        "a silent collector",
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    child.signal(libc::SIGTERM);
-    let signalled = Instant::now();
-    let out = child
-        .wait_for(Duration::from_secs(3))
-        .expect("stopped within 3 s of SIGTERM with a silent collector");
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(signalled.elapsed() < Duration::from_secs(3));
+    assert!(stopped_in < Duration::from_secs(3));
     assert_eq!(stack.count_by_status().get("ready").copied(), Some(10));
     drop(silent);
 }
