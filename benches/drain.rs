@@ -1,7 +1,10 @@
 //! Drains a backlog on the in-memory stand-in services and prints a table: the floor
 //! (a bare keep-alive ureq loop doing exactly one order's calls), the worker binary
-//! draining 20,000 orders in one `once` cycle, and its peak RSS at 1,000 and 20,000
-//! orders. No assertions: the figures are for reading.
+//! draining 20,000 orders in one `once` cycle, its CPU time per order, the threads it
+//! spawned, and its peak RSS at 1,000 and 20,000 orders; then 2,000 orders drained by
+//! `run` with the services failing at the demo's default rates and at 30%, each as a
+//! ratio of a fault-free drain in the same run. No assertions: the figures are for
+//! reading.
 //!
 //! ```sh
 //! cargo bench
@@ -17,6 +20,7 @@ const BACKLOG: usize = 20_000;
 const PAGE: usize = 100;
 const SCALING_ORDERS: usize = 3_000;
 const SERVICE_LATENCY: Duration = Duration::from_millis(2);
+const FAULT_ORDERS: usize = 2_000;
 
 fn main() {
     let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
@@ -90,6 +94,12 @@ fn main() {
         scaling.push((replicas, rate, done, stack.violations().len()));
     }
 
+    let fault_free = drain_with_faults(0.0, &mut rng);
+    let faults: Vec<(f64, Drained)> = [0.1, 0.3]
+        .into_iter()
+        .map(|rate| (rate, drain_with_faults(rate, &mut rng)))
+        .collect();
+
     println!();
     println!(
         "drain benchmark: {BACKLOG} registered orders, page size {PAGE}, error rate 0, telemetry off unless said"
@@ -121,6 +131,16 @@ fn main() {
         "worker: `once`, 1,000 orders", "-", "-", small.max_rss_kib
     );
     println!(
+        "worker CPU (user + system) per order: {:.3} ms (20,000 orders), {:.3} ms with telemetry exported",
+        large.cpu.as_secs_f64() * 1000.0 / BACKLOG as f64,
+        traced.cpu.as_secs_f64() * 1000.0 / BACKLOG as f64,
+    );
+    println!(
+        "PIDs allocated on the machine while the worker drained 20,000 orders (its threads, plus any other process started meanwhile): {} ({:.4} per order)",
+        large.pids,
+        large.pids as f64 / BACKLOG as f64
+    );
+    println!(
         "RSS growth 1,000 -> 20,000 orders: {:+.1}%   (exit codes {} and {}; orders left registered {leftover}; ledger violations {violations}; OTLP requests {exported})",
         (large.max_rss_kib as f64 / small.max_rss_kib as f64 - 1.0) * 100.0,
         small.exit_code,
@@ -135,6 +155,74 @@ fn main() {
         println!(
             "{replicas} replica(s): {rate:>8.0} orders/s   ({done} ready, ledger violations {violations})"
         );
+    }
+    println!();
+    println!(
+        "under failure: {FAULT_ORDERS} orders drained by `run --interval 0.1`, each service failing at the rate, ERROR_RATE the same:"
+    );
+    let free_rate = FAULT_ORDERS as f64 / fault_free.wall.as_secs_f64();
+    println!(
+        "{:<28} {:>10.0} orders/s {:>8} x fault-free   (ledger violations {})",
+        "no faults", free_rate, "1.00", fault_free.violations
+    );
+    for (rate, d) in &faults {
+        let r = FAULT_ORDERS as f64 / d.wall.as_secs_f64();
+        println!(
+            "{:<28} {:>10.0} orders/s {:>8.2} x fault-free   (ledger violations {}; ready {}, blocked {})",
+            format!("{:.0}% faults", rate * 100.0),
+            r,
+            r / free_rate,
+            d.violations,
+            d.ready,
+            d.blocked
+        );
+    }
+}
+
+struct Drained {
+    wall: Duration,
+    violations: usize,
+    ready: usize,
+    blocked: usize,
+}
+
+/// `run` drains FAULT_ORDERS orders from services failing `rate` of their calls (the
+/// worker's own ERROR_RATE the same); the time until none is registered.
+fn drain_with_faults(rate: f64, rng: &mut fastrand::Rng) -> Drained {
+    let knobs = Knobs {
+        order_error_rate: rate,
+        stock_error_rate: rate,
+        ..Knobs::default()
+    };
+    let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
+    for wood in WOODS {
+        stack.add_stock(wood, u64::MAX / 16);
+    }
+    stack.seed_orders(FAULT_ORDERS, rng);
+    let started = Instant::now();
+    let mut child = worker_command(&stack)
+        .env("ERROR_RATE", rate.to_string())
+        .env("LOG_LEVEL", "error")
+        .args(["run", "--interval", "0.1"])
+        .spawn()
+        .expect("start the worker");
+    while stack.count_by_status().contains_key("registered") {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not drained in 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wall = started.elapsed();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    child.wait().expect("wait for the worker");
+    let by_status = stack.count_by_status();
+    Drained {
+        wall,
+        violations: stack.violations().len(),
+        ready: by_status.get("ready").copied().unwrap_or(0),
+        blocked: by_status.get("blocked").copied().unwrap_or(0),
     }
 }
 
@@ -192,6 +280,10 @@ struct Run {
     wall: Duration,
     max_rss_kib: i64,
     exit_code: i32,
+    /// User + system CPU time of the worker, from its rusage.
+    cpu: Duration,
+    /// PIDs the kernel handed out while it ran.
+    pids: i64,
 }
 
 /// Runs `ordermanagement once` and follows its peak RSS (`VmHWM` in /proc, read every
@@ -204,10 +296,14 @@ fn run_worker(stack: &Stack, otlp: Option<&OtlpSink>) -> Run {
     if let Some(sink) = otlp {
         command.env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url());
     }
-    let mut child = command.arg("once").spawn().expect("start the worker");
-    let status_file = format!("/proc/{}/status", child.id());
+    // Reaped by wait4 below, which also gives its rusage.
+    #[allow(clippy::zombie_processes)]
+    let child = command.arg("once").spawn().expect("start the worker");
+    let first_pid = last_pid();
+    let pid = child.id() as libc::pid_t;
+    let status_file = format!("/proc/{pid}/status");
     let mut max_rss_kib = 0;
-    let status = loop {
+    let (status, usage) = loop {
         if let Some(kib) = std::fs::read_to_string(&status_file)
             .ok()
             .as_deref()
@@ -215,15 +311,28 @@ fn run_worker(stack: &Stack, otlp: Option<&OtlpSink>) -> Run {
         {
             max_rss_kib = max_rss_kib.max(kib);
         }
-        if let Some(status) = child.try_wait().expect("wait for the worker") {
-            break status;
+        let mut status = 0;
+        // SAFETY: wait4 on our own child with a valid status and rusage to fill.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            break (status, usage);
         }
+        assert!(reaped == 0, "wait4 failed");
         std::thread::sleep(Duration::from_millis(2));
     };
+    let pids = last_pid() - first_pid;
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Run {
         wall: started.elapsed(),
         max_rss_kib,
-        exit_code: status.code().unwrap_or(-1),
+        exit_code: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        pids: pids.into(),
     }
 }
 
@@ -238,6 +347,14 @@ fn worker_command(stack: &Stack) -> Command {
         .env("PAGE_SIZE", PAGE.to_string())
         .stdin(Stdio::null());
     cmd
+}
+
+/// The last PID the kernel handed out (threads take PIDs too).
+fn last_pid() -> i32 {
+    std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn vm_hwm_kib(status: &str) -> Option<i64> {

@@ -1,16 +1,15 @@
-//! The one place where the worker speaks HTTP: a shared ureq agent with explicit
-//! timeouts, the classification of what went wrong, and the retry loop.
+//! The worker's HTTP transport: a shared ureq agent with explicit timeouts, and the
+//! classification of what went wrong (the retry policy is in [`crate::retry`]).
 //!
 //! The clients in [`crate::orders`] and [`crate::stock`] turn a [`Reply`] into a
 //! [`CallError`] by status code; this module decides only what the transport said.
 
 use std::fmt;
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ureq::Agent;
 
-use crate::stop::Stop;
 use crate::telemetry::{HttpAttempt, propagation_headers};
 
 /// Longest piece of a reply body quoted in a log line.
@@ -340,211 +339,9 @@ fn quote(text: &str) -> String {
     out
 }
 
-/// How often and how long to wait between attempts of one call.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Extra attempts after the first.
-    pub max_retries: u32,
-    /// The first delay; doubled for each further retry.
-    pub base: Duration,
-    /// The longest delay, and the cap on a honoured `Retry-After`.
-    pub cap: Duration,
-}
-
-impl RetryPolicy {
-    /// Delay before retry number `retry` (0 for the first retry): exponential with
-    /// "equal jitter" (half fixed, half random, `jitter` in `[0, 1)`), or the
-    /// service's `Retry-After` when it asks for longer, both capped.
-    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << retry.min(20))
-            .min(self.cap);
-        let half = exp / 2;
-        let backoff = half + half.mul_f64(jitter.clamp(0.0, 1.0));
-        match retry_after {
-            Some(asked) if asked > backoff => asked.min(self.cap),
-            _ => backoff,
-        }
-    }
-
-    /// Runs `call` (given the attempt number, 0 for the first) until it succeeds, fails
-    /// for good, or the retries are spent. Only [`CallError::Transient`] is retried, and
-    /// after a slow failure only once more. With `stop`, a stop request cuts the wait
-    /// short and returns the last error (for calls that are safe to abandon).
-    pub fn run<T>(
-        &self,
-        what: &str,
-        stop: Option<&Stop>,
-        mut call: impl FnMut(u32) -> Result<T, CallError>,
-    ) -> Result<T, CallError> {
-        let mut slow_seen = false;
-        let mut attempt = 0;
-        loop {
-            let started = Instant::now();
-            let error = match call(attempt) {
-                Ok(value) => return Ok(value),
-                Err(e) => e,
-            };
-            let CallError::Transient {
-                retry_after, slow, ..
-            } = &error
-            else {
-                return Err(error);
-            };
-            if attempt >= self.max_retries || (*slow && slow_seen) {
-                return Err(error);
-            }
-            slow_seen |= *slow;
-            let delay = self.delay(attempt, *retry_after, fastrand::f64());
-            log::warn!(
-                "{what} failed (attempt {} of {}, after {} ms): {error}; retrying in {} ms",
-                attempt + 1,
-                self.max_retries + 1,
-                started.elapsed().as_millis(),
-                delay.as_millis()
-            );
-            match stop {
-                Some(stop) => {
-                    if !stop.sleep(delay) {
-                        return Err(error);
-                    }
-                }
-                None => std::thread::sleep(delay),
-            }
-            attempt += 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy(max_retries: u32) -> RetryPolicy {
-        RetryPolicy {
-            max_retries,
-            base: Duration::from_millis(1),
-            cap: Duration::from_millis(5),
-        }
-    }
-
-    fn transient(slow: bool) -> CallError {
-        CallError::Transient {
-            detail: "502".into(),
-            retry_after: None,
-            slow,
-        }
-    }
-
-    #[test]
-    fn delay_doubles_with_jitter_and_caps() {
-        let p = RetryPolicy {
-            max_retries: 5,
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(5),
-        };
-        assert_eq!(p.delay(0, None, 0.0), Duration::from_millis(100));
-        assert_eq!(p.delay(0, None, 0.999_999).as_millis(), 199);
-        assert_eq!(p.delay(1, None, 0.0), Duration::from_millis(200));
-        assert_eq!(p.delay(2, None, 1.0), Duration::from_millis(800));
-        assert_eq!(p.delay(10, None, 1.0), Duration::from_secs(5));
-        assert_eq!(p.delay(31, None, 1.0), Duration::from_secs(5));
-    }
-
-    #[test]
-    fn retry_after_is_honoured_up_to_the_cap() {
-        let p = RetryPolicy {
-            max_retries: 5,
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(5),
-        };
-        assert_eq!(
-            p.delay(0, Some(Duration::from_secs(2)), 0.5),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            p.delay(0, Some(Duration::from_secs(60)), 0.5),
-            Duration::from_secs(5)
-        );
-        // A Retry-After shorter than the backoff does not shorten it.
-        assert_eq!(
-            p.delay(2, Some(Duration::from_secs(0)), 0.0),
-            Duration::from_millis(400)
-        );
-    }
-
-    #[test]
-    fn transient_failures_are_retried_until_spent() {
-        let mut calls = 0;
-        let r: Result<(), _> = policy(3).run("x", None, |_| {
-            calls += 1;
-            Err(transient(false))
-        });
-        assert!(matches!(r, Err(CallError::Transient { .. })));
-        assert_eq!(calls, 4);
-    }
-
-    #[test]
-    fn success_after_failures_is_returned() {
-        let r = policy(3).run(
-            "x",
-            None,
-            |n| if n < 2 { Err(transient(false)) } else { Ok(n) },
-        );
-        assert_eq!(r, Ok(2));
-    }
-
-    #[test]
-    fn other_errors_are_not_retried() {
-        for e in [
-            CallError::Rejected {
-                status: 400,
-                reason: "Insufficient stock".into(),
-            },
-            CallError::InDoubt {
-                detail: "timeout".into(),
-            },
-            CallError::Fatal {
-                detail: "415".into(),
-            },
-        ] {
-            let mut calls = 0;
-            let r: Result<(), _> = policy(3).run("x", None, |_| {
-                calls += 1;
-                Err(e.clone())
-            });
-            assert_eq!(r, Err(e));
-            assert_eq!(calls, 1);
-        }
-    }
-
-    #[test]
-    fn a_slow_failure_is_retried_only_once() {
-        let mut calls = 0;
-        let _: Result<(), _> = policy(5).run("x", None, |_| {
-            calls += 1;
-            Err(transient(true))
-        });
-        assert_eq!(calls, 2);
-    }
-
-    #[test]
-    fn a_stop_request_abandons_the_wait() {
-        let stop = Stop::new();
-        stop.request();
-        let mut calls = 0;
-        let p = RetryPolicy {
-            max_retries: 3,
-            base: Duration::from_secs(10),
-            cap: Duration::from_secs(10),
-        };
-        let _: Result<(), _> = p.run("x", Some(&stop), |_| {
-            calls += 1;
-            Err(transient(false))
-        });
-        assert_eq!(calls, 1);
-    }
 
     #[test]
     fn only_errors_before_the_request_left_are_not_sent() {

@@ -144,7 +144,7 @@ pub fn init(level: log::LevelFilter, shard: Option<String>, format: Format) {
                     record.args()
                 )?;
                 let mut pairs = Pairs(String::new());
-                let _ = record.key_values().visit(&mut pairs);
+                let _ = WithOrder(record.key_values()).visit(&mut pairs);
                 buf.write_all(pairs.0.as_bytes())?;
                 if let Some(shard) = &shard {
                     write!(buf, " shard={shard}")?;

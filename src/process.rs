@@ -1,177 +1,26 @@
-//! One order's journey: simulated failure or stock decrease, then the status update.
-//!
-//! The decisions are pure functions ([`after_decrease`], [`after_status_update`]);
-//! [`Journey`] does the I/O through the clients and tells the [`Journal`] before
-//! each step that could be lost in a crash.
+//! One order's journey, as steps the cycle schedules: the stock decrease (or a
+//! simulated failure in its place), then the status update. A step makes at most one
+//! request; a transient failure hands the order back with the time of its next
+//! attempt, and the worker goes on with other orders meanwhile (see
+//! [`crate::schedule`]). The decisions are pure functions in [`crate::outcome`]; the
+//! [`Journal`] is told before each step that could be lost in a crash.
 
 use std::io;
+use std::time::Duration;
 
-use crate::http::{CallError, RetryPolicy};
-use crate::orders::{Order, OrderStatus, OrdersClient};
+use crate::config::Config;
+use crate::http::{CallError, Http};
+use crate::logging::{OrderFields, OrderGuard};
+use crate::orders::{InvalidOrder, Order, OrderStatus, OrdersClient};
+use crate::outcome::{
+    Deferral, Next, Outcome, SIMULATED_STOCK_FAILURE, after_decrease, after_status_update,
+};
+use crate::retry::{Attempts, RetryPolicy};
+use crate::schedule::{Service, Verdict};
 use crate::stock::StockClient;
-use crate::stop::Stop;
-use crate::telemetry;
+use crate::telemetry::{self, OrderSpan};
 use opentelemetry::KeyValue;
-
-/// The reason given for an order blocked by a simulated failure.
-pub const SIMULATED_STOCK_FAILURE: &str = "simulated stock failure";
-
-/// How an order left the worker's hands.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Stock taken once, status `ready`.
-    Ready,
-    /// Stock not taken (refused, or a simulated failure), status `blocked`.
-    Blocked { reason: String },
-    /// A decrease was sent and no reply came: stock taken at most once, status `unknown`.
-    Unknown { reason: String },
-    /// Nothing taken; the order stays `registered` for a later cycle.
-    Deferred { reason: String, cause: Deferral },
-    /// The decision is made (stock taken for `ready`) but the status could not be set;
-    /// only the status update is retried, at the end of this cycle and in later ones.
-    Pending { status: OrderStatus, reason: String },
-    /// The Order Service refused the status update (`400`/`404`); nothing more to do.
-    StatusRefused { status: OrderStatus, reason: String },
-    /// `--dry-run`: nothing was changed.
-    DryRun,
-}
-
-/// Why an order was left `registered`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deferral {
-    /// The Stock Service failed transiently on every attempt.
-    Unavailable,
-    /// A stop was requested while waiting to retry.
-    Stopped,
-    /// The Stock Service answered something no retry fixes; the cycle ends.
-    Fatal,
-}
-
-impl Outcome {
-    /// Every outcome's name, as the logs and the `outcome` metric attribute give it.
-    pub const NAMES: [&'static str; 7] = [
-        "ready", "blocked", "unknown", "deferred", "pending", "refused", "dry-run",
-    ];
-
-    /// The outcome's name in logs and the summary.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Outcome::Ready => "ready",
-            Outcome::Blocked { .. } => "blocked",
-            Outcome::Unknown { .. } => "unknown",
-            Outcome::Deferred { .. } => "deferred",
-            Outcome::Pending { .. } => "pending",
-            Outcome::StatusRefused { .. } => "refused",
-            Outcome::DryRun => "dry-run",
-        }
-    }
-
-    pub fn reason(&self) -> &str {
-        match self {
-            Outcome::Ready | Outcome::DryRun => "",
-            Outcome::Blocked { reason }
-            | Outcome::Unknown { reason }
-            | Outcome::Deferred { reason, .. }
-            | Outcome::Pending { reason, .. }
-            | Outcome::StatusRefused { reason, .. } => reason,
-        }
-    }
-
-    /// The reason as a small fixed set, for metric attributes.
-    pub fn reason_kind(&self) -> &'static str {
-        match self {
-            Outcome::Ready | Outcome::DryRun => "",
-            Outcome::Blocked { reason } if reason == SIMULATED_STOCK_FAILURE => "simulated",
-            Outcome::Blocked { .. } => "rejected",
-            Outcome::Unknown { .. } => "no_reply",
-            Outcome::Deferred {
-                cause: Deferral::Unavailable,
-                ..
-            } => "unavailable",
-            Outcome::Deferred {
-                cause: Deferral::Stopped,
-                ..
-            } => "stopped",
-            Outcome::Deferred {
-                cause: Deferral::Fatal,
-                ..
-            } => "misconfigured",
-            Outcome::Pending { .. } => "status_not_set",
-            Outcome::StatusRefused { .. } => "status_refused",
-        }
-    }
-
-    /// True when the order has left the `registered` list.
-    pub fn left_registered(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Ready | Outcome::Blocked { .. } | Outcome::Unknown { .. }
-        )
-    }
-}
-
-/// What follows a decrease attempt (or a simulated failure in its place).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Next {
-    /// Set this status, with this reason for the logs.
-    SetStatus(OrderStatus, String),
-    /// Leave the order registered.
-    Defer(String, Deferral),
-}
-
-/// The pure decision after the decrease: taken -> ready; refused -> blocked; in doubt
-/// -> unknown; transient -> left for later; fatal -> left, and the cycle ends.
-pub fn after_decrease(result: &Result<(), CallError>, stopped: bool) -> Next {
-    match result {
-        Ok(()) => Next::SetStatus(OrderStatus::Ready, String::new()),
-        Err(CallError::Rejected { reason, .. }) => {
-            Next::SetStatus(OrderStatus::Blocked, reason.clone())
-        }
-        Err(CallError::InDoubt { detail }) => Next::SetStatus(
-            OrderStatus::Unknown,
-            format!("{detail}; stock may have been taken, reconcile by hand"),
-        ),
-        Err(e @ CallError::Transient { .. }) if stopped => {
-            Next::Defer(e.to_string(), Deferral::Stopped)
-        }
-        Err(e @ CallError::Transient { .. }) => Next::Defer(e.to_string(), Deferral::Unavailable),
-        Err(e @ CallError::Fatal { .. }) => Next::Defer(e.to_string(), Deferral::Fatal),
-    }
-}
-
-/// The pure decision after the status update of an order whose fate is decided.
-pub fn after_status_update(
-    status: OrderStatus,
-    reason: String,
-    result: Result<(), CallError>,
-) -> Outcome {
-    match (result, status) {
-        (Ok(()), OrderStatus::Ready) => Outcome::Ready,
-        (Ok(()), OrderStatus::Unknown) => Outcome::Unknown { reason },
-        (Ok(()), _) => Outcome::Blocked { reason },
-        (
-            Err(CallError::Rejected {
-                reason: refusal, ..
-            }),
-            status,
-        ) => Outcome::StatusRefused {
-            status,
-            reason: join(&reason, &format!("status update refused: {refusal}")),
-        },
-        (Err(e), status) => Outcome::Pending {
-            status,
-            reason: join(&reason, &format!("status not set: {e}")),
-        },
-    }
-}
-
-fn join(a: &str, b: &str) -> String {
-    if a.is_empty() {
-        b.to_string()
-    } else {
-        format!("{a}; {b}")
-    }
-}
+use opentelemetry::trace::SpanContext;
 
 /// What a previous run left unfinished for an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,120 +64,373 @@ impl Journal for NoJournal {
     }
 }
 
-/// Carries an order through its steps.
+/// An order on its way: the step it is at, its attempts at that step, and its span.
+pub struct Task {
+    order: Order,
+    step: Step,
+    attempts: Attempts,
+    /// Requests really sent at this step (simulated failures are not requests).
+    sent: u32,
+    span: OrderSpan,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Decrease,
+    Status { status: OrderStatus, reason: String },
+}
+
+impl Task {
+    pub fn order(&self) -> &Order {
+        &self.order
+    }
+
+    /// The service the task's next step calls.
+    pub fn service(&self) -> Service {
+        match self.step {
+            Step::Decrease => Service::Stock,
+            Step::Status { .. } => Service::Orders,
+        }
+    }
+
+    /// Makes the order's span current and puts its fields on every log line, until
+    /// dropped.
+    pub fn enter(&self) -> (opentelemetry::ContextGuard, OrderGuard) {
+        (self.span.enter(), order_fields(&self.order))
+    }
+
+    /// The order's trace, to continue it in a later cycle or run.
+    pub fn trace(&self) -> SpanContext {
+        self.span.span_context()
+    }
+
+    /// The outcome of a task that cannot go on in this cycle (a stop was requested, or
+    /// its service is down): nothing taken yet leaves it registered; a decided order
+    /// keeps its status update pending.
+    pub fn abandon(&self, why: &str, cause: Deferral) -> Outcome {
+        match &self.step {
+            Step::Decrease => Outcome::Deferred {
+                reason: why.to_string(),
+                cause,
+            },
+            Step::Status { status, reason } => Outcome::Pending {
+                status: *status,
+                reason: if reason.is_empty() {
+                    format!("status not set: {why}")
+                } else {
+                    format!("{reason}; status not set: {why}")
+                },
+            },
+        }
+    }
+
+    /// Ends the order's span with its outcome.
+    pub fn finish(self, outcome: &Outcome) {
+        self.span.set(vec![
+            KeyValue::new("ordermanagement.order.outcome", outcome.name()),
+            KeyValue::new("ordermanagement.order.reason", outcome.reason().to_string()),
+        ]);
+        if !outcome.fine() {
+            self.span
+                .fail(format!("{}: {}", outcome.name(), outcome.reason()));
+        }
+        self.span.end();
+    }
+}
+
+/// The order fields of every line about one order.
+pub fn order_fields(order: &Order) -> OrderGuard {
+    crate::logging::order_fields(OrderFields {
+        id: order.id,
+        wood_type: order.wood_type.as_str(),
+        quantity: order.quantity,
+    })
+}
+
+/// How a step ended.
+pub enum StepEnd {
+    /// The order is done with, for this cycle.
+    Finished(Task, Outcome),
+    /// The next step is due at once, at this service.
+    Then(Task, Service),
+    /// The step failed transiently: again after the delay, at this service.
+    Again(Task, Service, Duration),
+}
+
+/// A step's end, and what its request told about the service it called (none for a
+/// step that sent nothing).
+pub struct Ran {
+    pub end: StepEnd,
+    pub call: Option<(Service, Verdict, String)>,
+}
+
+/// The clients, the retry policy and the journal that carry orders through their steps.
 pub struct Journey {
-    pub orders: OrdersClient,
-    pub stock: StockClient,
-    pub policy: RetryPolicy,
-    pub error_rate: f64,
-    pub dry_run: bool,
-    pub journal: Box<dyn Journal>,
+    orders: OrdersClient,
+    stock: StockClient,
+    policy: RetryPolicy,
+    error_rate: f64,
+    dry_run: bool,
+    journal: Box<dyn Journal>,
 }
 
 impl Journey {
-    /// Takes one order from `registered` to its outcome. A stop request only cuts short
-    /// the waits before a decrease is retried (nothing was taken then).
-    pub fn process(&mut self, order: &Order, stop: &Stop) -> Outcome {
-        if self.dry_run {
-            log::info!(
-                order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
-                "order {}: would decrease {} {} and set it ready (dry run)",
-                order.id,
-                order.quantity,
-                order.wood_type
-            );
-            return Outcome::DryRun;
+    pub fn new(config: &Config, journal: Box<dyn Journal>) -> Journey {
+        let http = Http::new(config.http_timeout);
+        Journey {
+            orders: OrdersClient::new(http.clone(), &config.orders_url),
+            stock: StockClient::new(http, &config.stocks_url, config.decrease_timeout),
+            policy: RetryPolicy {
+                max_retries: config.max_retries,
+                base: config.retry_base,
+                cap: config.retry_cap,
+            },
+            error_rate: config.error_rate,
+            dry_run: config.dry_run,
+            journal,
         }
-        let next = if self.simulated_stock_failure(order) {
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Orders a previous run left unfinished, from the journal.
+    pub fn in_flight(&self) -> Vec<(Order, InFlight)> {
+        self.journal.in_flight()
+    }
+
+    /// Writes down that `order`'s status is decided (after a restart, say).
+    pub fn decided(&mut self, order: &Order, status: OrderStatus) {
+        if let Err(e) = self.journal.decided(order, status) {
             log::error!(
-                order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
+                "order {}: could not write its decision ({status}) to the state file: {e}",
+                order.id
+            );
+        }
+    }
+
+    /// One page of the registered list; `attempt` is its number (0 for the first).
+    pub fn list(
+        &self,
+        skip: u64,
+        limit: u32,
+        attempt: u32,
+    ) -> Result<Vec<Result<Order, InvalidOrder>>, CallError> {
+        self.orders.list_registered(skip, limit, attempt)
+    }
+
+    /// A new order, taken from the list: its span starts (a trace of its own, linked
+    /// to the cycle's), its first step is the decrease.
+    pub fn take(&self, order: Order, cycle: Option<SpanContext>) -> Task {
+        Task {
+            span: OrderSpan::start(span_attributes(&order), baggage(&order), cycle, None),
+            order,
+            step: Step::Decrease,
+            attempts: Attempts::default(),
+            sent: 0,
+        }
+    }
+
+    /// An order whose status is decided and whose update is left from an earlier cycle
+    /// or run: only the update is retried, in the order's trace when it is known.
+    pub fn resume(
+        &self,
+        order: Order,
+        status: OrderStatus,
+        reason: String,
+        trace: Option<SpanContext>,
+        cycle: Option<SpanContext>,
+    ) -> Task {
+        let mut attributes = span_attributes(&order);
+        attributes.push(KeyValue::new("ordermanagement.order.resumed", true));
+        Task {
+            span: OrderSpan::start(attributes, baggage(&order), cycle, trace),
+            order,
+            step: Step::Status { status, reason },
+            attempts: Attempts::default(),
+            sent: 0,
+        }
+    }
+
+    /// Runs the task's next step: at most one request.
+    pub fn step(&mut self, task: Task) -> Ran {
+        let _entered = task.enter();
+        match task.step.clone() {
+            Step::Decrease if self.dry_run => {
+                let order = task.order;
+                log::info!(
+                    "order {}: would decrease {} {} and set it ready (dry run)",
+                    order.id,
+                    order.quantity,
+                    order.wood_type
+                );
+                Ran {
+                    end: StepEnd::Finished(task, Outcome::DryRun),
+                    call: None,
+                }
+            }
+            Step::Decrease => self.decrease(task),
+            Step::Status { status, reason } => self.set_status(task, status, reason),
+        }
+    }
+
+    fn decrease(&mut self, mut task: Task) -> Ran {
+        let order = task.order;
+        if task.attempts.made == 0 && self.simulated_stock_failure(&order) {
+            log::error!(
                 "order {}: simulated failure at the stock step (ERROR_RATE {}), stock not touched",
-                order.id, self.error_rate
+                order.id,
+                self.error_rate
             );
             telemetry::event(
                 "simulated failure",
                 vec![KeyValue::new("ordermanagement.step", "stock")],
             );
-            Next::SetStatus(OrderStatus::Blocked, SIMULATED_STOCK_FAILURE.into())
-        } else {
-            if let Err(e) = self.journal.sending(order) {
-                let reason = format!("state file not writable, decrease not sent: {e}");
-                return Outcome::Deferred {
-                    reason,
-                    cause: Deferral::Fatal,
-                };
-            }
-            let stock = &self.stock;
-            let result = self.policy.run(
-                &format!("order {}: stock decrease", order.id),
-                Some(stop),
-                |attempt| stock.decrease(order, attempt),
+            return self.decide(
+                task,
+                OrderStatus::Blocked,
+                SIMULATED_STOCK_FAILURE.into(),
+                None,
             );
-            if result.is_ok() {
-                let wood = KeyValue::new("wood_type", order.wood_type.as_str());
-                telemetry::instruments()
-                    .stock_taken
-                    .add(u64::from(order.quantity), &[wood]);
-            }
-            after_decrease(&result, stop.requested())
-        };
-        match next {
+        }
+        if let Err(e) = self.journal.sending(&order) {
+            let reason = format!("state file not writable, decrease not sent: {e}");
+            return Ran {
+                end: StepEnd::Finished(
+                    task,
+                    Outcome::Deferred {
+                        reason,
+                        cause: Deferral::Fatal,
+                    },
+                ),
+                call: None,
+            };
+        }
+        let started = std::time::Instant::now();
+        let result = self.stock.decrease(&order, task.sent);
+        task.sent += 1;
+        let verdict = verdict(&result);
+        let call = Some((Service::Stock, verdict, detail(&result)));
+        if result.is_ok() {
+            let wood = KeyValue::new("wood_type", order.wood_type.as_str());
+            telemetry::instruments()
+                .stock_taken
+                .add(u64::from(order.quantity), &[wood]);
+        }
+        match after_decrease(&result) {
+            Next::SetStatus(status, reason) => self.decide(task, status, reason, call),
             Next::Defer(reason, cause) => {
                 // Nothing was taken: the order is no longer in flight.
-                self.journal_finished(order);
-                Outcome::Deferred { reason, cause }
-            }
-            Next::SetStatus(status, reason) => {
-                if let Err(e) = self.journal.decided(order, status) {
-                    log::error!(
-                        order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
-                        "order {}: could not write its decision ({status}) to the state file: {e}",
-                        order.id
-                    );
+                self.journal_finished(&order);
+                Ran {
+                    end: StepEnd::Finished(task, Outcome::Deferred { reason, cause }),
+                    call,
                 }
-                let result = self.set_status(order, status, None);
-                after_status_update(status, reason, result)
+            }
+            Next::Retry(reason) => {
+                self.journal_finished(&order);
+                let error = result.expect_err("a retry follows a failure");
+                let end = match self.retry(&mut task, &error, "stock decrease", started) {
+                    Some(delay) => StepEnd::Again(task, Service::Stock, delay),
+                    None => StepEnd::Finished(
+                        task,
+                        Outcome::Deferred {
+                            reason,
+                            cause: Deferral::Unavailable,
+                        },
+                    ),
+                };
+                Ran { end, call }
             }
         }
     }
 
-    /// Sets the status, retrying transient failures; a simulated failure (at
-    /// ERROR_RATE) counts as a transient failure of one attempt. With `stop`, a stop
-    /// request cuts the waits between attempts short.
-    pub fn set_status(
+    /// The decrease's outcome is known: written down, then on to the status update.
+    fn decide(
         &mut self,
-        order: &Order,
+        mut task: Task,
         status: OrderStatus,
-        stop: Option<&Stop>,
-    ) -> Result<(), CallError> {
-        let what = format!("order {}: status update to {status}", order.id);
-        let result = self.policy.run(&what, stop, |attempt| {
-            if self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
-                telemetry::event(
-                    "simulated failure",
-                    vec![KeyValue::new("ordermanagement.step", "status")],
-                );
-                return Err(CallError::Transient {
-                    detail: format!(
-                        "simulated failure at the status step (ERROR_RATE {})",
-                        self.error_rate
-                    ),
-                    retry_after: None,
-                    slow: false,
-                });
-            }
-            self.orders.set_status(order.id, status, attempt)
-        });
-        if result.is_ok() {
-            self.journal_finished(order);
+        reason: String,
+        call: Option<(Service, Verdict, String)>,
+    ) -> Ran {
+        self.decided(&task.order, status);
+        task.step = Step::Status { status, reason };
+        task.attempts = Attempts::default();
+        task.sent = 0;
+        Ran {
+            end: StepEnd::Then(task, Service::Orders),
+            call,
         }
-        result
+    }
+
+    /// One attempt of the status update; a simulated failure (at ERROR_RATE) counts as
+    /// a transient failure of one attempt, and is an event on the order's span.
+    fn set_status(&mut self, mut task: Task, status: OrderStatus, reason: String) -> Ran {
+        let order = task.order;
+        let started = std::time::Instant::now();
+        let (result, call) = if self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
+            telemetry::event(
+                "simulated failure",
+                vec![KeyValue::new("ordermanagement.step", "status")],
+            );
+            let error = CallError::Transient {
+                detail: format!(
+                    "simulated failure at the status step (ERROR_RATE {})",
+                    self.error_rate
+                ),
+                retry_after: None,
+                slow: false,
+            };
+            (Err(error), None)
+        } else {
+            let result = self.orders.set_status(order.id, status, task.sent);
+            task.sent += 1;
+            let call = Some((Service::Orders, verdict(&result), detail(&result)));
+            (result, call)
+        };
+        let end = match result {
+            Ok(()) => {
+                self.journal_finished(&order);
+                StepEnd::Finished(task, after_status_update(status, reason, Ok(())))
+            }
+            Err(error) => match self.retry(&mut task, &error, "status update", started) {
+                Some(delay) => StepEnd::Again(task, Service::Orders, delay),
+                None => StepEnd::Finished(task, after_status_update(status, reason, Err(error))),
+            },
+        };
+        Ran { end, call }
+    }
+
+    /// After a failed attempt: the delay before the next, logged, or `None` when spent.
+    fn retry(
+        &self,
+        task: &mut Task,
+        error: &CallError,
+        what: &str,
+        started: std::time::Instant,
+    ) -> Option<Duration> {
+        let attempt = task.attempts.made + 1;
+        let delay = self
+            .policy
+            .after_failure(&mut task.attempts, error, fastrand::f64())?;
+        log::warn!(
+            "order {}: {what} failed (attempt {attempt} of {}, after {} ms): {error}; retrying in {} ms",
+            task.order.id,
+            self.policy.max_retries + 1,
+            started.elapsed().as_millis(),
+            delay.as_millis()
+        );
+        Some(delay)
     }
 
     fn journal_finished(&mut self, order: &Order) {
         if let Err(e) = self.journal.finished(order) {
             log::error!(
-                order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
                 "order {}: could not write to the state file that it is finished: {e}",
                 order.id
             );
@@ -344,65 +446,53 @@ impl Journey {
     }
 }
 
+/// What a call's result says about the service's health.
+fn verdict(result: &Result<(), CallError>) -> Verdict {
+    match result {
+        Ok(()) | Err(CallError::Rejected { .. }) => Verdict::Answered,
+        Err(CallError::Transient { slow: false, .. }) => Verdict::Failed,
+        Err(CallError::Transient { slow: true, .. } | CallError::InDoubt { .. }) => {
+            Verdict::Stalled
+        }
+        Err(CallError::Fatal { detail }) => Verdict::Broken(detail.clone()),
+    }
+}
+
+fn detail(result: &Result<(), CallError>) -> String {
+    match result {
+        Ok(()) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn span_attributes(order: &Order) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("ordermanagement.order.id", order.id as i64),
+        KeyValue::new("ordermanagement.order.wood_type", order.wood_type.as_str()),
+        KeyValue::new("ordermanagement.order.quantity", i64::from(order.quantity)),
+    ]
+}
+
+/// The order id also travels to the services as baggage when the baggage propagator
+/// is on.
+fn baggage(order: &Order) -> Vec<KeyValue> {
+    vec![KeyValue::new("ordermanagement.order.id", order.id as i64)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_outcome_name_is_listed() {
-        let reason = || "r".to_string();
-        let names: Vec<&str> = [
-            Outcome::Ready,
-            Outcome::Blocked { reason: reason() },
-            Outcome::Unknown { reason: reason() },
-            Outcome::Deferred {
-                reason: reason(),
-                cause: Deferral::Stopped,
-            },
-            Outcome::Pending {
-                status: OrderStatus::Ready,
-                reason: reason(),
-            },
-            Outcome::StatusRefused {
-                status: OrderStatus::Ready,
-                reason: reason(),
-            },
-            Outcome::DryRun,
-        ]
-        .iter()
-        .map(Outcome::name)
-        .collect();
-        assert_eq!(names, Outcome::NAMES);
-    }
-
-    fn transient() -> CallError {
-        CallError::Transient {
-            detail: "Stock Service answered 500".into(),
-            retry_after: None,
-            slow: false,
-        }
-    }
-
-    #[test]
     fn the_simulated_stock_failure_is_the_same_for_an_order_every_time() {
-        let journey = |error_rate| Journey {
-            orders: OrdersClient::new(
-                crate::http::Http::new(std::time::Duration::from_secs(1)),
-                "http://127.0.0.1:9",
-            ),
-            stock: StockClient::new(
-                crate::http::Http::new(std::time::Duration::from_secs(1)),
-                "http://127.0.0.1:9",
-                std::time::Duration::from_secs(1),
-            ),
-            policy: RetryPolicy {
-                max_retries: 0,
-                base: Default::default(),
-                cap: Default::default(),
-            },
-            error_rate,
-            dry_run: false,
-            journal: Box::new(NoJournal),
+        let journey = |error_rate| {
+            let config = crate::Config {
+                orders_url: "http://127.0.0.1:9".into(),
+                stocks_url: "http://127.0.0.1:9".into(),
+                error_rate,
+                ..crate::Config::default()
+            };
+            Journey::new(&config, Box::new(NoJournal))
         };
         let j = journey(0.1);
         let order = |id| Order {
@@ -425,86 +515,5 @@ mod tests {
         }
         assert!(!(1..=1000).any(|id| journey(0.0).simulated_stock_failure(&order(id))));
         assert!((1..=1000).all(|id| journey(1.0).simulated_stock_failure(&order(id))));
-    }
-
-    #[test]
-    fn decrease_results_decide_the_status() {
-        assert_eq!(
-            after_decrease(&Ok(()), false),
-            Next::SetStatus(OrderStatus::Ready, String::new())
-        );
-        let refused = Err(CallError::Rejected {
-            status: 400,
-            reason: "Insufficient stock".into(),
-        });
-        assert_eq!(
-            after_decrease(&refused, false),
-            Next::SetStatus(OrderStatus::Blocked, "Insufficient stock".into())
-        );
-        let in_doubt = Err(CallError::InDoubt {
-            detail: "timed out".into(),
-        });
-        assert!(matches!(
-            after_decrease(&in_doubt, false),
-            Next::SetStatus(OrderStatus::Unknown, _)
-        ));
-        assert!(matches!(
-            after_decrease(&Err(transient()), false),
-            Next::Defer(_, Deferral::Unavailable)
-        ));
-        assert!(matches!(
-            after_decrease(&Err(transient()), true),
-            Next::Defer(_, Deferral::Stopped)
-        ));
-        let fatal = Err(CallError::Fatal {
-            detail: "415".into(),
-        });
-        assert!(matches!(
-            after_decrease(&fatal, false),
-            Next::Defer(_, Deferral::Fatal)
-        ));
-    }
-
-    #[test]
-    fn a_failed_status_update_leaves_the_decision_pending() {
-        assert_eq!(
-            after_status_update(OrderStatus::Ready, String::new(), Ok(())),
-            Outcome::Ready
-        );
-        let o = after_status_update(OrderStatus::Ready, String::new(), Err(transient()));
-        assert!(
-            matches!(
-                o,
-                Outcome::Pending {
-                    status: OrderStatus::Ready,
-                    ..
-                }
-            ),
-            "{o:?}"
-        );
-        assert!(!o.left_registered());
-        let o = after_status_update(OrderStatus::Blocked, "Insufficient stock".into(), Ok(()));
-        assert_eq!(
-            o,
-            Outcome::Blocked {
-                reason: "Insufficient stock".into()
-            }
-        );
-        assert!(o.left_registered());
-        let refused = Err(CallError::Rejected {
-            status: 404,
-            reason: "Order not found".into(),
-        });
-        let o = after_status_update(OrderStatus::Ready, String::new(), refused);
-        assert!(
-            matches!(
-                o,
-                Outcome::StatusRefused {
-                    status: OrderStatus::Ready,
-                    ..
-                }
-            ),
-            "{o:?}"
-        );
     }
 }

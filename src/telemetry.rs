@@ -542,6 +542,84 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// The span's context, for a link from another trace.
+    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
+        use opentelemetry::trace::TraceContextExt;
+        self.cx.span().span_context().clone()
+    }
+}
+
+/// One order's span: the root of the order's own trace (linked to the cycle that took
+/// the order), kept open across the order's scheduled steps and entered while each one
+/// runs, so that its CLIENT spans, the `traceparent` sent to the services and its log
+/// lines all belong to that trace. Ended by [`OrderSpan::end`] (or when dropped).
+pub struct OrderSpan {
+    cx: opentelemetry::Context,
+}
+
+impl OrderSpan {
+    /// Starts the span of an order: a new trace, linked to `cycle` when it is valid,
+    /// or continuing `parent` (the order's earlier span, from a previous cycle or run)
+    /// when there is one. `baggage` travels to the services with its requests.
+    pub fn start(
+        attributes: Vec<KeyValue>,
+        baggage: Vec<KeyValue>,
+        cycle: Option<opentelemetry::trace::SpanContext>,
+        parent: Option<opentelemetry::trace::SpanContext>,
+    ) -> OrderSpan {
+        use opentelemetry::baggage::BaggageExt;
+        use opentelemetry::trace::{Link, TraceContextExt, Tracer};
+        let tracer = tracer();
+        let mut root = opentelemetry::Context::new();
+        if let Some(parent) = parent.filter(|p| p.is_valid()) {
+            root = root.with_remote_span_context(parent);
+        }
+        if !baggage.is_empty() {
+            root = root.with_baggage(baggage);
+        }
+        let links = cycle
+            .filter(|c| c.is_valid())
+            .map(|c| vec![Link::with_context(c)])
+            .unwrap_or_default();
+        let span = tracer
+            .span_builder("order")
+            .with_kind(opentelemetry::trace::SpanKind::Internal)
+            .with_attributes(attributes)
+            .with_links(links)
+            .start_with_context(tracer, &root);
+        OrderSpan {
+            cx: root.with_span(span),
+        }
+    }
+
+    /// Makes the span current until the guard is dropped.
+    pub fn enter(&self) -> opentelemetry::ContextGuard {
+        self.cx.clone().attach()
+    }
+
+    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
+        use opentelemetry::trace::TraceContextExt;
+        self.cx.span().span_context().clone()
+    }
+
+    pub fn set(&self, attributes: Vec<KeyValue>) {
+        use opentelemetry::trace::TraceContextExt;
+        self.cx.span().set_attributes(attributes);
+    }
+
+    /// Marks the span failed, with a description.
+    pub fn fail(&self, description: String) {
+        use opentelemetry::trace::{Status, TraceContextExt};
+        self.cx.span().set_status(Status::error(description));
+    }
+
+    pub fn end(self) {
+        use opentelemetry::trace::TraceContextExt;
+        self.cx.span().end();
+    }
+}
+
 /// The worker's tracer, made on first use (after [`Telemetry::init`] in the binary),
 /// so that the per-order path does not look up the global provider for every span.
 fn tracer() -> &'static opentelemetry::global::BoxedTracer {

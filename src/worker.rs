@@ -1,71 +1,40 @@
-//! The cycle and the loop: paging through the registered orders, handling them one at
-//! a time, retrying pending status updates, stopping early when a service keeps
-//! failing, and sleeping between cycles until a stop is requested.
+//! The cycle and the loop. A cycle is a small single-threaded scheduler: it pages
+//! through the registered orders and takes them one at a time; an order whose call
+//! failed transiently waits for its next attempt while the worker goes on with the
+//! others (see [`crate::schedule`] for what runs next and when a service is out of
+//! use). Between cycles the loop sleeps until a stop is requested.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Shard};
 use crate::heartbeat::Heartbeat;
-use crate::http::{CallError, Http, RetryPolicy};
-use crate::orders::{Order, OrderStatus, OrdersClient};
-use crate::process::{Deferral, InFlight, Journal, Journey, NoJournal, Outcome};
-use crate::stock::StockClient;
+use crate::http::CallError;
+use crate::orders::{Order, OrderStatus};
+use crate::outcome::{Deferral, Outcome};
+use crate::pager::{PageEnd, Pager};
+use crate::process::{InFlight, Journal, Journey, NoJournal, StepEnd, Task, order_fields};
+pub use crate::report::CycleReport;
+use crate::retry::Attempts;
+use crate::schedule::{Next, Rules, Scheduler, Service, Work};
 use crate::stop::Stop;
 use crate::telemetry::{self, Scope};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{SpanContext, SpanKind};
 
-/// Orders in a row for which one service failed every attempt before the cycle stops
-/// taking new orders (the rest stay `registered` for the next cycle).
-pub const FAILURES_IN_A_ROW: u32 = 3;
+/// Orders that may wait for a retry at once. At the cap, no new order is taken until
+/// one of them is done; pending status updates count too, so that a failing Order
+/// Service cannot pile up decided orders without bound.
+pub const WAITING_CAP: usize = 256;
 
-/// What one cycle did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CycleReport {
-    /// Orders seen in the registered list (each once per cycle).
-    pub fetched: u64,
-    pub ready: u64,
-    pub blocked: u64,
-    pub unknown: u64,
-    /// Left `registered` with nothing taken, for a later cycle.
-    pub deferred: u64,
-    /// Decided but status not set (stock taken for `ready`), after this cycle's retries.
-    pub pending: u64,
-    /// Listed entries that could not be acted on (bad data) or whose status update was refused.
-    pub skipped: u64,
-    /// Orders only logged because of `--dry-run`.
-    pub dry_run: u64,
-    /// The registered list could not be fetched (from the start, or part way).
-    pub list_failed: bool,
-    /// Why the cycle stopped taking orders before the end of the list, if it did.
-    pub ended_early: Option<String>,
-    pub duration: Duration,
-}
+/// Orders this process decided (`ready`, `blocked`, `unknown`) that it remembers: one
+/// listed as `registered` again (a service that lost the update, or a stale list) gets
+/// only its status update again, never a second decrease. About 40 bytes each.
+pub const RECENT_DECISIONS: usize = 20_000;
 
-impl CycleReport {
-    /// True when every fetched order reached a final state and nothing is left to retry:
-    /// `once` exits 0 then, 1 otherwise.
-    pub fn complete(&self) -> bool {
-        !self.list_failed
-            && self.ended_early.is_none()
-            && self.deferred == 0
-            && self.pending == 0
-            && self.skipped == 0
-    }
-
-    fn count(&mut self, outcome: &Outcome) {
-        match outcome {
-            Outcome::Ready => self.ready += 1,
-            Outcome::Blocked { .. } => self.blocked += 1,
-            Outcome::Unknown { .. } => self.unknown += 1,
-            Outcome::Deferred { .. } => self.deferred += 1,
-            Outcome::Pending { .. } => {} // counted from the pending list at the end
-            Outcome::StatusRefused { .. } => self.skipped += 1,
-            Outcome::DryRun => self.dry_run += 1,
-        }
-    }
-}
+/// The most orders one cycle takes (a list that never ends must not keep `once` from
+/// returning); the rest wait for the next cycle.
+pub const MAX_ORDERS_PER_CYCLE: usize = 100_000;
 
 /// An order whose fate is decided but whose status is not yet set.
 #[derive(Debug, Clone)]
@@ -73,169 +42,78 @@ struct PendingUpdate {
     order: Order,
     status: OrderStatus,
     reason: String,
+    /// The order's trace, continued by the retries.
+    trace: Option<SpanContext>,
 }
 
-/// Consecutive orders for which a service failed every attempt.
+/// The last [`RECENT_DECISIONS`] decisions, oldest forgotten first.
 #[derive(Debug, Default)]
-struct Streaks {
-    stock: u32,
-    orders: u32,
+struct Recent {
+    order: VecDeque<u64>,
+    status: HashMap<u64, (Order, OrderStatus)>,
 }
 
-impl Streaks {
-    /// Updates the streaks with an outcome; returns why to stop the cycle, if it must.
-    fn record(&mut self, outcome: &Outcome) -> Option<String> {
-        match outcome {
-            Outcome::Deferred {
-                cause: Deferral::Fatal,
-                reason,
-            } => return Some(reason.clone()),
-            // A decrease that failed every attempt, or got no reply at all, counts
-            // against the Stock Service: a service that never answers must not turn
-            // the whole backlog unknown.
-            Outcome::Deferred {
-                cause: Deferral::Unavailable,
-                reason,
-            }
-            | Outcome::Unknown { reason } => {
-                self.stock += 1;
-                if self.stock >= FAILURES_IN_A_ROW {
-                    return Some(format!(
-                        "Stock Service failed for {} orders in a row, last: {reason}",
-                        self.stock
-                    ));
-                }
-            }
-            Outcome::Deferred {
-                cause: Deferral::Stopped,
-                ..
-            }
-            | Outcome::DryRun => {}
-            Outcome::Pending { reason, .. } => {
-                self.stock = 0;
-                self.orders += 1;
-                if self.orders >= FAILURES_IN_A_ROW {
-                    return Some(format!(
-                        "Order Service failed for {} orders in a row, last: {reason}",
-                        self.orders
-                    ));
-                }
-            }
-            _ => {
-                self.stock = 0;
-                self.orders = 0;
+impl Recent {
+    fn insert(&mut self, order: Order, status: OrderStatus) {
+        if self.status.insert(order.id, (order, status)).is_none() {
+            self.order.push_back(order.id);
+        }
+        while self.order.len() > RECENT_DECISIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.status.remove(&old);
             }
         }
-        None
+    }
+
+    fn get(&self, id: u64) -> Option<(Order, OrderStatus)> {
+        self.status.get(&id).copied()
     }
 }
 
-/// Paging through a list that shrinks as statuses change.
-///
-/// Orders that leave the list (ready, blocked, unknown) shift the ones behind them
-/// forward, so the next page starts after the orders that *stay* (`skip` counts only
-/// those). Other replicas' orders (with `--shard`) do not count: their replicas remove
-/// them at their own pace; they are remembered, and only a full page holding nothing new
-/// moves `skip` past the ones on it. An order seen twice in one cycle is not handled
-/// again, and a page identical to the one before ends the paging, so no page is fetched
-/// forever, even from a service that ignores `skip`.
-#[derive(Debug, Default)]
-pub struct Pager {
-    skip: u64,
-    stayed: HashSet<u64>,
-    passed: HashSet<u64>,
-    new_in_page: u32,
-    passed_in_page: u64,
-    page_hash: u64,
-    last_hash: Option<u64>,
-}
-
-/// What to do after a page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PageEnd {
-    /// Fetch the next page at [`Pager::skip`].
-    Fetch,
-    /// The page was not full: the list is done.
-    Last,
-    /// The list is not moving (nothing new, or the same page again): stop.
-    NothingNew,
-}
-
-impl Pager {
-    /// Where the next page starts.
-    pub fn skip(&self) -> u64 {
-        self.skip
-    }
-
-    /// True if the entry is new to this cycle and must be handled (an entry without a
-    /// valid id always is).
-    pub fn admit(&mut self, id: Option<u64>) -> bool {
-        self.page_hash = self
-            .page_hash
-            .wrapping_mul(0x100_0000_01b3)
-            .wrapping_add(id.unwrap_or(0) + 1);
-        match id {
-            Some(id) if self.passed.contains(&id) => {
-                self.passed_in_page += 1;
-                false
-            }
-            Some(id) if self.stayed.contains(&id) => false,
-            _ => {
-                self.new_in_page += 1;
-                true
-            }
-        }
-    }
-
-    /// The admitted entry stays in the list: later pages start behind it.
-    pub fn stays(&mut self, id: Option<u64>) {
-        self.skip += 1;
-        if let Some(id) = id {
-            self.stayed.insert(id);
-        }
-    }
-
-    /// The admitted entry is another replica's: remembered, `skip` unchanged.
-    pub fn passes(&mut self, id: u64) {
-        self.passed.insert(id);
-        self.passed_in_page += 1;
-    }
-
-    /// After a page of `len` entries, when `page_size` were asked for.
-    pub fn after_page(&mut self, len: usize, page_size: u32) -> PageEnd {
-        let new = std::mem::take(&mut self.new_in_page);
-        let passed = std::mem::take(&mut self.passed_in_page);
-        let hash = std::mem::take(&mut self.page_hash);
-        if len < page_size as usize {
-            return PageEnd::Last;
-        }
-        if self.last_hash.replace(hash) == Some(hash) {
-            return PageEnd::NothingNew;
-        }
-        if new == 0 {
-            if passed == 0 {
-                return PageEnd::NothingNew;
-            }
-            self.skip += passed;
-        }
-        PageEnd::Fetch
-    }
-}
-
-/// The worker: its clients, what it remembers between cycles, and the stop flag.
+/// The worker: its journey, what it remembers between cycles, and the stop flag.
 pub struct Worker {
     journey: Journey,
     page_size: u32,
     shard: Option<Shard>,
     stop: Stop,
+    rules: Rules,
     /// Decided orders whose status is still to be set, by id. Survives cycles (and
     /// restarts, with a state file): an order here never has its stock decreased again.
     pending: BTreeMap<u64, PendingUpdate>,
     /// Orders whose status update the Order Service refused (`400`/`404`): they may stay
     /// `registered`, and are never handled again by this process.
     refused: HashSet<u64>,
-    /// Rewritten after every finished order and every cycle, for `healthcheck`.
+    recent: Recent,
+    waiting_cap: usize,
+    /// Rewritten as orders finish and after every cycle, for `healthcheck`.
     heartbeat: Option<Heartbeat>,
+}
+
+/// One cycle's state.
+struct Cycle {
+    scheduler: Scheduler<Task>,
+    pager: Pager,
+    /// Orders of the current page not taken yet.
+    page: VecDeque<Order>,
+    /// When the next page may be fetched; `None` once the list is done.
+    next_page: Option<Instant>,
+    page_attempts: Attempts,
+    /// Status updates resumed in this cycle (they are not in the list's count yet).
+    resumed: HashSet<u64>,
+    report: CycleReport,
+    link: Option<SpanContext>,
+}
+
+impl Cycle {
+    /// No more new orders in this cycle; the rest stay registered.
+    fn end_list(&mut self, why: String) {
+        self.page.clear();
+        self.next_page = None;
+        if self.report.ended_early.is_none() {
+            log::error!("cycle ended early, the rest stays registered for the next cycle: {why}");
+            self.report.ended_early = Some(why);
+        }
+    }
 }
 
 impl Worker {
@@ -247,27 +125,18 @@ impl Worker {
     /// flight become pending status updates: `ready`/`blocked`/`unknown` as decided, and
     /// `unknown` for a decrease whose outcome was never recorded (never sent again).
     pub fn with_journal(config: &Config, stop: Stop, journal: Box<dyn Journal>) -> Worker {
-        let recovered = journal.in_flight();
-        let http = Http::new(config.http_timeout);
-        let journey = Journey {
-            orders: OrdersClient::new(http.clone(), &config.orders_url),
-            stock: StockClient::new(http, &config.stocks_url, config.decrease_timeout),
-            policy: RetryPolicy {
-                max_retries: config.max_retries,
-                base: config.retry_base,
-                cap: config.retry_cap,
-            },
-            error_rate: config.error_rate,
-            dry_run: config.dry_run,
-            journal,
-        };
+        let journey = Journey::new(config, journal);
+        let recovered = journey.in_flight();
         let mut worker = Worker {
+            rules: Rules::from_backoff(config.retry_base, config.retry_cap),
             journey,
             page_size: config.page_size,
             shard: config.shard,
             stop,
             pending: BTreeMap::new(),
             refused: HashSet::new(),
+            recent: Recent::default(),
+            waiting_cap: WAITING_CAP,
             heartbeat: None,
         };
         for (order, state) in recovered {
@@ -277,18 +146,13 @@ impl Worker {
                     "decided before a restart; status update retried".to_string(),
                 ),
                 InFlight::Sent => {
+                    let _fields = order_fields(&order);
                     log::error!(
-                        order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
                         "order {}: a decrease was sent before a restart and its outcome is not known; \
                          it is set unknown and never sent again: reconcile by hand",
                         order.id
                     );
-                    if let Err(e) = worker.journey.journal.decided(&order, OrderStatus::Unknown) {
-                        log::error!(
-                            "order {}: could not write its decision to the state file: {e}",
-                            order.id
-                        );
-                    }
+                    worker.journey.decided(&order, OrderStatus::Unknown);
                     (
                         OrderStatus::Unknown,
                         "decrease sent before a restart, outcome not known; reconcile by hand"
@@ -302,6 +166,7 @@ impl Worker {
                     order,
                     status,
                     reason,
+                    trace: None,
                 },
             );
         }
@@ -319,21 +184,10 @@ impl Worker {
         self.heartbeat = Some(heartbeat);
     }
 
-    /// Records a finished order in the heartbeat; an outcome that set a status means the
-    /// Order Service answered.
-    fn beat_order(&mut self, outcome: &Outcome) {
-        if let Some(heartbeat) = &mut self.heartbeat {
-            if matches!(
-                outcome,
-                Outcome::Ready
-                    | Outcome::Blocked { .. }
-                    | Outcome::Unknown { .. }
-                    | Outcome::StatusRefused { .. }
-            ) {
-                heartbeat.orders_answered();
-            }
-            heartbeat.order_finished();
-        }
+    /// Sets the cap on orders waiting for a retry or with a status update pending
+    /// ([`WAITING_CAP`] by default).
+    pub fn set_waiting_cap(&mut self, cap: usize) {
+        self.waiting_cap = cap.max(1);
     }
 
     /// Orders whose status update is still pending.
@@ -354,13 +208,24 @@ impl Worker {
         }
     }
 
-    /// One cycle: every order registered at its start, then the pending status updates.
+    /// One cycle: the pending status updates and every order registered at its start,
+    /// until nothing is left that can run.
     pub fn cycle(&mut self) -> CycleReport {
         let started = Instant::now();
         let scope = Scope::start("cycle", SpanKind::Internal, self.shard_attribute());
-        let mut report = CycleReport::default();
-        self.drain(&mut report);
-        self.retry_pending(&mut report);
+        let mut cycle = Cycle {
+            scheduler: Scheduler::new(self.rules.clone(), self.waiting_cap),
+            pager: Pager::default(),
+            page: VecDeque::new(),
+            next_page: Some(started),
+            page_attempts: Attempts::default(),
+            resumed: HashSet::new(),
+            report: CycleReport::default(),
+            link: Some(scope.span_context()),
+        };
+        self.resume_pending(&mut cycle);
+        self.run(&mut cycle);
+        let mut report = cycle.report;
         report.pending = self.pending.len() as u64;
         report.duration = started.elapsed();
         log_summary(&report);
@@ -405,220 +270,340 @@ impl Worker {
             .collect()
     }
 
-    /// Pages through the registered list (see [`Pager`]), handling each order once.
-    fn drain(&mut self, report: &mut CycleReport) {
-        let mut pager = Pager::default();
-        let mut streaks = Streaks::default();
-        let orders = self.journey.orders.clone();
+    /// The status updates left pending by earlier cycles (or runs) go first.
+    fn resume_pending(&mut self, cycle: &mut Cycle) {
+        let now = Instant::now();
+        for (id, update) in std::mem::take(&mut self.pending) {
+            let task = self.journey.resume(
+                update.order,
+                update.status,
+                update.reason,
+                update.trace,
+                cycle.link.clone(),
+            );
+            cycle.resumed.insert(id);
+            cycle.scheduler.wait(Service::Orders, now, task);
+        }
+    }
+
+    /// The scheduler's loop: runs what is due, takes new orders, fetches pages and
+    /// sleeps, until nothing is left that can run in this cycle or a stop is requested.
+    fn run(&mut self, cycle: &mut Cycle) {
         loop {
             if self.stop.requested() {
-                report.ended_early = Some("stop requested".into());
+                for task in cycle.scheduler.drain() {
+                    let outcome = task.abandon("stop requested", Deferral::Stopped);
+                    self.finish(cycle, task, outcome);
+                }
+                cycle.end_list("stop requested".into());
                 return;
             }
-            let skip = pager.skip();
-            let page = self.journey.policy.run(
-                "fetching registered orders",
-                Some(&self.stop),
-                |attempt| orders.list_registered(skip, self.page_size, attempt),
-            );
-            let page = match page {
-                Ok(page) => {
-                    if let Some(heartbeat) = &mut self.heartbeat {
-                        heartbeat.orders_answered();
-                    }
-                    page
-                }
-                Err(e) => {
-                    log::error!("could not fetch registered orders (skip {skip}): {e}");
-                    report.list_failed = true;
-                    if let CallError::Fatal { .. } = e {
-                        report.ended_early = Some(e.to_string());
-                    }
-                    return;
-                }
+            let work = Work {
+                new_orders: !cycle.page.is_empty(),
+                next_page: cycle.next_page,
+                held: self.pending.len(),
             };
-            let len = page.len();
-            for entry in page {
-                let id = match &entry {
-                    Ok(order) => Some(order.id),
-                    Err(invalid) => invalid.id,
-                };
-                if !pager.admit(id) {
-                    continue;
-                }
-                // Another replica's order (an entry with no valid id is shard 0's to report).
-                if let Some(shard) = self.shard
-                    && !shard.contains(id.unwrap_or(0))
-                {
-                    match id {
-                        Some(id) => pager.passes(id),
-                        None => pager.stays(None),
-                    }
-                    continue;
-                }
-                if self.stop.requested() {
-                    report.ended_early = Some("stop requested".into());
-                    return;
-                }
-                report.fetched += 1;
-                let order = match entry {
-                    Ok(order) => order,
-                    Err(invalid) => {
-                        report.skipped += 1;
-                        pager.stays(id);
-                        log::error!(
-                            order_id = id.unwrap_or(0), outcome = "skipped", reason = invalid.problem.as_str();
-                            "order {}: skipped, bad data from the Order Service: {}",
-                            id.map_or_else(|| "(no valid id)".into(), |id| id.to_string()),
-                            invalid.problem
-                        );
+            match cycle.scheduler.next(Instant::now(), work) {
+                Next::Run(task) => self.run_task(cycle, task),
+                Next::NewOrder => {
+                    let Some(order) = cycle.page.pop_front() else {
                         continue;
+                    };
+                    cycle.report.fetched += 1;
+                    let task = self.journey.take(order, cycle.link.clone());
+                    self.run_task(cycle, task);
+                }
+                Next::FetchPage => self.fetch_page(cycle),
+                Next::Sleep(duration) => {
+                    self.stop.sleep(duration);
+                }
+                Next::Abandon(service, tasks) => {
+                    let why = cycle
+                        .scheduler
+                        .health(service)
+                        .down()
+                        .unwrap_or("out of use")
+                        .to_string();
+                    for task in tasks {
+                        let outcome = task.abandon(&why, Deferral::Unavailable);
+                        self.finish(cycle, task, outcome);
                     }
-                };
-                if self.pending.contains_key(&order.id) || self.refused.contains(&order.id) {
-                    // Stock already decided: only its status update is retried, below
-                    // (or, refused by the Order Service, left alone).
-                    pager.stays(id);
-                    continue;
+                    cycle.end_list(why);
                 }
-                let (scope, _fields) = order_scope(&order);
-                let outcome = self.journey.process(&order, &self.stop);
-                finish_order(&scope, &order, &outcome);
-                self.beat_order(&outcome);
-                report.count(&outcome);
-                if !outcome.left_registered() {
-                    pager.stays(id);
+                Next::EndList(service) => {
+                    let why = cycle
+                        .scheduler
+                        .health(service)
+                        .down()
+                        .unwrap_or(service.name())
+                        .to_string();
+                    cycle.end_list(why);
                 }
-                let stop_reason = streaks.record(&outcome);
-                match outcome {
-                    Outcome::Pending { status, reason } => {
-                        let update = PendingUpdate {
-                            order,
-                            status,
-                            reason,
-                        };
-                        self.pending.insert(order.id, update);
+                Next::Done => {
+                    if !cycle.page.is_empty() || cycle.next_page.is_some() {
+                        cycle.end_list(format!(
+                            "{} status updates pending: no new orders until they go through",
+                            self.pending.len()
+                        ));
                     }
-                    Outcome::StatusRefused { .. } => {
-                        self.refused.insert(order.id);
-                    }
-                    _ => {}
-                }
-                if let Some(reason) = stop_reason {
-                    log::error!(
-                        "cycle ended early, the rest stays registered for the next cycle: {reason}"
-                    );
-                    report.ended_early = Some(reason);
-                    return;
-                }
-            }
-            match pager.after_page(len, self.page_size) {
-                PageEnd::Fetch => {}
-                PageEnd::Last => return,
-                PageEnd::NothingNew => {
-                    log::warn!(
-                        "the registered list returned only orders already seen this cycle (skip {skip}); paging stops"
-                    );
                     return;
                 }
             }
         }
     }
 
-    /// Retries the status update of every pending order; stops after
-    /// [`FAILURES_IN_A_ROW`] failures in a row.
-    fn retry_pending(&mut self, report: &mut CycleReport) {
-        let ids: Vec<u64> = self.pending.keys().copied().collect();
-        let mut failures = 0;
-        for id in ids {
-            if failures >= FAILURES_IN_A_ROW {
+    /// Runs a task's steps while they follow at once (the status update right after
+    /// the decrease), then leaves it finished or waiting for its next attempt.
+    fn run_task(&mut self, cycle: &mut Cycle, mut task: Task) {
+        loop {
+            let ran = self.journey.step(task);
+            if let Some((service, verdict, detail)) = ran.call {
+                cycle
+                    .scheduler
+                    .record(service, Instant::now(), verdict, &detail);
+            }
+            match ran.end {
+                StepEnd::Finished(task, outcome) => {
+                    self.finish(cycle, task, outcome);
+                    return;
+                }
+                // The order in hand is finished even after a stop request.
+                StepEnd::Then(next, service) => {
+                    if cycle.scheduler.health(service).usable(Instant::now()) {
+                        task = next;
+                        continue;
+                    }
+                    cycle.scheduler.wait(service, Instant::now(), next);
+                    return;
+                }
+                StepEnd::Again(task, service, delay) => {
+                    if self.stop.requested() {
+                        let outcome = task.abandon("stop requested", Deferral::Stopped);
+                        self.finish(cycle, task, outcome);
+                    } else {
+                        cycle.scheduler.wait(service, Instant::now() + delay, task);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Fetches the page at the pager's `skip` and admits its entries.
+    fn fetch_page(&mut self, cycle: &mut Cycle) {
+        let skip = cycle.pager.skip();
+        let started = Instant::now();
+        let result = self
+            .journey
+            .list(skip, self.page_size, cycle.page_attempts.made);
+        let verdict = match &result {
+            Ok(_) => crate::schedule::Verdict::Answered,
+            Err(CallError::Fatal { detail }) => crate::schedule::Verdict::Broken(detail.clone()),
+            Err(CallError::Transient { slow: true, .. } | CallError::InDoubt { .. }) => {
+                crate::schedule::Verdict::Stalled
+            }
+            Err(_) => crate::schedule::Verdict::Failed,
+        };
+        let detail = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        cycle
+            .scheduler
+            .record(Service::Orders, Instant::now(), verdict, &detail);
+        let entries = match result {
+            Ok(entries) => entries,
+            Err(e) => {
+                let attempt = cycle.page_attempts.made + 1;
+                let policy = self.journey.policy();
+                match policy.after_failure(&mut cycle.page_attempts, &e, fastrand::f64()) {
+                    Some(delay) => {
+                        log::warn!(
+                            "fetching registered orders failed (attempt {attempt} of {}, after {} ms): {e}; retrying in {} ms",
+                            policy.max_retries + 1,
+                            started.elapsed().as_millis(),
+                            delay.as_millis()
+                        );
+                        cycle.next_page = Some(Instant::now() + delay);
+                    }
+                    None => {
+                        log::error!("could not fetch registered orders (skip {skip}): {e}");
+                        cycle.report.list_failed = true;
+                        cycle.next_page = None;
+                        if let CallError::Fatal { .. } = e {
+                            cycle.report.ended_early = Some(e.to_string());
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        cycle.page_attempts = Attempts::default();
+        if let Some(heartbeat) = &mut self.heartbeat {
+            heartbeat.orders_answered();
+        }
+        let len = entries.len();
+        for entry in entries {
+            self.admit(cycle, entry);
+        }
+        cycle.next_page = match cycle.pager.after_page(len, self.page_size) {
+            PageEnd::Fetch => Some(Instant::now()),
+            PageEnd::Last => None,
+            PageEnd::NothingNew => {
+                log::warn!(
+                    "the registered list returned only orders already seen this cycle (skip {skip}); paging stops"
+                );
+                None
+            }
+        };
+        if cycle.pager.taken() >= MAX_ORDERS_PER_CYCLE && cycle.next_page.is_some() {
+            cycle.next_page = None;
+            cycle.report.ended_early = Some(format!(
+                "{MAX_ORDERS_PER_CYCLE} orders taken in this cycle, the most one cycle takes; the rest waits for the next"
+            ));
+            log::warn!(
+                "{}",
+                cycle.report.ended_early.as_deref().unwrap_or_default()
+            );
+        }
+    }
+
+    /// One entry of a page: a new order of this worker's is queued; anything else is
+    /// counted, skipped or stepped over.
+    fn admit(&mut self, cycle: &mut Cycle, entry: Result<Order, crate::orders::InvalidOrder>) {
+        let id = match &entry {
+            Ok(order) => Some(order.id),
+            Err(invalid) => invalid.id,
+        };
+        let pager = &mut cycle.pager;
+        if !pager.admit(id) {
+            return;
+        }
+        // Another replica's order (an entry with no valid id is shard 0's to report).
+        if let Some(shard) = self.shard
+            && !shard.contains(id.unwrap_or(0))
+        {
+            match id {
+                Some(id) => pager.passes(id),
+                None => pager.holds(None),
+            }
+            return;
+        }
+        pager.holds(id);
+        let order = match entry {
+            Ok(order) => order,
+            Err(invalid) => {
+                cycle.report.fetched += 1;
+                cycle.report.skipped += 1;
                 log::error!(
-                    "Order Service keeps failing: {} status updates stay pending",
-                    self.pending.len()
+                    order_id = id.unwrap_or(0), outcome = "skipped", reason = invalid.problem.as_str();
+                    "order {}: skipped, bad data from the Order Service: {}",
+                    id.map_or_else(|| "(no valid id)".into(), |id| id.to_string()),
+                    invalid.problem
                 );
                 return;
             }
-            let Some(update) = self.pending.remove(&id) else {
-                continue;
-            };
-            let (scope, _fields) = order_scope(&update.order);
-            // After a stop request the waits between attempts are cut short: the update
-            // stays pending (and in the state file) rather than delaying the exit.
-            let result = self
-                .journey
-                .set_status(&update.order, update.status, Some(&self.stop));
-            let outcome =
-                crate::process::after_status_update(update.status, update.reason.clone(), result);
-            if let Outcome::Pending { .. } = &outcome {
-                failures += 1;
-                finish_order(&scope, &update.order, &outcome);
-                self.beat_order(&outcome);
-                self.pending.insert(id, update);
-                continue;
-            }
-            failures = 0;
-            if let Outcome::StatusRefused { .. } = outcome {
-                self.refused.insert(id);
-            }
-            finish_order(&scope, &update.order, &outcome);
-            self.beat_order(&outcome);
-            report.count(&outcome);
+        };
+        if cycle.resumed.contains(&order.id) || self.refused.contains(&order.id) {
+            // Stock already decided: only its status update is retried (or, refused by
+            // the Order Service, left alone).
+            cycle.report.fetched += 1;
+            return;
         }
+        if let Some((decided, status)) = self.recent.get(order.id) {
+            // Decided by this process and set, yet listed as registered again: the
+            // Order Service lost the update or serves a stale list. Never decreased
+            // twice: only the status is sent again.
+            cycle.report.fetched += 1;
+            let _fields = order_fields(&decided);
+            log::error!(
+                "order {}: listed as registered again although this worker set it {status}: \
+                 the Order Service lost the update or serves a stale list; only its status is sent again",
+                order.id
+            );
+            let task = self.journey.resume(
+                decided,
+                status,
+                "listed as registered again after its status was set".into(),
+                None,
+                cycle.link.clone(),
+            );
+            cycle.resumed.insert(order.id);
+            cycle.scheduler.wait(Service::Orders, Instant::now(), task);
+            return;
+        }
+        cycle.page.push_back(order);
     }
-}
 
-/// The span of one order's journey (current until dropped); the order id also travels
-/// to the services as baggage when the baggage propagator is on. The guard puts the
-/// order's fields on every JSON log line until dropped.
-fn order_scope(order: &Order) -> (Scope, crate::logging::OrderGuard) {
-    let fields = crate::logging::order_fields(crate::logging::OrderFields {
-        id: order.id,
-        wood_type: order.wood_type.as_str(),
-        quantity: order.quantity,
-    });
-    let scope = Scope::with_baggage(
-        "order",
-        SpanKind::Internal,
-        vec![
-            KeyValue::new("ordermanagement.order.id", order.id as i64),
-            KeyValue::new("ordermanagement.order.wood_type", order.wood_type.as_str()),
-            KeyValue::new("ordermanagement.order.quantity", i64::from(order.quantity)),
-        ],
-        vec![KeyValue::new("ordermanagement.order.id", order.id as i64)],
-    );
-    (scope, fields)
-}
-
-/// Logs the outcome (inside the order's span, so the line carries its trace) and
-/// records it on the span and in the metrics.
-fn finish_order(scope: &Scope, order: &Order, outcome: &Outcome) {
-    log_outcome(order, outcome);
-    scope.set(vec![
-        KeyValue::new("ordermanagement.order.outcome", outcome.name()),
-        KeyValue::new("ordermanagement.order.reason", outcome.reason().to_string()),
-    ]);
-    let fine = matches!(
-        outcome,
-        Outcome::Ready
-            | Outcome::DryRun
-            | Outcome::Deferred {
-                cause: Deferral::Stopped,
-                ..
+    /// An order is done with for this cycle: its line, span, counts and bookkeeping.
+    fn finish(&mut self, cycle: &mut Cycle, task: Task, outcome: Outcome) {
+        let order = *task.order();
+        {
+            let _entered = task.enter();
+            log_outcome(&order, &outcome);
+        }
+        let mut attributes = vec![KeyValue::new("outcome", outcome.name())];
+        if !outcome.reason_kind().is_empty() {
+            attributes.push(KeyValue::new("reason", outcome.reason_kind()));
+        }
+        telemetry::instruments()
+            .orders_processed
+            .add(1, &attributes);
+        if let Some(heartbeat) = &mut self.heartbeat {
+            if matches!(
+                outcome,
+                Outcome::Ready
+                    | Outcome::Blocked { .. }
+                    | Outcome::Unknown { .. }
+                    | Outcome::StatusRefused { .. }
+            ) {
+                heartbeat.orders_answered();
             }
-    );
-    if !fine {
-        scope.fail(format!("{}: {}", outcome.name(), outcome.reason()));
+            heartbeat.order_finished();
+        }
+        let resumed = cycle.resumed.contains(&order.id);
+        match &outcome {
+            Outcome::Ready | Outcome::Blocked { .. } | Outcome::Unknown { .. } => {
+                let status = match outcome {
+                    Outcome::Ready => OrderStatus::Ready,
+                    Outcome::Blocked { .. } => OrderStatus::Blocked,
+                    _ => OrderStatus::Unknown,
+                };
+                self.recent.insert(order, status);
+                cycle.pager.left(order.id);
+            }
+            Outcome::Pending { status, reason } => {
+                self.pending.insert(
+                    order.id,
+                    PendingUpdate {
+                        order,
+                        status: *status,
+                        reason: reason.clone(),
+                        trace: Some(task.trace()),
+                    },
+                );
+            }
+            Outcome::StatusRefused { .. } => {
+                self.refused.insert(order.id);
+            }
+            Outcome::Deferred {
+                cause: Deferral::Fatal,
+                reason,
+            } => cycle.end_list(reason.clone()),
+            Outcome::Deferred { .. } | Outcome::DryRun => {}
+        }
+        // A resumed update's success is not a new decision in this cycle's counts
+        // unless it finished the order (as before: a pending update that goes through
+        // counts as its outcome).
+        if !(resumed && matches!(outcome, Outcome::Pending { .. })) {
+            cycle.report.count(&outcome);
+        }
+        task.finish(&outcome);
     }
-    let mut attributes = vec![KeyValue::new("outcome", outcome.name())];
-    if !outcome.reason_kind().is_empty() {
-        attributes.push(KeyValue::new("reason", outcome.reason_kind()));
-    }
-    telemetry::instruments()
-        .orders_processed
-        .add(1, &attributes);
 }
 
-/// The one line per order outcome, with its fields as key-values as well.
+/// The one line per order outcome (the order's fields come from its guard).
 fn log_outcome(order: &Order, outcome: &Outcome) {
     let level = match outcome {
         Outcome::Unknown { .. } | Outcome::StatusRefused { .. } => log::Level::Error,
@@ -632,7 +617,6 @@ fn log_outcome(order: &Order, outcome: &Outcome) {
     let reason = outcome.reason();
     log::log!(
         level,
-        order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity,
         outcome = outcome.name(), reason = reason;
         "order {} ({} x{}): {}{}{}",
         order.id,
@@ -659,261 +643,4 @@ fn log_summary(r: &CycleReport) {
         r.duration.as_millis(),
         if r.list_failed { " (order list could not be fetched)" } else { "" }
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn deferred(cause: Deferral) -> Outcome {
-        Outcome::Deferred {
-            reason: "500".into(),
-            cause,
-        }
-    }
-
-    /// One cycle of replicas sharing a registered list (ascending ids), each draining it
-    /// with its own `Pager` one page at a time, in turns; `stays` decides which orders
-    /// stay registered. Returns, per replica, the ids it handled and the pages it fetched.
-    fn simulate_cycle(
-        registered: &mut Vec<u64>,
-        page_size: u32,
-        shards: u64,
-        stays: &dyn Fn(u64) -> bool,
-    ) -> (Vec<Vec<u64>>, Vec<usize>) {
-        let mut pagers: Vec<Pager> = (0..shards).map(|_| Pager::default()).collect();
-        let mut done = vec![false; shards as usize];
-        let mut handled = vec![Vec::new(); shards as usize];
-        let mut pages = vec![0; shards as usize];
-        while done.iter().any(|d| !d) {
-            for r in 0..shards as usize {
-                if done[r] {
-                    continue;
-                }
-                pages[r] += 1;
-                assert!(pages[r] < 10_000, "paging does not end");
-                let pager = &mut pagers[r];
-                let page: Vec<u64> = registered
-                    .iter()
-                    .copied()
-                    .skip(pager.skip() as usize)
-                    .take(page_size as usize)
-                    .collect();
-                for &id in &page {
-                    if !pager.admit(Some(id)) {
-                        continue;
-                    }
-                    if id % shards != r as u64 {
-                        pager.passes(id);
-                        continue;
-                    }
-                    handled[r].push(id);
-                    if stays(id) {
-                        pager.stays(Some(id));
-                    } else {
-                        registered.retain(|x| *x != id);
-                    }
-                }
-                done[r] = pager.after_page(page.len(), page_size) != PageEnd::Fetch;
-            }
-        }
-        (handled, pages)
-    }
-
-    fn simulate(total: u64, page_size: u32, stays: impl Fn(u64) -> bool) -> (Vec<u64>, usize) {
-        let mut registered: Vec<u64> = (1..=total).collect();
-        let (mut handled, pages) = simulate_cycle(&mut registered, page_size, 1, &stays);
-        (handled.remove(0), pages[0])
-    }
-
-    #[test]
-    fn paging_a_shrinking_list_handles_every_order_once() {
-        let (handled, pages) = simulate(1050, 100, |_| false);
-        assert_eq!(handled, (1..=1050).collect::<Vec<_>>());
-        assert_eq!(pages, 11);
-        let (handled, _) = simulate(1000, 100, |id| id % 3 == 0);
-        assert_eq!(handled, (1..=1000).collect::<Vec<_>>());
-        let (handled, pages) = simulate(500, 50, |_| true);
-        assert_eq!(handled, (1..=500).collect::<Vec<_>>());
-        assert_eq!(pages, 11);
-    }
-
-    /// Replicas paging at once may step past a few of their own orders in one cycle
-    /// (the others remove orders behind their back); those stay registered for the next
-    /// cycle. Across cycles each order is handled exactly once, by its own replica.
-    #[test]
-    fn sharded_replicas_paging_together_handle_each_of_their_orders_once() {
-        for shards in [2, 3, 4] {
-            let mut registered: Vec<u64> = (1..=2000).collect();
-            let mut handled = vec![Vec::new(); shards as usize];
-            let mut cycles = 0;
-            while !registered.is_empty() {
-                cycles += 1;
-                assert!(
-                    cycles <= 4,
-                    "{shards} replicas: {} left after {cycles} cycles",
-                    registered.len()
-                );
-                let (ids, _) = simulate_cycle(&mut registered, 100, shards, &|_| false);
-                for (r, ids) in ids.into_iter().enumerate() {
-                    handled[r].extend(ids);
-                }
-            }
-            for (r, ids) in handled.iter_mut().enumerate() {
-                ids.sort_unstable();
-                let mine: Vec<u64> = (1..=2000).filter(|id| id % shards == r as u64).collect();
-                assert_eq!(ids, &mine, "replica {r} of {shards}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_list_that_ignores_skip_ends_the_paging() {
-        let mut pager = Pager::default();
-        for id in 1..=10 {
-            assert!(pager.admit(Some(id)));
-            pager.stays(Some(id));
-        }
-        assert_eq!(pager.after_page(10, 10), PageEnd::Fetch);
-        for id in 1..=10 {
-            assert!(!pager.admit(Some(id)));
-        }
-        assert_eq!(pager.after_page(10, 10), PageEnd::NothingNew);
-        // Entries without an id are new every time, but the same page twice ends it.
-        let mut pager = Pager::default();
-        let mut ends = Vec::new();
-        for _ in 0..2 {
-            for id in [None, Some(1), Some(2)] {
-                if pager.admit(id) {
-                    pager.stays(id);
-                }
-            }
-            ends.push(pager.after_page(3, 3));
-        }
-        assert_eq!(ends, [PageEnd::Fetch, PageEnd::NothingNew]);
-    }
-
-    #[test]
-    fn a_full_page_of_known_other_replicas_orders_is_stepped_over() {
-        let mut pager = Pager::default();
-        for id in 1..=10 {
-            assert!(pager.admit(Some(id)));
-            pager.passes(id);
-        }
-        assert_eq!(pager.after_page(10, 10), PageEnd::Fetch);
-        assert_eq!(pager.skip(), 0, "the other replicas may still remove those");
-        // The next page: the same ten, already known, and nothing new: step over them.
-        for id in (1..=10).rev() {
-            assert!(!pager.admit(Some(id)));
-        }
-        assert_eq!(pager.after_page(10, 10), PageEnd::Fetch);
-        assert_eq!(pager.skip(), 10);
-    }
-
-    #[test]
-    fn a_short_page_is_the_last_and_entries_without_id_always_count() {
-        let mut pager = Pager::default();
-        assert!(pager.admit(None));
-        pager.stays(None);
-        assert!(pager.admit(None));
-        assert_eq!(pager.skip(), 1);
-        assert_eq!(pager.after_page(2, 100), PageEnd::Last);
-    }
-
-    #[test]
-    fn three_stock_failures_in_a_row_end_the_cycle() {
-        let mut s = Streaks::default();
-        assert_eq!(s.record(&deferred(Deferral::Unavailable)), None);
-        assert_eq!(s.record(&deferred(Deferral::Unavailable)), None);
-        assert!(
-            s.record(&deferred(Deferral::Unavailable))
-                .unwrap()
-                .contains("Stock Service")
-        );
-    }
-
-    #[test]
-    fn decreases_without_a_reply_count_against_the_stock_service() {
-        let mut s = Streaks::default();
-        let unknown = Outcome::Unknown {
-            reason: "no reply".into(),
-        };
-        assert_eq!(s.record(&unknown), None);
-        assert_eq!(s.record(&deferred(Deferral::Unavailable)), None);
-        assert!(s.record(&unknown).is_some());
-    }
-
-    #[test]
-    fn a_success_resets_the_streak() {
-        let mut s = Streaks::default();
-        s.record(&deferred(Deferral::Unavailable));
-        s.record(&deferred(Deferral::Unavailable));
-        assert_eq!(
-            s.record(&Outcome::Blocked {
-                reason: "Insufficient stock".into()
-            }),
-            None
-        );
-        assert_eq!(s.record(&deferred(Deferral::Unavailable)), None);
-        assert_eq!(s.record(&deferred(Deferral::Unavailable)), None);
-    }
-
-    #[test]
-    fn order_service_failures_count_separately_and_fatal_ends_at_once() {
-        let mut s = Streaks::default();
-        let pending = Outcome::Pending {
-            status: OrderStatus::Ready,
-            reason: "502".into(),
-        };
-        assert_eq!(s.record(&pending), None);
-        assert_eq!(s.record(&pending), None);
-        assert!(s.record(&pending).unwrap().contains("Order Service"));
-        assert!(
-            Streaks::default()
-                .record(&deferred(Deferral::Fatal))
-                .is_some()
-        );
-    }
-
-    #[test]
-    fn only_a_clean_cycle_is_complete() {
-        assert!(CycleReport::default().complete());
-        assert!(
-            !CycleReport {
-                deferred: 1,
-                ..Default::default()
-            }
-            .complete()
-        );
-        assert!(
-            !CycleReport {
-                pending: 1,
-                ..Default::default()
-            }
-            .complete()
-        );
-        assert!(
-            !CycleReport {
-                list_failed: true,
-                ..Default::default()
-            }
-            .complete()
-        );
-        assert!(
-            !CycleReport {
-                ended_early: Some("x".into()),
-                ..Default::default()
-            }
-            .complete()
-        );
-        assert!(
-            CycleReport {
-                unknown: 2,
-                ready: 3,
-                blocked: 1,
-                ..Default::default()
-            }
-            .complete()
-        );
-    }
 }

@@ -71,6 +71,8 @@ impl Drop for Replica {
 
 struct Figures {
     orders: usize,
+    /// From the replicas' start until no order is registered.
+    drained_in: Duration,
     kills: usize,
     by_status: BTreeMap<String, usize>,
     violations: Vec<String>,
@@ -91,6 +93,7 @@ fn chaos(name: &str, knobs: Knobs) -> Figures {
     stack.seed_orders(orders, &mut rng);
 
     let state = |i: u64| -> PathBuf { dir.join(format!("state-{i}.jsonl")) };
+    let started = Instant::now();
     let mut replicas: Vec<Replica> = (0..REPLICAS)
         .map(|shard| Replica {
             shard,
@@ -125,6 +128,7 @@ fn chaos(name: &str, knobs: Knobs) -> Figures {
             victim.start(&stack);
         }
     }
+    let drained_in = started.elapsed();
     for r in &mut replicas {
         r.signal(libc::SIGTERM);
     }
@@ -146,13 +150,16 @@ fn chaos(name: &str, knobs: Knobs) -> Figures {
     let _ = std::fs::remove_dir_all(&dir);
     let figures = Figures {
         orders,
+        drained_in,
         kills,
         by_status: stack.count_by_status(),
         violations,
     };
     println!(
-        "chaos {name}: orders {} kills {} by status {:?} unknowns {} violations {}",
+        "chaos {name}: orders {} in {:.1} s ({:.0} orders/s) kills {} by status {:?} unknowns {} violations {}",
         figures.orders,
+        figures.drained_in.as_secs_f64(),
+        figures.orders as f64 / figures.drained_in.as_secs_f64(),
         figures.kills,
         figures.by_status,
         figures.by_status.get("unknown").copied().unwrap_or(0),

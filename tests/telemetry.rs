@@ -108,12 +108,20 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     let orders = named("order");
     assert_eq!(orders.len(), 5);
     let order_ids: HashSet<&[u8]> = orders.iter().map(|s| s.span_id.as_slice()).collect();
+    // Each order is the root of a trace of its own, linked to the cycle.
+    let order_of_trace: HashMap<&[u8], &Span> =
+        orders.iter().map(|s| (s.trace_id.as_slice(), *s)).collect();
+    assert_eq!(order_of_trace.len(), 5, "one trace per order");
     for order in &orders {
-        assert_eq!(
-            order.parent_span_id, cycle.span_id,
-            "order spans are children of the cycle"
+        assert!(order.parent_span_id.is_empty(), "an order span is a root");
+        assert_ne!(order.trace_id, cycle.trace_id);
+        assert!(
+            order
+                .links
+                .iter()
+                .any(|l| l.trace_id == cycle.trace_id && l.span_id == cycle.span_id),
+            "an order span links to its cycle"
         );
-        assert_eq!(order.trace_id, cycle.trace_id);
         let a = attrs(&order.attributes);
         assert_eq!(a["ordermanagement.order.outcome"], "ready");
         assert!(
@@ -125,8 +133,9 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     assert_eq!(decreases.len(), 5);
     for d in &decreases {
         assert_eq!(d.kind, SpanKind::Client as i32);
-        assert!(
-            order_ids.contains(d.parent_span_id.as_slice()),
+        let order = order_of_trace[d.trace_id.as_slice()];
+        assert_eq!(
+            d.parent_span_id, order.span_id,
             "a decrease is a child of its order"
         );
         let a = attrs(&d.attributes);
@@ -139,16 +148,26 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
         );
         assert_eq!(a["http.response.status_code"], "200");
     }
-    assert_eq!(named("PUT /orders/{id}").len(), 5);
+    let puts = named("PUT /orders/{id}");
+    assert_eq!(puts.len(), 5);
+    for p in &puts {
+        let order = order_of_trace[p.trace_id.as_slice()];
+        assert_eq!(p.parent_span_id, order.span_id, "{p:?}");
+    }
     let lists = named("GET /orders/status/{status}");
     assert!(!lists.is_empty());
-    assert!(lists.iter().all(|s| s.parent_span_id == cycle.span_id));
+    assert!(
+        lists
+            .iter()
+            .all(|s| s.parent_span_id == cycle.span_id && s.trace_id == cycle.trace_id)
+    );
 
-    // The services received traceparent headers of those very client spans.
-    let client_spans: HashSet<String> = spans
+    // The services received traceparent headers of those very client spans, in the
+    // trace of the order each call was made for (the page fetches in the cycle's).
+    let client_spans: HashMap<String, &Span> = spans
         .iter()
         .filter(|s| s.kind == SpanKind::Client as i32)
-        .map(|s| hex(&s.span_id))
+        .map(|s| (hex(&s.span_id), s))
         .collect();
     let traceparents = stack.traceparents();
     assert_eq!(
@@ -159,11 +178,10 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     for tp in &traceparents {
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!(parts.len(), 4, "{tp}");
-        assert_eq!(parts[1], hex(&cycle.trace_id), "{tp}");
-        assert!(
-            client_spans.contains(parts[2]),
-            "{tp} names an exported client span"
-        );
+        let span = client_spans
+            .get(parts[2])
+            .unwrap_or_else(|| panic!("{tp} names an exported client span"));
+        assert_eq!(parts[1], hex(&span.trace_id), "{tp}");
     }
 
     // Metrics: names and units.
@@ -196,7 +214,6 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
 
     // Logs: the order lines carry the trace and span of their order.
     let mut with_trace = 0;
-    let trace_id = hex(&cycle.trace_id);
     for body in sink.bodies("/v1/logs") {
         let request = ExportLogsServiceRequest::decode(body.as_slice()).expect("OTLP logs decode");
         for rl in request.resource_logs {
@@ -208,7 +225,8 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
                         "exporter messages stay out of OTLP: {body}"
                     );
                     if body.contains(": ready") {
-                        assert_eq!(hex(&record.trace_id), trace_id, "{body}");
+                        let order = order_of_trace[record.trace_id.as_slice()];
+                        assert_eq!(record.span_id, order.span_id, "{body}");
                         assert!(order_ids.contains(record.span_id.as_slice()), "{body}");
                         with_trace += 1;
                     }

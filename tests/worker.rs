@@ -372,10 +372,12 @@ fn a_stock_service_that_stalls_every_decrease_ends_the_cycle_early_in_bounded_ti
     let started = Instant::now();
     let report = cycle(&c);
     let elapsed = started.elapsed();
-    // 3 orders in a row, each tried twice (a slow failure is retried only once).
-    assert_eq!(server.calls("POST", "/stocks/decrease").len(), 6);
+    // The first stall puts the Stock Service out; after the cool-down one probe (order
+    // 1's retry, its last: a slow failure is retried only once) stalls, and a second
+    // probe (order 2) too: down for the cycle, three stall lengths in all.
+    assert_eq!(server.calls("POST", "/stocks/decrease").len(), 3);
     assert!(server.calls("PUT", "/orders/1").is_empty());
-    assert_eq!(report.deferred, 3);
+    assert_eq!(report.deferred, 2);
     assert!(
         report
             .ended_early
@@ -538,11 +540,15 @@ fn simulated_failures_block_orders_without_calling_the_stock_service() {
     let mut c = config(&shop.server.url(), &shop.server.url());
     c.error_rate = 1.0;
     c.max_retries = 0;
-    let report = cycle(&c);
+    let mut worker = Worker::new(&c, Stop::new());
+    worker.set_waiting_cap(5);
+    let report = worker.cycle();
     assert!(shop.server.calls("POST", "/stocks/decrease").is_empty());
-    // The status step fails too at rate 1: every order is decided blocked, status pending.
-    assert_eq!(report.pending, 3, "ended after three in a row: {report:?}");
-    assert!(report.ended_early.is_some());
+    // The status step fails too at rate 1: every order taken is decided blocked, its
+    // status pending; at the cap of waiting and pending orders, no more are taken.
+    assert_eq!(report.pending, 5, "{report:?}");
+    assert_eq!(shop.count("registered"), 20);
+    assert!(report.ended_early.as_deref().unwrap().contains("pending"));
 }
 
 #[test]
@@ -582,7 +588,7 @@ fn a_stock_service_that_refuses_connections_leaves_orders_registered_not_unknown
     });
     let report = cycle(&config(&server.base_url(), &stocks));
     any_put.assert_calls(0);
-    assert_eq!((report.deferred, report.unknown), (3, 0), "{report:?}");
+    assert_eq!((report.deferred, report.unknown), (5, 0), "{report:?}");
     assert!(
         report
             .ended_early

@@ -1,0 +1,188 @@
+//! How often and how long to wait between the attempts of one call. The policy only
+//! decides; the waiting is scheduled by the cycle (see [`crate::schedule`]), so a
+//! failed call never puts the worker to sleep while other orders could go on.
+
+use std::time::Duration;
+
+use crate::http::CallError;
+
+/// The retry policy of every call the worker makes.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first.
+    pub max_retries: u32,
+    /// The first delay; doubled for each further retry.
+    pub base: Duration,
+    /// The longest delay, and the cap on a honoured `Retry-After`.
+    pub cap: Duration,
+}
+
+/// Where a call stands between its attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attempts {
+    /// Attempts made so far.
+    pub made: u32,
+    /// One of them failed slowly (after more than the HTTP timeout).
+    pub slow_seen: bool,
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `retry` (0 for the first retry): exponential with
+    /// "equal jitter" (half fixed, half random, `jitter` in `[0, 1)`), or the
+    /// service's `Retry-After` when it asks for longer, both capped.
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << retry.min(20))
+            .min(self.cap);
+        let half = exp / 2;
+        let backoff = half + half.mul_f64(jitter.clamp(0.0, 1.0));
+        match retry_after {
+            Some(asked) if asked > backoff => asked.min(self.cap),
+            _ => backoff,
+        }
+    }
+
+    /// After an attempt failed with `error`: how long to wait before the next one, or
+    /// `None` when the call has failed for good. Only [`CallError::Transient`] is
+    /// retried, at most `max_retries` times, and after a slow failure only once more.
+    /// `attempts` is updated with the failed attempt.
+    pub fn after_failure(
+        &self,
+        attempts: &mut Attempts,
+        error: &CallError,
+        jitter: f64,
+    ) -> Option<Duration> {
+        let retry = attempts.made;
+        attempts.made += 1;
+        let CallError::Transient {
+            retry_after, slow, ..
+        } = error
+        else {
+            return None;
+        };
+        let spent = retry >= self.max_retries || (*slow && attempts.slow_seen);
+        attempts.slow_seen |= *slow;
+        if spent {
+            return None;
+        }
+        Some(self.delay(retry, *retry_after, jitter))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_retries,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(5),
+        }
+    }
+
+    fn transient(slow: bool) -> CallError {
+        CallError::Transient {
+            detail: "502".into(),
+            retry_after: None,
+            slow,
+        }
+    }
+
+    /// Attempts a call whose every attempt fails with `error` makes, with `policy`.
+    fn attempts_until_given_up(policy: &RetryPolicy, error: &CallError) -> u32 {
+        let mut attempts = Attempts::default();
+        while policy.after_failure(&mut attempts, error, 0.5).is_some() {
+            assert!(attempts.made < 100, "never gives up");
+        }
+        attempts.made
+    }
+
+    #[test]
+    fn delay_doubles_with_jitter_and_caps() {
+        let p = RetryPolicy {
+            max_retries: 5,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+        };
+        assert_eq!(p.delay(0, None, 0.0), Duration::from_millis(100));
+        assert_eq!(p.delay(0, None, 0.999_999).as_millis(), 199);
+        assert_eq!(p.delay(1, None, 0.0), Duration::from_millis(200));
+        assert_eq!(p.delay(2, None, 1.0), Duration::from_millis(800));
+        assert_eq!(p.delay(10, None, 1.0), Duration::from_secs(5));
+        assert_eq!(p.delay(31, None, 1.0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_cap() {
+        let p = RetryPolicy {
+            max_retries: 5,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+        };
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(2)), 0.5),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(60)), 0.5),
+            Duration::from_secs(5)
+        );
+        // A Retry-After shorter than the backoff does not shorten it.
+        assert_eq!(
+            p.delay(2, Some(Duration::from_secs(0)), 0.0),
+            Duration::from_millis(400)
+        );
+    }
+
+    #[test]
+    fn transient_failures_are_retried_until_spent() {
+        assert_eq!(attempts_until_given_up(&policy(3), &transient(false)), 4);
+        assert_eq!(attempts_until_given_up(&policy(0), &transient(false)), 1);
+        let mut attempts = Attempts::default();
+        let first = policy(3).after_failure(&mut attempts, &transient(false), 0.0);
+        assert_eq!(first, Some(Duration::from_micros(500)));
+        let second = policy(3).after_failure(&mut attempts, &transient(false), 0.0);
+        assert_eq!(second, Some(Duration::from_millis(1)), "doubled");
+    }
+
+    #[test]
+    fn other_errors_are_not_retried() {
+        for e in [
+            CallError::Rejected {
+                status: 400,
+                reason: "Insufficient stock".into(),
+            },
+            CallError::InDoubt {
+                detail: "timeout".into(),
+            },
+            CallError::Fatal {
+                detail: "415".into(),
+            },
+        ] {
+            assert_eq!(attempts_until_given_up(&policy(3), &e), 1, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_slow_failure_is_retried_only_once() {
+        assert_eq!(attempts_until_given_up(&policy(5), &transient(true)), 2);
+        // A fast failure before the slow ones does not count as slow.
+        let mut attempts = Attempts::default();
+        let p = policy(5);
+        assert!(
+            p.after_failure(&mut attempts, &transient(false), 0.0)
+                .is_some()
+        );
+        assert!(
+            p.after_failure(&mut attempts, &transient(true), 0.0)
+                .is_some()
+        );
+        assert!(
+            p.after_failure(&mut attempts, &transient(true), 0.0)
+                .is_none()
+        );
+        assert_eq!(attempts.made, 3);
+    }
+}
