@@ -177,7 +177,7 @@ pub struct CommonArgs {
         global = true,
         env = "PAGE_SIZE",
         allow_negative_numbers = true,
-        default_value = "100",
+        default_value = "500",
         value_name = "N"
     )]
     pub page_size: String,

@@ -25,7 +25,7 @@ pub struct Config {
     pub decrease_timeout: Duration,
     /// Extra attempts for a transient failure of one call. Default 3.
     pub max_retries: u32,
-    /// Orders asked for per list call. Default 100.
+    /// Orders asked for per list call. Default 500.
     pub page_size: u32,
     /// Fetch and log only. Default off.
     pub dry_run: bool,
@@ -56,7 +56,7 @@ impl Default for Config {
             http_timeout: Duration::from_secs(5),
             decrease_timeout: Duration::from_secs(35),
             max_retries: 3,
-            page_size: 100,
+            page_size: 500,
             dry_run: false,
             state_file: None,
             shard: None,
@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(c.http_timeout, Duration::from_secs(5));
         assert_eq!(c.decrease_timeout, Duration::from_secs(35));
         assert_eq!(c.max_retries, 3);
-        assert_eq!(c.page_size, 100);
+        assert_eq!(c.page_size, 500);
         assert!(!c.dry_run);
     }
 

@@ -10,16 +10,15 @@ use std::collections::HashSet;
 /// until it leaves the list ([`Pager::left`]), so an order waiting for a retry keeps its
 /// place. Other replicas' orders (with `--shard`) do not count: their replicas remove
 /// them at their own pace; they are remembered, and only a full page holding nothing new
-/// moves `skip` past the ones on it. An id seen once in a cycle is never handled again
-/// in it, whatever the list returns (the same id twice on a page, a page repeated, an
-/// order listed again after it was set), and a page identical to the one before ends
-/// the paging, so no page is fetched forever, even from a service that ignores `skip`.
+/// moves `skip` past the ones on it. An id this worker holds is never admitted twice,
+/// whatever the list returns (the same id twice on a page, a page repeated); one listed
+/// again after it left is the worker's to recognise (it remembers its recent
+/// decisions). A page identical to the one before ends the paging, so no page is
+/// fetched forever, even from a service that ignores `skip`.
 #[derive(Debug, Default)]
 pub struct Pager {
     skip: u64,
-    /// Every id this worker took this cycle.
-    seen: HashSet<u64>,
-    /// The ones of those still counted in `skip` (not known to have left the list).
+    /// The ids this worker took and counts in `skip` (not known to have left the list).
     held: HashSet<u64>,
     passed: HashSet<u64>,
     new_in_page: u32,
@@ -57,7 +56,7 @@ impl Pager {
                 self.passed_in_page += 1;
                 false
             }
-            Some(id) if self.seen.contains(&id) => false,
+            Some(id) if self.held.contains(&id) => false,
             _ => {
                 self.new_in_page += 1;
                 true
@@ -70,7 +69,6 @@ impl Pager {
     pub fn holds(&mut self, id: Option<u64>) {
         self.skip += 1;
         if let Some(id) = id {
-            self.seen.insert(id);
             self.held.insert(id);
         }
     }
@@ -81,11 +79,6 @@ impl Pager {
         if self.held.remove(&id) {
             self.skip = self.skip.saturating_sub(1);
         }
-    }
-
-    /// Ids taken this cycle.
-    pub fn taken(&self) -> usize {
-        self.seen.len()
     }
 
     /// The admitted entry is another replica's: remembered, `skip` unchanged.
@@ -268,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn an_id_taken_once_is_never_admitted_again_in_the_cycle() {
+    fn an_id_held_is_never_admitted_twice() {
         let mut pager = Pager::default();
         // The same id four times on one page: taken once.
         let taken: Vec<bool> = [7, 7, 7, 7]
@@ -282,10 +275,12 @@ mod tests {
             })
             .collect();
         assert_eq!(taken, [true, false, false, false]);
-        // It left the list (set ready), and a stale list shows it again: still not new.
+        assert_eq!(pager.skip(), 1);
+        // It left the list: listed again, it is the worker's recent decisions that
+        // recognise it.
         pager.left(7);
-        assert!(!pager.admit(Some(7)));
-        assert_eq!(pager.taken(), 1);
+        assert_eq!(pager.skip(), 0);
+        assert!(pager.admit(Some(7)));
     }
 
     #[test]

@@ -368,8 +368,9 @@ impl Journey {
         }
     }
 
-    /// One attempt of the status update; a simulated failure (at ERROR_RATE) counts as
-    /// a transient failure of one attempt, and is an event on the order's span.
+    /// One attempt of the status update. A simulated failure (at ERROR_RATE) is an event
+    /// on the order's span and uses up one attempt, but the next attempt follows at
+    /// once: no service failed, so there is nothing to back off from.
     fn set_status(&mut self, mut task: Task, status: OrderStatus, reason: String) -> Ran {
         let order = task.order;
         let started = std::time::Instant::now();
@@ -397,6 +398,20 @@ impl Journey {
             Ok(()) => {
                 self.journal_finished(&order);
                 StepEnd::Finished(task, after_status_update(status, reason, Ok(())))
+            }
+            Err(error) if call.is_none() => {
+                task.attempts.made += 1;
+                if task.attempts.made > self.policy.max_retries {
+                    StepEnd::Finished(task, after_status_update(status, reason, Err(error)))
+                } else {
+                    log::warn!(
+                        "order {}: status update failed (attempt {} of {}): {error}; retrying at once",
+                        order.id,
+                        task.attempts.made,
+                        self.policy.max_retries + 1
+                    );
+                    StepEnd::Then(task, Service::Orders)
+                }
             }
             Err(error) => match self.retry(&mut task, &error, "status update", started) {
                 Some(delay) => StepEnd::Again(task, Service::Orders, delay),

@@ -17,6 +17,9 @@ pub struct CycleReport {
     pub deferred: u64,
     /// Decided but status not set (stock taken for `ready`), after this cycle's retries.
     pub pending: u64,
+    /// `run` only: orders still waiting for a retry when the cycle ended; they go on
+    /// during the interval and in the next cycle.
+    pub waiting: u64,
     /// Listed entries that could not be acted on (bad data) or whose status update was refused.
     pub skipped: u64,
     /// Orders only logged because of `--dry-run`.

@@ -25,12 +25,13 @@ use opentelemetry::trace::{SpanContext, SpanKind};
 /// Orders that may wait for a retry at once. At the cap, no new order is taken until
 /// one of them is done; pending status updates count too, so that a failing Order
 /// Service cannot pile up decided orders without bound.
-pub const WAITING_CAP: usize = 256;
+pub const WAITING_CAP: usize = 1024;
 
 /// Orders this process decided (`ready`, `blocked`, `unknown`) that it remembers: one
 /// listed as `registered` again (a service that lost the update, or a stale list) gets
-/// only its status update again, never a second decrease. About 40 bytes each.
-pub const RECENT_DECISIONS: usize = 20_000;
+/// only its status update again, never a second decrease. About 40 bytes each: 400 KB
+/// once full, whatever the backlog.
+pub const RECENT_DECISIONS: usize = 10_000;
 
 /// The most orders one cycle takes (a list that never ends must not keep `once` from
 /// returning); the rest wait for the next cycle.
@@ -100,11 +101,53 @@ struct Cycle {
     page_attempts: Attempts,
     /// Status updates resumed in this cycle (they are not in the list's count yet).
     resumed: HashSet<u64>,
+    /// Decided orders listed again whose status was sent again in this cycle: the
+    /// list is not trusted about them, they stay counted in `skip`.
+    resent: HashSet<u64>,
     report: CycleReport,
     link: Option<SpanContext>,
+    /// `run`: the cycle ends once the list is done and nothing is due, and the orders
+    /// still waiting for a retry carry over (they run during the interval and into the
+    /// next cycle). `once` waits for them.
+    carry: bool,
 }
 
 impl Cycle {
+    /// A cycle, with the orders left waiting by the one before (in `run`).
+    fn new(
+        rules: Rules,
+        cap: usize,
+        carried: Option<Cycle>,
+        link: Option<SpanContext>,
+        carry: bool,
+    ) -> Cycle {
+        let (scheduler, report, resumed) = match carried {
+            Some(before) => {
+                let mut scheduler = before.scheduler;
+                scheduler.reset_health();
+                let resumed = scheduler.tasks().map(|t| t.order().id).collect();
+                (scheduler, before.report, resumed)
+            }
+            None => (
+                Scheduler::new(rules, cap),
+                CycleReport::default(),
+                HashSet::new(),
+            ),
+        };
+        Cycle {
+            scheduler,
+            pager: Pager::default(),
+            page: VecDeque::new(),
+            next_page: Some(Instant::now()),
+            page_attempts: Attempts::default(),
+            resumed,
+            resent: HashSet::new(),
+            report,
+            link,
+            carry,
+        }
+    }
+
     /// No more new orders in this cycle; the rest stay registered.
     fn end_list(&mut self, why: String) {
         self.page.clear();
@@ -199,9 +242,15 @@ impl Worker {
     /// requested. Returns the last cycle's report.
     pub fn run_loop(&mut self, interval: Duration) -> CycleReport {
         log::info!("worker started: a cycle every {} s", interval.as_secs_f64());
+        let mut carried = None;
         loop {
-            let report = self.cycle();
-            if self.stop.requested() || !self.stop.sleep(interval) {
+            let (report, cycle) = self.cycle_with(carried.take(), true);
+            carried = if self.stop.requested() {
+                None
+            } else {
+                self.between_cycles(cycle, interval)
+            };
+            if carried.is_none() {
                 log::info!("stop requested: worker stopping");
                 return report;
             }
@@ -211,22 +260,26 @@ impl Worker {
     /// One cycle: the pending status updates and every order registered at its start,
     /// until nothing is left that can run.
     pub fn cycle(&mut self) -> CycleReport {
+        self.cycle_with(None, false).0
+    }
+
+    /// A cycle; with `carry`, it ends once the list is done and nothing is due, and the
+    /// orders still waiting for a retry are handed back with it.
+    fn cycle_with(&mut self, carried: Option<Cycle>, carry: bool) -> (CycleReport, Cycle) {
         let started = Instant::now();
         let scope = Scope::start("cycle", SpanKind::Internal, self.shard_attribute());
-        let mut cycle = Cycle {
-            scheduler: Scheduler::new(self.rules.clone(), self.waiting_cap),
-            pager: Pager::default(),
-            page: VecDeque::new(),
-            next_page: Some(started),
-            page_attempts: Attempts::default(),
-            resumed: HashSet::new(),
-            report: CycleReport::default(),
-            link: Some(scope.span_context()),
-        };
+        let mut cycle = Cycle::new(
+            self.rules.clone(),
+            self.waiting_cap,
+            carried,
+            Some(scope.span_context()),
+            carry,
+        );
         self.resume_pending(&mut cycle);
         self.run(&mut cycle);
-        let mut report = cycle.report;
+        let mut report = std::mem::take(&mut cycle.report);
         report.pending = self.pending.len() as u64;
+        report.waiting = cycle.scheduler.len() as u64;
         report.duration = started.elapsed();
         log_summary(&report);
         if let Some(heartbeat) = &mut self.heartbeat {
@@ -260,7 +313,64 @@ impl Worker {
         if !report.list_failed && report.ended_early.is_none() {
             metrics.orders_registered.record(report.fetched, &shard);
         }
-        report
+        (report, cycle)
+    }
+
+    /// Between two cycles of `run`: the orders carried over run when their retry is
+    /// due, until `interval` has passed; outcomes reached meanwhile count in the next
+    /// cycle's report. `None` after a stop request.
+    fn between_cycles(&mut self, mut cycle: Cycle, interval: Duration) -> Option<Cycle> {
+        let end = Instant::now() + interval;
+        cycle.link = None;
+        loop {
+            if self.stop.requested() {
+                self.abandon_all(&mut cycle);
+                return None;
+            }
+            let work = Work {
+                new_orders: false,
+                page_low: true,
+                next_page: Some(end),
+                held: self.pending.len(),
+            };
+            match cycle.scheduler.next(Instant::now(), work) {
+                Next::Run(task) => self.run_task(&mut cycle, task),
+                Next::Sleep(duration) => {
+                    self.stop.sleep(duration);
+                }
+                Next::Abandon(service, tasks) => self.abandon(&mut cycle, service, tasks),
+                // The interval is over (or a service is down until the next cycle).
+                Next::FetchPage | Next::EndList(_) | Next::Done | Next::NewOrder => {
+                    self.stop
+                        .sleep(end.saturating_duration_since(Instant::now()));
+                    return Some(cycle);
+                }
+            }
+        }
+    }
+
+    /// After a stop request: every waiting order is left as it is (nothing taken yet:
+    /// registered; decided: its status update pending).
+    fn abandon_all(&mut self, cycle: &mut Cycle) {
+        for task in cycle.scheduler.drain() {
+            let outcome = task.abandon("stop requested", Deferral::Stopped);
+            self.finish(cycle, task, outcome);
+        }
+    }
+
+    /// A service is down: the orders waiting for it stay for the next cycle.
+    fn abandon(&mut self, cycle: &mut Cycle, service: Service, tasks: Vec<Task>) {
+        let why = cycle
+            .scheduler
+            .health(service)
+            .down()
+            .unwrap_or("out of use")
+            .to_string();
+        for task in tasks {
+            let outcome = task.abandon(&why, Deferral::Unavailable);
+            self.finish(cycle, task, outcome);
+        }
+        cycle.end_list(why);
     }
 
     fn shard_attribute(&self) -> Vec<KeyValue> {
@@ -291,15 +401,13 @@ impl Worker {
     fn run(&mut self, cycle: &mut Cycle) {
         loop {
             if self.stop.requested() {
-                for task in cycle.scheduler.drain() {
-                    let outcome = task.abandon("stop requested", Deferral::Stopped);
-                    self.finish(cycle, task, outcome);
-                }
+                self.abandon_all(cycle);
                 cycle.end_list("stop requested".into());
                 return;
             }
             let work = Work {
                 new_orders: !cycle.page.is_empty(),
+                page_low: cycle.page.len() <= self.page_size as usize / 2,
                 next_page: cycle.next_page,
                 held: self.pending.len(),
             };
@@ -314,22 +422,16 @@ impl Worker {
                     self.run_task(cycle, task);
                 }
                 Next::FetchPage => self.fetch_page(cycle),
+                // With the list done, `run` carries the waiting orders over.
+                Next::Sleep(_)
+                    if cycle.carry && cycle.page.is_empty() && cycle.next_page.is_none() =>
+                {
+                    return;
+                }
                 Next::Sleep(duration) => {
                     self.stop.sleep(duration);
                 }
-                Next::Abandon(service, tasks) => {
-                    let why = cycle
-                        .scheduler
-                        .health(service)
-                        .down()
-                        .unwrap_or("out of use")
-                        .to_string();
-                    for task in tasks {
-                        let outcome = task.abandon(&why, Deferral::Unavailable);
-                        self.finish(cycle, task, outcome);
-                    }
-                    cycle.end_list(why);
-                }
+                Next::Abandon(service, tasks) => self.abandon(cycle, service, tasks),
                 Next::EndList(service) => {
                     let why = cycle
                         .scheduler
@@ -389,13 +491,16 @@ impl Worker {
         }
     }
 
-    /// Fetches the page at the pager's `skip` and admits its entries.
+    /// Fetches the entries at the pager's `skip` that fill the page up (so that at most
+    /// a page of new orders is held) and admits them.
     fn fetch_page(&mut self, cycle: &mut Cycle) {
         let skip = cycle.pager.skip();
+        let limit = self
+            .page_size
+            .saturating_sub(cycle.page.len() as u32)
+            .max(1);
         let started = Instant::now();
-        let result = self
-            .journey
-            .list(skip, self.page_size, cycle.page_attempts.made);
+        let result = self.journey.list(skip, limit, cycle.page_attempts.made);
         let verdict = match &result {
             Ok(_) => crate::schedule::Verdict::Answered,
             Err(CallError::Fatal { detail }) => crate::schedule::Verdict::Broken(detail.clone()),
@@ -447,7 +552,7 @@ impl Worker {
         for entry in entries {
             self.admit(cycle, entry);
         }
-        cycle.next_page = match cycle.pager.after_page(len, self.page_size) {
+        cycle.next_page = match cycle.pager.after_page(len, limit) {
             PageEnd::Fetch => Some(Instant::now()),
             PageEnd::Last => None,
             PageEnd::NothingNew => {
@@ -457,7 +562,9 @@ impl Worker {
                 None
             }
         };
-        if cycle.pager.taken() >= MAX_ORDERS_PER_CYCLE && cycle.next_page.is_some() {
+        if cycle.report.fetched as usize + cycle.page.len() >= MAX_ORDERS_PER_CYCLE
+            && cycle.next_page.is_some()
+        {
             cycle.next_page = None;
             cycle.report.ended_early = Some(format!(
                 "{MAX_ORDERS_PER_CYCLE} orders taken in this cycle, the most one cycle takes; the rest waits for the next"
@@ -571,7 +678,9 @@ impl Worker {
                     _ => OrderStatus::Unknown,
                 };
                 self.recent.insert(order, status);
-                cycle.pager.left(order.id);
+                if !cycle.resent.contains(&order.id) {
+                    cycle.pager.left(order.id);
+                }
             }
             Outcome::Pending { status, reason } => {
                 self.pending.insert(
@@ -637,7 +746,7 @@ fn log_summary(r: &CycleReport) {
     log::log!(
         level,
         fetched = r.fetched, ready = r.ready, blocked = r.blocked, unknown = r.unknown,
-        deferred = r.deferred, pending = r.pending, skipped = r.skipped,
+        deferred = r.deferred, pending = r.pending, waiting = r.waiting, skipped = r.skipped,
         dry_run = r.dry_run, duration_ms = r.duration.as_millis() as u64;
         "cycle done in {} ms{}",
         r.duration.as_millis(),

@@ -279,7 +279,7 @@ fn once_with_nothing_registered_exits_0() {
         when.method(Method::GET)
             .path("/orders/status/registered")
             .query_param("skip", "0")
-            .query_param("limit", "100");
+            .query_param("limit", "500");
         then.status(200)
             .header("content-type", "application/json")
             .body("[]");

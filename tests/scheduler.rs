@@ -1,0 +1,217 @@
+//! The cycle as a scheduler, against services on loopback: a drain under heavy faults
+//! that ends with every order in a correct state, a stalling Stock Service that ends
+//! the cycle in bounded time while status updates still go through, and a stop
+//! request during a wait.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Action, Request, ScriptServer, late, order_json, reply};
+use ordermanagement::{Config, Stop, Worker};
+use standin::{Knobs, Stack, WOODS};
+
+fn config(orders: &str, stocks: &str) -> Config {
+    Config {
+        orders_url: orders.into(),
+        stocks_url: stocks.into(),
+        error_rate: 0.0,
+        http_timeout: Duration::from_millis(500),
+        decrease_timeout: Duration::from_secs(2),
+        max_retries: 3,
+        retry_base: Duration::from_millis(2),
+        retry_cap: Duration::from_millis(20),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_drain_under_30_percent_faults_ends_with_every_order_in_a_correct_state() {
+    let knobs = Knobs {
+        order_error_rate: 0.3,
+        stock_error_rate: 0.3,
+        ..Knobs::default()
+    };
+    let stack = Stack::start(0, 0, knobs).unwrap();
+    for wood in WOODS {
+        stack.add_stock(wood, 1_000_000);
+    }
+    let ids = stack.seed_orders(400, &mut fastrand::Rng::with_seed(7));
+    let mut c = config(&stack.orders_url(), &stack.stocks_url());
+    c.error_rate = 0.3;
+    c.page_size = 50;
+    let mut worker = Worker::new(&c, Stop::new());
+    let mut cycles = 0;
+    while stack.count_by_status().contains_key("registered") || worker.pending() > 0 {
+        cycles += 1;
+        assert!(
+            cycles <= 30,
+            "not drained in 30 cycles: {:?}",
+            stack.count_by_status()
+        );
+        worker.cycle();
+    }
+    assert_eq!(stack.violations(), Vec::<String>::new());
+    let by_status = stack.count_by_status();
+    let ready = by_status.get("ready").copied().unwrap_or(0);
+    let blocked = by_status.get("blocked").copied().unwrap_or(0);
+    assert_eq!(ready + blocked, ids.len(), "{by_status:?}");
+    // ERROR_RATE 0.3 blocks about 30% at the stock step; the rest are taken once each.
+    assert!((60..=180).contains(&blocked), "{by_status:?}");
+    assert_eq!(stack.ledger().len(), ready);
+}
+
+/// An Order Service that keeps statuses and pages like the real one, and a Stock
+/// Service; both replies decided by the test through `phase`.
+struct Shop {
+    server: ScriptServer,
+    statuses: Arc<Mutex<BTreeMap<u64, String>>>,
+}
+
+impl Shop {
+    fn start(
+        handler: impl Fn(&Request, &Mutex<BTreeMap<u64, String>>) -> Action + Send + Sync + 'static,
+    ) -> Shop {
+        let statuses: Arc<Mutex<BTreeMap<u64, String>>> = Arc::default();
+        let s = statuses.clone();
+        let server = ScriptServer::start(move |r: &Request| {
+            if r.method == "GET" {
+                let (skip, limit) = (r.query("skip").unwrap_or(0), r.query("limit").unwrap_or(10));
+                let page: Vec<_> = s
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, st)| *st == "registered")
+                    .skip(skip as usize)
+                    .take(limit as usize)
+                    .map(|(id, _)| order_json(*id, "oak", 1))
+                    .collect();
+                return reply(200, serde_json::Value::Array(page).to_string());
+            }
+            handler(r, &s)
+        });
+        Shop { server, statuses }
+    }
+
+    fn register(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut statuses = self.statuses.lock().unwrap();
+        for id in ids {
+            statuses.insert(id, "registered".into());
+        }
+    }
+
+    fn status(&self, id: u64) -> String {
+        self.statuses.lock().unwrap()[&id].clone()
+    }
+}
+
+fn set_status(r: &Request, statuses: &Mutex<BTreeMap<u64, String>>) -> Action {
+    let id: u64 = r.path()["/orders/".len()..].parse().unwrap();
+    let status = r.json()["order_status"].as_str().unwrap().to_string();
+    statuses.lock().unwrap().insert(id, status);
+    reply(200, "{}")
+}
+
+#[test]
+fn a_stalling_stock_service_ends_the_cycle_in_bounded_time_while_status_updates_go_through() {
+    // First cycle: decreases work, status updates fail: three orders pending.
+    // Second cycle: every decrease stalls 700 ms (more than the HTTP timeout) and ends in
+    // 500; each status update fails once, then goes through.
+    let stalling = Arc::new(AtomicBool::new(false));
+    let failed_once: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (st, failed) = (stalling.clone(), failed_once.clone());
+    let shop = Shop::start(move |r, statuses| match r.method.as_str() {
+        "POST" if st.load(Ordering::SeqCst) => late(
+            500,
+            r#"{"error": "Unexpected error during stock decrease (read)"}"#,
+            Duration::from_millis(700),
+        ),
+        "POST" => reply(200, r#"{"wood_type": "oak", "quantity": 1}"#),
+        "PUT" if !st.load(Ordering::SeqCst) => reply(502, r#"{"error": "Simulated API error"}"#),
+        "PUT" => {
+            let mut failed = failed.lock().unwrap();
+            if failed.contains(&r.path().to_string()) {
+                drop(failed);
+                set_status(r, statuses)
+            } else {
+                failed.push(r.path().to_string());
+                reply(502, r#"{"error": "Simulated API error"}"#)
+            }
+        }
+        _ => reply(404, "<html>not found</html>"),
+    });
+    shop.register(1..=3);
+    let mut c = config(&shop.server.url(), &shop.server.url());
+    c.max_retries = 1;
+    let mut worker = Worker::new(&c, Stop::new());
+    let first = worker.cycle();
+    assert_eq!(first.pending, 3, "{first:?}");
+
+    stalling.store(true, Ordering::SeqCst);
+    shop.register(4..=10);
+    let before = shop.server.requests().len();
+    let started = Instant::now();
+    let second = worker.cycle();
+    let elapsed = started.elapsed();
+
+    // The pending updates went through; no new order was decided.
+    for id in 1..=3 {
+        assert_eq!(shop.status(id), "ready", "order {id}");
+    }
+    for id in 4..=10 {
+        assert_eq!(shop.status(id), "registered", "order {id}");
+    }
+    assert_eq!((second.ready, second.pending), (3, 0), "{second:?}");
+    assert!(
+        second
+            .ended_early
+            .as_deref()
+            .is_some_and(|why| why.contains("Stock Service")),
+        "{second:?}"
+    );
+    // Bounded: three stalls (the first, then two failed probes) and the cool-downs.
+    let requests: Vec<Request> = shop.server.requests().split_off(before);
+    let posts: Vec<usize> = (0..requests.len())
+        .filter(|&i| requests[i].method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 3, "{requests:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // Status updates went on between the stalled decreases, not only before them.
+    let puts_between = (posts[0]..posts[2])
+        .filter(|&i| requests[i].method == "PUT")
+        .count();
+    assert!(puts_between > 0, "{requests:?}");
+}
+
+#[test]
+fn a_stop_request_while_orders_wait_for_their_retry_ends_the_cycle_at_once() {
+    let shop = Shop::start(|r, _| match r.method.as_str() {
+        "POST" => reply(503, r#"{"error": "busy"}"#),
+        _ => reply(404, "<html>not found</html>"),
+    });
+    shop.register(1..=2);
+    let mut c = config(&shop.server.url(), &shop.server.url());
+    // The first retry waits 5 to 10 s.
+    c.retry_base = Duration::from_secs(10);
+    c.retry_cap = Duration::from_secs(30);
+    let stop = Stop::new();
+    let mut worker = Worker::new(&c, stop.clone());
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stop.request();
+    });
+    let started = Instant::now();
+    let report = worker.cycle();
+    let elapsed = started.elapsed();
+    stopper.join().unwrap();
+    // Both orders failed once and waited for their retry: the stop request cut the
+    // wait, and they stay registered with nothing taken.
+    assert_eq!(shop.server.calls("POST", "/stocks/decrease").len(), 2);
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    assert_eq!(report.deferred, 2, "{report:?}");
+    assert_eq!(report.ended_early.as_deref(), Some("stop requested"));
+    assert_eq!(shop.status(1), "registered");
+}
