@@ -9,7 +9,9 @@ use std::io;
 use std::time::Duration;
 
 use ureq::Agent;
+use ureq::unversioned::transport::DefaultConnector;
 
+use crate::resolve::Resolver;
 use crate::telemetry::{HttpAttempt, propagation_headers};
 
 /// Longest piece of a reply body quoted in a log line.
@@ -114,14 +116,18 @@ impl CallError {
 pub struct Http {
     agent: Agent,
     timeout: Duration,
+    /// The agent's resolver, to forget a name that could not be reached.
+    resolver: Resolver,
 }
 
 impl Http {
     /// One agent for the process: connecting is bounded by `timeout`; each call sets
     /// the rest. Statuses are returned, not turned into errors, and redirects are not
     /// followed (the worker's endpoints never redirect; a redirect means a wrong URL).
+    /// Names are resolved by [`Resolver`]: once per [`crate::resolve::NAME_TTL`], not on
+    /// a thread per request as ureq's own resolver does when bounded by a timeout.
     pub fn new(timeout: Duration) -> Http {
-        let agent = Agent::config_builder()
+        let config = Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
@@ -132,9 +138,14 @@ impl Http {
             // decrease sent into that race ends in doubt. Open a fresh one instead.
             .max_idle_age(Duration::from_secs(1))
             .user_agent(concat!("ordermanagement/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
-        Http { agent, timeout }
+            .build();
+        let resolver = Resolver::new();
+        let agent = Agent::with_parts(config, DefaultConnector::new(), resolver.clone());
+        Http {
+            agent,
+            timeout,
+            resolver,
+        }
     }
 
     /// The HTTP timeout this agent was built with.
@@ -157,7 +168,7 @@ impl Http {
             .config()
             .timeout_global(Some(self.timeout))
             .build();
-        read_reply(request.call(), limit, attempt)
+        self.reply(url, request.call(), limit, attempt)
     }
 
     /// `PUT url` with a JSON body, the whole call bounded by the HTTP timeout.
@@ -176,7 +187,7 @@ impl Http {
             .config()
             .timeout_global(Some(self.timeout))
             .build();
-        read_reply(request.send(body), limit, attempt)
+        self.reply(url, request.send(body), limit, attempt)
     }
 
     /// `POST url` with a JSON body and an idempotency key. Connecting and sending are
@@ -203,7 +214,26 @@ impl Http {
             .timeout_recv_response(Some(reply_timeout))
             .timeout_recv_body(Some(self.timeout))
             .build();
-        read_reply(request.send(body), limit, attempt)
+        self.reply(url, request.send(body), limit, attempt)
+    }
+
+    /// The reply to a call to `url`. When the request could not be sent, the address its
+    /// host's name was resolved to may be stale: the next call looks it up again.
+    fn reply(
+        &self,
+        url: &str,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        limit: u64,
+        attempt: HttpAttempt,
+    ) -> Result<Reply, SendError> {
+        let reply = read_reply(result, limit, attempt);
+        if let Err(SendError::NotSent(_)) = &reply
+            && let Ok(uri) = url.parse::<ureq::http::Uri>()
+            && let Some(host) = uri.host()
+        {
+            self.resolver.forget(host);
+        }
+        reply
     }
 }
 
@@ -375,6 +405,17 @@ mod tests {
         for e in &no_reply {
             assert!(matches!(classify(e), SendError::NoReply(_)), "{e:?}");
         }
+    }
+
+    #[test]
+    fn a_name_that_cannot_be_reached_is_looked_up_again() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let http = Http::new(Duration::from_secs(2));
+        let result = http.get(&format!("http://localhost:{port}/"), "/", 0, 100);
+        assert!(matches!(result, Err(SendError::NotSent(_))), "{result:?}");
+        assert!(!http.resolver.is_kept(&format!("localhost:{port}")));
     }
 
     #[test]

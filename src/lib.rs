@@ -15,6 +15,7 @@ pub mod outcome;
 pub mod pager;
 pub mod process;
 pub mod report;
+pub mod resolve;
 pub mod retry;
 pub mod schedule;
 pub mod stock;

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,10 +169,16 @@ fn serve(
                 )
                 .into_bytes();
                 message.extend_from_slice(&body);
+                if close {
+                    // The close travels with the reply: the client has it before it
+                    // can send another request on this connection, however fast it is.
+                    hold_until_shutdown(&writer);
+                }
                 if writer.write_all(&message).is_err() {
                     return;
                 }
                 if close {
+                    let _ = writer.shutdown(Shutdown::Write);
                     return;
                 }
             }
@@ -182,6 +188,24 @@ fn serve(
             }
         }
     }
+}
+
+/// Holds what is written to `stream` until it is shut down (`TCP_CORK`), so that the
+/// FIN goes out in the same segment as the last data.
+fn hold_until_shutdown(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_CORK: {}", std::io::Error::last_os_error());
 }
 
 /// Sleeps unless the server stops first; false if it did.
