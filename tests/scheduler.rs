@@ -119,7 +119,8 @@ fn set_status(r: &Request, statuses: &Mutex<BTreeMap<u64, String>>) -> Action {
 fn a_stalling_stock_service_ends_the_cycle_in_bounded_time_while_status_updates_go_through() {
     // First cycle: decreases work, status updates fail: three orders pending.
     // Second cycle: every decrease stalls 700 ms (more than the HTTP timeout) and ends in
-    // 500; each status update fails once, then goes through.
+    // 500; each status update fails once, then goes through, its retry due while the
+    // first decrease stalls.
     let stalling = Arc::new(AtomicBool::new(false));
     let failed_once: Arc<Mutex<Vec<String>>> = Arc::default();
     let (st, failed) = (stalling.clone(), failed_once.clone());
@@ -172,18 +173,19 @@ fn a_stalling_stock_service_ends_the_cycle_in_bounded_time_while_status_updates_
             .is_some_and(|why| why.contains("Stock Service")),
         "{second:?}"
     );
-    // Bounded: three stalls (the first, then two failed probes) and the cool-downs.
+    // Bounded: one stall takes the Stock Service out of the cycle.
     let requests: Vec<Request> = shop.server.requests().split_off(before);
     let posts: Vec<usize> = (0..requests.len())
         .filter(|&i| requests[i].method == "POST")
         .collect();
-    assert_eq!(posts.len(), 3, "{requests:?}");
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    // Status updates went on between the stalled decreases, not only before them.
-    let puts_between = (posts[0]..posts[2])
-        .filter(|&i| requests[i].method == "PUT")
+    assert_eq!(posts.len(), 1, "{requests:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    // Status updates went on after the Stock Service stalled, not only before.
+    let puts_after = requests[posts[0]..]
+        .iter()
+        .filter(|r| r.method == "PUT")
         .count();
-    assert!(puts_between > 0, "{requests:?}");
+    assert!(puts_after > 0, "{requests:?}");
 }
 
 #[test]
