@@ -262,8 +262,7 @@ fn read_reply(
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let body = response
         .body_mut()
         .with_config()
@@ -279,6 +278,51 @@ fn read_reply(
         body,
         retry_after,
     })
+}
+
+/// A `Retry-After` value: delay-seconds, or an HTTP date (`Sun, 06 Nov 1994 08:49:37
+/// GMT`, the IMF-fixdate every current server sends) turned into the time left until
+/// it, zero when it is past. The obsolete RFC 850 and asctime forms are not read.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = imf_fixdate(value)?;
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn imf_fixdate(text: &str) -> Option<u64> {
+    let (_weekday, rest) = text.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let day: i64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
+    let year: i64 = year.parse().ok().filter(|y| (1970..=9999).contains(y))?;
+    let hms: Vec<u64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let [h, m, s] = hms[..] else { return None };
+    if h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 of a civil date (the inverse of logging's conversion).
+    let (y, mp) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days).ok().map(|d| d * 86_400 + h * 3_600 + m * 60 + s)
 }
 
 /// `error.type` of a call that got no reply.
@@ -416,6 +460,35 @@ mod tests {
         let result = http.get(&format!("http://localhost:{port}/"), "/", 0, 100);
         assert!(matches!(result, Err(SendError::NotSent(_))), "{result:?}");
         assert!(!http.resolver.is_kept(&format!("localhost:{port}")));
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        let now = SystemTime::now();
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example).
+        let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+        assert_eq!(imf_fixdate(date), Some(784_111_777));
+        assert_eq!(
+            parse_retry_after(date, at(784_111_777 - 30)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after(date, at(784_111_777 + 5)), Some(Duration::ZERO));
+        assert_eq!(imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(imf_fixdate("Tue, 29 Feb 2028 23:59:59 GMT"), Some(1_835_481_599));
+        for bad in [
+            "soon",
+            "-5",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+        }
     }
 
     #[test]

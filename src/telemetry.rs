@@ -67,6 +67,9 @@ pub struct Settings {
     pub notes: Vec<(log::Level, String)>,
     /// OTEL_EXPORTER_OTLP_TIMEOUT, for the HTTP client.
     pub export_timeout: Duration,
+    /// OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_TIMEOUT, where set (traces, metrics,
+    /// logs): they win over the shared one, for the request as for the exporter.
+    pub signal_timeouts: [Option<Duration>; 3],
     /// OTEL_PROPAGATORS asks for baggage as well as tracecontext (its default,
     /// `tracecontext,baggage`, does).
     pub baggage: bool,
@@ -85,9 +88,15 @@ impl Settings {
                 .filter(|v| !v.is_empty())
         };
         let mut notes = Vec::new();
-        let export_timeout = get("OTEL_EXPORTER_OTLP_TIMEOUT")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(Duration::from_secs(10), Duration::from_millis);
+        let millis = |name: &str| {
+            get(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+        };
+        let export_timeout =
+            millis("OTEL_EXPORTER_OTLP_TIMEOUT").unwrap_or(Duration::from_secs(10));
+        let signal_timeouts = Signal::ALL
+            .map(|signal| millis(&format!("OTEL_EXPORTER_OTLP_{}_TIMEOUT", signal.upper())));
         let baggage = get("OTEL_PROPAGATORS")
             .filter(|p| !p.trim().is_empty())
             .is_none_or(|p| p.split(',').any(|p| p.trim() == "baggage"));
@@ -101,6 +110,7 @@ impl Settings {
             logs: false,
             notes,
             export_timeout,
+            signal_timeouts,
             baggage,
             default_service_name,
             default_service_version,
@@ -185,6 +195,12 @@ impl Settings {
 
     pub fn any(&self) -> bool {
         self.traces || self.metrics || self.logs
+    }
+
+    /// The time one export request of `signal` may take.
+    pub fn timeout(&self, signal: Signal) -> Duration {
+        let i = Signal::ALL.iter().position(|s| *s == signal).unwrap_or(0);
+        self.signal_timeouts[i].unwrap_or(self.export_timeout)
     }
 }
 
@@ -305,7 +321,7 @@ impl Telemetry {
                 .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))]);
         }
         let resource = resource.with_attributes(extra).build();
-        let client = |signal| UreqClient::new(signal, settings.export_timeout);
+        let client = |signal| UreqClient::new(signal, settings.timeout(signal));
         if settings.traces {
             match http_export(
                 opentelemetry_otlp::SpanExporter::builder().with_http(),
@@ -848,6 +864,14 @@ mod tests {
         ]);
         assert!(s.baggage && !s.default_service_name);
         assert_eq!(s.export_timeout, Duration::from_millis(2500));
+        assert_eq!(s.timeout(Signal::Traces), Duration::from_millis(2500));
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "700"),
+        ]);
+        assert_eq!(s.timeout(Signal::Logs), Duration::from_millis(700));
+        assert_eq!(s.timeout(Signal::Metrics), Duration::from_millis(2500));
         let propagators = |p: &str| {
             settings(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
