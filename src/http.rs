@@ -306,7 +306,10 @@ fn imf_fixdate(text: &str) -> Option<u64> {
     let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
     let day: i64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
     let year: i64 = year.parse().ok().filter(|y| (1970..=9999).contains(y))?;
-    let hms: Vec<u64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     let [h, m, s] = hms[..] else { return None };
     if h > 23 || m > 59 || s > 60 {
         return None;
@@ -322,7 +325,9 @@ fn imf_fixdate(text: &str) -> Option<u64> {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days).ok().map(|d| d * 86_400 + h * 3_600 + m * 60 + s)
+    u64::try_from(days)
+        .ok()
+        .map(|d| d * 86_400 + h * 3_600 + m * 60 + s)
 }
 
 /// `error.type` of a call that got no reply.
@@ -475,9 +480,15 @@ mod tests {
             parse_retry_after(date, at(784_111_777 - 30)),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after(date, at(784_111_777 + 5)), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after(date, at(784_111_777 + 5)),
+            Some(Duration::ZERO)
+        );
         assert_eq!(imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(imf_fixdate("Tue, 29 Feb 2028 23:59:59 GMT"), Some(1_835_481_599));
+        assert_eq!(
+            imf_fixdate("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
         for bad in [
             "soon",
             "-5",

@@ -34,6 +34,9 @@ const THREADS: usize = 8;
 pub struct Knobs {
     /// Share of Order Service calls answered `502` (`500` for create) before any change.
     pub order_error_rate: f64,
+    /// Share of status updates (`PUT /orders/<id>`) answered `502` before any change, on
+    /// top of `order_error_rate`.
+    pub status_error_rate: f64,
     /// Share of decreases answered `500` before any change.
     pub stock_error_rate: f64,
     /// Share of decreases answered `500` *after* the stock was taken.
@@ -448,7 +451,10 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
         r.location = Some("/orders/");
         return r;
     }
-    let error_rate = shared.knobs.lock().unwrap().order_error_rate;
+    let (error_rate, status_error_rate) = {
+        let knobs = shared.knobs.lock().unwrap();
+        (knobs.order_error_rate, knobs.status_error_rate)
+    };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["orders", "status", status]) => {
@@ -512,7 +518,7 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            if chance(error_rate) {
+            if chance(error_rate) || chance(status_error_rate) {
                 return Reply::error(502, "Simulated API error while updating an order");
             }
             let Some(status) = body.get("order_status") else {

@@ -1,0 +1,260 @@
+//! One trace per order, through the real binary: what an OTLP/HTTP receiver on
+//! loopback gets, decoded with the official protobuf definitions, against what the
+//! stand-in services received.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Running;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use standin::{Knobs, OtlpSink, Stack, WOODS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
+
+fn worker(stack: &Stack, sink: &OtlpSink) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("HEARTBEAT_FILE", "")
+        .env("API_URL_ORDERS", stack.orders_url())
+        .env("API_URL_STOCKS", stack.stocks_url())
+        .env("HTTP_TIMEOUT_SECONDS", "2")
+        .env("LOG_LEVEL", "warn")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("OTEL_LOGS_EXPORTER", "none")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn stack(orders: usize, knobs: Knobs) -> Stack {
+    let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
+    for wood in WOODS {
+        stack.add_stock(wood, 1_000_000);
+    }
+    stack.seed_orders(orders, &mut fastrand::Rng::with_seed(11));
+    stack
+}
+
+fn spans(sink: &OtlpSink) -> Vec<Span> {
+    let mut spans = Vec::new();
+    for body in sink.bodies("/v1/traces") {
+        let request =
+            ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP traces decode");
+        for rs in request.resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+    }
+    spans
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    let kv: &KeyValue = span.attributes.iter().find(|kv| kv.key == key)?;
+    match kv
+        .value
+        .as_ref()
+        .and_then(|v: &AnyValue| v.value.as_ref())?
+    {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        any_value::Value::BoolValue(b) => Some(b.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn by_trace(spans: &[Span]) -> HashMap<Vec<u8>, Vec<&Span>> {
+    let mut traces: HashMap<Vec<u8>, Vec<&Span>> = HashMap::new();
+    for span in spans {
+        traces.entry(span.trace_id.clone()).or_default().push(span);
+    }
+    traces
+}
+
+#[test]
+fn two_hundred_orders_make_two_hundred_traces_of_one_order_each() {
+    // Decreases fail now and then, so that retries are scheduled between other orders;
+    // ERROR_RATE adds simulated failures, which are events, not requests.
+    let stack = stack(
+        200,
+        Knobs {
+            stock_error_rate: 0.2,
+            ..Knobs::default()
+        },
+    );
+    let sink = OtlpSink::start().unwrap();
+    let out = Running::start(worker(&stack, &sink).env("ERROR_RATE", "0.1").arg("once"))
+        .wait_for(Duration::from_secs(60))
+        .expect("once within 60 s");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = spans(&sink);
+    let cycles: Vec<&Span> = spans.iter().filter(|s| s.name == "cycle").collect();
+    assert_eq!(cycles.len(), 1);
+    let cycle = cycles[0];
+    let traces = by_trace(&spans);
+
+    let mut order_traces = 0;
+    let mut order_ids = HashSet::new();
+    let mut retried_decreases = 0;
+    let mut simulated = 0;
+    for (trace_id, members) in &traces {
+        if *trace_id == cycle.trace_id {
+            // The cycle's own trace: the cycle span and its page fetches, nothing else.
+            for s in members {
+                assert!(
+                    s.name == "cycle" || s.name == "GET /orders/status/{status}",
+                    "{} in the cycle's trace",
+                    s.name
+                );
+            }
+            continue;
+        }
+        let orders: Vec<&&Span> = members.iter().filter(|s| s.name == "order").collect();
+        assert_eq!(orders.len(), 1, "one order span per trace");
+        let order = orders[0];
+        order_traces += 1;
+        assert!(
+            order.parent_span_id.is_empty(),
+            "the order span is the root"
+        );
+        assert!(
+            order
+                .links
+                .iter()
+                .any(|l| l.trace_id == cycle.trace_id && l.span_id == cycle.span_id),
+            "linked to its cycle"
+        );
+        order_ids.insert(attr(order, "ordermanagement.order.id").unwrap());
+        simulated += order
+            .events
+            .iter()
+            .filter(|e| e.name == "simulated failure")
+            .count();
+        for s in members.iter().filter(|s| s.name != "order") {
+            assert_eq!(s.kind, SpanKind::Client as i32, "{}", s.name);
+            assert_eq!(s.parent_span_id, order.span_id, "{}", s.name);
+            assert!(
+                s.name == "POST /stocks/decrease" || s.name == "PUT /orders/{id}",
+                "{} in an order's trace",
+                s.name
+            );
+            if s.name == "POST /stocks/decrease" && attr(s, "http.request.resend_count").is_some() {
+                retried_decreases += 1;
+            }
+        }
+    }
+    assert!(order_traces >= 200, "{order_traces} order traces");
+    assert_eq!(order_ids.len(), 200, "every order has its trace");
+    assert!(retried_decreases > 0, "retries stay in their order's trace");
+    assert!(
+        simulated > 0,
+        "simulated failures are events on the order span"
+    );
+
+    // Every traceparent the services saw names a client span of the trace it carries.
+    let client: HashMap<String, &Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .map(|s| (hex(&s.span_id), s))
+        .collect();
+    let traceparents = stack.traceparents();
+    assert_eq!(
+        traceparents.len(),
+        client.len(),
+        "one traceparent per request"
+    );
+    for tp in &traceparents {
+        let parts: Vec<&str> = tp.split('-').collect();
+        let span = client[parts[2]];
+        assert_eq!(parts[1], hex(&span.trace_id), "{tp}");
+    }
+}
+
+#[test]
+fn a_status_update_retried_in_a_later_cycle_stays_in_its_order_trace() {
+    // Every status update fails at first: the orders are decided, their updates
+    // pending; then the Order Service takes them, in a later cycle.
+    let stack = stack(
+        10,
+        Knobs {
+            status_error_rate: 1.0,
+            ..Knobs::default()
+        },
+    );
+    let sink = OtlpSink::start().unwrap();
+    let mut child = Running::start(
+        worker(&stack, &sink)
+            .env("ERROR_RATE", "0")
+            .env("MAX_RETRIES", "0")
+            .args(["run", "--interval", "0.3"]),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    stack.set_knobs(Knobs::default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stack.count_by_status().contains_key("registered") {
+        assert!(std::time::Instant::now() < deadline, "not set in 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.signal(libc::SIGTERM);
+    child
+        .wait_for(Duration::from_secs(5))
+        .expect("stops on SIGTERM");
+
+    let spans = spans(&sink);
+    let mut by_order: HashMap<String, Vec<&Span>> = HashMap::new();
+    for s in spans.iter().filter(|s| s.name == "order") {
+        by_order
+            .entry(attr(s, "ordermanagement.order.id").unwrap())
+            .or_default()
+            .push(s);
+    }
+    assert_eq!(by_order.len(), 10);
+    for (id, orders) in &by_order {
+        let first = orders
+            .iter()
+            .find(|s| s.parent_span_id.is_empty())
+            .unwrap_or_else(|| panic!("order {id}: no root span"));
+        assert_eq!(
+            attr(first, "ordermanagement.order.outcome").as_deref(),
+            Some("pending")
+        );
+        let resumed: Vec<&&Span> = orders
+            .iter()
+            .filter(|s| attr(s, "ordermanagement.order.resumed").as_deref() == Some("true"))
+            .collect();
+        assert!(!resumed.is_empty(), "order {id}: its update was retried");
+        // Each retry's span is a child of the order's span before it, in the same trace.
+        let ids: HashSet<&[u8]> = orders.iter().map(|s| s.span_id.as_slice()).collect();
+        for r in &resumed {
+            assert_eq!(r.trace_id, first.trace_id, "order {id}: same trace");
+            assert!(ids.contains(r.parent_span_id.as_slice()), "order {id}");
+        }
+        assert!(
+            resumed
+                .iter()
+                .any(|s| attr(s, "ordermanagement.order.outcome").as_deref() == Some("ready")),
+            "order {id}"
+        );
+        // The successful PUT is in the order's trace, under the resumed span.
+        assert!(spans.iter().any(|s| s.name == "PUT /orders/{id}"
+            && s.trace_id == first.trace_id
+            && attr(s, "http.response.status_code").as_deref() == Some("200")));
+    }
+}
