@@ -9,10 +9,12 @@ use clap::{Args, Parser, Subcommand};
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  done: the cycle completed and every fetched order reached a final state
-     (run: stopped by SIGTERM/SIGINT)
+     (run: stopped by SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2)
   1  work left: the order list could not be fetched, or orders were left
      registered for a later cycle, or status updates are still pending
-  2  usage or configuration error (nothing was sent)";
+  2  usage or configuration error (nothing was sent)
+  128 + N  a second stop signal N cut a stop short (143 SIGTERM, 130 SIGINT,
+     129 SIGHUP, 131 SIGQUIT)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM or SIGINT.
+    /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM, SIGINT, SIGHUP or SIGQUIT.
     #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
     /// Run a single cycle and exit (for cron); see the exit codes below.

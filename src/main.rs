@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let _telemetry = telemetry::Telemetry::init(&settings, shard.into_iter().collect());
     let stop = Stop::new();
     if let Err(e) = stop.install_signal_handlers() {
-        log::error!("cannot install the SIGTERM/SIGINT handlers: {e}");
+        log::error!("cannot install the signal handlers: {e}");
         return ExitCode::FAILURE;
     }
     log::info!(
@@ -54,9 +54,9 @@ fn main() -> ExitCode {
         if config.dry_run { ", dry run" } else { "" }
     );
     let mut worker = match &config.state_file {
-        None => Worker::new(&config, stop),
+        None => Worker::new(&config, stop.clone()),
         Some(path) => match FileJournal::open(path) {
-            Ok(journal) => Worker::with_journal(&config, stop, Box::new(journal)),
+            Ok(journal) => Worker::with_journal(&config, stop.clone(), Box::new(journal)),
             Err(e) => return fail_at_start(&config, &e.to_string()),
         },
     };
@@ -82,6 +82,9 @@ fn main() -> ExitCode {
     let code = match mode {
         Mode::Run { interval } => {
             worker.run_loop(interval);
+            if let Some(signal) = stop.signal() {
+                log::info!("stopped by {signal}");
+            }
             ExitCode::SUCCESS
         }
         Mode::Once => {

@@ -378,6 +378,127 @@ fn run_stops_on_sigint_with_exit_0() {
     run_stops_on(libc::SIGINT);
 }
 
+#[test]
+fn run_stops_on_sighup_sigquit_and_sigusr1_with_exit_0() {
+    for signal in [libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1] {
+        run_stops_on(signal);
+    }
+}
+
+/// Stand-in services whose every reply takes 700 ms, two oak orders registered, and a
+/// `run` worker on them; returns once the first order's decrease has taken the stock
+/// and its status update is under way (the stand-in holds it for 700 ms).
+fn mid_order() -> (standin::Stack, [u64; 2], Running) {
+    let stack = standin::Stack::start(0, 0, standin::Knobs::default()).expect("stand-ins");
+    stack.add_stock("oak", 100);
+    let ids = [stack.add_order("oak", 3), stack.add_order("oak", 4)];
+    stack.set_knobs(standin::Knobs {
+        delay: Duration::from_millis(700),
+        ..standin::Knobs::default()
+    });
+    let child = Running::start(
+        with_services(&stack.orders_url(), &stack.stocks_url()).args([
+            "--max-retries",
+            "0",
+            "run",
+            "--interval",
+            "30",
+        ]),
+    );
+    let deadline = Instant::now() + RUN_LIMIT;
+    while stack.ledger().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no decrease within {RUN_LIMIT:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    (stack, ids, child)
+}
+
+fn status(stack: &standin::Stack, id: u64) -> String {
+    stack
+        .orders()
+        .into_iter()
+        .find(|o| o.id == id)
+        .map(|o| o.status)
+        .unwrap_or_default()
+}
+
+/// The first `signal` mid-order: that order is finished (stock taken once, status set
+/// ready), the next one is not started, exit 0.
+fn a_stop_signal_finishes_the_order_in_flight(signal: libc::c_int, name: &str) {
+    let (stack, [first, second], mut child) = mid_order();
+    child.signal(signal);
+    let out = child
+        .wait_for(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("still running 5 s after {name}"));
+    assert_exit(&out, 0);
+    assert_eq!(
+        stack.ledger().len(),
+        1,
+        "only the first order's stock is taken"
+    );
+    assert_eq!(
+        status(&stack, first),
+        "ready",
+        "the order in flight is finished"
+    );
+    assert_eq!(
+        status(&stack, second),
+        "registered",
+        "no new order after {name}"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("stopped by {name}")),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+}
+
+#[test]
+fn sighup_mid_order_finishes_that_order_and_starts_no_other() {
+    a_stop_signal_finishes_the_order_in_flight(libc::SIGHUP, "SIGHUP");
+}
+
+#[test]
+fn sigquit_mid_order_finishes_that_order_and_starts_no_other() {
+    a_stop_signal_finishes_the_order_in_flight(libc::SIGQUIT, "SIGQUIT");
+}
+
+/// A second `signal` exits at once with 128 + its number, and starts nothing new.
+fn a_second_stop_signal_exits_at_once(signal: libc::c_int) {
+    let (stack, [_, second], mut child) = mid_order();
+    child.signal(signal);
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        child.child.try_wait().expect("try_wait").is_none(),
+        "the first signal must not cut the order short"
+    );
+    child.signal(signal);
+    let sent = Instant::now();
+    let out = child
+        .wait_for(Duration::from_secs(1))
+        .expect("the second signal exits at once");
+    assert_exit(&out, 128 + signal);
+    assert!(sent.elapsed() < Duration::from_secs(1));
+    // Give a stray decrease time to arrive: there must be none.
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(stack.ledger().len(), 1);
+    assert_eq!(status(&stack, second), "registered");
+}
+
+#[test]
+fn a_second_sighup_exits_129_at_once() {
+    a_second_stop_signal_exits_at_once(libc::SIGHUP);
+}
+
+#[test]
+fn a_second_sigquit_exits_131_at_once() {
+    a_second_stop_signal_exits_at_once(libc::SIGQUIT);
+}
+
 // ---------------------------------------------------------------- where options come from
 
 #[test]
