@@ -101,7 +101,8 @@ pub enum Mode {
     },
 }
 
-/// A setting with a bad value: the message names the flag, the variable and the value.
+/// A setting with a bad value: the message names the flag, the variable and the value
+/// (with any credentials in it redacted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub flag: &'static str,
@@ -249,11 +250,12 @@ impl Config {
     }
 }
 
+/// The error for a bad value; credentials in a URL it holds are never shown.
 fn err(flag: &'static str, env: &'static str, value: &str, expected: &'static str) -> ConfigError {
     ConfigError {
         flag,
         env,
-        value: value.to_string(),
+        value: crate::redact::credentials(value).into_owned(),
         expected,
     }
 }
@@ -288,14 +290,19 @@ fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<String
         "an http:// URL with a host, such as http://order:5000 (this build has no TLS)",
         ["http", "http"],
     );
+    // Even a URL typed without its scheme keeps its credentials out of the message.
+    let bad = || ConfigError {
+        flag,
+        env,
+        value: crate::redact::url(value).into_owned(),
+        expected,
+    };
     let trimmed = value.trim().trim_end_matches('/');
-    let uri: ureq::http::Uri = trimmed
-        .parse()
-        .map_err(|_| err(flag, env, value, expected))?;
+    let uri: ureq::http::Uri = trimmed.parse().map_err(|_| bad())?;
     let scheme_ok = uri.scheme_str().is_some_and(|s| schemes.contains(&s));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
     if !scheme_ok || !host_ok || uri.query().is_some() {
-        return Err(err(flag, env, value, expected));
+        return Err(bad());
     }
     Ok(trimmed.to_string())
 }

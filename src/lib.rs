@@ -12,6 +12,7 @@ pub mod journal;
 pub mod logging;
 pub mod orders;
 pub mod process;
+pub mod redact;
 pub mod stock;
 pub mod stop;
 pub mod telemetry;

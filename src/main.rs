@@ -3,14 +3,27 @@ use std::process::ExitCode;
 use clap::Parser;
 use ordermanagement::cli::Cli;
 use ordermanagement::journal::FileJournal;
-use ordermanagement::{Config, Mode, Stop, Worker, heartbeat, logging, telemetry};
+use ordermanagement::{Config, Mode, Stop, Worker, heartbeat, logging, redact, telemetry};
 
 /// Exit code of a usage or configuration error.
 const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    // clap prints its own usage errors and exits 2; --help and --version exit 0.
-    let cli = Cli::parse();
+    // clap's usage errors exit 2; --help and --version exit 0. Their text may quote a
+    // value (the help shows each variable's value), so it is printed redacted.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.render().to_string();
+            let text = redact::credentials(&text);
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(USAGE));
+        }
+    };
     let (mode, config) = match Config::from_cli(&cli) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -44,8 +57,8 @@ fn main() -> ExitCode {
     log::info!(
         "ordermanagement {}: orders {}, stocks {}, error rate {}{}{}",
         env!("CARGO_PKG_VERSION"),
-        config.orders_url,
-        config.stocks_url,
+        redact::url(&config.orders_url),
+        redact::url(&config.stocks_url),
         config.error_rate,
         config
             .shard

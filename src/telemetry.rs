@@ -656,7 +656,10 @@ impl HttpAttempt {
             common.push(KeyValue::new("server.port", i64::from(port)));
         }
         let mut attributes = common.clone();
-        attributes.push(KeyValue::new("url.full", url.to_string()));
+        attributes.push(KeyValue::new(
+            "url.full",
+            crate::redact::url(url).into_owned(),
+        ));
         if resend > 0 {
             attributes.push(KeyValue::new(
                 "http.request.resend_count",
