@@ -184,6 +184,17 @@ pub struct CommonArgs {
     )]
     pub page_size: String,
 
+    /// The most orders one cycle takes on; the rest stay registered for the next cycle.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_ORDERS_PER_CYCLE",
+        allow_negative_numbers = true,
+        default_value = "100000",
+        value_name = "N"
+    )]
+    pub max_orders_per_cycle: String,
+
     /// Journal of the orders in flight, so a restart after a crash never takes stock
     /// twice (e.g. /var/lib/ordermanagement/state.jsonl on a volume). Off when empty.
     #[arg(

@@ -44,6 +44,11 @@ fn main() -> ExitCode {
         config.log_format,
     );
     let settings = telemetry::Settings::from_env(|name| std::env::var(name).ok());
+    for (name, value) in &settings.clamped {
+        // SAFETY: no other thread runs yet (the exporters' threads start in
+        // Telemetry::init below), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var(name, value) };
+    }
     let shard = config
         .shard
         .map(|s| opentelemetry::KeyValue::new("ordermanagement.shard", s.to_string()));

@@ -148,6 +148,7 @@ fn help_lists_every_variable_and_the_exit_codes() {
         "DECREASE_TIMEOUT_SECONDS",
         "MAX_RETRIES",
         "PAGE_SIZE",
+        "MAX_ORDERS_PER_CYCLE",
         "DRY_RUN",
     ] {
         assert!(help.contains(var), "--help does not mention {var}:\n{help}");
@@ -177,24 +178,146 @@ fn help_lists_every_variable_and_the_exit_codes() {
 
 // ---------------------------------------------------------------- configuration errors
 
-/// A bad value for a setting: (command, variable, flag, value).
-const BAD_SETTINGS: [(&str, &str, &str, &str); 12] = [
-    ("once", "ERROR_RATE", "--error-rate", "1.5"),
-    ("once", "ERROR_RATE", "--error-rate", "abc"),
-    ("run", "INTERVAL_SECONDS", "--interval", "0"),
-    ("run", "INTERVAL_SECONDS", "--interval", "-1"),
-    ("once", "API_URL_ORDERS", "--orders-url", "ftp://x"),
-    ("once", "API_URL_STOCKS", "--stocks-url", "ftp://x"),
-    ("once", "PAGE_SIZE", "--page-size", "0"),
-    ("once", "LOG_LEVEL", "--log-level", "loud"),
-    ("once", "SHARD", "--shard", "3/3"),
-    ("run", "SHARD", "--shard", "one/two"),
-    ("once", "LOG_FORMAT", "--log-format", "yaml"),
+const URL: &str = "an http:// or https:// URL with a host, such as http://order:5000";
+const PORT: &str = "a port from 1 to 65535 after the host, such as http://order:5000";
+const TIMEOUT: &str = "a number of seconds from 0.1 to 86400";
+
+/// A bad value for a setting: (command, variable, flag, value, what the message says
+/// is expected).
+const BAD_SETTINGS: [(&str, &str, &str, &str, &str); 25] = [
+    (
+        "once",
+        "ERROR_RATE",
+        "--error-rate",
+        "1.5",
+        "a number from 0.0 to 1.0",
+    ),
+    (
+        "once",
+        "ERROR_RATE",
+        "--error-rate",
+        "abc",
+        "a number from 0.0 to 1.0",
+    ),
+    (
+        "run",
+        "INTERVAL_SECONDS",
+        "--interval",
+        "0",
+        "a positive number of seconds",
+    ),
+    (
+        "run",
+        "INTERVAL_SECONDS",
+        "--interval",
+        "-1",
+        "a positive number of seconds",
+    ),
+    ("once", "API_URL_ORDERS", "--orders-url", "ftp://x", URL),
+    ("once", "API_URL_STOCKS", "--stocks-url", "ftp://x", URL),
+    (
+        "once",
+        "API_URL_ORDERS",
+        "--orders-url",
+        "http://order:notaport",
+        PORT,
+    ),
+    (
+        "once",
+        "API_URL_STOCKS",
+        "--stocks-url",
+        "http://stock:65536",
+        PORT,
+    ),
+    (
+        "once",
+        "API_URL_ORDERS",
+        "--orders-url",
+        "http://order:5000/#top",
+        "a base URL without a #fragment, such as http://order:5000",
+    ),
+    (
+        "once",
+        "API_URL_STOCKS",
+        "--stocks-url",
+        "http://stock:5001?debug=1",
+        "a base URL without a ?query (the worker adds its own), such as http://order:5000",
+    ),
+    ("once", "HTTP_TIMEOUT_SECONDS", "--timeout", "0.05", TIMEOUT),
+    ("once", "HTTP_TIMEOUT_SECONDS", "--timeout", "0", TIMEOUT),
+    (
+        "once",
+        "DECREASE_TIMEOUT_SECONDS",
+        "--decrease-timeout",
+        "0.01",
+        TIMEOUT,
+    ),
+    // Below the default HTTP timeout of 5 s.
+    (
+        "once",
+        "DECREASE_TIMEOUT_SECONDS",
+        "--decrease-timeout",
+        "4",
+        "a number of seconds no smaller than --timeout (HTTP_TIMEOUT_SECONDS)",
+    ),
+    (
+        "once",
+        "MAX_ORDERS_PER_CYCLE",
+        "--max-orders-per-cycle",
+        "0",
+        "a whole number, 1 or more",
+    ),
+    (
+        "once",
+        "PAGE_SIZE",
+        "--page-size",
+        "0",
+        "a whole number from 1 to 10000",
+    ),
+    (
+        "once",
+        "LOG_LEVEL",
+        "--log-level",
+        "loud",
+        "one of error, warn, info, debug, trace",
+    ),
+    (
+        "once",
+        "SHARD",
+        "--shard",
+        "3/3",
+        "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4",
+    ),
+    (
+        "run",
+        "SHARD",
+        "--shard",
+        "one/two",
+        "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4",
+    ),
+    ("once", "LOG_FORMAT", "--log-format", "yaml", "text or json"),
     (
         "healthcheck",
         "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
         "--max-cut-off",
         "-5",
+        "a positive number of seconds",
+    ),
+    ("once", "HTTP_TIMEOUT_SECONDS", "--timeout", "-2", TIMEOUT),
+    ("once", "HTTP_TIMEOUT_SECONDS", "--timeout", "inf", TIMEOUT),
+    (
+        "once",
+        "API_URL_ORDERS",
+        "--orders-url",
+        "http://order:0",
+        PORT,
+    ),
+    (
+        "once",
+        "API_URL_ORDERS",
+        "--orders-url",
+        "http://[::1]:70000",
+        PORT,
     ),
 ];
 
@@ -203,7 +326,7 @@ fn each_bad_setting_exits_2_with_one_line_naming_it_and_sends_nothing() {
     let server = MockServer::start();
     let any = catch_all(&server);
     let url = server.base_url();
-    for (command, var, flag, value) in BAD_SETTINGS {
+    for (command, var, flag, value, expected) in BAD_SETTINGS {
         for from_env in [true, false] {
             let mut cmd = cmd();
             // Both services on the mock; the bad variable replaces one of these, and a
@@ -226,31 +349,13 @@ fn each_bad_setting_exits_2_with_one_line_naming_it_and_sends_nothing() {
             assert_eq!(
                 stderr.lines().collect::<Vec<_>>(),
                 [format!(
-                    "ordermanagement: error: invalid {flag} ({var}) {value:?}: expected {}",
-                    expected(var)
+                    "ordermanagement: error: invalid {flag} ({var}) {value:?}: expected {expected}"
                 )],
                 "{case}"
             );
         }
     }
     any.assert_calls(0);
-}
-
-/// What the message of a bad `var` says is expected.
-fn expected(var: &str) -> &'static str {
-    match var {
-        "ERROR_RATE" => "a number from 0.0 to 1.0",
-        "INTERVAL_SECONDS" => "a positive number of seconds",
-        "API_URL_ORDERS" | "API_URL_STOCKS" => {
-            "an http:// or https:// URL with a host, such as http://order:5000"
-        }
-        "PAGE_SIZE" => "a whole number from 1 to 10000",
-        "LOG_LEVEL" => "one of error, warn, info, debug, trace",
-        "SHARD" => "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4",
-        "LOG_FORMAT" => "text or json",
-        "HEALTHCHECK_MAX_CUT_OFF_SECONDS" => "a positive number of seconds",
-        other => panic!("no expectation for {other}"),
-    }
 }
 
 #[test]

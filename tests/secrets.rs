@@ -196,6 +196,9 @@ fn settings_refused_at_start_show_no_password() {
         format!("ftp://user:{PASSWORD}@order:5000"),
         format!("user:{PASSWORD}@order:5000"),
         format!("http://user:{PASSWORD}@order:5000?x=1"),
+        format!("http://user:{PASSWORD}@order:notaport"),
+        format!("http://user:{PASSWORD}@order:65536"),
+        format!("http://user:{PASSWORD}@order:5000/#top"),
     ];
     for value in &bad {
         for format in ["text", "json"] {
