@@ -9,13 +9,20 @@
 //!
 //! On open, the journal is replayed (a torn last line, as a crash leaves it, is ignored
 //! with a warning; damage anywhere else refuses to start) and compacted: rewritten
-//! through a temporary file and a rename, keeping only unfinished orders. A lock file
-//! beside it keeps a second worker away.
+//! through a temporary file and a rename, keeping only unfinished orders.
+//!
+//! A second worker is kept away by two locks (`flock`): on the state file itself, so
+//! that another name for it (a hard link, a symbolic link to its directory) is refused
+//! too, taken on each new file before it is renamed into place; and on `PATH.lock`
+//! beside it. The state file, its lock and its temporary file are regular files or do
+//! not exist (see [`crate::files`]), and a state file with a second hard link is
+//! refused at start.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +32,11 @@ use crate::process::{InFlight, Journal};
 
 /// Appended lines allowed beyond twice the live orders before a compaction.
 const COMPACT_SLACK: usize = 256;
+
+/// The largest state file read at start (a compacted file holds about 100 bytes per
+/// order in flight, so this is hundreds of thousands of them): a larger one is refused
+/// rather than read into memory.
+pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +88,12 @@ pub enum JournalError {
         line: usize,
         detail: String,
     },
+    /// The path cannot hold a state file (a FIFO, a device, a directory, a symbolic
+    /// link, a file with a second hard link, one too large to read).
+    Unusable {
+        path: PathBuf,
+        detail: String,
+    },
     Io {
         path: PathBuf,
         error: io::Error,
@@ -95,6 +113,9 @@ impl fmt::Display for JournalError {
                     path.display()
                 )
             }
+            JournalError::Unusable { path, detail } => {
+                write!(f, "state file {}: {detail}", path.display())
+            }
             JournalError::Io { path, error } => write!(f, "state file {}: {error}", path.display()),
         }
     }
@@ -105,43 +126,113 @@ impl std::error::Error for JournalError {}
 /// The journal in a file.
 pub struct FileJournal {
     path: PathBuf,
+    tmp: PathBuf,
+    /// The state file, locked; written at `end` (the worker is its only writer).
     file: File,
+    end: u64,
     live: BTreeMap<u64, (Order, InFlight)>,
     lines: usize,
-    /// Held for the life of the process.
+    /// Files replaced by a compaction while another name (a hard link made meanwhile)
+    /// still reached them: kept open and locked, so no worker takes them up.
+    retired: Vec<File>,
+    /// `PATH.lock`, held for the life of the process.
     _lock: File,
+}
+
+/// The state file's own path, its lock's and its temporary file's: none of them may be
+/// another file the worker writes (the heartbeat).
+pub fn companion_paths(path: &Path) -> [PathBuf; 3] {
+    [
+        path.to_path_buf(),
+        with_suffix(path, ".lock"),
+        with_suffix(path, ".tmp"),
+    ]
 }
 
 impl FileJournal {
     /// Locks, replays and compacts the journal at `path` (created if missing).
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
-        let io_err = |error| JournalError::Io {
-            path: path.to_path_buf(),
-            error,
+        let [_, lock_path, tmp] = companion_paths(path);
+        let io_at = |at: &Path| {
+            let at = at.to_path_buf();
+            move |error: io::Error| match error.kind() {
+                io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => {
+                    JournalError::Unusable {
+                        path: at.clone(),
+                        detail: error.to_string(),
+                    }
+                }
+                _ => JournalError::Io {
+                    path: at.clone(),
+                    error,
+                },
+            }
         };
-        let lock_path = with_suffix(path, ".lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(JournalError::Locked(path.to_path_buf())),
-            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+        let locked = || JournalError::Locked(path.to_path_buf());
+        for at in [path, &lock_path, &tmp] {
+            crate::files::check_regular_or_absent(at).map_err(io_at(at))?;
         }
-        let live = match fs::read(path) {
-            Ok(bytes) => replay(path, &bytes)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(io_err(e)),
+        let lock = crate::files::open_regular(
+            &lock_path,
+            OpenOptions::new().create(true).truncate(false).write(true),
+        )
+        .map_err(io_at(&lock_path))?;
+        try_lock(&lock).map_err(|e| e.map_or_else(locked, io_at(&lock_path)))?;
+        let file = crate::files::open_regular(
+            path,
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true),
+        )
+        .map_err(io_at(path))?;
+        let meta = file.metadata().map_err(io_at(path))?;
+        let unusable = |detail: String| JournalError::Unusable {
+            path: path.to_path_buf(),
+            detail,
         };
-        let file = write_compacted(path, &live).map_err(io_err)?;
+        if lock.metadata().is_ok_and(|l| same_inode(&l, &meta)) {
+            return Err(unusable(format!(
+                "it is the same file as its lock {}",
+                lock_path.display()
+            )));
+        }
+        if meta.nlink() > 1 {
+            return Err(unusable(format!(
+                "it has {} hard links: through another name a second worker could use it; \
+                 remove the other links",
+                meta.nlink()
+            )));
+        }
+        try_lock(&file).map_err(|e| e.map_or_else(locked, io_at(path)))?;
+        // A worker that held the file a moment ago may have replaced it since: the path
+        // must still name the file locked.
+        match fs::symlink_metadata(path) {
+            Ok(now) if same_inode(&now, &meta) => {}
+            _ => return Err(locked()),
+        }
+        if meta.len() > MAX_STATE_FILE_BYTES {
+            return Err(unusable(format!(
+                "it holds {} bytes, more than the {} MiB a state file may hold; \
+                 move it aside after checking the orders it names",
+                meta.len(),
+                MAX_STATE_FILE_BYTES / 1024 / 1024
+            )));
+        }
+        let bytes = crate::files::read_capped(&file, MAX_STATE_FILE_BYTES).map_err(io_at(path))?;
+        let live = replay(path, &bytes)?;
+        // Only the holder of the lock writes the temporary file: one there is a crash's.
+        crate::files::remove_stale(&tmp).map_err(io_at(&tmp))?;
+        let (file, end) = write_compacted(path, &tmp, &live).map_err(io_at(path))?;
         Ok(FileJournal {
             path: path.to_path_buf(),
+            tmp,
             file,
+            end,
             lines: live.len(),
             live,
+            retired: Vec::new(),
             _lock: lock,
         })
     }
@@ -149,18 +240,49 @@ impl FileJournal {
     fn append(&mut self, record: &Record) -> io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        self.file.write_all_at(&line, self.end)?;
         self.file.sync_data()?;
+        self.end += line.len() as u64;
         self.lines += 1;
         Ok(())
     }
 
     fn compact_if_large(&mut self) -> io::Result<()> {
         if self.lines > 2 * self.live.len() + COMPACT_SLACK {
-            self.file = write_compacted(&self.path, &self.live)?;
-            self.lines = self.live.len();
+            self.compact()?;
         }
         Ok(())
+    }
+
+    /// Rewrites the file with the live orders only.
+    fn compact(&mut self) -> io::Result<()> {
+        let (file, end) = write_compacted(&self.path, &self.tmp, &self.live)?;
+        let old = std::mem::replace(&mut self.file, file);
+        if old.metadata().is_ok_and(|m| m.nlink() > 0) {
+            log::warn!(
+                "state file {}: another name (a hard link) reaches the file it replaces; \
+                 that file stays locked until the worker exits",
+                self.path.display()
+            );
+            self.retired.push(old);
+        }
+        self.end = end;
+        self.lines = self.live.len();
+        Ok(())
+    }
+}
+
+fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// Takes the file's exclusive lock without waiting: `Err(None)` when another process
+/// holds it.
+fn try_lock(file: &File) -> Result<(), Option<io::Error>> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(None),
+        Err(TryLockError::Error(e)) => Err(Some(e)),
     }
 }
 
@@ -243,12 +365,22 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>,
     Ok(live)
 }
 
-/// Writes the live orders to a temporary file, syncs it, renames it over the journal,
-/// syncs the directory, and returns the journal opened for appending.
-fn write_compacted(path: &Path, live: &BTreeMap<u64, (Order, InFlight)>) -> io::Result<File> {
-    let tmp = with_suffix(path, ".tmp");
-    {
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
+/// Writes the live orders to a new temporary file (created, never opened through a path
+/// that exists), locks it, syncs it, renames it over the journal and syncs the
+/// directory; returns it, for writing at its end, and that end.
+fn write_compacted(
+    path: &Path,
+    tmp: &Path,
+    live: &BTreeMap<u64, (Order, InFlight)>,
+) -> io::Result<(File, u64)> {
+    let file = crate::files::create_new(tmp)?;
+    let written = (|| {
+        // Locked before it takes the journal's place: a worker opening the path from
+        // then on finds it locked.
+        try_lock(&file).map_err(|e| {
+            e.unwrap_or_else(|| io::Error::other("the new state file is locked by another process"))
+        })?;
+        let mut out = io::BufWriter::new(&file);
         for (order, state) in live.values() {
             let record = match state {
                 InFlight::Sent => Record::new(Op::Sending, order, None),
@@ -257,15 +389,26 @@ fn write_compacted(path: &Path, live: &BTreeMap<u64, (Order, InFlight)>) -> io::
             serde_json::to_writer(&mut out, &record).map_err(io::Error::other)?;
             out.write_all(b"\n")?;
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
+        out.flush()?;
+        drop(out);
+        file.sync_all()?;
+        let end = file.metadata()?.len();
+        fs::rename(tmp, path)?;
+        Ok(end)
+    })();
+    let end = match written {
+        Ok(end) => end,
+        Err(e) => {
+            let _ = fs::remove_file(tmp);
+            return Err(e);
+        }
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()?;
-    OpenOptions::new().append(true).open(path)
+    Ok((file, end))
 }
 
 #[cfg(test)]
@@ -362,6 +505,112 @@ mod tests {
             FileJournal::open(&path),
             Err(JournalError::Locked(_))
         ));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    fn unusable(result: Result<FileJournal, JournalError>) -> String {
+        match result {
+            Err(e @ JournalError::Unusable { .. }) => e.to_string(),
+            Err(e) => panic!("expected Unusable, got {e}"),
+            Ok(_) => panic!("expected Unusable, got a journal"),
+        }
+    }
+
+    #[test]
+    fn the_state_file_its_lock_and_its_temporary_file_are_regular_files_or_absent() {
+        let dir = temp_dir("kinds");
+        let path = dir.join("state.jsonl");
+        let [_, lock, tmp] = companion_paths(&path);
+        for at in [&path, &lock, &tmp] {
+            // A FIFO: refused at once, never opened (a read would block).
+            mkfifo(at);
+            let e = unusable(FileJournal::open(&path));
+            assert!(
+                e.contains("FIFO") && e.contains(&at.display().to_string()),
+                "{e}"
+            );
+            fs::remove_file(at).unwrap();
+            fs::create_dir(at).unwrap();
+            assert!(unusable(FileJournal::open(&path)).contains("directory"));
+            fs::remove_dir(at).unwrap();
+            // A symbolic link, even to a regular file: never written through.
+            let target = dir.join("target");
+            fs::write(&target, "keep").unwrap();
+            std::os::unix::fs::symlink(&target, at).unwrap();
+            assert!(unusable(FileJournal::open(&path)).contains("symbolic link"));
+            assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+            fs::remove_file(at).unwrap();
+        }
+        // A stale temporary file (a crash during a compaction) is removed.
+        fs::write(&tmp, "half a compaction").unwrap();
+        let mut j = FileJournal::open(&path).unwrap();
+        j.sending(&order(1)).unwrap();
+        assert!(!tmp.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_hard_link_to_the_state_file_does_not_let_a_second_worker_in() {
+        let dir = temp_dir("hardlink");
+        let path = dir.join("state.jsonl");
+        let other = dir.join("other.jsonl");
+        // A second name that exists before the start: refused by both names.
+        fs::write(&path, "").unwrap();
+        fs::hard_link(&path, &other).unwrap();
+        assert!(unusable(FileJournal::open(&path)).contains("2 hard links"));
+        assert!(unusable(FileJournal::open(&other)).contains("2 hard links"));
+        fs::remove_file(&other).unwrap();
+        // A second name made while a worker runs: refused for its links, and once the
+        // first worker has replaced its file by a compaction (the old one is then
+        // reached by that name only, with one link, and its own lock file differs),
+        // by the lock on the file itself, which the first worker keeps.
+        let mut first = FileJournal::open(&path).unwrap();
+        fs::hard_link(&path, &other).unwrap();
+        assert!(unusable(FileJournal::open(&other)).contains("2 hard links"));
+        first.sending(&order(1)).unwrap();
+        first.compact().unwrap();
+        assert!(!files_same(&path, &other));
+        assert!(matches!(
+            FileJournal::open(&other),
+            Err(JournalError::Locked(_))
+        ));
+        drop(first);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn files_same(a: &Path, b: &Path) -> bool {
+        crate::files::same_file(a, b)
+    }
+
+    #[test]
+    fn a_second_worker_through_another_path_to_the_directory_is_refused() {
+        let dir = temp_dir("dirlink");
+        let alias = dir.with_extension("alias");
+        let _ = fs::remove_file(&alias);
+        std::os::unix::fs::symlink(&dir, &alias).unwrap();
+        let _first = FileJournal::open(&dir.join("state.jsonl")).unwrap();
+        assert!(matches!(
+            FileJournal::open(&alias.join("state.jsonl")),
+            Err(JournalError::Locked(_))
+        ));
+        fs::remove_file(alias).unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_over_the_cap_is_refused_unread() {
+        let dir = temp_dir("large");
+        let path = dir.join("state.jsonl");
+        let file = File::create(&path).unwrap();
+        file.set_len(MAX_STATE_FILE_BYTES + 1).unwrap(); // sparse: no disk used
+        drop(file);
+        assert!(unusable(FileJournal::open(&path)).contains("64 MiB"));
         fs::remove_dir_all(dir).unwrap();
     }
 

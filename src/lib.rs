@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod heartbeat;
 pub mod http;
 pub mod journal;

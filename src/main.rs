@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ordermanagement::cli::Cli;
-use ordermanagement::journal::FileJournal;
+use ordermanagement::files;
+use ordermanagement::journal::{self, FileJournal};
 use ordermanagement::{Config, Mode, Stop, Worker, heartbeat, logging, redact, telemetry};
 
 /// Exit code of a usage or configuration error.
@@ -71,6 +72,21 @@ fn main() -> ExitCode {
             .unwrap_or_default(),
         if config.dry_run { ", dry run" } else { "" }
     );
+    // The heartbeat is renamed over every second: it must not be the state file (or its
+    // lock or temporary file), by any name.
+    if let (Some(state), Some(beat)) = (&config.state_file, &config.heartbeat_file)
+        && let Some(clash) = journal::companion_paths(state)
+            .iter()
+            .find(|p| files::same_file(p, beat))
+    {
+        let e = format!(
+            "invalid --heartbeat-file (HEARTBEAT_FILE) {:?}: it is the same file as {} of \
+             --state-file (STATE_FILE); give the heartbeat a path of its own",
+            beat.display().to_string(),
+            clash.display()
+        );
+        return fail_at_start(&config, &e);
+    }
     let mut worker = match &config.state_file {
         None => Worker::new(&config, stop.clone()),
         Some(path) => match FileJournal::open(path) {

@@ -790,6 +790,31 @@ fn healthcheck(beat: &std::path::Path, extra: &[&str]) -> Output {
 }
 
 #[test]
+fn healthcheck_never_blocks_on_what_sits_at_its_path() {
+    let dir = TempDir::new("healthcheck-fifo");
+    let fifo = dir.0.join("beat");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // A FIFO with no writer: a plain open for reading would wait forever.
+    for path in [
+        fifo.as_path(),
+        dir.0.as_path(),
+        std::path::Path::new("/dev/zero"),
+    ] {
+        let started = Instant::now();
+        let out = healthcheck(path, &[]);
+        assert_exit(&out, 1);
+        assert!(
+            text(&out.stdout).contains("not a regular file"),
+            "{path:?}: {}",
+            text(&out.stdout)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{path:?}");
+    }
+}
+
+#[test]
 fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
     let dir = TempDir::new("healthcheck");
     let beat = dir.0.join("beat");
@@ -877,7 +902,7 @@ fn a_heartbeat_file_that_cannot_be_written_stops_the_worker_at_start() {
         .arg("once"));
     assert_exit(&out, 2);
     assert!(
-        text(&out.stderr).contains("it exists and is not a regular file"),
+        text(&out.stderr).contains("it is a device, not a regular file"),
         "{out:?}"
     );
     assert!(
