@@ -7,6 +7,15 @@
 //!   (`ready`: stock taken; `blocked`: not taken; `unknown`: in doubt);
 //! - `finished`: the status is set, or nothing was taken: the order is forgotten.
 //!
+//! It fails closed. A `sending` record that cannot be written and synced is an error,
+//! and the caller sends nothing. A failed append is cut off again (no half line stays
+//! behind). A `sending` record is padded with spaces to the length of its `decided`
+//! record, so that when appending `decided` fails (a full disk) the decision is written
+//! over it in place, in blocks the file already owns: a restart then retries the status
+//! update instead of setting an order `unknown` whose status is already set. When the
+//! file cannot be brought up to date, it is rewritten from memory before the next
+//! `sending`, and until that works no decrease is sent.
+//!
 //! On open, the journal is replayed (a torn last line, as a crash leaves it, is ignored
 //! with a warning; damage anywhere else refuses to start) and compacted: rewritten
 //! through a temporary file and a rename, keeping only unfinished orders.
@@ -123,6 +132,14 @@ impl fmt::Display for JournalError {
 
 impl std::error::Error for JournalError {}
 
+/// Where a `sending` record lies in the file: its offset and length (without the
+/// newline), room for its order's `decided` record.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    offset: u64,
+    len: usize,
+}
+
 /// The journal in a file.
 pub struct FileJournal {
     path: PathBuf,
@@ -131,7 +148,19 @@ pub struct FileJournal {
     file: File,
     end: u64,
     live: BTreeMap<u64, (Order, InFlight)>,
+    /// The `sending` records of the orders in flight with no decision yet.
+    slots: BTreeMap<u64, Slot>,
     lines: usize,
+    /// Why the file no longer says what `live` says (a write that failed), until a
+    /// rewrite succeeds; no `sending` is accepted meanwhile.
+    stale: Option<String>,
+    /// Orders decided while the file could record nothing: it still says their decrease
+    /// was being sent, so a restart now would set them `unknown`.
+    at_risk: BTreeMap<u64, OrderStatus>,
+    /// Test only: the disk is full (appends fail part way, rewrites fail, writes in
+    /// place succeed).
+    #[cfg(test)]
+    disk_full: bool,
     /// Files replaced by a compaction while another name (a hard link made meanwhile)
     /// still reached them: kept open and locked, so no worker takes them up.
     retired: Vec<File>,
@@ -224,7 +253,7 @@ impl FileJournal {
         let live = replay(path, &bytes)?;
         // Only the holder of the lock writes the temporary file: one there is a crash's.
         crate::files::remove_stale(&tmp).map_err(io_at(&tmp))?;
-        let (file, end) = write_compacted(path, &tmp, &live).map_err(io_at(path))?;
+        let (file, end, slots) = write_compacted(path, &tmp, &live).map_err(io_at(path))?;
         Ok(FileJournal {
             path: path.to_path_buf(),
             tmp,
@@ -232,18 +261,79 @@ impl FileJournal {
             end,
             lines: live.len(),
             live,
+            slots,
+            stale: None,
+            at_risk: BTreeMap::new(),
+            #[cfg(test)]
+            disk_full: false,
             retired: Vec::new(),
             _lock: lock,
         })
     }
 
-    fn append(&mut self, record: &Record) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all_at(&line, self.end)?;
-        self.file.sync_data()?;
-        self.end += line.len() as u64;
-        self.lines += 1;
+    /// Appends `line` (newline included) at the end and syncs it. On failure, what was
+    /// written of it is cut off again; if even that fails, the file is stale.
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        match self.write_at_end(line) {
+            Ok(()) => {
+                self.end += line.len() as u64;
+                self.lines += 1;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(cut) = self
+                    .file
+                    .set_len(self.end)
+                    .and_then(|()| self.file.sync_data())
+                {
+                    self.stale = Some(format!("a failed write ({e}) could not be cut off ({cut})"));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_at_end(&self, line: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.disk_full {
+            // What a full disk does: part of the line lands, then ENOSPC.
+            self.file.write_all_at(&line[..line.len() / 2], self.end)?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.file.write_all_at(line, self.end)?;
+        self.file.sync_data()
+    }
+
+    /// Writes the decision over the order's `sending` record, in place.
+    fn decide_in_place(&self, slot: Slot, order: &Order, status: OrderStatus) -> io::Result<()> {
+        let mut record = record_line(&Record::new(Op::Decided, order, Some(status)))?;
+        if record.len() > slot.len {
+            return Err(io::Error::other(
+                "the decision does not fit its sending record",
+            ));
+        }
+        record.resize(slot.len, b' ');
+        self.file.write_all_at(&record, slot.offset)?;
+        self.file.sync_data()
+    }
+
+    /// Rewrites the file from memory when it is stale; an error leaves it stale.
+    fn bring_up_to_date(&mut self) -> io::Result<()> {
+        let Some(why) = self.stale.clone() else {
+            return Ok(());
+        };
+        self.compact().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("state file out of date ({why}) and cannot be rewritten: {e}"),
+            )
+        })?;
+        log::info!(
+            "state file {} rewritten and up to date again",
+            self.path.display()
+        );
+        self.stale = None;
+        self.at_risk.clear();
         Ok(())
     }
 
@@ -256,7 +346,12 @@ impl FileJournal {
 
     /// Rewrites the file with the live orders only.
     fn compact(&mut self) -> io::Result<()> {
-        let (file, end) = write_compacted(&self.path, &self.tmp, &self.live)?;
+        #[cfg(test)]
+        if self.disk_full {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let (file, end, slots) = write_compacted(&self.path, &self.tmp, &self.live)?;
+        self.slots = slots;
         let old = std::mem::replace(&mut self.file, file);
         if old.metadata().is_ok_and(|m| m.nlink() > 0) {
             log::warn!(
@@ -288,23 +383,84 @@ fn try_lock(file: &File) -> Result<(), Option<io::Error>> {
 
 impl Journal for FileJournal {
     fn sending(&mut self, order: &Order) -> io::Result<()> {
-        self.append(&Record::new(Op::Sending, order, None))?;
+        self.bring_up_to_date()?;
+        let (line, len) = sending_line(order)?;
+        let offset = self.end;
+        self.append(&line)?;
         self.live.insert(order.id, (*order, InFlight::Sent));
+        self.slots.insert(order.id, Slot { offset, len });
         Ok(())
     }
 
     fn decided(&mut self, order: &Order, status: OrderStatus) -> io::Result<()> {
-        self.append(&Record::new(Op::Decided, order, Some(status)))?;
+        // Memory holds the truth whatever the file can take: a rewrite writes it.
         self.live
             .insert(order.id, (*order, InFlight::Decided(status)));
-        Ok(())
+        let slot = self.slots.remove(&order.id);
+        let failed = if self.stale.is_some() {
+            match self.bring_up_to_date() {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        } else {
+            let line = record_line(&Record::new(Op::Decided, order, Some(status)))?;
+            match self.append(&[line.as_slice(), b"\n"].concat()) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        };
+        // A full disk: the sending record's own bytes take the decision.
+        let in_place = match slot {
+            Some(slot) => self.decide_in_place(slot, order, status),
+            None => Err(io::Error::other("no sending record to write it over")),
+        };
+        match in_place {
+            Ok(()) => {
+                log::warn!(
+                    order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
+                    "order {}: its decision ({status}) could not be appended to the state file ({failed}); \
+                     written over its sending record instead",
+                    order.id
+                );
+                Ok(())
+            }
+            Err(in_place) => {
+                if self.stale.is_none() {
+                    self.stale = Some(format!(
+                        "order {}'s decision could not be written: {failed}",
+                        order.id
+                    ));
+                }
+                if slot.is_some() {
+                    self.at_risk.insert(order.id, status);
+                    log::error!(
+                        order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
+                        "order {}: its decision ({status}) cannot be written to the state file ({failed}; \
+                         in place: {in_place}); until the file is rewritten a restart would set it \
+                         unknown, and no decrease is sent",
+                        order.id
+                    );
+                }
+                Err(failed)
+            }
+        }
     }
 
     fn finished(&mut self, order: &Order) -> io::Result<()> {
         if self.live.remove(&order.id).is_none() {
             return Ok(()); // never journaled (e.g. a simulated failure): nothing to close
         }
-        self.append(&Record::new(Op::Finished, order, None))?;
+        self.slots.remove(&order.id);
+        if self.stale.is_some() {
+            return self.bring_up_to_date();
+        }
+        let line = record_line(&Record::new(Op::Finished, order, None))?;
+        if let Err(e) = self.append(&[line.as_slice(), b"\n"].concat()) {
+            // The file still holds the decision: a restart would only set the same
+            // status again. Rewritten before the next decrease.
+            self.stale = Some(format!("order {} finished but not recorded: {e}", order.id));
+            return Err(e);
+        }
         self.compact_if_large()
     }
 
@@ -313,18 +469,60 @@ impl Journal for FileJournal {
     }
 }
 
+impl Drop for FileJournal {
+    /// A last try to bring a stale file up to date; what stays at risk is named.
+    fn drop(&mut self) {
+        if self.stale.is_none() {
+            return;
+        }
+        if let Err(e) = self.bring_up_to_date() {
+            log::error!("state file {}: {e}", self.path.display());
+            for (id, status) in &self.at_risk {
+                log::error!(
+                    order_id = *id;
+                    "order {id}: decided {status}, but the state file still says its decrease was being \
+                     sent: a restart will set it unknown; set it {status} by hand after that"
+                );
+            }
+        }
+    }
+}
+
+/// A record as one line, without its newline.
+fn record_line(record: &Record) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(record).map_err(io::Error::other)
+}
+
+/// An order's `sending` line, padded with spaces (which JSON allows after a value) to
+/// the length of its longest `decided` record, and that length (without the newline).
+fn sending_line(order: &Order) -> io::Result<(Vec<u8>, usize)> {
+    let mut line = record_line(&Record::new(Op::Sending, order, None))?;
+    // `registered` is the longest status name.
+    let room = record_line(&Record::new(
+        Op::Decided,
+        order,
+        Some(OrderStatus::Registered),
+    ))?;
+    let len = line.len().max(room.len());
+    line.resize(len, b' ');
+    line.push(b'\n');
+    Ok((line, len))
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
 }
 
-/// Applies the journal's lines in order; the last line may be torn.
+/// Applies the journal's lines in order; the last line may be torn (cut before its
+/// newline by a crash).
 fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>, JournalError> {
     let mut live = BTreeMap::new();
     let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     // split leaves an empty piece after a final newline.
-    let count = lines.len() - usize::from(bytes.ends_with(b"\n") || bytes.is_empty());
+    let terminated = bytes.ends_with(b"\n") || bytes.is_empty();
+    let count = lines.len() - usize::from(terminated);
     for (i, line) in lines.iter().take(count).enumerate() {
         let parsed = serde_json::from_slice::<Record>(line)
             .map_err(|e| e.to_string())
@@ -347,7 +545,9 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>,
             Ok((_, order, _)) => {
                 live.remove(&order.id);
             }
-            Err(detail) if i + 1 == count => {
+            // Only a last line without its newline is torn; a complete line that cannot
+            // be read is damage wherever it is.
+            Err(detail) if i + 1 == count && !terminated => {
                 log::warn!(
                     "state file {}: last record is torn (a crash while writing it?) and is ignored: {detail}",
                     path.display()
@@ -367,12 +567,14 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>,
 
 /// Writes the live orders to a new temporary file (created, never opened through a path
 /// that exists), locks it, syncs it, renames it over the journal and syncs the
-/// directory; returns it, for writing at its end, and that end.
+/// directory; returns it, for writing at its end, that end, and where its `sending`
+/// records lie.
 fn write_compacted(
     path: &Path,
     tmp: &Path,
     live: &BTreeMap<u64, (Order, InFlight)>,
-) -> io::Result<(File, u64)> {
+) -> io::Result<(File, u64, BTreeMap<u64, Slot>)> {
+    let mut slots = BTreeMap::new();
     let file = crate::files::create_new(tmp)?;
     let written = (|| {
         // Locked before it takes the journal's place: a worker opening the path from
@@ -381,13 +583,22 @@ fn write_compacted(
             e.unwrap_or_else(|| io::Error::other("the new state file is locked by another process"))
         })?;
         let mut out = io::BufWriter::new(&file);
+        let mut offset = 0;
         for (order, state) in live.values() {
-            let record = match state {
-                InFlight::Sent => Record::new(Op::Sending, order, None),
-                InFlight::Decided(s) => Record::new(Op::Decided, order, Some(*s)),
+            let line = match state {
+                InFlight::Sent => {
+                    let (line, len) = sending_line(order)?;
+                    slots.insert(order.id, Slot { offset, len });
+                    line
+                }
+                InFlight::Decided(s) => {
+                    let mut line = record_line(&Record::new(Op::Decided, order, Some(*s)))?;
+                    line.push(b'\n');
+                    line
+                }
             };
-            serde_json::to_writer(&mut out, &record).map_err(io::Error::other)?;
-            out.write_all(b"\n")?;
+            out.write_all(&line)?;
+            offset += line.len() as u64;
         }
         out.flush()?;
         drop(out);
@@ -408,7 +619,7 @@ fn write_compacted(
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()?;
-    Ok((file, end))
+    Ok((file, end, slots))
 }
 
 #[cfg(test)]
@@ -611,6 +822,190 @@ mod tests {
         file.set_len(MAX_STATE_FILE_BYTES + 1).unwrap(); // sparse: no disk used
         drop(file);
         assert!(unusable(FileJournal::open(&path)).contains("64 MiB"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_complete_line_that_cannot_be_read_is_damage_even_the_last_one() {
+        let dir = temp_dir("lastline");
+        let path = dir.join("state.jsonl");
+        let good = "{\"op\":\"sending\",\"id\":7,\"wood_type\":\"oak\",\"quantity\":2}\n";
+        for last in [
+            "garbage\n",
+            "{\"op\":\"decided\",\"id\":7,\"wood_type\":\"oak\",\"quantity\":2,\"status\":\"bogus\"}\n",
+            "{\"op\":\"decided\",\"id\":7,\"wood_type\":\"oak\",\"quantity\":2}\n",
+            "{\"op\":\"sending\",\"id\":7,\"wood_ty\n",
+            "\n",
+        ] {
+            fs::write(&path, format!("{good}{last}")).unwrap();
+            match FileJournal::open(&path) {
+                Err(JournalError::Corrupt { line: 2, .. }) => {}
+                other => panic!("{last:?}: expected damage at line 2, got {:?}", other.err()),
+            }
+        }
+        // Without its newline the same last line is torn, and ignored.
+        fs::write(&path, format!("{good}garbage")).unwrap();
+        assert_eq!(FileJournal::open(&path).unwrap().in_flight().len(), 1);
+        // A sending record padded with spaces (room for its decision) reads as before.
+        fs::write(&path, good.replace("}\n", "}          \n")).unwrap();
+        assert_eq!(
+            FileJournal::open(&path).unwrap().in_flight(),
+            vec![(
+                Order {
+                    id: 7,
+                    wood_type: WoodType::Oak,
+                    quantity: 2
+                },
+                InFlight::Sent
+            )]
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A journey against stand-in services, with `journal`.
+    fn journey(stack: &standin::Stack, journal: Box<dyn Journal>) -> crate::process::Journey {
+        let http = crate::http::Http::new(std::time::Duration::from_secs(2));
+        crate::process::Journey {
+            orders: crate::orders::OrdersClient::new(http.clone(), &stack.orders_url()),
+            stock: crate::stock::StockClient::new(
+                http,
+                &stack.stocks_url(),
+                std::time::Duration::from_secs(2),
+            ),
+            policy: crate::http::RetryPolicy {
+                max_retries: 0,
+                base: Default::default(),
+                cap: Default::default(),
+            },
+            error_rate: 0.0,
+            dry_run: false,
+            journal,
+        }
+    }
+
+    fn stand_in_with_one_order() -> (standin::Stack, Order) {
+        let stack = standin::Stack::start(0, 0, standin::Knobs::default()).unwrap();
+        stack.add_stock("elm", 100);
+        let id = stack.add_order("elm", 4);
+        (stack, order(id))
+    }
+
+    fn status_of(stack: &standin::Stack, id: u64) -> String {
+        let orders = stack.orders();
+        orders.iter().find(|o| o.id == id).unwrap().status.clone()
+    }
+
+    #[test]
+    fn a_sending_record_that_cannot_be_written_sends_nothing() {
+        let dir = temp_dir("full-sending");
+        let path = dir.join("state.jsonl");
+        let (stack, order) = stand_in_with_one_order();
+        let mut journal = FileJournal::open(&path).unwrap();
+        journal.sending(&self::order(999)).unwrap();
+        let before = fs::read(&path).unwrap();
+        journal.disk_full = true;
+        let mut journey = journey(&stack, Box::new(journal));
+        let outcome = journey.process(&order, &crate::stop::Stop::new());
+        assert!(
+            matches!(
+                outcome,
+                crate::process::Outcome::Deferred {
+                    cause: crate::process::Deferral::Fatal,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(stack.ledger().is_empty(), "no decrease was sent");
+        assert_eq!(status_of(&stack, order.id), "registered");
+        // The half line the full disk took was cut off again.
+        assert_eq!(fs::read(&path).unwrap(), before);
+        drop(journey);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A journal whose disk fills up right after the `sending` record.
+    struct FullAfterSending(FileJournal);
+
+    impl Journal for FullAfterSending {
+        fn sending(&mut self, order: &Order) -> io::Result<()> {
+            self.0.sending(order)?;
+            self.0.disk_full = true;
+            Ok(())
+        }
+        fn decided(&mut self, order: &Order, status: OrderStatus) -> io::Result<()> {
+            self.0.decided(order, status)
+        }
+        fn finished(&mut self, order: &Order) -> io::Result<()> {
+            self.0.finished(order)
+        }
+        fn in_flight(&self) -> Vec<(Order, InFlight)> {
+            self.0.in_flight()
+        }
+    }
+
+    #[test]
+    fn a_decision_on_a_full_disk_lands_in_place_and_a_restart_keeps_the_order_ready() {
+        let dir = temp_dir("full-decided");
+        let path = dir.join("state.jsonl");
+        let (stack, order) = stand_in_with_one_order();
+        let journal = FullAfterSending(FileJournal::open(&path).unwrap());
+        let mut journey = journey(&stack, Box::new(journal));
+        // Stock taken, decision written in place, status set; `finished` fails.
+        let outcome = journey.process(&order, &crate::stop::Stop::new());
+        assert_eq!(outcome, crate::process::Outcome::Ready);
+        drop(journey); // the process ends with the disk still full
+        assert_eq!(status_of(&stack, order.id), "ready");
+        // The file says the order is decided ready, not that its decrease was being sent.
+        let reopened = FileJournal::open(&path).unwrap();
+        assert_eq!(
+            reopened.in_flight(),
+            vec![(order, InFlight::Decided(OrderStatus::Ready))]
+        );
+        // A restart retries the same status: the order stays ready, its stock taken once.
+        let config = crate::Config {
+            orders_url: stack.orders_url(),
+            stocks_url: stack.stocks_url(),
+            error_rate: 0.0,
+            max_retries: 0,
+            ..crate::Config::default()
+        };
+        let report =
+            crate::Worker::with_journal(&config, crate::Stop::new(), Box::new(reopened)).cycle();
+        assert!(report.complete(), "{report:?}");
+        assert_eq!(status_of(&stack, order.id), "ready");
+        assert_eq!(stack.ledger().len(), 1);
+        assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn while_the_file_is_out_of_date_no_decrease_is_sent_until_a_rewrite_works() {
+        let dir = temp_dir("stale");
+        let path = dir.join("state.jsonl");
+        let mut j = FileJournal::open(&path).unwrap();
+        j.sending(&order(1)).unwrap();
+        // Every write fails now, in place too (/dev/full answers ENOSPC to each one).
+        j.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        assert!(j.decided(&order(1), OrderStatus::Ready).is_err());
+        assert!(j.stale.is_some());
+        assert_eq!(j.at_risk.get(&1), Some(&OrderStatus::Ready));
+        // No sending while the file cannot be brought up to date.
+        j.disk_full = true;
+        assert!(j.sending(&order(2)).is_err());
+        assert!(!j.in_flight().iter().any(|(o, _)| o.id == 2));
+        // Once a rewrite works, the file says what memory says, and work goes on.
+        j.disk_full = false;
+        j.sending(&order(2)).unwrap();
+        assert!(j.stale.is_none() && j.at_risk.is_empty());
+        drop(j);
+        assert_eq!(
+            FileJournal::open(&path).unwrap().in_flight(),
+            vec![
+                (order(1), InFlight::Decided(OrderStatus::Ready)),
+                (order(2), InFlight::Sent)
+            ]
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 

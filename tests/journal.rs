@@ -118,15 +118,55 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|| panic!("{cmd:?} still running after 20 s; killed"))
 }
 
-/// A `run` worker on `state`, once it has fetched the list.
+/// A `run` worker on `state`, once its first cycle has set the three orders' status
+/// (it then sleeps 30 s).
 fn running_worker(server: &ScriptServer, state: &Path) -> Running {
     let first = Running::start(worker(server, state).args(["run", "--interval", "30"]));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.calls("GET", "/orders/status/registered").is_empty() {
+    while server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .count()
+        < 3
+    {
         assert!(Instant::now() < deadline, "the first worker did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
     first
+}
+
+#[test]
+fn a_complete_last_line_that_cannot_be_read_stops_the_worker_but_a_torn_one_does_not() {
+    let dir = temp_dir("lastline");
+    let state = dir.join("state.jsonl");
+    let good = "{\"op\":\"sending\",\"id\":1,\"wood_type\":\"oak\",\"quantity\":3}\n";
+    let bad_last =
+        "{\"op\":\"decided\",\"id\":1,\"wood_type\":\"oak\",\"quantity\":3,\"status\":\"done\"}";
+    std::fs::write(&state, format!("{good}{bad_last}\n")).unwrap();
+    let server = shop();
+    let out = run(worker(&server, &state).arg("once"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged at line 2"));
+    assert!(server.requests().is_empty());
+    // The same line without its newline is what a crash leaves: ignored, and order 1,
+    // whose decrease may have been sent, is set unknown and never sent again.
+    std::fs::write(&state, format!("{good}{bad_last}")).unwrap();
+    let out = run(worker(&server, &state).arg("once"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("last record is torn"), "{stderr}");
+    assert_eq!(
+        server.calls("PUT", "/orders/1")[0].json(),
+        json!({"order_status": "unknown"})
+    );
+    let keys: Vec<_> = server
+        .calls("POST", "/stocks/decrease")
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(keys, ["order-2", "order-3"]);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
