@@ -287,18 +287,10 @@ pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A timeout: a number of seconds from [`MIN_TIMEOUT`] (0.1 s) to a day.
 fn timeout(value: &str, flag: &'static str, env: &'static str) -> Result<Duration, ConfigError> {
-    seconds(value, flag, env, "a number of seconds from 0.1 to 86400").and_then(|d| {
-        if d >= MIN_TIMEOUT {
-            Ok(d)
-        } else {
-            Err(err(
-                flag,
-                env,
-                value,
-                "a number of seconds from 0.1 to 86400",
-            ))
-        }
-    })
+    seconds(value, flag, env, "a number of seconds from 0.1 to 86400")
+        .ok()
+        .filter(|d| *d >= MIN_TIMEOUT)
+        .ok_or_else(|| err(flag, env, value, "a number of seconds from 0.1 to 86400"))
 }
 
 /// A positive, finite number of seconds (decimals allowed), at most a day.

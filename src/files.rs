@@ -98,15 +98,22 @@ pub fn remove_stale(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Reads at most `cap` bytes from `file`; a longer file is an error.
-pub fn read_capped(file: &File, cap: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    file.take(cap + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Err(io::Error::new(
+/// Reads `file` whole if it holds at most `cap` bytes (by `fstat`, then by what was
+/// read); a longer file is an error.
+pub fn read_capped(mut file: &File, cap: u64) -> io::Result<Vec<u8>> {
+    let too_large = || {
+        io::Error::new(
             io::ErrorKind::InvalidData,
             format!("it is larger than {cap} bytes"),
-        ));
+        )
+    };
+    if file.metadata()?.len() > cap {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(too_large());
     }
     Ok(bytes)
 }
@@ -125,7 +132,7 @@ pub fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 }
 
 /// True when `a` and `b` name the same file: the same device and inode when both
-/// exist (hard links and symbolic links included), else the same path once the
+/// exist (hard links and symbolic links included), else the same path once their
 /// directories are resolved.
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (fs::metadata(a), fs::metadata(b)) {
@@ -134,20 +141,16 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The path with its directory resolved (symbolic links, `..`), or as absolute as it
-/// can be made when the directory does not exist.
+/// The path with its directory resolved (symbolic links, `..`), or as given when the
+/// directory does not exist either.
 fn resolved(path: &Path) -> PathBuf {
-    let absolute = std::env::current_dir()
-        .map(|d| d.join(path))
-        .unwrap_or_else(|_| path.to_path_buf());
-    if let Ok(real) = fs::canonicalize(&absolute) {
-        return real;
-    }
-    match (absolute.parent(), absolute.file_name()) {
-        (Some(dir), Some(name)) => fs::canonicalize(dir)
-            .map(|d| d.join(name))
-            .unwrap_or(absolute.clone()),
-        _ => absolute,
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match (fs::canonicalize(dir), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
     }
 }
 

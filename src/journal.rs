@@ -140,6 +140,9 @@ struct Slot {
     len: usize,
 }
 
+/// Orders and their `sending` records' places.
+type Slots = Vec<(u64, Slot)>;
+
 /// The journal in a file.
 pub struct FileJournal {
     path: PathBuf,
@@ -148,15 +151,16 @@ pub struct FileJournal {
     file: File,
     end: u64,
     live: BTreeMap<u64, (Order, InFlight)>,
-    /// The `sending` records of the orders in flight with no decision yet.
-    slots: BTreeMap<u64, Slot>,
+    /// The `sending` records of the orders in flight with no decision yet (a few at
+    /// most: the order in hand, and at start those a crash left).
+    slots: Slots,
     lines: usize,
     /// Why the file no longer says what `live` says (a write that failed), until a
     /// rewrite succeeds; no `sending` is accepted meanwhile.
     stale: Option<String>,
     /// Orders decided while the file could record nothing: it still says their decrease
     /// was being sent, so a restart now would set them `unknown`.
-    at_risk: BTreeMap<u64, OrderStatus>,
+    at_risk: Vec<(u64, OrderStatus)>,
     /// Test only: the disk is full (appends fail part way, rewrites fail, writes in
     /// place succeed).
     #[cfg(test)]
@@ -182,31 +186,16 @@ impl FileJournal {
     /// Locks, replays and compacts the journal at `path` (created if missing).
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
         let [_, lock_path, tmp] = companion_paths(path);
-        let io_at = |at: &Path| {
-            let at = at.to_path_buf();
-            move |error: io::Error| match error.kind() {
-                io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => {
-                    JournalError::Unusable {
-                        path: at.clone(),
-                        detail: error.to_string(),
-                    }
-                }
-                _ => JournalError::Io {
-                    path: at.clone(),
-                    error,
-                },
-            }
-        };
         let locked = || JournalError::Locked(path.to_path_buf());
         for at in [path, &lock_path, &tmp] {
-            crate::files::check_regular_or_absent(at).map_err(io_at(at))?;
+            crate::files::check_regular_or_absent(at).map_err(|e| io_at(at, e))?;
         }
         let lock = crate::files::open_regular(
             &lock_path,
             OpenOptions::new().create(true).truncate(false).write(true),
         )
-        .map_err(io_at(&lock_path))?;
-        try_lock(&lock).map_err(|e| e.map_or_else(locked, io_at(&lock_path)))?;
+        .map_err(|e| io_at(&lock_path, e))?;
+        try_lock(&lock).map_err(|e| e.map_or_else(locked, |e| io_at(&lock_path, e)))?;
         let file = crate::files::open_regular(
             path,
             OpenOptions::new()
@@ -215,45 +204,32 @@ impl FileJournal {
                 .read(true)
                 .write(true),
         )
-        .map_err(io_at(path))?;
-        let meta = file.metadata().map_err(io_at(path))?;
-        let unusable = |detail: String| JournalError::Unusable {
-            path: path.to_path_buf(),
-            detail,
-        };
-        if lock.metadata().is_ok_and(|l| same_inode(&l, &meta)) {
-            return Err(unusable(format!(
-                "it is the same file as its lock {}",
-                lock_path.display()
-            )));
-        }
+        .map_err(|e| io_at(path, e))?;
+        let meta = file.metadata().map_err(|e| io_at(path, e))?;
         if meta.nlink() > 1 {
-            return Err(unusable(format!(
-                "it has {} hard links: through another name a second worker could use it; \
-                 remove the other links",
-                meta.nlink()
-            )));
+            return Err(JournalError::Unusable {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "it has {} hard links: through another name a second worker could use it; \
+                     remove the other links",
+                    meta.nlink()
+                ),
+            });
         }
-        try_lock(&file).map_err(|e| e.map_or_else(locked, io_at(path)))?;
+        try_lock(&file).map_err(|e| e.map_or_else(locked, |e| io_at(path, e)))?;
         // A worker that held the file a moment ago may have replaced it since: the path
         // must still name the file locked.
         match fs::symlink_metadata(path) {
             Ok(now) if same_inode(&now, &meta) => {}
             _ => return Err(locked()),
         }
-        if meta.len() > MAX_STATE_FILE_BYTES {
-            return Err(unusable(format!(
-                "it holds {} bytes, more than the {} MiB a state file may hold; \
-                 move it aside after checking the orders it names",
-                meta.len(),
-                MAX_STATE_FILE_BYTES / 1024 / 1024
-            )));
-        }
-        let bytes = crate::files::read_capped(&file, MAX_STATE_FILE_BYTES).map_err(io_at(path))?;
+        // Refused unread above the cap.
+        let bytes =
+            crate::files::read_capped(&file, MAX_STATE_FILE_BYTES).map_err(|e| io_at(path, e))?;
         let live = replay(path, &bytes)?;
         // Only the holder of the lock writes the temporary file: one there is a crash's.
-        crate::files::remove_stale(&tmp).map_err(io_at(&tmp))?;
-        let (file, end, slots) = write_compacted(path, &tmp, &live).map_err(io_at(path))?;
+        crate::files::remove_stale(&tmp).map_err(|e| io_at(&tmp, e))?;
+        let (file, end, slots) = write_compacted(path, &tmp, &live).map_err(|e| io_at(path, e))?;
         Ok(FileJournal {
             path: path.to_path_buf(),
             tmp,
@@ -263,7 +239,7 @@ impl FileJournal {
             live,
             slots,
             stale: None,
-            at_risk: BTreeMap::new(),
+            at_risk: Vec::new(),
             #[cfg(test)]
             disk_full: false,
             retired: Vec::new(),
@@ -302,6 +278,12 @@ impl FileJournal {
         }
         self.file.write_all_at(line, self.end)?;
         self.file.sync_data()
+    }
+
+    /// Removes and returns the order's `sending` record's place.
+    fn take_slot(&mut self, id: u64) -> Option<Slot> {
+        let i = self.slots.iter().position(|(o, _)| *o == id)?;
+        Some(self.slots.swap_remove(i).1)
     }
 
     /// Writes the decision over the order's `sending` record, in place.
@@ -367,6 +349,21 @@ impl FileJournal {
     }
 }
 
+/// An I/O error at `at`: a path that cannot hold a state file (see [`crate::files`]), or
+/// another failure.
+fn io_at(at: &Path, error: io::Error) -> JournalError {
+    match error.kind() {
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => JournalError::Unusable {
+            path: at.to_path_buf(),
+            detail: error.to_string(),
+        },
+        _ => JournalError::Io {
+            path: at.to_path_buf(),
+            error,
+        },
+    }
+}
+
 fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
     a.dev() == b.dev() && a.ino() == b.ino()
 }
@@ -388,7 +385,8 @@ impl Journal for FileJournal {
         let offset = self.end;
         self.append(&line)?;
         self.live.insert(order.id, (*order, InFlight::Sent));
-        self.slots.insert(order.id, Slot { offset, len });
+        self.take_slot(order.id);
+        self.slots.push((order.id, Slot { offset, len }));
         Ok(())
     }
 
@@ -396,7 +394,7 @@ impl Journal for FileJournal {
         // Memory holds the truth whatever the file can take: a rewrite writes it.
         self.live
             .insert(order.id, (*order, InFlight::Decided(status)));
-        let slot = self.slots.remove(&order.id);
+        let slot = self.take_slot(order.id);
         let failed = if self.stale.is_some() {
             match self.bring_up_to_date() {
                 Ok(()) => return Ok(()),
@@ -417,7 +415,6 @@ impl Journal for FileJournal {
         match in_place {
             Ok(()) => {
                 log::warn!(
-                    order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
                     "order {}: its decision ({status}) could not be appended to the state file ({failed}); \
                      written over its sending record instead",
                     order.id
@@ -432,9 +429,8 @@ impl Journal for FileJournal {
                     ));
                 }
                 if slot.is_some() {
-                    self.at_risk.insert(order.id, status);
+                    self.at_risk.push((order.id, status));
                     log::error!(
-                        order_id = order.id, wood_type = order.wood_type.as_str(), quantity = order.quantity;
                         "order {}: its decision ({status}) cannot be written to the state file ({failed}; \
                          in place: {in_place}); until the file is rewritten a restart would set it \
                          unknown, and no decrease is sent",
@@ -450,7 +446,7 @@ impl Journal for FileJournal {
         if self.live.remove(&order.id).is_none() {
             return Ok(()); // never journaled (e.g. a simulated failure): nothing to close
         }
-        self.slots.remove(&order.id);
+        self.take_slot(order.id);
         if self.stale.is_some() {
             return self.bring_up_to_date();
         }
@@ -472,18 +468,20 @@ impl Journal for FileJournal {
 impl Drop for FileJournal {
     /// A last try to bring a stale file up to date; what stays at risk is named.
     fn drop(&mut self) {
-        if self.stale.is_none() {
-            return;
-        }
-        if let Err(e) = self.bring_up_to_date() {
-            log::error!("state file {}: {e}", self.path.display());
-            for (id, status) in &self.at_risk {
-                log::error!(
-                    order_id = *id;
-                    "order {id}: decided {status}, but the state file still says its decrease was being \
-                     sent: a restart will set it unknown; set it {status} by hand after that"
-                );
-            }
+        if self.stale.is_some()
+            && let Err(e) = self.bring_up_to_date()
+        {
+            let at_risk: Vec<String> = self
+                .at_risk
+                .iter()
+                .map(|(id, status)| format!("{id} ({status})"))
+                .collect();
+            log::error!(
+                "state file {}: {e}; orders decided whose record still says their decrease was \
+                 being sent, which a restart will set unknown (set them by hand after that): [{}]",
+                self.path.display(),
+                at_risk.join(", ")
+            );
         }
     }
 }
@@ -573,8 +571,8 @@ fn write_compacted(
     path: &Path,
     tmp: &Path,
     live: &BTreeMap<u64, (Order, InFlight)>,
-) -> io::Result<(File, u64, BTreeMap<u64, Slot>)> {
-    let mut slots = BTreeMap::new();
+) -> io::Result<(File, u64, Slots)> {
+    let mut slots = Vec::new();
     let file = crate::files::create_new(tmp)?;
     let written = (|| {
         // Locked before it takes the journal's place: a worker opening the path from
@@ -588,7 +586,7 @@ fn write_compacted(
             let line = match state {
                 InFlight::Sent => {
                     let (line, len) = sending_line(order)?;
-                    slots.insert(order.id, Slot { offset, len });
+                    slots.push((order.id, Slot { offset, len }));
                     line
                 }
                 InFlight::Decided(s) => {
@@ -821,7 +819,8 @@ mod tests {
         let file = File::create(&path).unwrap();
         file.set_len(MAX_STATE_FILE_BYTES + 1).unwrap(); // sparse: no disk used
         drop(file);
-        assert!(unusable(FileJournal::open(&path)).contains("64 MiB"));
+        let e = unusable(FileJournal::open(&path));
+        assert!(e.contains("larger than 67108864 bytes"), "{e}");
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -989,7 +988,7 @@ mod tests {
         j.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
         assert!(j.decided(&order(1), OrderStatus::Ready).is_err());
         assert!(j.stale.is_some());
-        assert_eq!(j.at_risk.get(&1), Some(&OrderStatus::Ready));
+        assert_eq!(j.at_risk, [(1, OrderStatus::Ready)]);
         // No sending while the file cannot be brought up to date.
         j.disk_full = true;
         assert!(j.sending(&order(2)).is_err());

@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::time::Instant;
 
-use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::http::{CallError, Http, SendError};
@@ -119,8 +119,8 @@ pub const INVALID_LINES_PER_PAGE: usize = 5;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Page {
     entries: Vec<Result<Order, InvalidOrder>>,
-    /// Entries the service sent beyond `limit`: dropped unread (one warning line said
-    /// how many). Later pages or cycles reach those orders.
+    /// Entries the service sent beyond `limit`: counted and dropped (one warning line
+    /// said how many). Later pages or cycles reach those orders.
     pub dropped: u64,
 }
 
@@ -237,7 +237,8 @@ impl Drop for InvalidLog {
 }
 
 /// Reads a list reply's array entry by entry: the first `limit` entries are validated,
-/// the rest only counted (never built), and a non-object fails the page.
+/// the rest only counted (each dropped as soon as it is read), and a non-object fails
+/// the page.
 struct PageReader {
     limit: usize,
 }
@@ -274,8 +275,9 @@ impl<'de> Visitor<'de> for PageReader {
                 None => break,
             }
         }
+        // Read one at a time and dropped at once: never kept.
         let mut dropped = 0;
-        while seq.next_element::<IgnoredAny>()?.is_some() {
+        while seq.next_element::<Value>()?.is_some() {
             dropped += 1;
         }
         Ok(ReadPage {
@@ -610,7 +612,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_beyond_the_limit_are_counted_not_built() {
+    fn entries_beyond_the_limit_are_counted_and_dropped() {
         // 30,000 entries past the limit, of any kind (a non-object there is not looked
         // at), in a body within the byte limit of a 10-order page.
         let mut body = String::from("[");

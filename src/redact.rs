@@ -12,50 +12,48 @@ pub const REDACTED: &str = "REDACTED:REDACTED";
 /// scheme, `user:pass@host:5000`) is redacted the same way up to its first `/`.
 pub fn url(value: &str) -> Cow<'_, str> {
     if value.contains("://") {
-        return credentials(value);
-    }
-    let end = value.find(['/', '?', '#']).unwrap_or(value.len());
-    match value[..end].rfind('@') {
-        Some(at) => Cow::Owned(format!("{REDACTED}{}", &value[at..])),
-        None => Cow::Borrowed(value),
+        credentials(value)
+    } else {
+        redact_authority(value, 0)
     }
 }
 
 /// Free text (a log line, an error message): the user information of every
 /// `scheme://…@host` in it is replaced.
 pub fn credentials(text: &str) -> Cow<'_, str> {
-    if !text.contains("://") {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut changed = false;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        // The authority ends at the path, query or fragment, or where the URL ends in
-        // the text (white space, a quote, a bracket).
-        let end = tail
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>' | '`' | '\\')
-                    || c.is_whitespace()
-            })
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str(REDACTED);
-                out.push_str(&tail[at..end]);
-                changed = true;
-            }
-            None => out.push_str(&tail[..end]),
+    let mut text = Cow::Borrowed(text);
+    let mut from = 0;
+    while let Some(i) = text[from..].find("://") {
+        let start = from + i + 3;
+        let redacted = match redact_authority(&text, start) {
+            Cow::Owned(changed) => Some(changed),
+            Cow::Borrowed(_) => None,
+        };
+        if let Some(changed) = redacted {
+            text = Cow::Owned(changed);
         }
-        rest = &tail[end..];
+        from = start;
     }
-    if !changed {
-        return Cow::Borrowed(text);
+    text
+}
+
+/// `text` with the user information of the authority starting at `start` replaced. The
+/// authority ends at the path, query or fragment, or where a URL ends in a text (white
+/// space, a quote, a bracket).
+fn redact_authority(text: &str, start: usize) -> Cow<'_, str> {
+    let rest = &text.as_bytes()[start..];
+    let end = rest
+        .iter()
+        .position(|b| b"/?#\"'<>`\\".contains(b) || b.is_ascii_whitespace())
+        .unwrap_or(rest.len());
+    match rest[..end].iter().rposition(|b| *b == b'@') {
+        Some(at) => Cow::Owned(format!(
+            "{}{REDACTED}{}",
+            &text[..start],
+            &text[start + at..]
+        )),
+        None => Cow::Borrowed(text),
     }
-    out.push_str(rest);
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
