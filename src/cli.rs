@@ -9,10 +9,12 @@ use clap::{Args, Parser, Subcommand};
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  done: the cycle completed and every fetched order reached a final state
-     (run: stopped by SIGTERM/SIGINT)
+     (run: stopped by SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2)
   1  work left: the order list could not be fetched, or orders were left
      registered for a later cycle, or status updates are still pending
-  2  usage or configuration error (nothing was sent)";
+  2  usage or configuration error (nothing was sent)
+  128 + N  a second stop signal N cut a stop short (143 SIGTERM, 130 SIGINT,
+     129 SIGHUP, 131 SIGQUIT)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM or SIGINT.
+    /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM, SIGINT, SIGHUP or SIGQUIT.
     #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
     /// Run a single cycle and exit (for cron); see the exit codes below.
@@ -181,6 +183,17 @@ pub struct CommonArgs {
         value_name = "N"
     )]
     pub page_size: String,
+
+    /// The most orders one cycle takes on; the rest stay registered for the next cycle.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_ORDERS_PER_CYCLE",
+        allow_negative_numbers = true,
+        default_value = "100000",
+        value_name = "N"
+    )]
+    pub max_orders_per_cycle: String,
 
     /// Journal of the orders in flight, so a restart after a crash never takes stock
     /// twice (e.g. /var/lib/ordermanagement/state.jsonl on a volume). Off when empty.

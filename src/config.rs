@@ -27,6 +27,9 @@ pub struct Config {
     pub max_retries: u32,
     /// Orders asked for per list call. Default 500.
     pub page_size: u32,
+    /// The most orders one cycle takes on; the rest stay registered for the next cycle
+    /// (at least 1). Default 100000.
+    pub max_orders_per_cycle: u64,
     /// Fetch and log only. Default off.
     pub dry_run: bool,
     /// The journal of orders in flight. Default none (in memory only).
@@ -57,6 +60,7 @@ impl Default for Config {
             decrease_timeout: Duration::from_secs(35),
             max_retries: 3,
             page_size: 500,
+            max_orders_per_cycle: 100_000,
             dry_run: false,
             state_file: None,
             shard: None,
@@ -101,7 +105,8 @@ pub enum Mode {
     },
 }
 
-/// A setting with a bad value: the message names the flag, the variable and the value.
+/// A setting with a bad value: the message names the flag, the variable and the value
+/// (with any credentials in it redacted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub flag: &'static str,
@@ -186,17 +191,11 @@ impl Config {
                     ));
                 }
             },
-            http_timeout: seconds(
-                &args.timeout,
-                "--timeout",
-                "HTTP_TIMEOUT_SECONDS",
-                "a positive number of seconds",
-            )?,
-            decrease_timeout: seconds(
+            http_timeout: timeout(&args.timeout, "--timeout", "HTTP_TIMEOUT_SECONDS")?,
+            decrease_timeout: timeout(
                 &args.decrease_timeout,
                 "--decrease-timeout",
                 "DECREASE_TIMEOUT_SECONDS",
-                "a positive number of seconds",
             )?,
             max_retries: args
                 .max_retries
@@ -226,6 +225,20 @@ impl Config {
                         "a whole number from 1 to 10000",
                     )
                 })?,
+            max_orders_per_cycle: args
+                .max_orders_per_cycle
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    err(
+                        "--max-orders-per-cycle",
+                        "MAX_ORDERS_PER_CYCLE",
+                        &args.max_orders_per_cycle,
+                        "a whole number, 1 or more",
+                    )
+                })?,
             state_file: Some(args.state_file.trim())
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
@@ -240,6 +253,15 @@ impl Config {
             })?,
             ..Config::default()
         };
+        // The decrease's reply is waited for at least as long as any other call.
+        if config.decrease_timeout < config.http_timeout {
+            return Err(err(
+                "--decrease-timeout",
+                "DECREASE_TIMEOUT_SECONDS",
+                &args.decrease_timeout,
+                "a number of seconds no smaller than --timeout (HTTP_TIMEOUT_SECONDS)",
+            ));
+        }
         let heartbeat = args.heartbeat_file.trim();
         Ok(Config {
             heartbeat_file: Some(heartbeat).filter(|p| !p.is_empty()).map(PathBuf::from),
@@ -249,13 +271,26 @@ impl Config {
     }
 }
 
+/// The error for a bad value; credentials in a URL it holds are never shown.
 fn err(flag: &'static str, env: &'static str, value: &str, expected: &'static str) -> ConfigError {
     ConfigError {
         flag,
         env,
-        value: value.to_string(),
+        value: crate::redact::credentials(value).into_owned(),
         expected,
     }
+}
+
+/// The shortest timeout accepted: below it, connecting to a service on the same host
+/// already fails now and then.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A timeout: a number of seconds from [`MIN_TIMEOUT`] (0.1 s) to a day.
+fn timeout(value: &str, flag: &'static str, env: &'static str) -> Result<Duration, ConfigError> {
+    seconds(value, flag, env, "a number of seconds from 0.1 to 86400")
+        .ok()
+        .filter(|d| *d >= MIN_TIMEOUT)
+        .ok_or_else(|| err(flag, env, value, "a number of seconds from 0.1 to 86400"))
 }
 
 /// A positive, finite number of seconds (decimals allowed), at most a day.
@@ -275,7 +310,9 @@ fn seconds(
         .ok_or_else(|| err(flag, env, value, expected))
 }
 
-/// An http(s) URL with a host; the trailing slash is dropped so paths never get `//`.
+/// An http(s) URL with a host and, if any, a port from 1 to 65535; no query, no
+/// fragment (the worker appends its own paths and query). The trailing slash is dropped
+/// so paths never get `//`.
 fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<String, ConfigError> {
     #[cfg(feature = "tls")]
     let (expected, schemes) = (
@@ -288,14 +325,47 @@ fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<String
         "an http:// URL with a host, such as http://order:5000 (this build has no TLS)",
         ["http", "http"],
     );
+    // Even a URL typed without its scheme keeps its credentials out of the message.
+    let bad = |expected| ConfigError {
+        flag,
+        env,
+        value: crate::redact::url(value).into_owned(),
+        expected,
+    };
     let trimmed = value.trim().trim_end_matches('/');
-    let uri: ureq::http::Uri = trimmed
-        .parse()
-        .map_err(|_| err(flag, env, value, expected))?;
+    // The URL parser drops a fragment without a word, and reads a port it cannot parse
+    // as no port at all: both are checked on the text.
+    if trimmed.contains('#') {
+        return Err(bad(
+            "a base URL without a #fragment, such as http://order:5000",
+        ));
+    }
+    if trimmed.contains('?') {
+        return Err(bad(
+            "a base URL without a ?query (the worker adds its own), such as http://order:5000",
+        ));
+    }
+    let uri: ureq::http::Uri = trimmed.parse().map_err(|_| bad(expected))?;
     let scheme_ok = uri.scheme_str().is_some_and(|s| schemes.contains(&s));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
-    if !scheme_ok || !host_ok || uri.query().is_some() {
-        return Err(err(flag, env, value, expected));
+    if !scheme_ok || !host_ok {
+        return Err(bad(expected));
+    }
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    // After the user information and an IPv6 literal's brackets.
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let after_host = match host_port.rfind(']') {
+        Some(i) => &host_port[i + 1..],
+        None => host_port,
+    };
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        let valid =
+            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p >= 1);
+        if !valid {
+            return Err(bad(
+                "a port from 1 to 65535 after the host, such as http://order:5000",
+            ));
+        }
     }
     Ok(trimmed.to_string())
 }
@@ -416,7 +486,45 @@ mod tests {
         assert_eq!(c.decrease_timeout, Duration::from_secs(35));
         assert_eq!(c.max_retries, 3);
         assert_eq!(c.page_size, 500);
+        assert_eq!(c.max_orders_per_cycle, 100_000);
         assert!(!c.dry_run);
+    }
+
+    #[test]
+    fn values_at_the_limits_are_accepted() {
+        let (_, c) = parse(&[
+            "once",
+            "--timeout",
+            "0.1",
+            "--decrease-timeout",
+            "0.1",
+            "--max-orders-per-cycle",
+            "1",
+            "--orders-url",
+            "http://[::1]:65535/",
+            "--stocks-url",
+            "https://user:pw@s.example:1/api",
+        ])
+        .unwrap();
+        assert_eq!(c.http_timeout, MIN_TIMEOUT);
+        assert_eq!(c.decrease_timeout, MIN_TIMEOUT);
+        assert_eq!(c.max_orders_per_cycle, 1);
+        assert_eq!(c.orders_url, "http://[::1]:65535");
+        assert_eq!(c.stocks_url, "https://user:pw@s.example:1/api");
+    }
+
+    #[test]
+    fn a_refused_url_names_what_is_wrong_and_hides_its_password() {
+        let e = parse(&["once", "--orders-url", "http://u:pw@o:notaport"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid --orders-url (API_URL_ORDERS) \"http://REDACTED:REDACTED@o:notaport\": \
+             expected a port from 1 to 65535 after the host, such as http://order:5000"
+        );
+        let e = parse(&["once", "--stocks-url", "http://s:1/#top"]).unwrap_err();
+        assert!(e.expected.contains("#fragment"), "{e}");
+        let e = parse(&["once", "--stocks-url", "http://s:1/?a=b"]).unwrap_err();
+        assert!(e.expected.contains("?query"), "{e}");
     }
 
     #[test]
@@ -480,6 +588,54 @@ mod tests {
             ),
             (&["once", "--max-retries", "-1"], "MAX_RETRIES"),
             (&["once", "--dry-run=perhaps"], "DRY_RUN"),
+            (
+                &["once", "--orders-url", "http://o:notaport"],
+                "API_URL_ORDERS",
+            ),
+            (
+                &["once", "--orders-url", "http://o:65536"],
+                "API_URL_ORDERS",
+            ),
+            (&["once", "--orders-url", "http://o:0"], "API_URL_ORDERS"),
+            (&["once", "--orders-url", "http://o:"], "API_URL_ORDERS"),
+            (
+                &["once", "--stocks-url", "http://[::1]:99999"],
+                "API_URL_STOCKS",
+            ),
+            (
+                &["once", "--stocks-url", "http://s:5001/#x"],
+                "API_URL_STOCKS",
+            ),
+            (
+                &["once", "--stocks-url", "http://s:5001/api?x=1"],
+                "API_URL_STOCKS",
+            ),
+            (
+                &["once", "--stocks-url", "http://s:5001?"],
+                "API_URL_STOCKS",
+            ),
+            (&["once", "--timeout", "0.05"], "HTTP_TIMEOUT_SECONDS"),
+            (
+                &["once", "--decrease-timeout", "0.099"],
+                "DECREASE_TIMEOUT_SECONDS",
+            ),
+            (
+                &["once", "--timeout", "10", "--decrease-timeout", "9"],
+                "DECREASE_TIMEOUT_SECONDS",
+            ),
+            (&["once", "--timeout", "60"], "DECREASE_TIMEOUT_SECONDS"),
+            (
+                &["once", "--max-orders-per-cycle", "0"],
+                "MAX_ORDERS_PER_CYCLE",
+            ),
+            (
+                &["once", "--max-orders-per-cycle", "-1"],
+                "MAX_ORDERS_PER_CYCLE",
+            ),
+            (
+                &["once", "--max-orders-per-cycle", "many"],
+                "MAX_ORDERS_PER_CYCLE",
+            ),
         ];
         for (args, env) in cases {
             let e = parse(args).expect_err(&format!("{args:?} must be refused"));

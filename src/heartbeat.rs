@@ -24,6 +24,9 @@ pub const DEFAULT_PATH: &str = "/tmp/ordermanagement.heartbeat";
 /// Slack added to the computed longest gap between two heartbeats.
 const SLACK: Duration = Duration::from_secs(30);
 
+/// The largest heartbeat `healthcheck` reads (a beat takes about 300 bytes).
+const MAX_BEAT_BYTES: u64 = 64 * 1024;
+
 /// Orders finishing faster than this share one write (a write per order cost a fifth
 /// of the throughput on a fast backlog); the end of a cycle is always written.
 const MIN_WRITE_GAP: Duration = Duration::from_secs(1);
@@ -112,24 +115,22 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Writes the first beat; an error here (a missing directory, no permission) is a
-    /// configuration error.
+    /// Writes the first beat; an error here (a missing directory, no permission, a path
+    /// that is not a regular file) is a configuration error.
     pub fn start(path: &Path, stale_after: Duration) -> io::Result<Heartbeat> {
-        // Never rename over a device or a directory (HEARTBEAT_FILE=/dev/null as root).
-        if let Ok(meta) = fs::symlink_metadata(path)
-            && !meta.is_file()
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "it exists and is not a regular file",
-            ));
-        }
+        // Never rename over a device, a FIFO, a directory or a symbolic link
+        // (HEARTBEAT_FILE=/dev/null as root).
+        crate::files::check_regular_or_absent(path)?;
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(name);
+        // As PID 1 in a container every run has the same temporary name: one left by a
+        // killed run is removed if it is a regular file, refused otherwise.
+        crate::files::remove_stale(&tmp)?;
         let now = now_ms();
         let heartbeat = Heartbeat {
             path: path.to_path_buf(),
-            tmp: path.with_file_name(name),
+            tmp,
             beat: Beat {
                 pid: std::process::id(),
                 started_ms: now,
@@ -187,14 +188,23 @@ impl Heartbeat {
         }
     }
 
+    /// Writes the beat to a temporary file created new (`O_EXCL`, never through a
+    /// symbolic link or a file put there) and renames it over the heartbeat.
     fn write(&self) -> io::Result<()> {
         let mut text = serde_json::to_vec(&self.beat).map_err(io::Error::other)?;
         text.push(b'\n');
-        let written = fs::File::create(&self.tmp)
-            .and_then(|mut file| file.write_all(&text))
+        let mut file = match crate::files::create_new(&self.tmp) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                crate::files::remove_stale(&self.tmp)?;
+                crate::files::create_new(&self.tmp)?
+            }
+            other => other?,
+        };
+        let written = file
+            .write_all(&text)
             .and_then(|()| fs::rename(&self.tmp, &self.path));
         if written.is_err() {
-            let _ = fs::remove_file(&self.tmp);
+            let _ = crate::files::remove_stale(&self.tmp);
         }
         written
     }
@@ -224,16 +234,24 @@ pub fn check(
         healthy: false,
         line,
     };
-    let text = match fs::read_to_string(path) {
+    // Opened without blocking, refused unless a regular file, read with a cap: a probe
+    // pointed at a FIFO or a device answers at once.
+    let text = match crate::files::read_regular(path, MAX_BEAT_BYTES) {
         Ok(text) => text,
-        Err(e) => {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return unhealthy(format!(
                 "unhealthy: no heartbeat at {}: {e} (is the worker running with the same --heartbeat-file?)",
                 path.display()
             ));
         }
+        Err(e) => {
+            return unhealthy(format!(
+                "unhealthy: the heartbeat at {} cannot be read: {e}",
+                path.display()
+            ));
+        }
     };
-    let beat: Beat = match serde_json::from_str(&text) {
+    let beat: Beat = match serde_json::from_slice(&text) {
         Ok(beat) => beat,
         Err(e) => {
             return unhealthy(format!(
@@ -407,6 +425,60 @@ mod tests {
         assert!(d > Duration::from_secs(60 + 80), "{d:?}");
         assert!(d < Duration::from_secs(600), "{d:?}");
         assert!(stale_after(&config, &Mode::Once) < d);
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("om-beat-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_temporary_file_is_never_written_through_a_path_that_exists() {
+        let dir = temp_dir("tmp");
+        let path = dir.join("beat");
+        let tmp = dir.join(format!("beat.{}.tmp", std::process::id()));
+        let target = dir.join("target");
+        fs::write(&target, "keep").unwrap();
+        // A symbolic link where the temporary file goes: refused at start, untouched.
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        assert!(Heartbeat::start(&path, Duration::from_secs(9)).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+        fs::remove_file(&tmp).unwrap();
+        // A regular one (a killed run's) is removed, and beats go on.
+        fs::write(&tmp, "stale").unwrap();
+        let mut hb = Heartbeat::start(&path, Duration::from_secs(9)).unwrap();
+        assert!(!tmp.exists());
+        // A link put there while the worker runs: that beat fails, the target is kept.
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        assert!(hb.write().is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+        fs::remove_file(&tmp).unwrap();
+        hb.cycle_ended(&CycleReport::default());
+        assert!(check(&path, None, None, now_ms()).healthy);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn healthcheck_answers_at_once_whatever_sits_at_the_path() {
+        let dir = temp_dir("check");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let started = Instant::now();
+        for path in [&fifo, &dir, &PathBuf::from("/dev/zero")] {
+            let v = check(path, None, None, now_ms());
+            assert!(!v.healthy, "{v}");
+            assert!(v.line.contains("not a regular file"), "{v}");
+        }
+        let big = dir.join("big");
+        fs::write(&big, vec![b' '; MAX_BEAT_BYTES as usize + 1]).unwrap();
+        let v = check(&big, None, None, now_ms());
+        assert!(!v.healthy && v.line.contains("larger than"), "{v}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

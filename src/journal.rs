@@ -7,15 +7,31 @@
 //!   (`ready`: stock taken; `blocked`: not taken; `unknown`: in doubt);
 //! - `finished`: the status is set, or nothing was taken: the order is forgotten.
 //!
+//! It fails closed. A `sending` record that cannot be written and synced is an error,
+//! and the caller sends nothing. A failed append is cut off again (no half line stays
+//! behind). A `sending` record is padded with spaces to the length of its `decided`
+//! record, so that when appending `decided` fails (a full disk) the decision is written
+//! over it in place, in blocks the file already owns: a restart then retries the status
+//! update instead of setting an order `unknown` whose status is already set. When the
+//! file cannot be brought up to date, it is rewritten from memory before the next
+//! `sending`, and until that works no decrease is sent.
+//!
 //! On open, the journal is replayed (a torn last line, as a crash leaves it, is ignored
 //! with a warning; damage anywhere else refuses to start) and compacted: rewritten
-//! through a temporary file and a rename, keeping only unfinished orders. A lock file
-//! beside it keeps a second worker away.
+//! through a temporary file and a rename, keeping only unfinished orders.
+//!
+//! A second worker is kept away by two locks (`flock`): on the state file itself, so
+//! that another name for it (a hard link, a symbolic link to its directory) is refused
+//! too, taken on each new file before it is renamed into place; and on `PATH.lock`
+//! beside it. The state file, its lock and its temporary file are regular files or do
+//! not exist (see [`crate::files`]), and a state file with a second hard link is
+//! refused at start.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +41,11 @@ use crate::process::{InFlight, Journal};
 
 /// Appended lines allowed beyond twice the live orders before a compaction.
 const COMPACT_SLACK: usize = 256;
+
+/// The largest state file read at start (a compacted file holds about 100 bytes per
+/// order in flight, so this is hundreds of thousands of them): a larger one is refused
+/// rather than read into memory.
+pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +97,12 @@ pub enum JournalError {
         line: usize,
         detail: String,
     },
+    /// The path cannot hold a state file (a FIFO, a device, a directory, a symbolic
+    /// link, a file with a second hard link, one too large to read).
+    Unusable {
+        path: PathBuf,
+        detail: String,
+    },
     Io {
         path: PathBuf,
         error: io::Error,
@@ -95,6 +122,9 @@ impl fmt::Display for JournalError {
                     path.display()
                 )
             }
+            JournalError::Unusable { path, detail } => {
+                write!(f, "state file {}: {detail}", path.display())
+            }
             JournalError::Io { path, error } => write!(f, "state file {}: {error}", path.display()),
         }
     }
@@ -102,87 +132,331 @@ impl fmt::Display for JournalError {
 
 impl std::error::Error for JournalError {}
 
+/// Where a `sending` record lies in the file: its offset and length (without the
+/// newline), room for its order's `decided` record.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    offset: u64,
+    len: usize,
+}
+
+/// Orders and their `sending` records' places.
+type Slots = Vec<(u64, Slot)>;
+
 /// The journal in a file.
 pub struct FileJournal {
     path: PathBuf,
+    tmp: PathBuf,
+    /// The state file, locked; written at `end` (the worker is its only writer).
     file: File,
+    end: u64,
     live: BTreeMap<u64, (Order, InFlight)>,
+    /// The `sending` records of the orders in flight with no decision yet (a few at
+    /// most: the order in hand, and at start those a crash left).
+    slots: Slots,
     lines: usize,
-    /// Held for the life of the process.
+    /// Why the file no longer says what `live` says (a write that failed), until a
+    /// rewrite succeeds; no `sending` is accepted meanwhile.
+    stale: Option<String>,
+    /// Orders decided while the file could record nothing: it still says their decrease
+    /// was being sent, so a restart now would set them `unknown`.
+    at_risk: Vec<(u64, OrderStatus)>,
+    /// Test only: the disk is full (appends fail part way, rewrites fail, writes in
+    /// place succeed).
+    #[cfg(test)]
+    disk_full: bool,
+    /// Files replaced by a compaction while another name (a hard link made meanwhile)
+    /// still reached them: kept open and locked, so no worker takes them up.
+    retired: Vec<File>,
+    /// `PATH.lock`, held for the life of the process.
     _lock: File,
+}
+
+/// The state file's own path, its lock's and its temporary file's: none of them may be
+/// another file the worker writes (the heartbeat).
+pub fn companion_paths(path: &Path) -> [PathBuf; 3] {
+    [
+        path.to_path_buf(),
+        with_suffix(path, ".lock"),
+        with_suffix(path, ".tmp"),
+    ]
 }
 
 impl FileJournal {
     /// Locks, replays and compacts the journal at `path` (created if missing).
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
-        let io_err = |error| JournalError::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        let lock_path = with_suffix(path, ".lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(JournalError::Locked(path.to_path_buf())),
-            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+        let [_, lock_path, tmp] = companion_paths(path);
+        let locked = || JournalError::Locked(path.to_path_buf());
+        for at in [path, &lock_path, &tmp] {
+            crate::files::check_regular_or_absent(at).map_err(|e| io_at(at, e))?;
         }
-        let live = match fs::read(path) {
-            Ok(bytes) => replay(path, &bytes)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(io_err(e)),
-        };
-        let file = write_compacted(path, &live).map_err(io_err)?;
+        let lock = crate::files::open_regular(
+            &lock_path,
+            OpenOptions::new().create(true).truncate(false).write(true),
+        )
+        .map_err(|e| io_at(&lock_path, e))?;
+        try_lock(&lock).map_err(|e| e.map_or_else(locked, |e| io_at(&lock_path, e)))?;
+        let file = crate::files::open_regular(
+            path,
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true),
+        )
+        .map_err(|e| io_at(path, e))?;
+        let meta = file.metadata().map_err(|e| io_at(path, e))?;
+        if meta.nlink() > 1 {
+            return Err(JournalError::Unusable {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "it has {} hard links: through another name a second worker could use it; \
+                     remove the other links",
+                    meta.nlink()
+                ),
+            });
+        }
+        try_lock(&file).map_err(|e| e.map_or_else(locked, |e| io_at(path, e)))?;
+        // A worker that held the file a moment ago may have replaced it since: the path
+        // must still name the file locked.
+        match fs::symlink_metadata(path) {
+            Ok(now) if same_inode(&now, &meta) => {}
+            _ => return Err(locked()),
+        }
+        // Refused unread above the cap.
+        let bytes =
+            crate::files::read_capped(&file, MAX_STATE_FILE_BYTES).map_err(|e| io_at(path, e))?;
+        let live = replay(path, &bytes)?;
+        // Only the holder of the lock writes the temporary file: one there is a crash's.
+        crate::files::remove_stale(&tmp).map_err(|e| io_at(&tmp, e))?;
+        let (file, end, slots) = write_compacted(path, &tmp, &live).map_err(|e| io_at(path, e))?;
         Ok(FileJournal {
             path: path.to_path_buf(),
+            tmp,
             file,
+            end,
             lines: live.len(),
             live,
+            slots,
+            stale: None,
+            at_risk: Vec::new(),
+            #[cfg(test)]
+            disk_full: false,
+            retired: Vec::new(),
             _lock: lock,
         })
     }
 
-    fn append(&mut self, record: &Record) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
-        self.lines += 1;
+    /// Appends `line` (newline included) at the end and syncs it. On failure, what was
+    /// written of it is cut off again; if even that fails, the file is stale.
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        match self.write_at_end(line) {
+            Ok(()) => {
+                self.end += line.len() as u64;
+                self.lines += 1;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(cut) = self
+                    .file
+                    .set_len(self.end)
+                    .and_then(|()| self.file.sync_data())
+                {
+                    self.stale = Some(format!("a failed write ({e}) could not be cut off ({cut})"));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_at_end(&self, line: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.disk_full {
+            // What a full disk does: part of the line lands, then ENOSPC.
+            self.file.write_all_at(&line[..line.len() / 2], self.end)?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.file.write_all_at(line, self.end)?;
+        self.file.sync_data()
+    }
+
+    /// Removes and returns the order's `sending` record's place.
+    fn take_slot(&mut self, id: u64) -> Option<Slot> {
+        let i = self.slots.iter().position(|(o, _)| *o == id)?;
+        Some(self.slots.swap_remove(i).1)
+    }
+
+    /// Writes the decision over the order's `sending` record, in place.
+    fn decide_in_place(&self, slot: Slot, order: &Order, status: OrderStatus) -> io::Result<()> {
+        let mut record = record_line(&Record::new(Op::Decided, order, Some(status)))?;
+        if record.len() > slot.len {
+            return Err(io::Error::other(
+                "the decision does not fit its sending record",
+            ));
+        }
+        record.resize(slot.len, b' ');
+        self.file.write_all_at(&record, slot.offset)?;
+        self.file.sync_data()
+    }
+
+    /// Rewrites the file from memory when it is stale; an error leaves it stale.
+    fn bring_up_to_date(&mut self) -> io::Result<()> {
+        let Some(why) = self.stale.clone() else {
+            return Ok(());
+        };
+        self.compact().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("state file out of date ({why}) and cannot be rewritten: {e}"),
+            )
+        })?;
+        log::info!(
+            "state file {} rewritten and up to date again",
+            self.path.display()
+        );
+        self.stale = None;
+        self.at_risk.clear();
         Ok(())
     }
 
     fn compact_if_large(&mut self) -> io::Result<()> {
         if self.lines > 2 * self.live.len() + COMPACT_SLACK {
-            self.file = write_compacted(&self.path, &self.live)?;
-            self.lines = self.live.len();
+            self.compact()?;
         }
         Ok(())
+    }
+
+    /// Rewrites the file with the live orders only.
+    fn compact(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.disk_full {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let (file, end, slots) = write_compacted(&self.path, &self.tmp, &self.live)?;
+        self.slots = slots;
+        let old = std::mem::replace(&mut self.file, file);
+        if old.metadata().is_ok_and(|m| m.nlink() > 0) {
+            log::warn!(
+                "state file {}: another name (a hard link) reaches the file it replaces; \
+                 that file stays locked until the worker exits",
+                self.path.display()
+            );
+            self.retired.push(old);
+        }
+        self.end = end;
+        self.lines = self.live.len();
+        Ok(())
+    }
+}
+
+/// An I/O error at `at`: a path that cannot hold a state file (see [`crate::files`]), or
+/// another failure.
+fn io_at(at: &Path, error: io::Error) -> JournalError {
+    match error.kind() {
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => JournalError::Unusable {
+            path: at.to_path_buf(),
+            detail: error.to_string(),
+        },
+        _ => JournalError::Io {
+            path: at.to_path_buf(),
+            error,
+        },
+    }
+}
+
+fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// Takes the file's exclusive lock without waiting: `Err(None)` when another process
+/// holds it.
+fn try_lock(file: &File) -> Result<(), Option<io::Error>> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(None),
+        Err(TryLockError::Error(e)) => Err(Some(e)),
     }
 }
 
 impl Journal for FileJournal {
     fn sending(&mut self, order: &Order) -> io::Result<()> {
-        self.append(&Record::new(Op::Sending, order, None))?;
+        self.bring_up_to_date()?;
+        let (line, len) = sending_line(order)?;
+        let offset = self.end;
+        self.append(&line)?;
         self.live.insert(order.id, (*order, InFlight::Sent));
+        self.take_slot(order.id);
+        self.slots.push((order.id, Slot { offset, len }));
         Ok(())
     }
 
     fn decided(&mut self, order: &Order, status: OrderStatus) -> io::Result<()> {
-        self.append(&Record::new(Op::Decided, order, Some(status)))?;
+        // Memory holds the truth whatever the file can take: a rewrite writes it.
         self.live
             .insert(order.id, (*order, InFlight::Decided(status)));
-        Ok(())
+        let slot = self.take_slot(order.id);
+        let failed = if self.stale.is_some() {
+            match self.bring_up_to_date() {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        } else {
+            let line = record_line(&Record::new(Op::Decided, order, Some(status)))?;
+            match self.append(&[line.as_slice(), b"\n"].concat()) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        };
+        // A full disk: the sending record's own bytes take the decision.
+        let in_place = match slot {
+            Some(slot) => self.decide_in_place(slot, order, status),
+            None => Err(io::Error::other("no sending record to write it over")),
+        };
+        match in_place {
+            Ok(()) => {
+                log::warn!(
+                    "order {}: its decision ({status}) could not be appended to the state file ({failed}); \
+                     written over its sending record instead",
+                    order.id
+                );
+                Ok(())
+            }
+            Err(in_place) => {
+                if self.stale.is_none() {
+                    self.stale = Some(format!(
+                        "order {}'s decision could not be written: {failed}",
+                        order.id
+                    ));
+                }
+                if slot.is_some() {
+                    self.at_risk.push((order.id, status));
+                    log::error!(
+                        "order {}: its decision ({status}) cannot be written to the state file ({failed}; \
+                         in place: {in_place}); until the file is rewritten a restart would set it \
+                         unknown, and no decrease is sent",
+                        order.id
+                    );
+                }
+                Err(failed)
+            }
+        }
     }
 
     fn finished(&mut self, order: &Order) -> io::Result<()> {
         if self.live.remove(&order.id).is_none() {
             return Ok(()); // never journaled (e.g. a simulated failure): nothing to close
         }
-        self.append(&Record::new(Op::Finished, order, None))?;
+        self.take_slot(order.id);
+        if self.stale.is_some() {
+            return self.bring_up_to_date();
+        }
+        let line = record_line(&Record::new(Op::Finished, order, None))?;
+        if let Err(e) = self.append(&[line.as_slice(), b"\n"].concat()) {
+            // The file still holds the decision: a restart would only set the same
+            // status again. Rewritten before the next decrease.
+            self.stale = Some(format!("order {} finished but not recorded: {e}", order.id));
+            return Err(e);
+        }
         self.compact_if_large()
     }
 
@@ -191,18 +465,62 @@ impl Journal for FileJournal {
     }
 }
 
+impl Drop for FileJournal {
+    /// A last try to bring a stale file up to date; what stays at risk is named.
+    fn drop(&mut self) {
+        if self.stale.is_some()
+            && let Err(e) = self.bring_up_to_date()
+        {
+            let at_risk: Vec<String> = self
+                .at_risk
+                .iter()
+                .map(|(id, status)| format!("{id} ({status})"))
+                .collect();
+            log::error!(
+                "state file {}: {e}; orders decided whose record still says their decrease was \
+                 being sent, which a restart will set unknown (set them by hand after that): [{}]",
+                self.path.display(),
+                at_risk.join(", ")
+            );
+        }
+    }
+}
+
+/// A record as one line, without its newline.
+fn record_line(record: &Record) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(record).map_err(io::Error::other)
+}
+
+/// An order's `sending` line, padded with spaces (which JSON allows after a value) to
+/// the length of its longest `decided` record, and that length (without the newline).
+fn sending_line(order: &Order) -> io::Result<(Vec<u8>, usize)> {
+    let mut line = record_line(&Record::new(Op::Sending, order, None))?;
+    // `registered` is the longest status name.
+    let room = record_line(&Record::new(
+        Op::Decided,
+        order,
+        Some(OrderStatus::Registered),
+    ))?;
+    let len = line.len().max(room.len());
+    line.resize(len, b' ');
+    line.push(b'\n');
+    Ok((line, len))
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
 }
 
-/// Applies the journal's lines in order; the last line may be torn.
+/// Applies the journal's lines in order; the last line may be torn (cut before its
+/// newline by a crash).
 fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>, JournalError> {
     let mut live = BTreeMap::new();
     let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     // split leaves an empty piece after a final newline.
-    let count = lines.len() - usize::from(bytes.ends_with(b"\n") || bytes.is_empty());
+    let terminated = bytes.ends_with(b"\n") || bytes.is_empty();
+    let count = lines.len() - usize::from(terminated);
     for (i, line) in lines.iter().take(count).enumerate() {
         let parsed = serde_json::from_slice::<Record>(line)
             .map_err(|e| e.to_string())
@@ -225,7 +543,9 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>,
             Ok((_, order, _)) => {
                 live.remove(&order.id);
             }
-            Err(detail) if i + 1 == count => {
+            // Only a last line without its newline is torn; a complete line that cannot
+            // be read is damage wherever it is.
+            Err(detail) if i + 1 == count && !terminated => {
                 log::warn!(
                     "state file {}: last record is torn (a crash while writing it?) and is ignored: {detail}",
                     path.display()
@@ -243,29 +563,61 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>,
     Ok(live)
 }
 
-/// Writes the live orders to a temporary file, syncs it, renames it over the journal,
-/// syncs the directory, and returns the journal opened for appending.
-fn write_compacted(path: &Path, live: &BTreeMap<u64, (Order, InFlight)>) -> io::Result<File> {
-    let tmp = with_suffix(path, ".tmp");
-    {
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
+/// Writes the live orders to a new temporary file (created, never opened through a path
+/// that exists), locks it, syncs it, renames it over the journal and syncs the
+/// directory; returns it, for writing at its end, that end, and where its `sending`
+/// records lie.
+fn write_compacted(
+    path: &Path,
+    tmp: &Path,
+    live: &BTreeMap<u64, (Order, InFlight)>,
+) -> io::Result<(File, u64, Slots)> {
+    let mut slots = Vec::new();
+    let file = crate::files::create_new(tmp)?;
+    let written = (|| {
+        // Locked before it takes the journal's place: a worker opening the path from
+        // then on finds it locked.
+        try_lock(&file).map_err(|e| {
+            e.unwrap_or_else(|| io::Error::other("the new state file is locked by another process"))
+        })?;
+        let mut out = io::BufWriter::new(&file);
+        let mut offset = 0;
         for (order, state) in live.values() {
-            let record = match state {
-                InFlight::Sent => Record::new(Op::Sending, order, None),
-                InFlight::Decided(s) => Record::new(Op::Decided, order, Some(*s)),
+            let line = match state {
+                InFlight::Sent => {
+                    let (line, len) = sending_line(order)?;
+                    slots.push((order.id, Slot { offset, len }));
+                    line
+                }
+                InFlight::Decided(s) => {
+                    let mut line = record_line(&Record::new(Op::Decided, order, Some(*s)))?;
+                    line.push(b'\n');
+                    line
+                }
             };
-            serde_json::to_writer(&mut out, &record).map_err(io::Error::other)?;
-            out.write_all(b"\n")?;
+            out.write_all(&line)?;
+            offset += line.len() as u64;
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
+        out.flush()?;
+        drop(out);
+        file.sync_all()?;
+        let end = file.metadata()?.len();
+        fs::rename(tmp, path)?;
+        Ok(end)
+    })();
+    let end = match written {
+        Ok(end) => end,
+        Err(e) => {
+            let _ = fs::remove_file(tmp);
+            return Err(e);
+        }
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()?;
-    OpenOptions::new().append(true).open(path)
+    Ok((file, end, slots))
 }
 
 #[cfg(test)]
@@ -362,6 +714,290 @@ mod tests {
             FileJournal::open(&path),
             Err(JournalError::Locked(_))
         ));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    fn unusable(result: Result<FileJournal, JournalError>) -> String {
+        match result {
+            Err(e @ JournalError::Unusable { .. }) => e.to_string(),
+            Err(e) => panic!("expected Unusable, got {e}"),
+            Ok(_) => panic!("expected Unusable, got a journal"),
+        }
+    }
+
+    #[test]
+    fn the_state_file_its_lock_and_its_temporary_file_are_regular_files_or_absent() {
+        let dir = temp_dir("kinds");
+        let path = dir.join("state.jsonl");
+        let [_, lock, tmp] = companion_paths(&path);
+        for at in [&path, &lock, &tmp] {
+            // A FIFO: refused at once, never opened (a read would block).
+            mkfifo(at);
+            let e = unusable(FileJournal::open(&path));
+            assert!(
+                e.contains("FIFO") && e.contains(&at.display().to_string()),
+                "{e}"
+            );
+            fs::remove_file(at).unwrap();
+            fs::create_dir(at).unwrap();
+            assert!(unusable(FileJournal::open(&path)).contains("directory"));
+            fs::remove_dir(at).unwrap();
+            // A symbolic link, even to a regular file: never written through.
+            let target = dir.join("target");
+            fs::write(&target, "keep").unwrap();
+            std::os::unix::fs::symlink(&target, at).unwrap();
+            assert!(unusable(FileJournal::open(&path)).contains("symbolic link"));
+            assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+            fs::remove_file(at).unwrap();
+        }
+        // A stale temporary file (a crash during a compaction) is removed.
+        fs::write(&tmp, "half a compaction").unwrap();
+        let mut j = FileJournal::open(&path).unwrap();
+        j.sending(&order(1)).unwrap();
+        assert!(!tmp.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_hard_link_to_the_state_file_does_not_let_a_second_worker_in() {
+        let dir = temp_dir("hardlink");
+        let path = dir.join("state.jsonl");
+        let other = dir.join("other.jsonl");
+        // A second name that exists before the start: refused by both names.
+        fs::write(&path, "").unwrap();
+        fs::hard_link(&path, &other).unwrap();
+        assert!(unusable(FileJournal::open(&path)).contains("2 hard links"));
+        assert!(unusable(FileJournal::open(&other)).contains("2 hard links"));
+        fs::remove_file(&other).unwrap();
+        // A second name made while a worker runs: refused for its links, and once the
+        // first worker has replaced its file by a compaction (the old one is then
+        // reached by that name only, with one link, and its own lock file differs),
+        // by the lock on the file itself, which the first worker keeps.
+        let mut first = FileJournal::open(&path).unwrap();
+        fs::hard_link(&path, &other).unwrap();
+        assert!(unusable(FileJournal::open(&other)).contains("2 hard links"));
+        first.sending(&order(1)).unwrap();
+        first.compact().unwrap();
+        assert!(!files_same(&path, &other));
+        assert!(matches!(
+            FileJournal::open(&other),
+            Err(JournalError::Locked(_))
+        ));
+        drop(first);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn files_same(a: &Path, b: &Path) -> bool {
+        crate::files::same_file(a, b)
+    }
+
+    #[test]
+    fn a_second_worker_through_another_path_to_the_directory_is_refused() {
+        let dir = temp_dir("dirlink");
+        let alias = dir.with_extension("alias");
+        let _ = fs::remove_file(&alias);
+        std::os::unix::fs::symlink(&dir, &alias).unwrap();
+        let _first = FileJournal::open(&dir.join("state.jsonl")).unwrap();
+        assert!(matches!(
+            FileJournal::open(&alias.join("state.jsonl")),
+            Err(JournalError::Locked(_))
+        ));
+        fs::remove_file(alias).unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_over_the_cap_is_refused_unread() {
+        let dir = temp_dir("large");
+        let path = dir.join("state.jsonl");
+        let file = File::create(&path).unwrap();
+        file.set_len(MAX_STATE_FILE_BYTES + 1).unwrap(); // sparse: no disk used
+        drop(file);
+        let e = unusable(FileJournal::open(&path));
+        assert!(e.contains("larger than 67108864 bytes"), "{e}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_complete_line_that_cannot_be_read_is_damage_even_the_last_one() {
+        let dir = temp_dir("lastline");
+        let path = dir.join("state.jsonl");
+        let good = "{\"op\":\"sending\",\"id\":7,\"wood_type\":\"oak\",\"quantity\":2}\n";
+        for last in [
+            "garbage\n",
+            "{\"op\":\"decided\",\"id\":7,\"wood_type\":\"oak\",\"quantity\":2,\"status\":\"bogus\"}\n",
+            "{\"op\":\"decided\",\"id\":7,\"wood_type\":\"oak\",\"quantity\":2}\n",
+            "{\"op\":\"sending\",\"id\":7,\"wood_ty\n",
+            "\n",
+        ] {
+            fs::write(&path, format!("{good}{last}")).unwrap();
+            match FileJournal::open(&path) {
+                Err(JournalError::Corrupt { line: 2, .. }) => {}
+                other => panic!("{last:?}: expected damage at line 2, got {:?}", other.err()),
+            }
+        }
+        // Without its newline the same last line is torn, and ignored.
+        fs::write(&path, format!("{good}garbage")).unwrap();
+        assert_eq!(FileJournal::open(&path).unwrap().in_flight().len(), 1);
+        // A sending record padded with spaces (room for its decision) reads as before.
+        fs::write(&path, good.replace("}\n", "}          \n")).unwrap();
+        assert_eq!(
+            FileJournal::open(&path).unwrap().in_flight(),
+            vec![(
+                Order {
+                    id: 7,
+                    wood_type: WoodType::Oak,
+                    quantity: 2
+                },
+                InFlight::Sent
+            )]
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A journey against stand-in services, with `journal`.
+    fn journey(stack: &standin::Stack, journal: Box<dyn Journal>) -> crate::process::Journey {
+        let config = crate::Config {
+            orders_url: stack.orders_url(),
+            stocks_url: stack.stocks_url(),
+            error_rate: 0.0,
+            max_retries: 0,
+            http_timeout: std::time::Duration::from_secs(2),
+            decrease_timeout: std::time::Duration::from_secs(2),
+            ..crate::Config::default()
+        };
+        crate::process::Journey::new(&config, journal)
+    }
+
+    fn stand_in_with_one_order() -> (standin::Stack, Order) {
+        let stack = standin::Stack::start(0, 0, standin::Knobs::default()).unwrap();
+        stack.add_stock("elm", 100);
+        let id = stack.add_order("elm", 4);
+        (stack, order(id))
+    }
+
+    fn status_of(stack: &standin::Stack, id: u64) -> String {
+        let orders = stack.orders();
+        orders.iter().find(|o| o.id == id).unwrap().status.clone()
+    }
+
+    #[test]
+    fn a_sending_record_that_cannot_be_written_sends_nothing() {
+        let dir = temp_dir("full-sending");
+        let path = dir.join("state.jsonl");
+        let (stack, order) = stand_in_with_one_order();
+        let mut journal = FileJournal::open(&path).unwrap();
+        journal.sending(&self::order(999)).unwrap();
+        let before = fs::read(&path).unwrap();
+        journal.disk_full = true;
+        let mut journey = journey(&stack, Box::new(journal));
+        let outcome = journey.run_to_end(order);
+        assert!(
+            matches!(
+                outcome,
+                crate::outcome::Outcome::Deferred {
+                    cause: crate::outcome::Deferral::Fatal,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(stack.ledger().is_empty(), "no decrease was sent");
+        assert_eq!(status_of(&stack, order.id), "registered");
+        // The half line the full disk took was cut off again.
+        assert_eq!(fs::read(&path).unwrap(), before);
+        drop(journey);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A journal whose disk fills up right after the `sending` record.
+    struct FullAfterSending(FileJournal);
+
+    impl Journal for FullAfterSending {
+        fn sending(&mut self, order: &Order) -> io::Result<()> {
+            self.0.sending(order)?;
+            self.0.disk_full = true;
+            Ok(())
+        }
+        fn decided(&mut self, order: &Order, status: OrderStatus) -> io::Result<()> {
+            self.0.decided(order, status)
+        }
+        fn finished(&mut self, order: &Order) -> io::Result<()> {
+            self.0.finished(order)
+        }
+        fn in_flight(&self) -> Vec<(Order, InFlight)> {
+            self.0.in_flight()
+        }
+    }
+
+    #[test]
+    fn a_decision_on_a_full_disk_lands_in_place_and_a_restart_keeps_the_order_ready() {
+        let dir = temp_dir("full-decided");
+        let path = dir.join("state.jsonl");
+        let (stack, order) = stand_in_with_one_order();
+        let journal = FullAfterSending(FileJournal::open(&path).unwrap());
+        let mut journey = journey(&stack, Box::new(journal));
+        // Stock taken, decision written in place, status set; `finished` fails.
+        let outcome = journey.run_to_end(order);
+        assert_eq!(outcome, crate::outcome::Outcome::Ready);
+        drop(journey); // the process ends with the disk still full
+        assert_eq!(status_of(&stack, order.id), "ready");
+        // The file says the order is decided ready, not that its decrease was being sent.
+        let reopened = FileJournal::open(&path).unwrap();
+        assert_eq!(
+            reopened.in_flight(),
+            vec![(order, InFlight::Decided(OrderStatus::Ready))]
+        );
+        // A restart retries the same status: the order stays ready, its stock taken once.
+        let config = crate::Config {
+            orders_url: stack.orders_url(),
+            stocks_url: stack.stocks_url(),
+            error_rate: 0.0,
+            max_retries: 0,
+            ..crate::Config::default()
+        };
+        let report =
+            crate::Worker::with_journal(&config, crate::Stop::new(), Box::new(reopened)).cycle();
+        assert!(report.complete(), "{report:?}");
+        assert_eq!(status_of(&stack, order.id), "ready");
+        assert_eq!(stack.ledger().len(), 1);
+        assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn while_the_file_is_out_of_date_no_decrease_is_sent_until_a_rewrite_works() {
+        let dir = temp_dir("stale");
+        let path = dir.join("state.jsonl");
+        let mut j = FileJournal::open(&path).unwrap();
+        j.sending(&order(1)).unwrap();
+        // Every write fails now, in place too (/dev/full answers ENOSPC to each one).
+        j.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        assert!(j.decided(&order(1), OrderStatus::Ready).is_err());
+        assert!(j.stale.is_some());
+        assert_eq!(j.at_risk, [(1, OrderStatus::Ready)]);
+        // No sending while the file cannot be brought up to date.
+        j.disk_full = true;
+        assert!(j.sending(&order(2)).is_err());
+        assert!(!j.in_flight().iter().any(|(o, _)| o.id == 2));
+        // Once a rewrite works, the file says what memory says, and work goes on.
+        j.disk_full = false;
+        j.sending(&order(2)).unwrap();
+        assert!(j.stale.is_none() && j.at_risk.is_empty());
+        drop(j);
+        assert_eq!(
+            FileJournal::open(&path).unwrap().in_flight(),
+            vec![
+                (order(1), InFlight::Decided(OrderStatus::Ready)),
+                (order(2), InFlight::Sent)
+            ]
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod heartbeat;
 pub mod http;
 pub mod journal;
@@ -14,6 +15,7 @@ pub mod orders;
 pub mod outcome;
 pub mod pager;
 pub mod process;
+pub mod redact;
 pub mod report;
 pub mod resolve;
 pub mod retry;

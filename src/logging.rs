@@ -54,6 +54,29 @@ impl Log for Tee {
         if !self.stderr.matches(record) {
             return;
         }
+        // Credentials in a URL never reach a line, whoever logs it.
+        let message = record.args().to_string();
+        let message = crate::redact::credentials(&message);
+        self.write(
+            &Record::builder()
+                .args(format_args!("{message}"))
+                .metadata(record.metadata().clone())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .key_values(record.key_values())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.stderr.flush();
+    }
+}
+
+impl Tee {
+    /// Writes a record (its message already redacted) to stderr and to OTLP.
+    fn write(&self, record: &Record) {
         let exported = !NOT_EXPORTED.iter().any(|t| record.target().starts_with(t));
         // stderr first, then the OTLP lock: a blocked stderr never holds up
         // `stop_export`.
@@ -93,10 +116,6 @@ impl Log for Tee {
                 otlp(format_args!("{line}"));
             }
         }
-    }
-
-    fn flush(&self) {
-        self.stderr.flush();
     }
 }
 

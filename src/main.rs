@@ -2,15 +2,29 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ordermanagement::cli::Cli;
-use ordermanagement::journal::FileJournal;
-use ordermanagement::{Config, Mode, Stop, Worker, heartbeat, logging, telemetry};
+use ordermanagement::files;
+use ordermanagement::journal::{self, FileJournal};
+use ordermanagement::{Config, Mode, Stop, Worker, heartbeat, logging, redact, telemetry};
 
 /// Exit code of a usage or configuration error.
 const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    // clap prints its own usage errors and exits 2; --help and --version exit 0.
-    let cli = Cli::parse();
+    // clap's usage errors exit 2; --help and --version exit 0. Their text may quote a
+    // value (the help shows each variable's value), so it is printed redacted.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.render().to_string();
+            let text = redact::credentials(&text);
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(USAGE));
+        }
+    };
     let (mode, config) = match Config::from_cli(&cli) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -31,6 +45,11 @@ fn main() -> ExitCode {
         config.log_format,
     );
     let settings = telemetry::Settings::from_env(|name| std::env::var(name).ok());
+    for (name, value) in &settings.clamped {
+        // SAFETY: no other thread runs yet (the exporters' threads start in
+        // Telemetry::init below), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var(name, value) };
+    }
     let shard = config
         .shard
         .map(|s| opentelemetry::KeyValue::new("ordermanagement.shard", s.to_string()));
@@ -38,14 +57,14 @@ fn main() -> ExitCode {
     let _telemetry = telemetry::Telemetry::init(&settings, shard.into_iter().collect());
     let stop = Stop::new();
     if let Err(e) = stop.install_signal_handlers() {
-        log::error!("cannot install the SIGTERM/SIGINT handlers: {e}");
+        log::error!("cannot install the signal handlers: {e}");
         return ExitCode::FAILURE;
     }
     log::info!(
         "ordermanagement {}: orders {}, stocks {}, error rate {}{}{}",
         env!("CARGO_PKG_VERSION"),
-        config.orders_url,
-        config.stocks_url,
+        redact::url(&config.orders_url),
+        redact::url(&config.stocks_url),
         config.error_rate,
         config
             .shard
@@ -53,10 +72,25 @@ fn main() -> ExitCode {
             .unwrap_or_default(),
         if config.dry_run { ", dry run" } else { "" }
     );
+    // The heartbeat is renamed over every second: it must not be the state file (or its
+    // lock or temporary file), by any name.
+    if let (Some(state), Some(beat)) = (&config.state_file, &config.heartbeat_file)
+        && let Some(clash) = journal::companion_paths(state)
+            .iter()
+            .find(|p| files::same_file(p, beat))
+    {
+        let e = format!(
+            "invalid --heartbeat-file (HEARTBEAT_FILE) {:?}: it is the same file as {} of \
+             --state-file (STATE_FILE); give the heartbeat a path of its own",
+            beat.display().to_string(),
+            clash.display()
+        );
+        return fail_at_start(&config, &e);
+    }
     let mut worker = match &config.state_file {
-        None => Worker::new(&config, stop),
+        None => Worker::new(&config, stop.clone()),
         Some(path) => match FileJournal::open(path) {
-            Ok(journal) => Worker::with_journal(&config, stop, Box::new(journal)),
+            Ok(journal) => Worker::with_journal(&config, stop.clone(), Box::new(journal)),
             Err(e) => return fail_at_start(&config, &e.to_string()),
         },
     };
@@ -82,6 +116,9 @@ fn main() -> ExitCode {
     let code = match mode {
         Mode::Run { interval } => {
             worker.run_loop(interval);
+            if let Some(signal) = stop.signal() {
+                log::info!("stopped by {signal}");
+            }
             ExitCode::SUCCESS
         }
         Mode::Once => {

@@ -2,8 +2,10 @@
 //! the two calls the worker makes (list registered orders, set an order's status).
 
 use std::fmt;
+use std::ops::Deref;
 use std::time::Instant;
 
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::http::{CallError, Http, SendError};
@@ -108,6 +110,183 @@ pub struct InvalidOrder {
     pub problem: String,
 }
 
+/// Bad entries of one page that get a log line each; the others share one line.
+pub const INVALID_LINES_PER_PAGE: usize = 5;
+
+/// One page of the `registered` list: at most the `limit` asked for, each entry
+/// validated on its own. It reads like the slice of its entries (`len`, `iter`, a
+/// `for` loop over it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page {
+    entries: Vec<Result<Order, InvalidOrder>>,
+    /// Entries the service sent beyond `limit`: counted and dropped (one warning line
+    /// said how many). Later pages or cycles reach those orders.
+    pub dropped: u64,
+}
+
+impl Page {
+    /// The entries, in the order the service sent them.
+    pub fn entries(&self) -> &[Result<Order, InvalidOrder>] {
+        &self.entries
+    }
+
+    /// How many entries cannot be acted on.
+    pub fn invalid(&self) -> usize {
+        self.entries.iter().filter(|e| e.is_err()).count()
+    }
+}
+
+impl Deref for Page {
+    type Target = [Result<Order, InvalidOrder>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.entries
+    }
+}
+
+impl IntoIterator for Page {
+    type Item = Result<Order, InvalidOrder>;
+    type IntoIter = std::vec::IntoIter<Result<Order, InvalidOrder>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Page {
+    type Item = &'a Result<Order, InvalidOrder>;
+    type IntoIter = std::slice::Iter<'a, Result<Order, InvalidOrder>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter()
+    }
+}
+
+/// Logs the bad entries of one page that the caller skips: the first
+/// [`INVALID_LINES_PER_PAGE`] get a line each (id, problem), the others are counted,
+/// and one line sums them up when the log is dropped (at the end of the page, or an
+/// early return). A service answering thousands of bad entries costs a few lines.
+///
+/// ```ignore
+/// let mut invalid_log = InvalidLog::new();      // once per page
+/// // for each bad entry the cycle skips (after its shard and seen-before checks):
+/// invalid_log.entry(&invalid);
+/// // dropped with the page: "N more entries of this page skipped ..."
+/// ```
+#[derive(Debug, Default)]
+pub struct InvalidLog {
+    logged: usize,
+    more: u64,
+    /// The first ids of the entries not logged one by one, for the summary.
+    more_ids: Vec<u64>,
+}
+
+/// Ids named in the summary line at most.
+const SUMMARY_IDS: usize = 20;
+
+impl InvalidLog {
+    pub fn new() -> InvalidLog {
+        InvalidLog::default()
+    }
+
+    /// One bad entry the caller skips; returns true if it got its own line.
+    pub fn entry(&mut self, invalid: &InvalidOrder) -> bool {
+        if self.logged < INVALID_LINES_PER_PAGE {
+            self.logged += 1;
+            log::error!(
+                order_id = invalid.id.unwrap_or(0), outcome = "skipped", reason = invalid.problem.as_str();
+                "order {}: skipped, bad data from the Order Service: {}",
+                invalid.id.map_or_else(|| "(no valid id)".into(), |id| id.to_string()),
+                invalid.problem
+            );
+            return true;
+        }
+        self.more += 1;
+        if let Some(id) = invalid.id
+            && self.more_ids.len() < SUMMARY_IDS
+        {
+            self.more_ids.push(id);
+        }
+        false
+    }
+
+    /// The line for the entries not logged one by one, if there were any.
+    pub fn summary(&self) -> Option<String> {
+        if self.more == 0 {
+            return None;
+        }
+        let mut ids: Vec<String> = self.more_ids.iter().map(u64::to_string).collect();
+        if self.more > ids.len() as u64 {
+            ids.push("…".into());
+        }
+        Some(format!(
+            "{} more entries of this page skipped, bad data from the Order Service \
+             (only the first {INVALID_LINES_PER_PAGE} of a page get a line each); ids: {}",
+            self.more,
+            ids.join(", ")
+        ))
+    }
+}
+
+impl Drop for InvalidLog {
+    fn drop(&mut self) {
+        if let Some(line) = self.summary() {
+            log::error!(outcome = "skipped", count = self.more; "{line}");
+        }
+    }
+}
+
+/// Reads a list reply's array entry by entry: the first `limit` entries are validated,
+/// the rest only counted (each dropped as soon as it is read), and a non-object fails
+/// the page.
+struct PageReader {
+    limit: usize,
+}
+
+/// What [`PageReader`] found.
+struct ReadPage {
+    page: Page,
+    /// The first entry that is not a JSON object, described.
+    non_object: Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for PageReader {
+    type Value = ReadPage;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<ReadPage, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PageReader {
+    type Value = ReadPage;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of orders")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ReadPage, A::Error> {
+        let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.limit));
+        let mut non_object = None;
+        while entries.len() < self.limit && non_object.is_none() {
+            match seq.next_element::<Value>()? {
+                Some(entry) if entry.is_object() => entries.push(validate(&entry)),
+                Some(entry) => non_object = Some(short(&entry)),
+                None => break,
+            }
+        }
+        // Read one at a time and dropped at once: never kept.
+        let mut dropped = 0;
+        while seq.next_element::<Value>()?.is_some() {
+            dropped += 1;
+        }
+        Ok(ReadPage {
+            page: Page { entries, dropped },
+            non_object,
+        })
+    }
+}
+
 /// Checks one entry of a `registered` list: a positive integer `id`, one of the five
 /// wood types, a positive integer `quantity` and the status `registered`.
 pub fn validate(entry: &Value) -> Result<Order, InvalidOrder> {
@@ -194,14 +373,10 @@ impl OrdersClient {
         }
     }
 
-    /// One page of `registered` orders: each entry validated on its own. A reply that is
-    /// not a JSON array of objects is a failed call.
-    pub fn list_registered(
-        &self,
-        skip: u64,
-        limit: u32,
-        resend: u32,
-    ) -> Result<Vec<Result<Order, InvalidOrder>>, CallError> {
+    /// One page of `registered` orders: at most `limit` entries whatever the service
+    /// sends (the rest are counted, dropped, and named in one warning line), each
+    /// validated on its own. A reply that is not a JSON array of objects is a failed call.
+    pub fn list_registered(&self, skip: u64, limit: u32, resend: u32) -> Result<Page, CallError> {
         let url = format!(
             "{}/orders/status/registered?skip={skip}&limit={limit}",
             self.base
@@ -231,23 +406,30 @@ impl OrdersClient {
             .body
             .as_ref()
             .map_err(|e| bad(format!("a body that could not be read: {e}")))?;
-        let entries: Vec<Value> = match serde_json::from_slice(body) {
-            Ok(Value::Array(entries)) => entries,
-            Ok(other) => return Err(bad(format!("JSON that is not an array: {}", short(&other)))),
-            Err(e) => {
-                return Err(bad(format!(
-                    "a body that is not JSON ({e}): {}",
-                    reply.describe()
-                )));
-            }
+        let reader = PageReader {
+            limit: limit as usize,
         };
-        if let Some(entry) = entries.iter().find(|e| !e.is_object()) {
-            return Err(bad(format!(
-                "an array holding a non-object: {}",
-                short(entry)
-            )));
+        let mut json = serde_json::Deserializer::from_slice(body);
+        let read = reader
+            .deserialize(&mut json)
+            .and_then(|read| json.end().map(|()| read))
+            .map_err(|e| {
+                bad(format!(
+                    "a body that is not a JSON array of orders ({e}): {}",
+                    reply.describe()
+                ))
+            })?;
+        if let Some(entry) = read.non_object {
+            return Err(bad(format!("an array holding a non-object: {entry}")));
         }
-        Ok(entries.iter().map(validate).collect())
+        if read.page.dropped > 0 {
+            log::warn!(
+                "{what} answered {} entries beyond the {limit} asked for (skip {skip}); \
+                 they are dropped, later pages or cycles reach them",
+                read.page.dropped
+            );
+        }
+        Ok(read.page)
     }
 
     /// `PUT /orders/<id>` with the new status; `resend` is the attempt's number.
@@ -395,6 +577,102 @@ mod tests {
             assert_eq!(e.id, id, "{entry}");
             assert!(e.problem.contains(word), "{entry}: {}", e.problem);
         }
+    }
+
+    /// `list_registered(0, limit)` against a server answering `body`.
+    fn list(limit: u32, body: String) -> Result<Page, CallError> {
+        let server = httpmock::MockServer::start();
+        server.mock(|when, then| {
+            when.method(httpmock::Method::GET)
+                .path("/orders/status/registered");
+            then.status(200)
+                .header("content-type", "application/json")
+                .body(body);
+        });
+        let http = Http::new(std::time::Duration::from_secs(5));
+        OrdersClient::new(http, &server.base_url()).list_registered(0, limit, 0)
+    }
+
+    fn order_entry(id: u64) -> Value {
+        json!({"id": id, "wood_type": "oak", "quantity": 1, "order_status": "registered"})
+    }
+
+    #[test]
+    fn a_page_holds_at_most_the_limit_whatever_the_service_sends() {
+        let entries: Vec<Value> = (1..=7).map(order_entry).collect();
+        let page = list(5, Value::Array(entries).to_string()).unwrap();
+        assert_eq!(page.len(), 5);
+        assert_eq!(page.dropped, 2);
+        let ids: Vec<u64> = page.iter().map(|e| e.as_ref().unwrap().id).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+        // Within the limit: nothing dropped.
+        let entries: Vec<Value> = (1..=3).map(order_entry).collect();
+        let page = list(5, Value::Array(entries).to_string()).unwrap();
+        assert_eq!((page.len(), page.dropped), (3, 0));
+    }
+
+    #[test]
+    fn entries_beyond_the_limit_are_counted_and_dropped() {
+        // 30,000 entries past the limit, of any kind (a non-object there is not looked
+        // at), in a body within the byte limit of a 10-order page.
+        let mut body = String::from("[");
+        for id in 1..=10 {
+            body.push_str(&order_entry(id).to_string());
+            body.push(',');
+        }
+        body.push_str(&vec!["0"; 30_000].join(","));
+        body.push(']');
+        let page = list(10, body).unwrap();
+        assert_eq!((page.len(), page.dropped, page.invalid()), (10, 30_000, 0));
+    }
+
+    #[test]
+    fn a_reply_that_is_not_an_array_of_objects_fails_the_call() {
+        for body in [
+            r#"{"orders": []}"#.to_string(),
+            "<html>oops</html>".to_string(),
+            json!([order_entry(1), 7]).to_string(),
+            json!([order_entry(1)]).to_string() + " trailing",
+            "[{\"id\": 1},".to_string(),
+        ] {
+            let e = list(10, body.clone()).expect_err(&body);
+            assert!(matches!(e, CallError::Transient { .. }), "{body}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn bad_entries_are_kept_for_the_caller_with_their_problem() {
+        let body = json!([order_entry(1), {"id": 2, "wood_type": "teak"}, order_entry(3)]);
+        let page = list(10, body.to_string()).unwrap();
+        assert_eq!((page.len(), page.invalid()), (3, 1));
+        let bad = page[1].as_ref().unwrap_err();
+        assert_eq!(bad.id, Some(2));
+        assert!(bad.problem.contains("wood_type"), "{}", bad.problem);
+    }
+
+    #[test]
+    fn only_the_first_bad_entries_of_a_page_get_a_line_each() {
+        let bad = |id| InvalidOrder {
+            id: Some(id),
+            problem: "quantity is not a positive integer: 0".into(),
+        };
+        let mut log = InvalidLog::new();
+        let own_lines = (1..=1000).filter(|id| log.entry(&bad(*id))).count();
+        assert_eq!(own_lines, INVALID_LINES_PER_PAGE);
+        let summary = log.summary().expect("a summary line");
+        assert!(
+            summary.starts_with("995 more entries of this page skipped"),
+            "{summary}"
+        );
+        assert!(
+            summary.ends_with(
+                "ids: 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, …"
+            ),
+            "{summary}"
+        );
+        let mut log = InvalidLog::new();
+        assert!(log.entry(&bad(1)));
+        assert_eq!(log.summary(), None, "nothing to sum up");
     }
 
     fn reply(status: u16, body: &str) -> Reply {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::http::{CallError, Http};
 use crate::logging::{OrderFields, OrderGuard};
-use crate::orders::{InvalidOrder, Order, OrderStatus, OrdersClient};
+use crate::orders::{Order, OrderStatus, OrdersClient, Page};
 use crate::outcome::{
     Deferral, Next, Outcome, SIMULATED_STOCK_FAILURE, after_decrease, after_status_update,
 };
@@ -77,7 +77,13 @@ pub struct Task {
 #[derive(Debug, Clone)]
 enum Step {
     Decrease,
-    Status { status: OrderStatus, reason: String },
+    Status {
+        status: OrderStatus,
+        reason: String,
+        /// The decision is in the journal: only then may the status be set (a restart
+        /// must not find the order merely "sent" once its status is set).
+        recorded: bool,
+    },
 }
 
 impl Task {
@@ -113,7 +119,7 @@ impl Task {
                 reason: why.to_string(),
                 cause,
             },
-            Step::Status { status, reason } => Outcome::Pending {
+            Step::Status { status, reason, .. } => Outcome::Pending {
                 status: *status,
                 reason: if reason.is_empty() {
                     format!("status not set: {why}")
@@ -215,12 +221,7 @@ impl Journey {
     }
 
     /// One page of the registered list; `attempt` is its number (0 for the first).
-    pub fn list(
-        &self,
-        skip: u64,
-        limit: u32,
-        attempt: u32,
-    ) -> Result<Vec<Result<Order, InvalidOrder>>, CallError> {
+    pub fn list(&self, skip: u64, limit: u32, attempt: u32) -> Result<Page, CallError> {
         self.orders.list_registered(skip, limit, attempt)
     }
 
@@ -251,14 +252,18 @@ impl Journey {
         Task {
             span: OrderSpan::start(attributes, baggage(&order), cycle, trace),
             order,
-            step: Step::Status { status, reason },
+            step: Step::Status {
+                status,
+                reason,
+                recorded: false,
+            },
             attempts: Attempts::default(),
             sent: 0,
         }
     }
 
     /// Runs the task's next step: at most one request.
-    pub fn step(&mut self, task: Task) -> Ran {
+    pub fn step(&mut self, mut task: Task) -> Ran {
         let _entered = task.enter();
         match task.step.clone() {
             Step::Decrease if self.dry_run => {
@@ -275,7 +280,30 @@ impl Journey {
                 }
             }
             Step::Decrease => self.decrease(task),
-            Step::Status { status, reason } => self.set_status(task, status, reason),
+            Step::Status {
+                status,
+                reason,
+                recorded,
+            } => {
+                if !recorded {
+                    if let Err(e) = self.journal.decided(&task.order, status) {
+                        let outcome = Outcome::Pending {
+                            status,
+                            reason: format!(
+                                "{reason}; status not set: the state file could not record the decision: {e}"
+                            ),
+                        };
+                        return Ran {
+                            end: StepEnd::Finished(task, outcome),
+                            call: None,
+                        };
+                    }
+                    if let Step::Status { recorded, .. } = &mut task.step {
+                        *recorded = true;
+                    }
+                }
+                self.set_status(task, status, reason)
+            }
         }
     }
 
@@ -358,8 +386,22 @@ impl Journey {
         reason: String,
         call: Option<(Service, Verdict, String)>,
     ) -> Ran {
-        self.decided(&task.order, status);
-        task.step = Step::Status { status, reason };
+        let recorded = match self.journal.decided(&task.order, status) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "order {}: could not write its decision ({status}) to the state file: {e}; \
+                     its status is not set until it can be",
+                    task.order.id
+                );
+                false
+            }
+        };
+        task.step = Step::Status {
+            status,
+            reason,
+            recorded,
+        };
         task.attempts = Attempts::default();
         task.sent = 0;
         Ran {
@@ -449,6 +491,19 @@ impl Journey {
                 "order {}: could not write to the state file that it is finished: {e}",
                 order.id
             );
+        }
+    }
+
+    /// Takes `order` through every step at once, retries without their delays: for
+    /// tests of the journal.
+    #[cfg(test)]
+    pub(crate) fn run_to_end(&mut self, order: Order) -> Outcome {
+        let mut task = self.take(order, None);
+        loop {
+            match self.step(task).end {
+                StepEnd::Finished(_, outcome) => return outcome,
+                StepEnd::Then(next, _) | StepEnd::Again(next, _, _) => task = next,
+            }
         }
     }
 

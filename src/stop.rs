@@ -1,44 +1,75 @@
-//! Stopping on SIGTERM/SIGINT: a flag set by the signal handler, checked between orders,
-//! and a sleep that wakes up early when the flag is set.
+//! Stopping on a signal: a flag set by the signal handler, checked between orders, and
+//! a sleep that wakes up early when the flag is set.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use std::ffi::c_int;
 
 /// How often a sleep looks at the flag: short enough to stop within the 2 s promise,
 /// long enough not to spin.
 const SLICE: Duration = Duration::from_millis(50);
 
+/// The signals that stop the worker gracefully (the order in flight is finished), with
+/// their names. Besides SIGTERM and SIGINT: SIGHUP (a closed terminal or session) and
+/// SIGQUIT (Ctrl-\), and SIGUSR1 and SIGUSR2, whose default action would end the
+/// process at once, perhaps between a decrease and its status update. A second one
+/// exits at once with 128 + its number.
+pub const STOP_SIGNALS: [(c_int, &str); 6] = [
+    (SIGTERM, "SIGTERM"),
+    (SIGINT, "SIGINT"),
+    (SIGHUP, "SIGHUP"),
+    (SIGQUIT, "SIGQUIT"),
+    (SIGUSR1, "SIGUSR1"),
+    (SIGUSR2, "SIGUSR2"),
+];
+
 /// A stop request shared with the signal handlers (cheap to clone).
 #[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<AtomicBool>);
+pub struct Stop {
+    requested: Arc<AtomicBool>,
+    /// The number of the last stop signal received; 0 for none.
+    signal: Arc<AtomicUsize>,
+}
 
 impl Stop {
     pub fn new() -> Stop {
         Stop::default()
     }
 
-    /// Sets the flag on the first SIGTERM or SIGINT; a second one ends the process at
-    /// once (exit 143 or 130). Installing handlers is also what makes the process stop
+    /// Sets the flag on the first of the [`STOP_SIGNALS`]; a second one ends the process
+    /// at once (exit 128 + the signal's number: 143 for SIGTERM, 130 for SIGINT, 129 for
+    /// SIGHUP, 131 for SIGQUIT). Installing handlers is also what makes the process stop
     /// on SIGTERM when it runs as PID 1 in a container.
     pub fn install_signal_handlers(&self) -> std::io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
         use signal_hook::flag;
-        for (signal, code) in [(SIGTERM, 143), (SIGINT, 130)] {
+        for (signal, _) in STOP_SIGNALS {
             // Order matters: the conditional exit must see the flag before this signal sets it.
-            flag::register_conditional_shutdown(signal, code, Arc::clone(&self.0))?;
-            flag::register(signal, Arc::clone(&self.0))?;
+            flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&self.requested))?;
+            flag::register(signal, Arc::clone(&self.requested))?;
+            flag::register_usize(signal, Arc::clone(&self.signal), signal as usize)?;
         }
         Ok(())
     }
 
     /// Asks everything holding this flag to stop (what the signal handlers do).
     pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.requested.store(true, Ordering::SeqCst);
     }
 
     pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// The name of the signal that asked for the stop, if one did.
+    pub fn signal(&self) -> Option<&'static str> {
+        let number = self.signal.load(Ordering::SeqCst);
+        STOP_SIGNALS
+            .iter()
+            .find(|(s, _)| *s as usize == number)
+            .map(|(_, name)| *name)
     }
 
     /// Sleeps for `duration` unless a stop is requested first; returns false if it was.
@@ -80,5 +111,12 @@ mod tests {
         let start = Instant::now();
         assert!(Stop::new().sleep(Duration::from_millis(120)));
         assert!(start.elapsed() >= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn a_request_without_a_signal_names_none() {
+        let stop = Stop::new();
+        stop.request();
+        assert_eq!(stop.signal(), None);
     }
 }

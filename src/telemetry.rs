@@ -77,6 +77,52 @@ pub struct Settings {
     pub default_service_name: bool,
     /// service.version (the crate's) unless OTEL_RESOURCE_ATTRIBUTES gives one.
     pub default_service_version: bool,
+    /// Batch and queue sizes out of bounds, with the values to put in their place in
+    /// the process environment before [`Telemetry::init`] (the SDK reads them from there
+    /// when it builds its batch processors); see [`MAX_QUEUE_SIZE`].
+    pub clamped: Vec<(&'static str, String)>,
+}
+
+/// Largest `OTEL_BSP_MAX_QUEUE_SIZE` / `OTEL_BLRP_MAX_QUEUE_SIZE` used (4 x the default):
+/// the SDK allocates each queue whole at start (a span takes 352 bytes before its
+/// attributes), and a full one holds every record until the collector answers.
+pub const MAX_QUEUE_SIZE: u64 = 8_192;
+/// Largest `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` / `OTEL_BLRP_MAX_EXPORT_BATCH_SIZE` used (4 x
+/// the default): one export request holds a whole batch. Both kinds of size are at least 1
+/// (at 0 the SDK drops every record or exports empty batches).
+pub const MAX_EXPORT_BATCH_SIZE: u64 = 2_048;
+
+/// The batch processors' sizes that are out of bounds, each with its bounded value, and
+/// the one warning line that says so.
+fn clamp_batch_sizes(
+    get: impl Fn(&str) -> Option<String>,
+) -> (Vec<(&'static str, String)>, Option<String>) {
+    let mut clamped = Vec::new();
+    let mut said = Vec::new();
+    for (name, max) in [
+        ("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUE_SIZE),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", MAX_EXPORT_BATCH_SIZE),
+        ("OTEL_BLRP_MAX_QUEUE_SIZE", MAX_QUEUE_SIZE),
+        ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", MAX_EXPORT_BATCH_SIZE),
+    ] {
+        // A value that is not a number is ignored by the SDK too (its default applies).
+        let Some(n) = get(name).and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        let bounded = n.clamp(1, max);
+        if bounded != n {
+            clamped.push((name, bounded.to_string()));
+            said.push(format!("{name}={n} taken as {bounded}"));
+        }
+    }
+    let line = (!said.is_empty()).then(|| {
+        format!(
+            "{}: queue sizes are kept within 1..={MAX_QUEUE_SIZE} and batch sizes within \
+             1..={MAX_EXPORT_BATCH_SIZE} (the SDK allocates its queues at start)",
+            said.join(", ")
+        )
+    });
+    (clamped, line)
 }
 
 impl Settings {
@@ -114,6 +160,7 @@ impl Settings {
             baggage,
             default_service_name,
             default_service_version,
+            clamped: Vec::new(),
         };
         if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return off(vec![(
@@ -185,10 +232,20 @@ impl Settings {
                     .into(),
             ));
         }
+        // Only the batch processors of traces and logs read these sizes.
+        let (clamped, line) = if on[0] || on[2] {
+            clamp_batch_sizes(get)
+        } else {
+            (Vec::new(), None)
+        };
+        if let Some(line) = line {
+            notes.push((log::Level::Warn, line));
+        }
         Settings {
             traces: on[0],
             metrics: on[1],
             logs: on[2],
+            clamped,
             ..off(notes)
         }
     }
@@ -750,7 +807,10 @@ impl HttpAttempt {
             common.push(KeyValue::new("server.port", i64::from(port)));
         }
         let mut attributes = common.clone();
-        attributes.push(KeyValue::new("url.full", url.to_string()));
+        attributes.push(KeyValue::new(
+            "url.full",
+            crate::redact::url(url).into_owned(),
+        ));
         if resend > 0 {
             attributes.push(KeyValue::new(
                 "http.request.resend_count",
@@ -882,5 +942,39 @@ mod tests {
         assert!(propagators("")); // the specification's default: tracecontext,baggage
         assert!(propagators("baggage, tracecontext"));
         assert!(!propagators("tracecontext"));
+    }
+
+    #[test]
+    fn batch_sizes_out_of_bounds_are_clamped_with_one_warning() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100000000000"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+            ("OTEL_BLRP_MAX_QUEUE_SIZE", "4096"),
+            ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "lots"),
+        ]);
+        assert_eq!(
+            s.clamped,
+            vec![
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "8192".to_string()),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1".to_string()),
+            ]
+        );
+        let warnings: Vec<&String> = s
+            .notes
+            .iter()
+            .filter(|(level, _)| *level == log::Level::Warn)
+            .map(|(_, note)| note)
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("OTEL_BSP_MAX_QUEUE_SIZE=100000000000 taken as 8192"));
+        // Values within bounds, or export off: nothing to change, nothing said.
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "2048"),
+        ]);
+        assert!(s.clamped.is_empty() && s.notes.is_empty(), "{s:?}");
+        let s = settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]);
+        assert!(s.clamped.is_empty(), "{s:?}");
     }
 }

@@ -33,10 +33,6 @@ pub const WAITING_CAP: usize = 1024;
 /// once full, whatever the backlog.
 pub const RECENT_DECISIONS: usize = 10_000;
 
-/// The most orders one cycle takes (a list that never ends must not keep `once` from
-/// returning); the rest wait for the next cycle.
-pub const MAX_ORDERS_PER_CYCLE: usize = 100_000;
-
 /// An order whose fate is decided but whose status is not yet set.
 #[derive(Debug, Clone)]
 struct PendingUpdate {
@@ -86,6 +82,7 @@ pub struct Worker {
     refused: HashSet<u64>,
     recent: Recent,
     waiting_cap: usize,
+    max_orders_per_cycle: u64,
     /// Rewritten as orders finish and after every cycle, for `healthcheck`.
     heartbeat: Option<Heartbeat>,
 }
@@ -180,6 +177,7 @@ impl Worker {
             refused: HashSet::new(),
             recent: Recent::default(),
             waiting_cap: WAITING_CAP,
+            max_orders_per_cycle: config.max_orders_per_cycle,
             heartbeat: None,
         };
         for (order, state) in recovered {
@@ -549,9 +547,12 @@ impl Worker {
             heartbeat.orders_answered();
         }
         let len = entries.len();
+        // Bad entries: a line each for the first few of a page, then one summary line.
+        let mut invalid_log = crate::orders::InvalidLog::new();
         for entry in entries {
-            self.admit(cycle, entry);
+            self.admit(cycle, entry, &mut invalid_log);
         }
+        drop(invalid_log);
         cycle.next_page = match cycle.pager.after_page(len, limit) {
             PageEnd::Fetch => Some(Instant::now()),
             PageEnd::Last => None,
@@ -562,12 +563,11 @@ impl Worker {
                 None
             }
         };
-        if cycle.report.fetched as usize + cycle.page.len() >= MAX_ORDERS_PER_CYCLE
-            && cycle.next_page.is_some()
-        {
+        let most = self.max_orders_per_cycle;
+        if cycle.report.fetched + cycle.page.len() as u64 >= most && cycle.next_page.is_some() {
             cycle.next_page = None;
             cycle.report.ended_early = Some(format!(
-                "{MAX_ORDERS_PER_CYCLE} orders taken in this cycle, the most one cycle takes; the rest waits for the next"
+                "{most} orders taken in this cycle (--max-orders-per-cycle); the rest waits for the next"
             ));
             log::warn!(
                 "{}",
@@ -578,7 +578,12 @@ impl Worker {
 
     /// One entry of a page: a new order of this worker's is queued; anything else is
     /// counted, skipped or stepped over.
-    fn admit(&mut self, cycle: &mut Cycle, entry: Result<Order, crate::orders::InvalidOrder>) {
+    fn admit(
+        &mut self,
+        cycle: &mut Cycle,
+        entry: Result<Order, crate::orders::InvalidOrder>,
+        invalid_log: &mut crate::orders::InvalidLog,
+    ) {
         let id = match &entry {
             Ok(order) => Some(order.id),
             Err(invalid) => invalid.id,
@@ -603,12 +608,7 @@ impl Worker {
             Err(invalid) => {
                 cycle.report.fetched += 1;
                 cycle.report.skipped += 1;
-                log::error!(
-                    order_id = id.unwrap_or(0), outcome = "skipped", reason = invalid.problem.as_str();
-                    "order {}: skipped, bad data from the Order Service: {}",
-                    id.map_or_else(|| "(no valid id)".into(), |id| id.to_string()),
-                    invalid.problem
-                );
+                invalid_log.entry(&invalid);
                 return;
             }
         };

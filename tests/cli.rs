@@ -148,6 +148,7 @@ fn help_lists_every_variable_and_the_exit_codes() {
         "DECREASE_TIMEOUT_SECONDS",
         "MAX_RETRIES",
         "PAGE_SIZE",
+        "MAX_ORDERS_PER_CYCLE",
         "DRY_RUN",
     ] {
         assert!(help.contains(var), "--help does not mention {var}:\n{help}");
@@ -177,24 +178,146 @@ fn help_lists_every_variable_and_the_exit_codes() {
 
 // ---------------------------------------------------------------- configuration errors
 
-/// A bad value for a setting: (command, variable, flag, value).
-const BAD_SETTINGS: [(&str, &str, &str, &str); 12] = [
-    ("once", "ERROR_RATE", "--error-rate", "1.5"),
-    ("once", "ERROR_RATE", "--error-rate", "abc"),
-    ("run", "INTERVAL_SECONDS", "--interval", "0"),
-    ("run", "INTERVAL_SECONDS", "--interval", "-1"),
-    ("once", "API_URL_ORDERS", "--orders-url", "ftp://x"),
-    ("once", "API_URL_STOCKS", "--stocks-url", "ftp://x"),
-    ("once", "PAGE_SIZE", "--page-size", "0"),
-    ("once", "LOG_LEVEL", "--log-level", "loud"),
-    ("once", "SHARD", "--shard", "3/3"),
-    ("run", "SHARD", "--shard", "one/two"),
-    ("once", "LOG_FORMAT", "--log-format", "yaml"),
+const URL: &str = "an http:// or https:// URL with a host, such as http://order:5000";
+const PORT: &str = "a port from 1 to 65535 after the host, such as http://order:5000";
+const TIMEOUT: &str = "a number of seconds from 0.1 to 86400";
+
+/// A bad value for a setting: (command, variable, flag, value, what the message says
+/// is expected).
+const BAD_SETTINGS: [(&str, &str, &str, &str, &str); 25] = [
+    (
+        "once",
+        "ERROR_RATE",
+        "--error-rate",
+        "1.5",
+        "a number from 0.0 to 1.0",
+    ),
+    (
+        "once",
+        "ERROR_RATE",
+        "--error-rate",
+        "abc",
+        "a number from 0.0 to 1.0",
+    ),
+    (
+        "run",
+        "INTERVAL_SECONDS",
+        "--interval",
+        "0",
+        "a positive number of seconds",
+    ),
+    (
+        "run",
+        "INTERVAL_SECONDS",
+        "--interval",
+        "-1",
+        "a positive number of seconds",
+    ),
+    ("once", "API_URL_ORDERS", "--orders-url", "ftp://x", URL),
+    ("once", "API_URL_STOCKS", "--stocks-url", "ftp://x", URL),
+    (
+        "once",
+        "API_URL_ORDERS",
+        "--orders-url",
+        "http://order:notaport",
+        PORT,
+    ),
+    (
+        "once",
+        "API_URL_STOCKS",
+        "--stocks-url",
+        "http://stock:65536",
+        PORT,
+    ),
+    (
+        "once",
+        "API_URL_ORDERS",
+        "--orders-url",
+        "http://order:5000/#top",
+        "a base URL without a #fragment, such as http://order:5000",
+    ),
+    (
+        "once",
+        "API_URL_STOCKS",
+        "--stocks-url",
+        "http://stock:5001?debug=1",
+        "a base URL without a ?query (the worker adds its own), such as http://order:5000",
+    ),
+    ("once", "HTTP_TIMEOUT_SECONDS", "--timeout", "0.05", TIMEOUT),
+    ("once", "HTTP_TIMEOUT_SECONDS", "--timeout", "0", TIMEOUT),
+    (
+        "once",
+        "DECREASE_TIMEOUT_SECONDS",
+        "--decrease-timeout",
+        "0.01",
+        TIMEOUT,
+    ),
+    // Below the default HTTP timeout of 5 s.
+    (
+        "once",
+        "DECREASE_TIMEOUT_SECONDS",
+        "--decrease-timeout",
+        "4",
+        "a number of seconds no smaller than --timeout (HTTP_TIMEOUT_SECONDS)",
+    ),
+    (
+        "once",
+        "MAX_ORDERS_PER_CYCLE",
+        "--max-orders-per-cycle",
+        "0",
+        "a whole number, 1 or more",
+    ),
+    (
+        "once",
+        "PAGE_SIZE",
+        "--page-size",
+        "0",
+        "a whole number from 1 to 10000",
+    ),
+    (
+        "once",
+        "LOG_LEVEL",
+        "--log-level",
+        "loud",
+        "one of error, warn, info, debug, trace",
+    ),
+    (
+        "once",
+        "SHARD",
+        "--shard",
+        "3/3",
+        "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4",
+    ),
+    (
+        "run",
+        "SHARD",
+        "--shard",
+        "one/two",
+        "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4",
+    ),
+    ("once", "LOG_FORMAT", "--log-format", "yaml", "text or json"),
     (
         "healthcheck",
         "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
         "--max-cut-off",
         "-5",
+        "a positive number of seconds",
+    ),
+    ("once", "HTTP_TIMEOUT_SECONDS", "--timeout", "-2", TIMEOUT),
+    ("once", "HTTP_TIMEOUT_SECONDS", "--timeout", "inf", TIMEOUT),
+    (
+        "once",
+        "API_URL_ORDERS",
+        "--orders-url",
+        "http://order:0",
+        PORT,
+    ),
+    (
+        "once",
+        "API_URL_ORDERS",
+        "--orders-url",
+        "http://[::1]:70000",
+        PORT,
     ),
 ];
 
@@ -203,7 +326,7 @@ fn each_bad_setting_exits_2_with_one_line_naming_it_and_sends_nothing() {
     let server = MockServer::start();
     let any = catch_all(&server);
     let url = server.base_url();
-    for (command, var, flag, value) in BAD_SETTINGS {
+    for (command, var, flag, value, expected) in BAD_SETTINGS {
         for from_env in [true, false] {
             let mut cmd = cmd();
             // Both services on the mock; the bad variable replaces one of these, and a
@@ -226,31 +349,13 @@ fn each_bad_setting_exits_2_with_one_line_naming_it_and_sends_nothing() {
             assert_eq!(
                 stderr.lines().collect::<Vec<_>>(),
                 [format!(
-                    "ordermanagement: error: invalid {flag} ({var}) {value:?}: expected {}",
-                    expected(var)
+                    "ordermanagement: error: invalid {flag} ({var}) {value:?}: expected {expected}"
                 )],
                 "{case}"
             );
         }
     }
     any.assert_calls(0);
-}
-
-/// What the message of a bad `var` says is expected.
-fn expected(var: &str) -> &'static str {
-    match var {
-        "ERROR_RATE" => "a number from 0.0 to 1.0",
-        "INTERVAL_SECONDS" => "a positive number of seconds",
-        "API_URL_ORDERS" | "API_URL_STOCKS" => {
-            "an http:// or https:// URL with a host, such as http://order:5000"
-        }
-        "PAGE_SIZE" => "a whole number from 1 to 10000",
-        "LOG_LEVEL" => "one of error, warn, info, debug, trace",
-        "SHARD" => "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4",
-        "LOG_FORMAT" => "text or json",
-        "HEALTHCHECK_MAX_CUT_OFF_SECONDS" => "a positive number of seconds",
-        other => panic!("no expectation for {other}"),
-    }
 }
 
 #[test]
@@ -376,6 +481,127 @@ fn run_stops_on_sigterm_with_exit_0() {
 #[test]
 fn run_stops_on_sigint_with_exit_0() {
     run_stops_on(libc::SIGINT);
+}
+
+#[test]
+fn run_stops_on_sighup_sigquit_and_sigusr1_with_exit_0() {
+    for signal in [libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1] {
+        run_stops_on(signal);
+    }
+}
+
+/// Stand-in services whose every reply takes 700 ms, two oak orders registered, and a
+/// `run` worker on them; returns once the first order's decrease has taken the stock
+/// and its status update is under way (the stand-in holds it for 700 ms).
+fn mid_order() -> (standin::Stack, [u64; 2], Running) {
+    let stack = standin::Stack::start(0, 0, standin::Knobs::default()).expect("stand-ins");
+    stack.add_stock("oak", 100);
+    let ids = [stack.add_order("oak", 3), stack.add_order("oak", 4)];
+    stack.set_knobs(standin::Knobs {
+        delay: Duration::from_millis(700),
+        ..standin::Knobs::default()
+    });
+    let child = Running::start(
+        with_services(&stack.orders_url(), &stack.stocks_url()).args([
+            "--max-retries",
+            "0",
+            "run",
+            "--interval",
+            "30",
+        ]),
+    );
+    let deadline = Instant::now() + RUN_LIMIT;
+    while stack.ledger().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no decrease within {RUN_LIMIT:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    (stack, ids, child)
+}
+
+fn status(stack: &standin::Stack, id: u64) -> String {
+    stack
+        .orders()
+        .into_iter()
+        .find(|o| o.id == id)
+        .map(|o| o.status)
+        .unwrap_or_default()
+}
+
+/// The first `signal` mid-order: that order is finished (stock taken once, status set
+/// ready), the next one is not started, exit 0.
+fn a_stop_signal_finishes_the_order_in_flight(signal: libc::c_int, name: &str) {
+    let (stack, [first, second], mut child) = mid_order();
+    child.signal(signal);
+    let out = child
+        .wait_for(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("still running 5 s after {name}"));
+    assert_exit(&out, 0);
+    assert_eq!(
+        stack.ledger().len(),
+        1,
+        "only the first order's stock is taken"
+    );
+    assert_eq!(
+        status(&stack, first),
+        "ready",
+        "the order in flight is finished"
+    );
+    assert_eq!(
+        status(&stack, second),
+        "registered",
+        "no new order after {name}"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("stopped by {name}")),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+}
+
+#[test]
+fn sighup_mid_order_finishes_that_order_and_starts_no_other() {
+    a_stop_signal_finishes_the_order_in_flight(libc::SIGHUP, "SIGHUP");
+}
+
+#[test]
+fn sigquit_mid_order_finishes_that_order_and_starts_no_other() {
+    a_stop_signal_finishes_the_order_in_flight(libc::SIGQUIT, "SIGQUIT");
+}
+
+/// A second `signal` exits at once with 128 + its number, and starts nothing new.
+fn a_second_stop_signal_exits_at_once(signal: libc::c_int) {
+    let (stack, [_, second], mut child) = mid_order();
+    child.signal(signal);
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        child.child.try_wait().expect("try_wait").is_none(),
+        "the first signal must not cut the order short"
+    );
+    child.signal(signal);
+    let sent = Instant::now();
+    let out = child
+        .wait_for(Duration::from_secs(1))
+        .expect("the second signal exits at once");
+    assert_exit(&out, 128 + signal);
+    assert!(sent.elapsed() < Duration::from_secs(1));
+    // Give a stray decrease time to arrive: there must be none.
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(stack.ledger().len(), 1);
+    assert_eq!(status(&stack, second), "registered");
+}
+
+#[test]
+fn a_second_sighup_exits_129_at_once() {
+    a_second_stop_signal_exits_at_once(libc::SIGHUP);
+}
+
+#[test]
+fn a_second_sigquit_exits_131_at_once() {
+    a_second_stop_signal_exits_at_once(libc::SIGQUIT);
 }
 
 // ---------------------------------------------------------------- where options come from
@@ -564,6 +790,31 @@ fn healthcheck(beat: &std::path::Path, extra: &[&str]) -> Output {
 }
 
 #[test]
+fn healthcheck_never_blocks_on_what_sits_at_its_path() {
+    let dir = TempDir::new("healthcheck-fifo");
+    let fifo = dir.0.join("beat");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // A FIFO with no writer: a plain open for reading would wait forever.
+    for path in [
+        fifo.as_path(),
+        dir.0.as_path(),
+        std::path::Path::new("/dev/zero"),
+    ] {
+        let started = Instant::now();
+        let out = healthcheck(path, &[]);
+        assert_exit(&out, 1);
+        assert!(
+            text(&out.stdout).contains("not a regular file"),
+            "{path:?}: {}",
+            text(&out.stdout)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{path:?}");
+    }
+}
+
+#[test]
 fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
     let dir = TempDir::new("healthcheck");
     let beat = dir.0.join("beat");
@@ -651,7 +902,7 @@ fn a_heartbeat_file_that_cannot_be_written_stops_the_worker_at_start() {
         .arg("once"));
     assert_exit(&out, 2);
     assert!(
-        text(&out.stderr).contains("it exists and is not a regular file"),
+        text(&out.stderr).contains("it is a device, not a regular file"),
         "{out:?}"
     );
     assert!(

@@ -3,10 +3,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Request, ScriptServer, order_json, reply};
+use common::{Request, Running, ScriptServer, order_json, reply};
 use ordermanagement::Journal;
 use ordermanagement::journal::FileJournal;
 use serde_json::json;
@@ -64,7 +65,7 @@ fn a_restart_retries_only_the_status_of_decided_orders_and_sets_in_doubt_ones_un
     )
     .unwrap();
     let server = shop();
-    let out = worker(&server, &state).arg("once").output().unwrap();
+    let out = run(worker(&server, &state).arg("once"));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -103,10 +104,68 @@ fn a_damaged_state_file_stops_the_worker_before_any_request() {
     )
     .unwrap();
     let server = shop();
-    let out = worker(&server, &state).arg("once").output().unwrap();
+    let out = run(worker(&server, &state).arg("once"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("damaged at line 1"));
     assert!(server.requests().is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Runs `cmd` to its end within 20 s (killed and reaped otherwise, or if the test fails).
+fn run(cmd: &mut Command) -> Output {
+    Running::start(cmd)
+        .wait_for(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("{cmd:?} still running after 20 s; killed"))
+}
+
+/// A `run` worker on `state`, once its first cycle has set the three orders' status
+/// (it then sleeps 30 s).
+fn running_worker(server: &ScriptServer, state: &Path) -> Running {
+    let first = Running::start(worker(server, state).args(["run", "--interval", "30"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the first worker did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first
+}
+
+#[test]
+fn a_complete_last_line_that_cannot_be_read_stops_the_worker_but_a_torn_one_does_not() {
+    let dir = temp_dir("lastline");
+    let state = dir.join("state.jsonl");
+    let good = "{\"op\":\"sending\",\"id\":1,\"wood_type\":\"oak\",\"quantity\":3}\n";
+    let bad_last =
+        "{\"op\":\"decided\",\"id\":1,\"wood_type\":\"oak\",\"quantity\":3,\"status\":\"done\"}";
+    std::fs::write(&state, format!("{good}{bad_last}\n")).unwrap();
+    let server = shop();
+    let out = run(worker(&server, &state).arg("once"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged at line 2"));
+    assert!(server.requests().is_empty());
+    // The same line without its newline is what a crash leaves: ignored, and order 1,
+    // whose decrease may have been sent, is set unknown and never sent again.
+    std::fs::write(&state, format!("{good}{bad_last}")).unwrap();
+    let out = run(worker(&server, &state).arg("once"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("last record is torn"), "{stderr}");
+    assert_eq!(
+        server.calls("PUT", "/orders/1")[0].json(),
+        json!({"order_status": "unknown"})
+    );
+    let keys: Vec<_> = server
+        .calls("POST", "/stocks/decrease")
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(keys, ["order-2", "order-3"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -115,20 +174,149 @@ fn a_second_worker_on_the_same_state_file_refuses_to_start() {
     let dir = temp_dir("lock");
     let state = dir.join("state.jsonl");
     let server = shop();
-    let mut first = worker(&server, &state)
-        .args(["run", "--interval", "30"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.calls("GET", "/orders/status/registered").is_empty() {
-        assert!(Instant::now() < deadline, "the first worker did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let second = worker(&server, &state).arg("once").output().unwrap();
-    let _ = first.kill();
-    let _ = first.wait();
+    let _first = running_worker(&server, &state);
+    let second = run(worker(&server, &state).arg("once"));
     assert_eq!(second.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another worker"));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_second_name_for_a_running_workers_state_file_lets_no_second_worker_in() {
+    let dir = temp_dir("names");
+    let state = dir.join("state.jsonl");
+    let server = shop();
+    let _first = running_worker(&server, &state);
+    let requests = server.requests().len();
+    // A hard link elsewhere has a lock file of its own beside it; a symbolic link to the
+    // directory leads to the same lock file and the same state file.
+    let other_dir = temp_dir("names-other");
+    let hard = other_dir.join("copy.jsonl");
+    std::fs::hard_link(&state, &hard).unwrap();
+    let alias = dir.with_extension("alias");
+    let _ = std::fs::remove_file(&alias);
+    std::os::unix::fs::symlink(&dir, &alias).unwrap();
+    for (path, says) in [
+        (hard.clone(), "hard links"),
+        (alias.join("state.jsonl"), "in use by another worker"),
+    ] {
+        let second = run(worker(&server, &path).arg("once"));
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(2), "{path:?}: {stderr}");
+        assert!(stderr.contains(says), "{path:?}: {stderr}");
+    }
+    assert_eq!(
+        server.requests().len(),
+        requests,
+        "the second workers sent nothing"
+    );
+    std::fs::remove_file(alias).unwrap();
+    std::fs::remove_dir_all(other_dir).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn a_state_file_or_lock_that_is_not_a_regular_file_stops_the_worker_at_once() {
+    let server = shop();
+    for (n, (at_lock, kind)) in [
+        (false, "FIFO"),
+        (true, "FIFO"),
+        (false, "directory"),
+        (false, "symbolic link"),
+        (true, "symbolic link"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = temp_dir(&format!("kind-{n}"));
+        let state = dir.join("state.jsonl");
+        let at = if at_lock {
+            dir.join("state.jsonl.lock")
+        } else {
+            state.clone()
+        };
+        let target = dir.join("target");
+        std::fs::write(&target, "keep").unwrap();
+        match kind {
+            "FIFO" => mkfifo(&at),
+            "directory" => std::fs::create_dir(&at).unwrap(),
+            _ => std::os::unix::fs::symlink(&target, &at).unwrap(),
+        }
+        let started = Instant::now();
+        let out = run(worker(&server, &state).arg("once"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{kind} at {at:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}: it is a", at.display()))
+                && stderr.contains(kind)
+                && stderr.contains("not a regular file"),
+            "{kind} at {at:?}: {stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let meta = std::fs::symlink_metadata(&at).unwrap();
+        assert!(!meta.is_file(), "{at:?} left as it was");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn the_heartbeat_cannot_be_the_state_file_by_any_name() {
+    let server = shop();
+    let record = "{\"op\":\"sending\",\"id\":1,\"wood_type\":\"oak\",\"quantity\":3}\n";
+    for (n, case) in [
+        "same path",
+        "hard link",
+        "symbolic link",
+        "other path",
+        "lock file",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = temp_dir(&format!("beat-{n}"));
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let state = dir.join("sub/state.jsonl");
+        let beat = match case {
+            "same path" => state.clone(),
+            "hard link" => {
+                std::fs::write(&state, record).unwrap();
+                std::fs::hard_link(&state, dir.join("beat")).unwrap();
+                dir.join("beat")
+            }
+            "symbolic link" => {
+                std::fs::write(&state, record).unwrap();
+                std::os::unix::fs::symlink(&state, dir.join("beat")).unwrap();
+                dir.join("beat")
+            }
+            // Neither exists yet; the paths differ as text.
+            "other path" => {
+                std::os::unix::fs::symlink(dir.join("sub"), dir.join("alias")).unwrap();
+                dir.join("alias/../sub/state.jsonl")
+            }
+            _ => dir.join("sub/state.jsonl.lock"),
+        };
+        let out = run(worker(&server, &state)
+            .env("HEARTBEAT_FILE", &beat)
+            .arg("once"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{case}: {stderr}");
+        assert!(
+            stderr.contains("invalid --heartbeat-file (HEARTBEAT_FILE)")
+                && stderr.contains("same file as"),
+            "{case}: {stderr}"
+        );
+        if matches!(case, "hard link" | "symbolic link") {
+            assert_eq!(std::fs::read_to_string(&state).unwrap(), record, "{case}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    assert!(server.requests().is_empty());
 }

@@ -908,3 +908,42 @@ fn the_dashboard_selects_only_metrics_and_labels_the_worker_exports() {
         }
     }
 }
+
+#[test]
+fn batch_sizes_out_of_bounds_are_clamped_with_one_warning_and_export_goes_on() {
+    let stack = stack(3);
+    let sink = OtlpSink::start().unwrap();
+    // A queue of 10^11 spans would be allocated whole at start; a batch of 0 exports
+    // nothing useful.
+    let out = run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+            .env("OTEL_BSP_MAX_QUEUE_SIZE", "100000000000")
+            .env("OTEL_BLRP_MAX_QUEUE_SIZE", "100000000000")
+            .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0")
+            .env("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "99999999")
+            .arg("once"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("taken as")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    for said in [
+        "OTEL_BSP_MAX_QUEUE_SIZE=100000000000 taken as 8192",
+        "OTEL_BLRP_MAX_QUEUE_SIZE=100000000000 taken as 8192",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=0 taken as 1",
+        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE=99999999 taken as 2048",
+    ] {
+        assert!(warnings[0].contains(said), "{said}: {}", warnings[0]);
+    }
+    // The orders were handled, and their spans and log lines exported.
+    assert_eq!(stack.ledger().len(), 3);
+    let (_, spans) = resources_and_spans(&sink);
+    assert_eq!(spans.iter().filter(|s| s.name == "order").count(), 3);
+    assert!(!log_records(&sink).is_empty());
+}

@@ -1,0 +1,104 @@
+//! Credentials in URLs (`http://user:pass@host`) are never shown: wherever a URL is
+//! logged, printed or exported, its user information is replaced by
+//! `REDACTED:REDACTED`, as the HTTP semantic conventions ask of `url.full`.
+
+use std::borrow::Cow;
+
+/// What stands in place of the user information.
+pub const REDACTED: &str = "REDACTED:REDACTED";
+
+/// One URL, as a setting gives it: `http://user:pass@host/x` becomes
+/// `http://REDACTED:REDACTED@host/x`. A value without `://` (a URL typed without its
+/// scheme, `user:pass@host:5000`) is redacted the same way up to its first `/`.
+pub fn url(value: &str) -> Cow<'_, str> {
+    if value.contains("://") {
+        credentials(value)
+    } else {
+        redact_authority(value, 0)
+    }
+}
+
+/// Free text (a log line, an error message): the user information of every
+/// `scheme://…@host` in it is replaced.
+pub fn credentials(text: &str) -> Cow<'_, str> {
+    let mut text = Cow::Borrowed(text);
+    let mut from = 0;
+    while let Some(i) = text[from..].find("://") {
+        let start = from + i + 3;
+        let redacted = match redact_authority(&text, start) {
+            Cow::Owned(changed) => Some(changed),
+            Cow::Borrowed(_) => None,
+        };
+        if let Some(changed) = redacted {
+            text = Cow::Owned(changed);
+        }
+        from = start;
+    }
+    text
+}
+
+/// `text` with the user information of the authority starting at `start` replaced. The
+/// authority ends at the path, query or fragment, or where a URL ends in a text (white
+/// space, a quote, a bracket).
+fn redact_authority(text: &str, start: usize) -> Cow<'_, str> {
+    let rest = &text.as_bytes()[start..];
+    let end = rest
+        .iter()
+        .position(|b| b"/?#\"'<>`\\".contains(b) || b.is_ascii_whitespace())
+        .unwrap_or(rest.len());
+    match rest[..end].iter().rposition(|b| *b == b'@') {
+        Some(at) => Cow::Owned(format!(
+            "{}{REDACTED}{}",
+            &text[..start],
+            &text[start + at..]
+        )),
+        None => Cow::Borrowed(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_information_is_replaced_and_the_rest_kept() {
+        assert_eq!(
+            url("http://user:s3cret@order:5000/api"),
+            "http://REDACTED:REDACTED@order:5000/api"
+        );
+        assert_eq!(
+            url("https://token@s.example"),
+            "https://REDACTED:REDACTED@s.example"
+        );
+        // An '@' in the password, as ureq reads it: the last '@' ends the user information.
+        assert_eq!(
+            url("http://u:p@ss@h:1/x@y"),
+            "http://REDACTED:REDACTED@h:1/x@y"
+        );
+        assert_eq!(
+            url("user:s3cret@order:5000/x"),
+            "REDACTED:REDACTED@order:5000/x"
+        );
+        assert!(matches!(url("http://order:5000/a@b"), Cow::Borrowed(_)));
+        assert!(matches!(url("http://order:5000"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn every_url_in_a_text_is_redacted() {
+        let text = "orders http://a:pw1@o:1, stocks \"https://b:pw2@s:2/x\" and http://plain:3/@";
+        let clean = credentials(text);
+        assert_eq!(
+            clean,
+            "orders http://REDACTED:REDACTED@o:1, stocks \"https://REDACTED:REDACTED@s:2/x\" and http://plain:3/@"
+        );
+        assert!(matches!(credentials("no url here, a@b"), Cow::Borrowed(_)));
+        assert!(matches!(
+            credentials("http://x:1/ and ://"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            credentials("trailing http://u:p@"),
+            "trailing http://REDACTED:REDACTED@"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Credentials in the service URLs (`http://user:pass@host`) never appear in what the
+//! worker writes or exports: every byte on stderr and stdout, in text and JSON, at debug
+//! and trace, and every OTLP request body a loopback receiver gets, are searched for the
+//! password, on a run that works, on runs whose services cannot be reached, and on
+//! settings refused at start. The OTLP headers' secret is searched for likewise.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::Running;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use prost::Message;
+use standin::{Knobs, OtlpSink, Stack};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
+const PASSWORD: &str = "pw-Zq81xKvT";
+const HEADER_SECRET: &str = "hdr-Yt4mW0pL";
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// `http://user:PASSWORD@127.0.0.1:port` for a service at `url`.
+fn with_credentials(url: &str) -> String {
+    url.replacen("http://", &format!("http://user:{PASSWORD}@"), 1)
+}
+
+fn cmd() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("HEARTBEAT_FILE", "")
+        .env("ERROR_RATE", "0")
+        .env("HTTP_TIMEOUT_SECONDS", "1")
+        .env("DECREASE_TIMEOUT_SECONDS", "2")
+        .env("MAX_RETRIES", "0");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    Running::start(cmd)
+        .wait_for(LIMIT)
+        .unwrap_or_else(|| panic!("{cmd:?} still running after {LIMIT:?}; killed"))
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Neither secret in the output or in any OTLP body.
+fn assert_clean(case: &str, out: &Output, sink: Option<&OtlpSink>) {
+    for (name, bytes) in [("stderr", &out.stderr), ("stdout", &out.stdout)] {
+        for secret in [PASSWORD, HEADER_SECRET] {
+            assert!(
+                !contains(bytes, secret),
+                "{case}: {name} shows a secret:\n{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+    if let Some(sink) = sink {
+        for path in ["/v1/traces", "/v1/metrics", "/v1/logs"] {
+            for body in sink.bodies(path) {
+                for secret in [PASSWORD, HEADER_SECRET] {
+                    assert!(!contains(&body, secret), "{case}: {path} exports a secret");
+                }
+            }
+        }
+    }
+}
+
+/// The `url.full` of every exported span.
+fn exported_urls(sink: &OtlpSink) -> Vec<String> {
+    let mut urls = Vec::new();
+    for body in sink.bodies("/v1/traces") {
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP decodes");
+        for span in request
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+        {
+            for kv in span.attributes {
+                if kv.key == "url.full"
+                    && let Some(any_value::Value::StringValue(url)) = kv.value.and_then(|v| v.value)
+                {
+                    urls.push(url);
+                }
+            }
+        }
+    }
+    urls
+}
+
+#[test]
+fn a_working_run_shows_and_exports_no_password() {
+    for format in ["text", "json"] {
+        for (level, rust_log) in [("debug", None), ("trace", None), ("trace", Some("trace"))] {
+            let case = format!("LOG_FORMAT={format} LOG_LEVEL={level} RUST_LOG={rust_log:?}");
+            let stack = Stack::start(0, 0, Knobs::default()).expect("stand-ins");
+            stack.add_stock("oak", 100);
+            let id = stack.add_order("oak", 3);
+            let sink = OtlpSink::start().expect("OTLP receiver");
+            let mut cmd = cmd();
+            cmd.env("API_URL_ORDERS", with_credentials(&stack.orders_url()))
+                .env("API_URL_STOCKS", with_credentials(&stack.stocks_url()))
+                .env("LOG_FORMAT", format)
+                .env("LOG_LEVEL", level)
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+                .env(
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    format!("authorization=Bearer {HEADER_SECRET}"),
+                )
+                .arg("once");
+            if let Some(filter) = rust_log {
+                cmd.env("RUST_LOG", filter);
+            }
+            let out = run(&mut cmd);
+            assert_eq!(out.status.code(), Some(0), "{case}: {out:?}");
+            // The run did its work, so every path that logs a URL ran.
+            assert_eq!(stack.ledger().len(), 1, "{case}");
+            assert!(
+                stack
+                    .orders()
+                    .iter()
+                    .any(|o| o.id == id && o.status == "ready")
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("orders http://REDACTED:REDACTED@127.0.0.1:"),
+                "{case}: the start-up line names the services, redacted:\n{stderr}"
+            );
+            drop(stack);
+            assert_clean(&case, &out, Some(&sink));
+            let urls = exported_urls(&sink);
+            assert!(urls.len() >= 3, "{case}: {urls:?}");
+            for url in &urls {
+                assert!(
+                    url.starts_with("http://REDACTED:REDACTED@127.0.0.1:"),
+                    "{case}: url.full {url}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn unreachable_services_show_and_export_no_password() {
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let targets = [
+        (
+            "connection refused",
+            format!("http://user:{PASSWORD}@127.0.0.1:{closed}"),
+        ),
+        (
+            "host not found",
+            format!("http://user:{PASSWORD}@no-such-host.invalid:5000"),
+        ),
+    ];
+    for (what, url) in &targets {
+        for format in ["text", "json"] {
+            let case = format!("{what}, {format}");
+            let sink = OtlpSink::start().expect("OTLP receiver");
+            let out = run(cmd()
+                .env("API_URL_ORDERS", url)
+                .env("API_URL_STOCKS", url)
+                .env("LOG_FORMAT", format)
+                .env("LOG_LEVEL", "trace")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+                .arg("once"));
+            assert_eq!(out.status.code(), Some(1), "{case}: {out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("could not fetch registered orders"),
+                "{case}: the failure is logged:\n{stderr}"
+            );
+            assert_clean(&case, &out, Some(&sink));
+            assert!(
+                exported_urls(&sink)
+                    .iter()
+                    .all(|u| u.starts_with("http://REDACTED:REDACTED@")),
+                "{case}"
+            );
+        }
+    }
+}
+
+#[test]
+fn settings_refused_at_start_show_no_password() {
+    let bad = [
+        format!("ftp://user:{PASSWORD}@order:5000"),
+        format!("user:{PASSWORD}@order:5000"),
+        format!("http://user:{PASSWORD}@order:5000?x=1"),
+        format!("http://user:{PASSWORD}@order:notaport"),
+        format!("http://user:{PASSWORD}@order:65536"),
+        format!("http://user:{PASSWORD}@order:5000/#top"),
+    ];
+    for value in &bad {
+        for format in ["text", "json"] {
+            for var in ["API_URL_ORDERS", "API_URL_STOCKS"] {
+                let case = format!("{var}={value} LOG_FORMAT={format}");
+                let out = run(cmd()
+                    .env(var, value)
+                    .env("LOG_FORMAT", format)
+                    .env("LOG_LEVEL", "trace")
+                    .arg("once"));
+                assert_eq!(out.status.code(), Some(2), "{case}: {out:?}");
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    stderr.contains(var) && stderr.contains("REDACTED:REDACTED@"),
+                    "{case}: the message names the setting, redacted:\n{stderr}"
+                );
+                assert_clean(&case, &out, None);
+            }
+        }
+    }
+    // A bad setting elsewhere: the URLs are not shown at all, and a URL typed as a
+    // command is shown redacted by the usage error.
+    let url = format!("http://user:{PASSWORD}@order:5000");
+    for args in [&["once", "--page-size", "0"][..], &[url.as_str()][..]] {
+        let out = run(cmd().env("API_URL_ORDERS", &url).args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_clean(&format!("{args:?}"), &out, None);
+    }
+}
+
+#[test]
+fn help_shows_the_variables_redacted() {
+    let url = format!("http://user:{PASSWORD}@order:5000");
+    let out = run(cmd()
+        .env("API_URL_ORDERS", &url)
+        .env("API_URL_STOCKS", &url)
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("authorization=Bearer {HEADER_SECRET}"),
+        )
+        .arg("--help"));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("API_URL_ORDERS=http://REDACTED:REDACTED@order:5000"),
+        "{stdout}"
+    );
+    assert_clean("--help", &out, None);
+}
