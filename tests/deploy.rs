@@ -1073,3 +1073,510 @@ fn walk_containers(value: &Value) -> Vec<&Value> {
         _ => Vec::new(),
     }
 }
+
+// ------------------------------------------------------------------ Grafana: traces
+
+/// The dashboard's JSON (`tests/telemetry.rs` checks its PromQL against the metrics the
+/// worker exports; here, its Tempo side, which needs no worker).
+fn dashboard() -> serde_json::Value {
+    let rel = "deploy/grafana/dashboards/ordermanagement.json";
+    serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not valid JSON: {e}"))
+}
+
+/// A TraceQL literal, as a comparison's right-hand side.
+#[derive(Debug, Clone, PartialEq)]
+enum Literal {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Duration(String),
+    /// `error`, `ok`, `server`, `true`, `nil`, ...
+    Keyword(String),
+}
+
+/// One `field op value` of a spanset filter.
+#[derive(Debug, Clone, PartialEq)]
+struct Condition {
+    field: String,
+    op: String,
+    value: Literal,
+}
+
+/// What a query selects spans by, and the fields a `select(...)` adds to the results.
+#[derive(Debug, Default)]
+struct TraceQl {
+    conditions: Vec<Condition>,
+    selected: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Punct(&'static str),
+    Word(String),
+    Literal(Literal),
+}
+
+const PUNCTUATION: [&str; 19] = [
+    "&&", "||", "!=", ">=", "<=", "=~", "!~", ">>", "<<", "=", ">", "<", "~", "{", "}", "(", ")",
+    "|", ",",
+];
+const COMPARISONS: [&str; 8] = ["=", "!=", ">", ">=", "<", "<=", "=~", "!~"];
+const SPANSET_OPERATORS: [&str; 7] = ["&&", "||", ">>", "<<", ">", "<", "~"];
+const DURATION_UNITS: [&str; 6] = ["ns", "us", "ms", "s", "m", "h"];
+/// Unscoped intrinsics, and the values of the enum ones.
+const INTRINSICS: [&str; 5] = ["name", "status", "duration", "kind", "statusMessage"];
+const STATUSES: [&str; 3] = ["error", "ok", "unset"];
+const KINDS: [&str; 6] = [
+    "server",
+    "client",
+    "producer",
+    "consumer",
+    "internal",
+    "unspecified",
+];
+
+fn traceql_tokens(query: &str) -> Result<Vec<Token>, String> {
+    let chars: Vec<char> = query.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '"' {
+            let mut s = String::new();
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => return Err(format!("an unterminated string at {s:?}")),
+                    Some('"') => break,
+                    Some('\\') => {
+                        match chars.get(i + 1) {
+                            Some(&e @ ('"' | '\\')) => s.push(e),
+                            other => return Err(format!("escape \\{other:?} in a string")),
+                        }
+                        i += 1;
+                    }
+                    Some(&c) => s.push(c),
+                }
+                i += 1;
+            }
+            i += 1;
+            tokens.push(Token::Literal(Literal::Str(s)));
+        } else if c.is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+            let text: String = chars[start..i].iter().collect();
+            let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            let unit = &text[digits.len()..];
+            let literal = if !unit.is_empty() {
+                if !DURATION_UNITS.contains(&unit) || digits.parse::<f64>().is_err() {
+                    return Err(format!("{text:?} is not a duration"));
+                }
+                Literal::Duration(text.clone())
+            } else if let Ok(n) = text.parse::<i64>() {
+                Literal::Int(n)
+            } else {
+                Literal::Float(
+                    text.parse()
+                        .map_err(|_| format!("{text:?}: a bad number"))?,
+                )
+            };
+            tokens.push(Token::Literal(literal));
+        } else if c.is_ascii_alphabetic() || c == '_' || c == '.' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '_' | '.' | ':'))
+            {
+                i += 1;
+            }
+            tokens.push(Token::Word(chars[start..i].iter().collect()));
+        } else {
+            let rest: String = chars[i..].iter().take(2).collect();
+            let punct = PUNCTUATION
+                .iter()
+                .find(|p| rest.starts_with(**p))
+                .ok_or_else(|| format!("unexpected {c:?}"))?;
+            i += punct.chars().count();
+            tokens.push(Token::Punct(punct));
+        }
+    }
+    Ok(tokens)
+}
+
+/// A field: a scoped attribute (`span.x`, `resource.x`) or an intrinsic (`name`,
+/// `span:name`, `trace:duration`); an unscoped `.x` is refused, as it makes Tempo look
+/// in every scope.
+fn check_field(field: &str) -> Result<(), String> {
+    let scoped = ["span.", "resource."].iter().any(|scope| {
+        field
+            .strip_prefix(scope)
+            .is_some_and(|name| !name.is_empty() && name.split('.').all(|part| !part.is_empty()))
+    });
+    let intrinsic = INTRINSICS.contains(&field)
+        || ["span:", "trace:"].iter().any(|scope| {
+            field
+                .strip_prefix(scope)
+                .is_some_and(|name| name.chars().all(|c| c.is_ascii_alphabetic()))
+        });
+    if scoped || intrinsic {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field:?} is neither a span./resource. attribute nor an intrinsic"
+        ))
+    }
+}
+
+/// The value an intrinsic compares with must be of its type.
+fn check_value(field: &str, value: &Literal) -> Result<(), String> {
+    let intrinsic = field.rsplit(':').next().unwrap_or(field);
+    let fits = match (intrinsic, value) {
+        ("duration", v) => matches!(v, Literal::Duration(_)),
+        ("name" | "statusMessage" | "rootName" | "rootService", v) => matches!(v, Literal::Str(_)),
+        ("status", Literal::Keyword(k)) => STATUSES.contains(&k.as_str()),
+        ("kind", Literal::Keyword(k)) => KINDS.contains(&k.as_str()),
+        ("status" | "kind", _) => false,
+        _ => true,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("{field} cannot be compared with {value:?}"))
+    }
+}
+
+/// Parses the TraceQL this dashboard uses: spansets `{ field op value && ... }` joined by
+/// spanset operators, then `| select(field, ...)` stages. Anything else is an error, so
+/// a new construct in a panel fails here until this learns it.
+fn parse_traceql(query: &str) -> Result<TraceQl, String> {
+    let tokens = traceql_tokens(query)?;
+    let mut at = 0;
+    let mut out = TraceQl::default();
+    let punct = |at: usize, p: &str| matches!(tokens.get(at), Some(Token::Punct(q)) if *q == p);
+    let word = |at: usize| match tokens.get(at) {
+        Some(Token::Word(w)) => Some(w.clone()),
+        _ => None,
+    };
+    loop {
+        if !punct(at, "{") {
+            return Err(format!("a spanset must open with `{{` at token {at}"));
+        }
+        at += 1;
+        while !punct(at, "}") {
+            let field = word(at).ok_or_else(|| format!("a field expected at token {at}"))?;
+            check_field(&field)?;
+            let op = match tokens.get(at + 1) {
+                Some(Token::Punct(p)) if COMPARISONS.contains(p) => p.to_string(),
+                other => return Err(format!("a comparison after {field}, not {other:?}")),
+            };
+            let value = match tokens.get(at + 2) {
+                Some(Token::Literal(l)) => l.clone(),
+                Some(Token::Word(w))
+                    if STATUSES.contains(&w.as_str())
+                        || KINDS.contains(&w.as_str())
+                        || ["true", "false", "nil"].contains(&w.as_str()) =>
+                {
+                    Literal::Keyword(w.clone())
+                }
+                other => return Err(format!("a value after {field} {op}, not {other:?}")),
+            };
+            check_value(&field, &value)?;
+            out.conditions.push(Condition { field, op, value });
+            at += 3;
+            if punct(at, "&&") || punct(at, "||") {
+                at += 1;
+                if punct(at, "}") {
+                    return Err("`&&` or `||` before `}`".into());
+                }
+            } else if !punct(at, "}") {
+                return Err(format!("`&&`, `||` or `}}` expected at token {at}"));
+            }
+        }
+        at += 1;
+        match tokens.get(at) {
+            Some(Token::Punct(p)) if SPANSET_OPERATORS.contains(p) => at += 1,
+            _ => break,
+        }
+    }
+    while punct(at, "|") {
+        if word(at + 1).as_deref() != Some("select") || !punct(at + 2, "(") {
+            return Err(format!(
+                "only `| select(...)` stages are known, at token {at}"
+            ));
+        }
+        at += 3;
+        loop {
+            let field = word(at).ok_or_else(|| format!("a field expected at token {at}"))?;
+            check_field(&field)?;
+            out.selected.push(field);
+            at += 1;
+            if punct(at, ",") {
+                at += 1;
+            } else if punct(at, ")") {
+                at += 1;
+                break;
+            } else {
+                return Err(format!("`,` or `)` expected at token {at}"));
+            }
+        }
+    }
+    match tokens.get(at) {
+        None => Ok(out),
+        Some(t) => Err(format!("unexpected {t:?} at token {at}")),
+    }
+}
+
+/// Every value a dashboard variable can take, as Grafana would put it in a query.
+fn variable_values(variable: &serde_json::Value) -> Vec<String> {
+    match variable["type"].as_str() {
+        Some("custom") => variable["query"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .collect(),
+        _ => vec![
+            variable["current"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ],
+    }
+}
+
+/// A Tempo panel's TraceQL, with `$order_id` set to `order_id` and every other variable
+/// to each of its values in turn; parsed, or a panic naming the panel.
+fn tempo_queries(
+    dashboard: &serde_json::Value,
+    panel: &serde_json::Value,
+    order_id: &str,
+) -> Vec<TraceQl> {
+    let title = panel["title"].as_str().unwrap_or_default();
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    let mut parsed = Vec::new();
+    for target in panel["targets"].as_array().expect("targets") {
+        assert_eq!(
+            (
+                target["datasource"]["type"].as_str(),
+                target["datasource"]["uid"].as_str()
+            ),
+            (Some("tempo"), Some("${traces}")),
+            "{title}: a target's data source must be the `traces` variable's Tempo"
+        );
+        assert_eq!(
+            target["queryType"], "traceql",
+            "{title}: a Tempo target must be a TraceQL search"
+        );
+        let query = target["query"].as_str().expect("a TraceQL query");
+        let mut expanded = vec![query.replace("$order_id", order_id)];
+        for v in variables {
+            let name = format!("${}", v["name"].as_str().unwrap_or_default());
+            if query.contains(&name) && name != "$order_id" {
+                expanded = expanded
+                    .iter()
+                    .flat_map(|q| variable_values(v).into_iter().map(|x| q.replace(&name, &x)))
+                    .collect();
+            }
+        }
+        for q in expanded {
+            assert!(
+                !q.contains('$'),
+                "{title}: a variable the dashboard lacks in {query}"
+            );
+            parsed
+                .push(parse_traceql(&q).unwrap_or_else(|e| panic!("{title}: TraceQL {q:?}: {e}")));
+        }
+    }
+    assert!(!parsed.is_empty(), "{title}: no query");
+    parsed
+}
+
+fn tempo_panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter(|p| p["datasource"]["type"] == "tempo")
+        .collect()
+}
+
+const ORDER_ID: &str = "span.ordermanagement.order.id";
+const ORDER_OUTCOME: &str = "span.ordermanagement.order.outcome";
+
+/// Whether the query selects the worker's `order` spans (the roots of the order traces).
+fn selects_order_spans(q: &TraceQl) -> bool {
+    let is = |field: &str, value: &str| {
+        q.conditions
+            .iter()
+            .any(|c| c.field == field && c.op == "=" && c.value == Literal::Str(value.to_string()))
+    };
+    is("name", "order") && is("resource.service.name", "ordermanagement")
+}
+
+#[test]
+fn every_tempo_panel_of_the_dashboard_is_traceql_this_test_can_parse() {
+    let dashboard = dashboard();
+    let panels = tempo_panels(&dashboard);
+    assert!(panels.len() >= 4, "{} Tempo panels", panels.len());
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert_eq!(panel["datasource"]["uid"], "${traces}", "{title}");
+        for target in panel["targets"].as_array().expect("targets") {
+            assert!(
+                target["limit"]
+                    .as_u64()
+                    .is_some_and(|l| (1..=100).contains(&l)),
+                "{title}: a search needs a `limit` of traces (1 to 100)"
+            );
+            assert!(
+                ["traces", "spans"].contains(&target["tableType"].as_str().unwrap_or_default()),
+                "{title}: tableType must be `traces` or `spans`: both link to the trace"
+            );
+        }
+        tempo_queries(&dashboard, panel, "17");
+    }
+}
+
+#[test]
+fn the_dashboard_finds_an_order_trace_by_its_id() {
+    let dashboard = dashboard();
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    let variable = variables
+        .iter()
+        .find(|v| v["name"] == "order_id")
+        .expect("dashboard: no `order_id` variable");
+    assert_eq!(variable["type"], "textbox", "order_id must be a text box");
+    assert_eq!(variable["label"], "Order id");
+    assert_eq!(
+        (
+            variable["query"].as_str(),
+            variable["current"]["value"].as_str()
+        ),
+        (Some(""), Some("")),
+        "order_id must be empty by default"
+    );
+    assert_ne!(
+        variable["skipUrlSync"], true,
+        "order_id must stay in the URL (a link can name the order: ?var-order_id=17)"
+    );
+
+    let panels: Vec<_> = tempo_panels(&dashboard)
+        .into_iter()
+        .filter(|p| p.to_string().contains("$order_id"))
+        .collect();
+    assert_eq!(panels.len(), 1, "one Tempo panel reads $order_id");
+    let panel = panels[0];
+    let title = panel["title"].as_str().unwrap_or_default();
+    assert_eq!(
+        panel["targets"][0]["tableType"], "traces",
+        "{title}: one row per trace, its trace ID a link to the trace"
+    );
+    for q in tempo_queries(&dashboard, panel, "17") {
+        assert!(
+            selects_order_spans(&q),
+            "{title}: must select the worker's `order` spans: {q:?}"
+        );
+        assert!(
+            q.conditions.contains(&Condition {
+                field: ORDER_ID.into(),
+                op: "=".into(),
+                value: Literal::Int(17),
+            }),
+            "{title}: must compare {ORDER_ID} with $order_id as an integer (no quotes): {q:?}"
+        );
+    }
+    // The box left empty makes no valid query (the panel says so).
+    for target in panel["targets"].as_array().unwrap() {
+        let query = target["query"].as_str().unwrap().replace("$order_id", "");
+        assert!(parse_traceql(&query).is_err(), "{query}");
+    }
+}
+
+#[test]
+fn the_dashboard_lists_the_slowest_orders() {
+    let dashboard = dashboard();
+    let panel = tempo_panels(&dashboard)
+        .into_iter()
+        .find(|p| p["title"] == "Slowest orders")
+        .expect("dashboard: no Tempo panel `Slowest orders`");
+    let target = &panel["targets"][0];
+    assert_eq!(
+        target["tableType"], "spans",
+        "Slowest orders: one row per order span, with its id, outcome and duration"
+    );
+    assert_eq!(
+        panel["options"]["sortBy"][0],
+        serde_json::json!({"displayName": "Duration", "desc": true}),
+        "Slowest orders: longest first"
+    );
+    let threshold = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "slower_than")
+        .expect("dashboard: no `slower_than` variable");
+    assert!(
+        variable_values(threshold)
+            .contains(&threshold["current"]["value"].as_str().unwrap().into()),
+        "slower_than's default must be one of its values"
+    );
+    let queries = tempo_queries(&dashboard, panel, "17");
+    assert_eq!(queries.len(), variable_values(threshold).len());
+    for q in queries {
+        assert!(selects_order_spans(&q), "Slowest orders: {q:?}");
+        assert!(
+            q.conditions
+                .iter()
+                .any(|c| c.field == "duration" && c.op == ">"),
+            "Slowest orders: must keep the order spans longer than $slower_than: {q:?}"
+        );
+        for field in [ORDER_ID, ORDER_OUTCOME] {
+            assert!(
+                q.selected.iter().any(|s| s == field),
+                "Slowest orders: must select {field}: {q:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_traceql_check_refuses_what_tempo_would() {
+    let ok = parse_traceql(
+        r#"{ resource.service.name = "a\"b" && name = "order" && span.x.id = 17 } | select(span.x.id)"#,
+    )
+    .unwrap();
+    assert_eq!(ok.conditions.len(), 3);
+    assert_eq!(ok.conditions[0].value, Literal::Str("a\"b".into()));
+    assert_eq!(ok.selected, ["span.x.id"]);
+    parse_traceql("{resource.service.name=\"om\" && status=error}").unwrap();
+    parse_traceql("{ duration>1.5s } && { kind = client }").unwrap();
+    for bad in [
+        "{ name = \"order\"",
+        "name = \"order\" }",
+        "{ name = \"order\" }}",
+        "{ name = \"order }",
+        "{ .ordermanagement.order.id = 17 }",
+        "{ ordermanagement.order.id = 17 }",
+        "{ span. = 17 }",
+        "{ span.ordermanagement.order.id = }",
+        "{ span.ordermanagement.order.id 17 }",
+        "{ name = order }",
+        "{ duration > 1 }",
+        "{ duration > 1x }",
+        "{ status = \"error\" }",
+        "{ name = \"order\" && }",
+        "{ name = \"order\" } | select()",
+        "{ name = \"order\" } | select(span.a",
+        "{ name = \"order\" } | count() > 2",
+        "{ name = \"order\" } {}",
+    ] {
+        assert!(parse_traceql(bad).is_err(), "accepted: {bad}");
+    }
+}

@@ -907,6 +907,61 @@ fn the_dashboard_selects_only_metrics_and_labels_the_worker_exports() {
             );
         }
     }
+
+    // Tempo: the span names and attributes the TraceQL queries name are the worker's,
+    // and the order id an integer, as `span.ordermanagement.order.id = $order_id`
+    // compares it without quotes.
+    let (resources, spans) = resources_and_spans(&sink);
+    let span_name = regex::Regex::new(r#"(?:^|[\s{(&|])name\s*=\s*"([^"]*)""#).unwrap();
+    let span_attr = regex::Regex::new(r"\bspan\.([\w.]+)").unwrap();
+    let resource_attr = regex::Regex::new(r#"\bresource\.([\w.]+)\s*=\s*"([^"]*)""#).unwrap();
+    let by_id = regex::Regex::new(r"\bspan\.([\w.]+)\s*=\s*\$order_id\b").unwrap();
+    let mut tempo = 0;
+    for target in panels.iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+        if target["datasource"]["uid"] != "${traces}" {
+            continue;
+        }
+        tempo += 1;
+        let query = target["query"].as_str().expect("a TraceQL query");
+        for c in resource_attr.captures_iter(query) {
+            assert!(
+                resources
+                    .iter()
+                    .all(|r| r.get(&c[1]) == Some(&c[2].to_string())),
+                "resource {} is not {:?} on the exported spans: {query}",
+                &c[1],
+                &c[2]
+            );
+        }
+        let named: Vec<&Span> = match span_name.captures(query) {
+            Some(c) => spans.iter().filter(|s| s.name == c[1]).collect(),
+            None => spans.iter().collect(),
+        };
+        assert!(!named.is_empty(), "no exported span is named as in {query}");
+        for c in span_attr.captures_iter(query) {
+            assert!(
+                named
+                    .iter()
+                    .any(|s| s.attributes.iter().any(|kv| kv.key == c[1])),
+                "no exported span of {query} has {}",
+                &c[1]
+            );
+        }
+        for c in by_id.captures_iter(query) {
+            for s in &named {
+                let value = s.attributes.iter().find(|kv| kv.key == c[1]);
+                assert!(
+                    matches!(
+                        value.and_then(|kv| kv.value.as_ref()?.value.as_ref()),
+                        Some(any_value::Value::IntValue(_))
+                    ),
+                    "{} must be an integer on every span {query} selects: {value:?}",
+                    &c[1]
+                );
+            }
+        }
+    }
+    assert!(tempo >= 4, "{tempo} Tempo queries");
 }
 
 #[test]
