@@ -96,6 +96,10 @@ struct Cycle {
     /// When the next page may be fetched; `None` once the list is done.
     next_page: Option<Instant>,
     page_attempts: Attempts,
+    /// A refill of the page (asked for while orders of it were left) brought nothing
+    /// new: the next page waits until the page is used up (a service that ignores
+    /// `skip` answers a refill with the orders still held).
+    no_refill: bool,
     /// Status updates resumed in this cycle (they are not in the list's count yet).
     resumed: HashSet<u64>,
     /// Decided orders listed again whose status was sent again in this cycle: the
@@ -137,6 +141,7 @@ impl Cycle {
             page: VecDeque::new(),
             next_page: Some(Instant::now()),
             page_attempts: Attempts::default(),
+            no_refill: false,
             resumed,
             resent: HashSet::new(),
             report,
@@ -405,7 +410,8 @@ impl Worker {
             }
             let work = Work {
                 new_orders: !cycle.page.is_empty(),
-                page_low: cycle.page.len() <= self.page_size as usize / 2,
+                page_low: cycle.page.is_empty()
+                    || (!cycle.no_refill && cycle.page.len() <= self.page_size as usize / 2),
                 next_page: cycle.next_page,
                 held: self.pending.len(),
             };
@@ -493,6 +499,8 @@ impl Worker {
     /// a page of new orders is held) and admits them.
     fn fetch_page(&mut self, cycle: &mut Cycle) {
         let skip = cycle.pager.skip();
+        let refill = !cycle.page.is_empty();
+        cycle.no_refill = false;
         let limit = self
             .page_size
             .saturating_sub(cycle.page.len() as u32)
@@ -556,6 +564,10 @@ impl Worker {
         cycle.next_page = match cycle.pager.after_page(len, limit) {
             PageEnd::Fetch => Some(Instant::now()),
             PageEnd::Last => None,
+            PageEnd::NothingNew if refill => {
+                cycle.no_refill = true;
+                Some(Instant::now())
+            }
             PageEnd::NothingNew => {
                 log::warn!(
                     "the registered list returned only orders already seen this cycle (skip {skip}); paging stops"
