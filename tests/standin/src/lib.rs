@@ -123,8 +123,8 @@ impl Stack {
         port: u16,
         handler: fn(&Shared, &mut Request) -> Reply,
     ) -> std::io::Result<u16> {
-        let server = Server::from_listener(no_delay_listener(port)?, None)
-            .map_err(std::io::Error::other)?;
+        let server =
+            Server::from_listener(no_delay_listener(port)?, None).map_err(std::io::Error::other)?;
         let port = server
             .server_addr()
             .to_ip()
