@@ -95,10 +95,17 @@ fn main() {
         scaling.push((replicas, rate, done, stack.violations().len()));
     }
 
-    let fault_free = drain_with_faults(0.0, &mut rng);
-    let faults: Vec<(f64, Drained)> = [0.1, 0.3]
+    // Under failure, each backlog against its own fault-free drain in the same run.
+    let under_failure: Vec<(usize, Drained, Vec<(f64, Drained)>)> = [FAULT_ORDERS, BACKLOG]
         .into_iter()
-        .map(|rate| (rate, drain_with_faults(rate, &mut rng)))
+        .map(|n| {
+            let fault_free = drain_with_faults(n, 0.0, &mut rng);
+            let faults = [0.1, 0.3]
+                .into_iter()
+                .map(|rate| (rate, drain_with_faults(n, rate, &mut rng)))
+                .collect();
+            (n, fault_free, faults)
+        })
         .collect();
 
     println!();
@@ -160,26 +167,33 @@ fn main() {
             "{replicas} replica(s): {rate:>8.0} orders/s   ({done} ready, ledger violations {violations})"
         );
     }
-    println!();
-    println!(
-        "under failure: {FAULT_ORDERS} orders drained by `run --interval 0.1`, each service failing at the rate, ERROR_RATE the same:"
-    );
-    let free_rate = FAULT_ORDERS as f64 / fault_free.wall.as_secs_f64();
-    println!(
-        "{:<28} {:>10.0} orders/s {:>8} x fault-free   (ledger violations {})",
-        "no faults", free_rate, "1.00", fault_free.violations
-    );
-    for (rate, d) in &faults {
-        let r = FAULT_ORDERS as f64 / d.wall.as_secs_f64();
+    for (n, fault_free, faults) in &under_failure {
+        println!();
         println!(
-            "{:<28} {:>10.0} orders/s {:>8.2} x fault-free   (ledger violations {}; ready {}, blocked {})",
-            format!("{:.0}% faults", rate * 100.0),
-            r,
-            r / free_rate,
-            d.violations,
-            d.ready,
-            d.blocked
+            "under failure: {n} orders drained by `run --interval 0.1`, each service failing at the rate, ERROR_RATE the same:"
         );
+        let free_rate = *n as f64 / fault_free.wall.as_secs_f64();
+        println!(
+            "{:<28} {:>10.0} orders/s {:>8} x fault-free   (drained in {:.2} s; ledger violations {})",
+            "no faults",
+            free_rate,
+            "1.00",
+            fault_free.wall.as_secs_f64(),
+            fault_free.violations
+        );
+        for (rate, d) in faults {
+            let r = *n as f64 / d.wall.as_secs_f64();
+            println!(
+                "{:<28} {:>10.0} orders/s {:>8.2} x fault-free   (drained in {:.2} s; ledger violations {}; ready {}, blocked {})",
+                format!("{:.0}% faults", rate * 100.0),
+                r,
+                r / free_rate,
+                d.wall.as_secs_f64(),
+                d.violations,
+                d.ready,
+                d.blocked
+            );
+        }
     }
 }
 
@@ -210,9 +224,9 @@ struct Drained {
     blocked: usize,
 }
 
-/// `run` drains FAULT_ORDERS orders from services failing `rate` of their calls (the
+/// `run` drains `orders` orders from services failing `rate` of their calls (the
 /// worker's own ERROR_RATE the same); the time until none is registered.
-fn drain_with_faults(rate: f64, rng: &mut fastrand::Rng) -> Drained {
+fn drain_with_faults(orders: usize, rate: f64, rng: &mut fastrand::Rng) -> Drained {
     let knobs = Knobs {
         order_error_rate: rate,
         stock_error_rate: rate,
@@ -222,7 +236,7 @@ fn drain_with_faults(rate: f64, rng: &mut fastrand::Rng) -> Drained {
     for wood in WOODS {
         stack.add_stock(wood, u64::MAX / 16);
     }
-    stack.seed_orders(FAULT_ORDERS, rng);
+    stack.seed_orders(orders, rng);
     let started = Instant::now();
     let mut child = worker_command(&stack)
         .env("ERROR_RATE", rate.to_string())
