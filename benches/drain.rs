@@ -96,7 +96,7 @@ fn main() {
     }
 
     // Under failure, each backlog against its own fault-free drain in the same run.
-    let under_failure: Vec<(usize, Drained, Vec<(f64, Drained)>)> = [FAULT_ORDERS, BACKLOG]
+    let under_failure: Vec<UnderFailure> = [FAULT_ORDERS, BACKLOG]
         .into_iter()
         .map(|n| {
             let fault_free = drain_with_faults(n, 0.0, &mut rng);
@@ -216,6 +216,9 @@ fn trace_sizes(sink: &OtlpSink) -> (usize, usize) {
     }
     (spans.len(), spans.values().copied().max().unwrap_or(0))
 }
+
+/// A backlog, its fault-free drain, and its drains at each fault rate.
+type UnderFailure = (usize, Drained, Vec<(f64, Drained)>);
 
 struct Drained {
     wall: Duration,
