@@ -17,7 +17,8 @@ use standin::{Knobs, OtlpSink, Stack, WOODS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 const BACKLOG: usize = 20_000;
-const PAGE: usize = 100;
+/// The worker's default page size, for the floor and every worker row.
+const PAGE: usize = 500;
 const SCALING_ORDERS: usize = 3_000;
 const SERVICE_LATENCY: Duration = Duration::from_millis(2);
 const FAULT_ORDERS: usize = 2_000;
