@@ -63,7 +63,13 @@ struct Record {
     quantity: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<String>,
+    /// The order's trace (`trace_id-span_id`, hex), on `decided`: a restart continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<String>,
 }
+
+/// The longest `trace` a record may carry: 32 + 1 + 16 hex digits.
+const TRACE_LEN: usize = 49;
 
 impl Record {
     fn new(op: Op, order: &Order, status: Option<OrderStatus>) -> Record {
@@ -73,7 +79,13 @@ impl Record {
             wood_type: order.wood_type.as_str().to_string(),
             quantity: order.quantity,
             status: status.map(|s| s.as_str().to_string()),
+            trace: None,
         }
+    }
+
+    fn with_trace(mut self, trace: Option<&String>) -> Record {
+        self.trace = trace.filter(|t| t.len() <= TRACE_LEN).cloned();
+        self
     }
 
     fn order(&self) -> Option<Order> {
@@ -151,6 +163,8 @@ pub struct FileJournal {
     file: File,
     end: u64,
     live: BTreeMap<u64, (Order, InFlight)>,
+    /// The traces of the decided orders in `live` that have one.
+    traces: Traces,
     /// The `sending` records of the orders in flight with no decision yet (a few at
     /// most: the order in hand, and at start those a crash left).
     slots: Slots,
@@ -226,10 +240,11 @@ impl FileJournal {
         // Refused unread above the cap.
         let bytes =
             crate::files::read_capped(&file, MAX_STATE_FILE_BYTES).map_err(|e| io_at(path, e))?;
-        let live = replay(path, &bytes)?;
+        let (live, traces) = replay(path, &bytes)?;
         // Only the holder of the lock writes the temporary file: one there is a crash's.
         crate::files::remove_stale(&tmp).map_err(|e| io_at(&tmp, e))?;
-        let (file, end, slots) = write_compacted(path, &tmp, &live).map_err(|e| io_at(path, e))?;
+        let (file, end, slots) =
+            write_compacted(path, &tmp, &live, &traces).map_err(|e| io_at(path, e))?;
         Ok(FileJournal {
             path: path.to_path_buf(),
             tmp,
@@ -237,6 +252,7 @@ impl FileJournal {
             end,
             lines: live.len(),
             live,
+            traces,
             slots,
             stale: None,
             at_risk: Vec::new(),
@@ -288,7 +304,9 @@ impl FileJournal {
 
     /// Writes the decision over the order's `sending` record, in place.
     fn decide_in_place(&self, slot: Slot, order: &Order, status: OrderStatus) -> io::Result<()> {
-        let mut record = record_line(&Record::new(Op::Decided, order, Some(status)))?;
+        let mut record = record_line(
+            &Record::new(Op::Decided, order, Some(status)).with_trace(self.traces.get(&order.id)),
+        )?;
         if record.len() > slot.len {
             return Err(io::Error::other(
                 "the decision does not fit its sending record",
@@ -332,7 +350,7 @@ impl FileJournal {
         if self.disk_full {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        let (file, end, slots) = write_compacted(&self.path, &self.tmp, &self.live)?;
+        let (file, end, slots) = write_compacted(&self.path, &self.tmp, &self.live, &self.traces)?;
         self.slots = slots;
         let old = std::mem::replace(&mut self.file, file);
         if old.metadata().is_ok_and(|m| m.nlink() > 0) {
@@ -401,7 +419,10 @@ impl Journal for FileJournal {
                 Err(e) => e,
             }
         } else {
-            let line = record_line(&Record::new(Op::Decided, order, Some(status)))?;
+            let line = record_line(
+                &Record::new(Op::Decided, order, Some(status))
+                    .with_trace(self.traces.get(&order.id)),
+            )?;
             match self.append(&[line.as_slice(), b"\n"].concat()) {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
@@ -442,7 +463,17 @@ impl Journal for FileJournal {
         }
     }
 
+    fn decided_in(&mut self, order: &Order, status: OrderStatus, trace: &str) -> io::Result<()> {
+        self.traces.insert(order.id, trace.to_string());
+        self.decided(order, status)
+    }
+
+    fn trace_of(&self, id: u64) -> Option<String> {
+        self.traces.get(&id).cloned()
+    }
+
     fn finished(&mut self, order: &Order) -> io::Result<()> {
+        self.traces.remove(&order.id);
         if self.live.remove(&order.id).is_none() {
             return Ok(()); // never journaled (e.g. a simulated failure): nothing to close
         }
@@ -495,12 +526,11 @@ fn record_line(record: &Record) -> io::Result<Vec<u8>> {
 /// the length of its longest `decided` record, and that length (without the newline).
 fn sending_line(order: &Order) -> io::Result<(Vec<u8>, usize)> {
     let mut line = record_line(&Record::new(Op::Sending, order, None))?;
-    // `registered` is the longest status name.
-    let room = record_line(&Record::new(
-        Op::Decided,
-        order,
-        Some(OrderStatus::Registered),
-    ))?;
+    // `registered` is the longest status name, and a trace at most TRACE_LEN long.
+    let room = record_line(
+        &Record::new(Op::Decided, order, Some(OrderStatus::Registered))
+            .with_trace(Some(&"0".repeat(TRACE_LEN))),
+    )?;
     let len = line.len().max(room.len());
     line.resize(len, b' ');
     line.push(b'\n');
@@ -515,8 +545,9 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Applies the journal's lines in order; the last line may be torn (cut before its
 /// newline by a crash).
-fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>, JournalError> {
+fn replay(path: &Path, bytes: &[u8]) -> Result<(Live, Traces), JournalError> {
     let mut live = BTreeMap::new();
+    let mut traces = Traces::new();
     let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     // split leaves an empty piece after a final newline.
     let terminated = bytes.ends_with(b"\n") || bytes.is_empty();
@@ -531,17 +562,21 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>,
                     (Op::Decided, _) => return Err("decided without a valid status".into()),
                     _ => None,
                 };
-                Ok((r.op, order, status))
+                Ok((r.op, order, status, r.trace))
             });
         match parsed {
-            Ok((Op::Sending, order, _)) => {
+            Ok((Op::Sending, order, _, _)) => {
                 live.insert(order.id, (order, InFlight::Sent));
             }
-            Ok((Op::Decided, order, Some(status))) => {
+            Ok((Op::Decided, order, Some(status), trace)) => {
                 live.insert(order.id, (order, InFlight::Decided(status)));
+                if let Some(trace) = trace {
+                    traces.insert(order.id, trace);
+                }
             }
-            Ok((_, order, _)) => {
+            Ok((_, order, _, _)) => {
                 live.remove(&order.id);
+                traces.remove(&order.id);
             }
             // Only a last line without its newline is torn; a complete line that cannot
             // be read is damage wherever it is.
@@ -560,8 +595,14 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>,
             }
         }
     }
-    Ok(live)
+    traces.retain(|id, _| live.contains_key(id));
+    Ok((live, traces))
 }
+
+/// The orders in flight, by id.
+type Live = BTreeMap<u64, (Order, InFlight)>;
+/// The traces of decided orders in flight, by id.
+type Traces = BTreeMap<u64, String>;
 
 /// Writes the live orders to a new temporary file (created, never opened through a path
 /// that exists), locks it, syncs it, renames it over the journal and syncs the
@@ -570,7 +611,8 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<BTreeMap<u64, (Order, InFlight)>,
 fn write_compacted(
     path: &Path,
     tmp: &Path,
-    live: &BTreeMap<u64, (Order, InFlight)>,
+    live: &Live,
+    traces: &Traces,
 ) -> io::Result<(File, u64, Slots)> {
     let mut slots = Vec::new();
     let file = crate::files::create_new(tmp)?;
@@ -590,7 +632,10 @@ fn write_compacted(
                     line
                 }
                 InFlight::Decided(s) => {
-                    let mut line = record_line(&Record::new(Op::Decided, order, Some(*s)))?;
+                    let mut line = record_line(
+                        &Record::new(Op::Decided, order, Some(*s))
+                            .with_trace(traces.get(&order.id)),
+                    )?;
                     line.push(b'\n');
                     line
                 }
@@ -663,6 +708,42 @@ mod tests {
         // Compacted on open: only the two live orders remain.
         assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 2);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_decided_order_keeps_its_trace_across_a_reopen_and_a_compaction() {
+        let dir = temp_dir("trace");
+        let path = dir.join("state.jsonl");
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+        {
+            let mut j = FileJournal::open(&path).unwrap();
+            j.sending(&order(1)).unwrap();
+            j.decided_in(&order(1), OrderStatus::Ready, trace).unwrap();
+            j.sending(&order(2)).unwrap();
+            j.decided_in(&order(2), OrderStatus::Blocked, trace)
+                .unwrap();
+            j.finished(&order(2)).unwrap();
+            assert_eq!(j.trace_of(2), None, "forgotten with its order");
+        }
+        for _ in 0..2 {
+            // The first open replays the appended lines, the second the compacted file.
+            let j = FileJournal::open(&path).unwrap();
+            assert_eq!(j.trace_of(1).as_deref(), Some(trace));
+            assert_eq!(j.trace_of(2), None);
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_decision_with_its_trace_fits_over_its_sending_record() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7".to_string();
+        let (_, room) = sending_line(&order(u64::MAX)).unwrap();
+        let decided = record_line(
+            &Record::new(Op::Decided, &order(u64::MAX), Some(OrderStatus::Registered))
+                .with_trace(Some(&trace)),
+        )
+        .unwrap();
+        assert!(decided.len() <= room, "{} > {room}", decided.len());
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub trait Journal {
     fn sending(&mut self, order: &Order) -> io::Result<()>;
     /// The decrease's outcome is known and the status chosen; before the status update.
     fn decided(&mut self, order: &Order, status: OrderStatus) -> io::Result<()>;
+    /// [`Journal::decided`], with the order's trace (`trace_id-span_id` in hex) kept in
+    /// the record so that a restart continues it. By default the trace is not kept.
+    fn decided_in(&mut self, order: &Order, status: OrderStatus, trace: &str) -> io::Result<()> {
+        let _ = trace;
+        self.decided(order, status)
+    }
+    /// The trace kept with an order in flight, if any.
+    fn trace_of(&self, id: u64) -> Option<String> {
+        let _ = id;
+        None
+    }
     /// The status is set, or nothing was taken: the order can be forgotten.
     fn finished(&mut self, order: &Order) -> io::Result<()>;
     /// Orders a previous run left unfinished.
@@ -205,9 +216,19 @@ impl Journey {
         self.dry_run
     }
 
-    /// Orders a previous run left unfinished, from the journal.
-    pub fn in_flight(&self) -> Vec<(Order, InFlight)> {
-        self.journal.in_flight()
+    /// Orders a previous run left unfinished, from the journal, with their traces.
+    pub fn in_flight(&self) -> Vec<(Order, InFlight, Option<SpanContext>)> {
+        self.journal
+            .in_flight()
+            .into_iter()
+            .map(|(order, state)| {
+                let trace = self
+                    .journal
+                    .trace_of(order.id)
+                    .and_then(|t| parse_trace_ref(&t));
+                (order, state, trace)
+            })
+            .collect()
     }
 
     /// Writes down that `order`'s status is decided (after a restart, say).
@@ -286,7 +307,8 @@ impl Journey {
                 recorded,
             } => {
                 if !recorded {
-                    if let Err(e) = self.journal.decided(&task.order, status) {
+                    let trace = trace_ref(&task.trace());
+                    if let Err(e) = self.journal.decided_in(&task.order, status, &trace) {
                         let outcome = Outcome::Pending {
                             status,
                             reason: format!(
@@ -386,7 +408,8 @@ impl Journey {
         reason: String,
         call: Option<(Service, Verdict, String)>,
     ) -> Ran {
-        let recorded = match self.journal.decided(&task.order, status) {
+        let trace = trace_ref(&task.trace());
+        let recorded = match self.journal.decided_in(&task.order, status, &trace) {
             Ok(()) => true,
             Err(e) => {
                 log::error!(
@@ -516,6 +539,21 @@ impl Journey {
     }
 }
 
+/// An order's trace as the journal keeps it: `trace_id-span_id`, in hex.
+pub fn trace_ref(span: &SpanContext) -> String {
+    format!("{}-{}", span.trace_id(), span.span_id())
+}
+
+/// The span context a journal's trace names (a remote parent for the order's next
+/// span); `None` for anything else.
+pub fn parse_trace_ref(text: &str) -> Option<SpanContext> {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    let (trace, span) = text.split_once('-')?;
+    let (trace, span) = (TraceId::from_hex(trace).ok()?, SpanId::from_hex(span).ok()?);
+    let context = SpanContext::new(trace, span, TraceFlags::SAMPLED, true, TraceState::NONE);
+    context.is_valid().then_some(context)
+}
+
 /// What a call's result says about the service's health.
 fn verdict(result: &Result<(), CallError>) -> Verdict {
     match result {
@@ -552,6 +590,23 @@ fn baggage(order: &Order) -> Vec<KeyValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trace_kept_in_the_journal_reads_back_as_the_same_span_context() {
+        let text = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+        let context = parse_trace_ref(text).unwrap();
+        assert!(context.is_remote());
+        assert_eq!(trace_ref(&context), text);
+        for bad in [
+            "",
+            "x",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "0-0",
+            "00000000000000000000000000000000-0000000000000000",
+        ] {
+            assert!(parse_trace_ref(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_simulated_stock_failure_is_the_same_for_an_order_every_time() {

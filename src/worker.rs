@@ -191,7 +191,7 @@ impl Worker {
             max_orders_per_cycle: config.max_orders_per_cycle,
             heartbeat: None,
         };
-        for (order, state) in recovered {
+        for (order, state, trace) in recovered {
             let (status, reason) = match state {
                 InFlight::Decided(status) => (
                     status,
@@ -218,7 +218,7 @@ impl Worker {
                     order,
                     status,
                     reason,
-                    trace: None,
+                    trace,
                 },
             );
         }

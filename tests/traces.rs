@@ -258,3 +258,64 @@ fn a_status_update_retried_in_a_later_cycle_stays_in_its_order_trace() {
             && attr(s, "http.response.status_code").as_deref() == Some("200")));
     }
 }
+
+#[test]
+fn a_status_update_retried_after_a_restart_stays_in_its_order_trace() {
+    let stack = stack(
+        5,
+        Knobs {
+            status_error_rate: 1.0,
+            ..Knobs::default()
+        },
+    );
+    let dir = std::env::temp_dir().join(format!("om-traces-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.jsonl");
+    let sink = OtlpSink::start().unwrap();
+    let once = |stack: &Stack| {
+        let out = Running::start(
+            worker(stack, &sink)
+                .env("ERROR_RATE", "0")
+                .env("MAX_RETRIES", "0")
+                .env("STATE_FILE", &state)
+                .arg("once"),
+        )
+        .wait_for(Duration::from_secs(30))
+        .expect("once within 30 s");
+        out.status.code()
+    };
+    // The first run decides every order and cannot set a status: the state file keeps
+    // the decisions (with their traces) for the next run.
+    assert_eq!(once(&stack), Some(1));
+    stack.set_knobs(Knobs::default());
+    assert_eq!(once(&stack), Some(0));
+    assert_eq!(stack.count_by_status().get("ready"), Some(&5));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let spans = spans(&sink);
+    let mut by_order: HashMap<String, Vec<&Span>> = HashMap::new();
+    for s in spans.iter().filter(|s| s.name == "order") {
+        by_order
+            .entry(attr(s, "ordermanagement.order.id").unwrap())
+            .or_default()
+            .push(s);
+    }
+    assert_eq!(by_order.len(), 5);
+    for (id, orders) in &by_order {
+        let first = orders
+            .iter()
+            .find(|s| s.parent_span_id.is_empty())
+            .unwrap_or_else(|| panic!("order {id}: no root span"));
+        let resumed = orders
+            .iter()
+            .find(|s| attr(s, "ordermanagement.order.resumed").as_deref() == Some("true"))
+            .unwrap_or_else(|| panic!("order {id}: no span after the restart"));
+        assert_eq!(resumed.trace_id, first.trace_id, "order {id}: same trace");
+        assert_eq!(resumed.parent_span_id, first.span_id, "order {id}");
+        assert_eq!(
+            attr(resumed, "ordermanagement.order.outcome").as_deref(),
+            Some("ready")
+        );
+    }
+}
