@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(USAGE));
         }
     };
-    let (mode, config) = match Config::from_cli(&cli) {
+    let (mode, config) = match cli.into_config() {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("ordermanagement: error: {e}");
