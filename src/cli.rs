@@ -217,7 +217,7 @@ pub struct CommonArgs {
         global = true,
         env = "HEARTBEAT_FILE",
         value_name = "PATH",
-        default_value = crate::heartbeat::DEFAULT_PATH
+        default_value = config::DEFAULT_HEARTBEAT_PATH
     )]
     pub heartbeat_file: String,
 

@@ -34,7 +34,7 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// The share of the orders this replica handles. Default all.
     pub shard: Option<Shard>,
-    /// The heartbeat file read by `healthcheck`. Default [`crate::heartbeat::DEFAULT_PATH`];
+    /// The heartbeat file read by `healthcheck`. Default [`DEFAULT_HEARTBEAT_PATH`];
     /// none when set empty.
     pub heartbeat_file: Option<PathBuf>,
     /// The heartbeat path was set by the user (a path that cannot be written is then a
@@ -125,7 +125,35 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The heartbeat path when `--heartbeat-file` is not given.
+pub const DEFAULT_HEARTBEAT_PATH: &str = "/tmp/ordermanagement.heartbeat";
+
+/// Slack added to the computed longest gap between two heartbeats.
+const HEARTBEAT_SLACK: Duration = Duration::from_secs(30);
+
 impl Config {
+    /// The longest a working worker may go without a beat, from its settings: the next
+    /// cycle's sleep, a page fetch, then one order (a decrease that stalls and is retried
+    /// once, plus fast failures, then its status update), each with its backoff waits;
+    /// plus some slack. 260 s with the defaults (`run`, 5 s interval).
+    pub fn stale_after(&self, mode: &Mode) -> Duration {
+        let interval = match mode {
+            Mode::Run { interval } => *interval,
+            _ => Duration::ZERO,
+        };
+        let retries = self.max_retries;
+        let backoffs = self.retry_cap * retries;
+        // Every attempt of an Order Service call is bounded by the HTTP timeout.
+        let orders_call = self.http_timeout * (retries + 1) + backoffs;
+        // A decrease attempt's phases are bounded apart: resolving, connecting, sending the
+        // head, sending the body and reading the body by the HTTP timeout each, the reply by
+        // the decrease timeout. A failure that took longer than the HTTP timeout (a slow
+        // one) is retried once; the other attempts failed within the HTTP timeout.
+        let slow_attempt = self.http_timeout * 5 + self.decrease_timeout;
+        let decrease = slow_attempt * 2 + self.http_timeout * (retries + 1) + backoffs;
+        interval + orders_call + decrease + orders_call + HEARTBEAT_SLACK
+    }
+
     /// Fails unless the decrease's reply is waited for at least as long as any other
     /// call (`text`: `--decrease-timeout` as given, for the message).
     pub fn check_timeouts(&self, text: &str) -> Result<(), ConfigError> {
@@ -246,7 +274,7 @@ pub fn heartbeat_file(value: &str) -> (Option<PathBuf>, bool) {
     let path = value.trim();
     (
         Some(path).filter(|p| !p.is_empty()).map(PathBuf::from),
-        path != crate::heartbeat::DEFAULT_PATH,
+        path != DEFAULT_HEARTBEAT_PATH,
     )
 }
 
@@ -459,6 +487,19 @@ fn boolean(value: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_after_covers_a_stalled_decrease_and_the_interval() {
+        let config = Config::default();
+        let run = Mode::Run {
+            interval: Duration::from_secs(60),
+        };
+        let d = config.stale_after(&run);
+        // Two stalled decrease attempts alone take 2 x (5 + 35) s.
+        assert!(d > Duration::from_secs(60 + 80), "{d:?}");
+        assert!(d < Duration::from_secs(600), "{d:?}");
+        assert!(config.stale_after(&Mode::Once) < d);
+    }
 
     #[test]
     fn python_level_names_are_accepted() {

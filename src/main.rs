@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         },
     };
     if let Some(path) = &config.heartbeat_file {
-        match heartbeat::Heartbeat::start(path, heartbeat::stale_after(&config, &mode)) {
+        match heartbeat::Heartbeat::start(path, config.stale_after(&mode)) {
             Ok(beat) => worker.set_heartbeat(beat),
             Err(e) if config.heartbeat_chosen => {
                 let e = format!(
