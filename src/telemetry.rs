@@ -20,8 +20,7 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
-/// The log target of the exporters' own messages: never sent back through OTLP.
-pub const EXPORT_LOG_TARGET: &str = "ordermanagement::telemetry::export";
+pub use crate::logging::EXPORT_LOG_TARGET;
 /// How long shutdown asks each signal's processor to wait for its last export.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(900);
 /// The most the exit waits for telemetry, all signals together.
@@ -427,7 +426,9 @@ impl Telemetry {
                         .with_batch_exporter(exporter)
                         .with_resource(resource)
                         .build();
-                    crate::logging::export_to(&provider);
+                    crate::logging::install_export(Box::new(
+                        opentelemetry_appender_log::OpenTelemetryLogBridge::new(&provider),
+                    ));
                     telemetry.logger = Some(provider);
                 }
                 Err(e) => log::warn!("logs off: {e}"),
@@ -481,7 +482,7 @@ impl Telemetry {
             );
         }
         if let Some(p) = self.logger.take() {
-            crate::logging::stop_export();
+            crate::logging::remove_export();
             spawn(
                 "logs",
                 Box::new(move || p.shutdown_with_timeout(SHUTDOWN_WAIT)),
