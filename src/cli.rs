@@ -6,25 +6,14 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config, ConfigError, Mode};
-
-/// Exit codes, also listed in `--help` and README.md.
-pub const EXIT_CODES_HELP: &str = "\
-Exit codes:
-  0  done: the cycle completed and every fetched order reached a final state
-     (run: stopped by SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2)
-  1  work left: the order list could not be fetched, or orders were left
-     registered for a later cycle, or status updates are still pending
-  2  usage or configuration error (nothing was sent)
-  128 + N  a second stop signal N cut a stop short (143 SIGTERM, 130 SIGINT,
-     129 SIGHUP, 131 SIGQUIT)";
+use crate::config::{self, Config, ConfigError, HealthcheckConfig, Invocation, Mode};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ordermanagement",
     version,
     about = "Takes stock for registered orders of the wood-shop demo and sets them ready or blocked",
-    after_help = EXIT_CODES_HELP
+    after_help = crate::exit::HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -37,10 +26,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM, SIGINT, SIGHUP or SIGQUIT.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = crate::exit::HELP)]
     Run(RunArgs),
     /// Run a single cycle and exit (for cron); see the exit codes below.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = crate::exit::HELP)]
     Once,
     /// Exit 0 while the worker using the same --heartbeat-file makes progress, 1 when it
     /// is stuck (for a container HEALTHCHECK or a liveness probe); prints one line.
@@ -261,28 +250,32 @@ pub struct CommonArgs {
 }
 
 impl Cli {
-    /// Validates the command line into a mode and a configuration.
-    pub fn into_config(self) -> Result<(Mode, Config), ConfigError> {
-        let config = self.common.to_config()?;
+    /// Validates the command line into what to do. `run` and `once` read every worker
+    /// setting; `healthcheck` reads only its own (a bad worker setting is no reason for
+    /// a probe to fail).
+    pub fn into_invocation(self) -> Result<Invocation, ConfigError> {
         let mode = match &self.command {
             Command::Run(run) => Mode::Run {
                 interval: config::interval(&run.interval)?,
             },
             Command::Once => Mode::Once,
-            Command::Healthcheck(h) => Mode::Healthcheck {
-                max_age: config::optional_seconds(
-                    &h.max_age,
-                    "--max-age",
-                    "HEALTHCHECK_MAX_AGE_SECONDS",
-                )?,
-                max_cut_off: config::optional_seconds(
-                    &h.max_cut_off,
-                    "--max-cut-off",
-                    "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
-                )?,
-            },
+            Command::Healthcheck(h) => {
+                return Ok(Invocation::Healthcheck(HealthcheckConfig {
+                    max_age: config::optional_seconds(
+                        &h.max_age,
+                        "--max-age",
+                        "HEALTHCHECK_MAX_AGE_SECONDS",
+                    )?,
+                    max_cut_off: config::optional_seconds(
+                        &h.max_cut_off,
+                        "--max-cut-off",
+                        "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
+                    )?,
+                    heartbeat_file: config::heartbeat_file(&self.common.heartbeat_file).0,
+                }));
+            }
         };
-        Ok((mode, config))
+        Ok(Invocation::Work(mode, self.common.to_config()?))
     }
 }
 
@@ -327,7 +320,10 @@ mod tests {
         let cli =
             Cli::try_parse_from(std::iter::once("ordermanagement").chain(args.iter().copied()))
                 .expect("clap accepts the arguments");
-        cli.into_config()
+        match cli.into_invocation()? {
+            Invocation::Work(mode, config) => Ok((mode, config)),
+            Invocation::Healthcheck(_) => panic!("{args:?} is not a worker command"),
+        }
     }
 
     #[test]

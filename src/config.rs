@@ -89,18 +89,35 @@ impl fmt::Display for Shard {
     }
 }
 
-/// What to do, with its configuration.
+/// What the worker does.
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// Loop until stopped, sleeping `interval` between cycles.
     Run { interval: Duration },
     /// A single cycle.
     Once,
-    /// Judge the heartbeat file; `None` takes the worker's own figure / no cut-off.
-    Healthcheck {
-        max_age: Option<Duration>,
-        max_cut_off: Option<Duration>,
-    },
+}
+
+/// `healthcheck`'s own settings: nothing else is read for it.
+#[derive(Debug, Clone)]
+pub struct HealthcheckConfig {
+    /// The heartbeat file to judge; none when `--heartbeat-file` is set empty.
+    pub heartbeat_file: Option<PathBuf>,
+    /// Unhealthy when the last beat is older; `None` takes the worker's own figure,
+    /// written in the file.
+    pub max_age: Option<Duration>,
+    /// Also unhealthy when the Order Service has not answered for this long; `None`: no
+    /// cut-off.
+    pub max_cut_off: Option<Duration>,
+}
+
+/// What the command line asks for, validated.
+#[derive(Debug, Clone)]
+pub enum Invocation {
+    /// `run` or `once`: the worker, with its configuration.
+    Work(Mode, Config),
+    /// `healthcheck`: judge the heartbeat file.
+    Healthcheck(HealthcheckConfig),
 }
 
 /// A setting with a bad value: the message names the flag, the variable and the value
@@ -139,7 +156,7 @@ impl Config {
     pub fn stale_after(&self, mode: &Mode) -> Duration {
         let interval = match mode {
             Mode::Run { interval } => *interval,
-            _ => Duration::ZERO,
+            Mode::Once => Duration::ZERO,
         };
         let retries = self.max_retries;
         let backoffs = self.retry_cap * retries;

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod exit;
 pub mod files;
 pub mod heartbeat;
 pub mod http;
@@ -20,12 +21,13 @@ pub mod report;
 pub mod resolve;
 pub mod retry;
 pub mod schedule;
+pub mod startup;
 pub mod stock;
 pub mod stop;
 pub mod telemetry;
 pub mod worker;
 
-pub use config::{Config, ConfigError, Mode, Shard};
+pub use config::{Config, ConfigError, HealthcheckConfig, Invocation, Mode, Shard};
 pub use orders::{Order, OrderStatus, WoodType};
 pub use outcome::Outcome;
 pub use process::{InFlight, Journal, NoJournal};

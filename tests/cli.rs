@@ -921,6 +921,49 @@ fn a_heartbeat_file_that_cannot_be_written_stops_the_worker_at_start() {
     );
 }
 
+#[test]
+fn healthcheck_reads_only_its_own_settings() {
+    // A fresh beat, written by hand in the heartbeat's format.
+    let dir = TempDir::new("healthcheck-own");
+    let beat = dir.0.join("beat");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let fresh = json!({
+        "pid": 1,
+        "started_ms": now,
+        "at_ms": now,
+        "stale_after_s": 60,
+        "orders_answered_ms": now,
+        "last_cycle": null,
+    });
+    std::fs::write(&beat, fresh.to_string()).expect("write the beat");
+    // Worker settings a probe does not use, each bad, from the environment or a flag.
+    for (var, flag, value) in [
+        ("ERROR_RATE", "--error-rate", "abc"),
+        ("API_URL_ORDERS", "--orders-url", "ftp://x"),
+        ("LOG_LEVEL", "--log-level", "loud"),
+        ("PAGE_SIZE", "--page-size", "0"),
+        ("SHARD", "--shard", "3/3"),
+    ] {
+        let out = run(cmd()
+            .env("HEARTBEAT_FILE", &beat)
+            .env(var, value)
+            .arg("healthcheck"));
+        assert_exit(&out, 0);
+        assert!(
+            text(&out.stdout).starts_with("healthy: "),
+            "{var}={value}: {out:?}"
+        );
+        assert!(!text(&out.stderr).contains(var), "{var}={value}: {out:?}");
+        let out = run(cmd()
+            .env("HEARTBEAT_FILE", &beat)
+            .args(["healthcheck", flag, value]));
+        assert_exit(&out, 0);
+    }
+}
+
 // ---------------------------------------------------------------- JSON log lines
 
 #[test]
