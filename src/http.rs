@@ -12,10 +12,18 @@ use ureq::Agent;
 use ureq::unversioned::transport::DefaultConnector;
 
 use crate::resolve::Resolver;
-use crate::telemetry::{HttpAttempt, propagation_headers};
+use crate::telemetry::instrument::{HttpAttempt, propagation_headers};
 
 /// Longest piece of a reply body quoted in a log line.
 const QUOTE_LIMIT: usize = 200;
+
+/// A service's route as telemetry names it: the CLIENT span's name (`{method}
+/// {url.template}`) and the `url.template`. Each client names its own routes.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub span_name: &'static str,
+    pub template: &'static str,
+}
 
 /// A reply whose status line arrived.
 #[derive(Debug)]
@@ -153,16 +161,16 @@ impl Http {
         self.timeout
     }
 
-    /// `GET url`, the whole call bounded by the HTTP timeout. `template` names the
-    /// route in telemetry; `resend` is the attempt's number (0 for the first).
+    /// `GET url`, the whole call bounded by the HTTP timeout. `route` names the
+    /// call in telemetry; `resend` is the attempt's number (0 for the first).
     pub fn get(
         &self,
         url: &str,
-        template: &'static str,
+        route: Route,
         resend: u32,
         limit: u64,
     ) -> Result<Reply, SendError> {
-        let attempt = HttpAttempt::start("GET", template, url, resend);
+        let attempt = HttpAttempt::start(route.span_name, "GET", route.template, url, resend);
         let request = with_trace(self.agent.get(url))
             .header("Accept", "application/json")
             .config()
@@ -175,12 +183,12 @@ impl Http {
     pub fn put_json(
         &self,
         url: &str,
-        template: &'static str,
+        route: Route,
         resend: u32,
         body: &[u8],
         limit: u64,
     ) -> Result<Reply, SendError> {
-        let attempt = HttpAttempt::start("PUT", template, url, resend);
+        let attempt = HttpAttempt::start(route.span_name, "PUT", route.template, url, resend);
         let request = with_trace(self.agent.put(url))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
@@ -196,14 +204,14 @@ impl Http {
     pub fn post_json(
         &self,
         url: &str,
-        template: &'static str,
+        route: Route,
         resend: u32,
         body: &[u8],
         idempotency_key: &str,
         reply_timeout: Duration,
         limit: u64,
     ) -> Result<Reply, SendError> {
-        let attempt = HttpAttempt::start("POST", template, url, resend);
+        let attempt = HttpAttempt::start(route.span_name, "POST", route.template, url, resend);
         let request = with_trace(self.agent.post(url))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
@@ -462,7 +470,11 @@ mod tests {
         let port = closed.local_addr().unwrap().port();
         drop(closed);
         let http = Http::new(Duration::from_secs(2));
-        let result = http.get(&format!("http://localhost:{port}/"), "/", 0, 100);
+        let root = Route {
+            span_name: "GET /",
+            template: "/",
+        };
+        let result = http.get(&format!("http://localhost:{port}/"), root, 0, 100);
         assert!(matches!(result, Err(SendError::NotSent(_))), "{result:?}");
         assert!(!http.resolver.is_kept(&format!("localhost:{port}")));
     }

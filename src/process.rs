@@ -18,7 +18,7 @@ use crate::outcome::{
 use crate::retry::{Attempts, RetryPolicy};
 use crate::schedule::{Service, Verdict};
 use crate::stock::StockClient;
-use crate::telemetry::{self, OrderSpan};
+use crate::telemetry::instrument::{self, OrderSpan};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 
@@ -315,7 +315,7 @@ impl Journey {
                 order.id,
                 self.error_rate
             );
-            telemetry::event(
+            instrument::event(
                 "simulated failure",
                 vec![KeyValue::new("ordermanagement.step", "stock")],
             );
@@ -346,7 +346,7 @@ impl Journey {
         let call = Some((Service::Stock, verdict, detail(&result)));
         if result.is_ok() {
             let wood = KeyValue::new("wood_type", order.wood_type.as_str());
-            telemetry::instruments()
+            instrument::instruments()
                 .stock_taken
                 .add(u64::from(order.quantity), &[wood]);
         }
@@ -417,7 +417,7 @@ impl Journey {
         let order = task.order;
         let started = std::time::Instant::now();
         let (result, call) = if self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
-            telemetry::event(
+            instrument::event(
                 "simulated failure",
                 vec![KeyValue::new("ordermanagement.step", "status")],
             );
