@@ -6,7 +6,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config, ConfigError, HealthcheckConfig, Invocation, Mode};
+use crate::config::{self, Config, ConfigError, HealthcheckConfig, Invocation, Mode, defaults};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,7 +70,7 @@ pub struct RunArgs {
         long,
         env = "INTERVAL_SECONDS",
         allow_negative_numbers = true,
-        default_value = "5",
+        default_value = defaults::INTERVAL_TEXT,
         value_name = "SECONDS"
     )]
     pub interval: String,
@@ -84,7 +84,7 @@ pub struct CommonArgs {
         long,
         global = true,
         env = "API_URL_ORDERS",
-        default_value = "http://localhost:5000",
+        default_value = defaults::ORDERS_URL,
         value_name = "URL"
     )]
     pub orders_url: String,
@@ -94,7 +94,7 @@ pub struct CommonArgs {
         long,
         global = true,
         env = "API_URL_STOCKS",
-        default_value = "http://localhost:5001",
+        default_value = defaults::STOCKS_URL,
         value_name = "URL"
     )]
     pub stocks_url: String,
@@ -105,7 +105,7 @@ pub struct CommonArgs {
         global = true,
         env = "ERROR_RATE",
         allow_negative_numbers = true,
-        default_value = "0.1",
+        default_value = defaults::ERROR_RATE_TEXT,
         value_name = "RATE"
     )]
     pub error_rate: String,
@@ -115,7 +115,7 @@ pub struct CommonArgs {
         long,
         global = true,
         env = "LOG_LEVEL",
-        default_value = "info",
+        default_value = defaults::LOG_LEVEL_TEXT,
         value_name = "LEVEL"
     )]
     pub log_level: String,
@@ -126,7 +126,7 @@ pub struct CommonArgs {
         long,
         global = true,
         env = "LOG_FORMAT",
-        default_value = "text",
+        default_value = defaults::LOG_FORMAT_TEXT,
         value_name = "FORMAT"
     )]
     pub log_format: String,
@@ -137,7 +137,7 @@ pub struct CommonArgs {
         global = true,
         env = "HTTP_TIMEOUT_SECONDS",
         allow_negative_numbers = true,
-        default_value = "5",
+        default_value = defaults::HTTP_TIMEOUT_TEXT,
         value_name = "SECONDS"
     )]
     pub timeout: String,
@@ -149,7 +149,7 @@ pub struct CommonArgs {
         global = true,
         env = "DECREASE_TIMEOUT_SECONDS",
         allow_negative_numbers = true,
-        default_value = "35",
+        default_value = defaults::DECREASE_TIMEOUT_TEXT,
         value_name = "SECONDS"
     )]
     pub decrease_timeout: String,
@@ -160,7 +160,7 @@ pub struct CommonArgs {
         global = true,
         env = "MAX_RETRIES",
         allow_negative_numbers = true,
-        default_value = "3",
+        default_value = defaults::MAX_RETRIES_TEXT,
         value_name = "N"
     )]
     pub max_retries: String,
@@ -171,7 +171,7 @@ pub struct CommonArgs {
         global = true,
         env = "PAGE_SIZE",
         allow_negative_numbers = true,
-        default_value = "500",
+        default_value = defaults::PAGE_SIZE_TEXT,
         value_name = "N"
     )]
     pub page_size: String,
@@ -182,7 +182,7 @@ pub struct CommonArgs {
         global = true,
         env = "MAX_ORDERS_PER_CYCLE",
         allow_negative_numbers = true,
-        default_value = "100000",
+        default_value = defaults::MAX_ORDERS_PER_CYCLE_TEXT,
         value_name = "N"
     )]
     pub max_orders_per_cycle: String,
@@ -206,7 +206,7 @@ pub struct CommonArgs {
         global = true,
         env = "HEARTBEAT_FILE",
         value_name = "PATH",
-        default_value = config::DEFAULT_HEARTBEAT_PATH
+        default_value = defaults::HEARTBEAT_FILE
     )]
     pub heartbeat_file: String,
 

@@ -4,29 +4,116 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The defaults, each written once: [`Config::default`] takes the values, the command
+/// line shows and parses the same literals as text (clap's `default_value`), and the
+/// docs name them.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// One default from one literal: the typed value, and the text the command line
+    /// shows and parses.
+    macro_rules! default {
+        ($(#[$doc:meta])* $name:ident: $ty:ty = $value:literal, $text:ident) => {
+            $(#[$doc])*
+            pub const $name: $ty = $value;
+            #[doc = concat!("[`", stringify!($name), "`] as the command line writes it.")]
+            pub const $text: &str = concat!($value);
+        };
+    }
+
+    /// `--orders-url`: the Order Service.
+    pub const ORDERS_URL: &str = "http://localhost:5000";
+    /// `--stocks-url`: the Stock Service.
+    pub const STOCKS_URL: &str = "http://localhost:5001";
+    default!(
+        /// `--error-rate`: the share of simulated failures.
+        ERROR_RATE: f64 = 0.1,
+        ERROR_RATE_TEXT
+    );
+    default!(
+        /// `run --interval`, in seconds.
+        INTERVAL_SECONDS: u64 = 5,
+        INTERVAL_TEXT
+    );
+    default!(
+        /// `--timeout`, in seconds.
+        HTTP_TIMEOUT_SECONDS: u64 = 5,
+        HTTP_TIMEOUT_TEXT
+    );
+    default!(
+        /// `--decrease-timeout`, in seconds: above the Stock Service's own 30 s wait.
+        DECREASE_TIMEOUT_SECONDS: u64 = 35,
+        DECREASE_TIMEOUT_TEXT
+    );
+    default!(
+        /// `--max-retries`.
+        MAX_RETRIES: u32 = 3,
+        MAX_RETRIES_TEXT
+    );
+    default!(
+        /// `--page-size`.
+        PAGE_SIZE: u32 = 500,
+        PAGE_SIZE_TEXT
+    );
+    default!(
+        /// `--max-orders-per-cycle`.
+        MAX_ORDERS_PER_CYCLE: u64 = 100000,
+        MAX_ORDERS_PER_CYCLE_TEXT
+    );
+    /// `--log-level`.
+    pub const LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
+    /// [`LOG_LEVEL`] as the command line writes it.
+    pub const LOG_LEVEL_TEXT: &str = level_name(LOG_LEVEL);
+    /// `--log-format`.
+    pub const LOG_FORMAT: crate::logging::Format = crate::logging::Format::Text;
+    /// [`LOG_FORMAT`] as the command line writes it.
+    pub const LOG_FORMAT_TEXT: &str = LOG_FORMAT.name();
+    /// `--heartbeat-file`, the file `healthcheck` reads. A [`Config`](super::Config)
+    /// built in code has none unless it sets one.
+    pub const HEARTBEAT_FILE: &str = "/tmp/ordermanagement.heartbeat";
+    /// The first backoff delay between attempts; doubled each retry.
+    pub const RETRY_BASE: Duration = Duration::from_millis(200);
+    /// The longest backoff delay, and the cap on a honoured `Retry-After`.
+    pub const RETRY_CAP: Duration = Duration::from_secs(5);
+
+    /// A level's name as `--log-level` takes it.
+    const fn level_name(level: log::LevelFilter) -> &'static str {
+        match level {
+            log::LevelFilter::Off => "off",
+            log::LevelFilter::Error => "error",
+            log::LevelFilter::Warn => "warn",
+            log::LevelFilter::Info => "info",
+            log::LevelFilter::Debug => "debug",
+            log::LevelFilter::Trace => "trace",
+        }
+    }
+}
+
 /// Everything the worker needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Order Service base URL, without a trailing slash. Default `http://localhost:5000`.
+    /// Order Service base URL, without a trailing slash. Default [`defaults::ORDERS_URL`].
     pub orders_url: String,
-    /// Stock Service base URL, without a trailing slash. Default `http://localhost:5001`.
+    /// Stock Service base URL, without a trailing slash. Default [`defaults::STOCKS_URL`].
     pub stocks_url: String,
-    /// Share of simulated failures in `0.0..=1.0`. Default `0.1`.
+    /// Share of simulated failures in `0.0..=1.0`. Default [`defaults::ERROR_RATE`].
     pub error_rate: f64,
-    /// Log level when `RUST_LOG` is not set. Default `info`.
+    /// Log level when `RUST_LOG` is not set. Default [`defaults::LOG_LEVEL`].
     pub log_level: log::LevelFilter,
-    /// Text or JSON lines. Default text.
+    /// Text or JSON lines. Default [`defaults::LOG_FORMAT`].
     pub log_format: crate::logging::Format,
-    /// Limit for one Order Service call and for connecting to either service. Default 5 s.
+    /// Limit for one Order Service call and for connecting to either service. Default
+    /// [`defaults::HTTP_TIMEOUT_SECONDS`].
     pub http_timeout: Duration,
-    /// Limit for a decrease's reply once the request is sent. Default 35 s.
+    /// Limit for a decrease's reply once the request is sent. Default
+    /// [`defaults::DECREASE_TIMEOUT_SECONDS`].
     pub decrease_timeout: Duration,
-    /// Extra attempts for a transient failure of one call. Default 3.
+    /// Extra attempts for a transient failure of one call. Default [`defaults::MAX_RETRIES`].
     pub max_retries: u32,
-    /// Orders asked for per list call. Default 500.
+    /// Orders asked for per list call. Default [`defaults::PAGE_SIZE`].
     pub page_size: u32,
     /// The most orders one cycle takes on; the rest stay registered for the next cycle
-    /// (at least 1). Default 100000.
+    /// (at least 1). Default [`defaults::MAX_ORDERS_PER_CYCLE`].
     pub max_orders_per_cycle: u64,
     /// Fetch and log only. Default off.
     pub dry_run: bool,
@@ -34,38 +121,41 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// The share of the orders this replica handles. Default all.
     pub shard: Option<Shard>,
-    /// The heartbeat file read by `healthcheck`. Default [`DEFAULT_HEARTBEAT_PATH`];
-    /// none when set empty.
+    /// The heartbeat file read by `healthcheck`: on the command line
+    /// [`defaults::HEARTBEAT_FILE`] unless set (empty: none); none in
+    /// [`Config::default`], so that code building a Config writes no file unasked.
     pub heartbeat_file: Option<PathBuf>,
     /// The heartbeat path was set by the user (a path that cannot be written is then a
     /// configuration error; the default one only gets an error line).
     pub heartbeat_chosen: bool,
-    /// First backoff delay between attempts; doubled each retry. Default 200 ms.
+    /// First backoff delay between attempts; doubled each retry. Default
+    /// [`defaults::RETRY_BASE`].
     pub retry_base: Duration,
-    /// Longest backoff delay, and the cap on a honoured `Retry-After`. Default 5 s.
+    /// Longest backoff delay, and the cap on a honoured `Retry-After`. Default
+    /// [`defaults::RETRY_CAP`].
     pub retry_cap: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            orders_url: "http://localhost:5000".into(),
-            stocks_url: "http://localhost:5001".into(),
-            error_rate: 0.1,
-            log_level: log::LevelFilter::Info,
-            log_format: crate::logging::Format::Text,
-            http_timeout: Duration::from_secs(5),
-            decrease_timeout: Duration::from_secs(35),
-            max_retries: 3,
-            page_size: 500,
-            max_orders_per_cycle: 100_000,
+            orders_url: defaults::ORDERS_URL.into(),
+            stocks_url: defaults::STOCKS_URL.into(),
+            error_rate: defaults::ERROR_RATE,
+            log_level: defaults::LOG_LEVEL,
+            log_format: defaults::LOG_FORMAT,
+            http_timeout: Duration::from_secs(defaults::HTTP_TIMEOUT_SECONDS),
+            decrease_timeout: Duration::from_secs(defaults::DECREASE_TIMEOUT_SECONDS),
+            max_retries: defaults::MAX_RETRIES,
+            page_size: defaults::PAGE_SIZE,
+            max_orders_per_cycle: defaults::MAX_ORDERS_PER_CYCLE,
             dry_run: false,
             state_file: None,
             shard: None,
             heartbeat_file: None,
             heartbeat_chosen: false,
-            retry_base: Duration::from_millis(200),
-            retry_cap: Duration::from_secs(5),
+            retry_base: defaults::RETRY_BASE,
+            retry_cap: defaults::RETRY_CAP,
         }
     }
 }
@@ -141,9 +231,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// The heartbeat path when `--heartbeat-file` is not given.
-pub const DEFAULT_HEARTBEAT_PATH: &str = "/tmp/ordermanagement.heartbeat";
 
 /// Slack added to the computed longest gap between two heartbeats.
 const HEARTBEAT_SLACK: Duration = Duration::from_secs(30);
@@ -291,7 +378,7 @@ pub fn heartbeat_file(value: &str) -> (Option<PathBuf>, bool) {
     let path = value.trim();
     (
         Some(path).filter(|p| !p.is_empty()).map(PathBuf::from),
-        path != DEFAULT_HEARTBEAT_PATH,
+        path != defaults::HEARTBEAT_FILE,
     )
 }
 

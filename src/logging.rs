@@ -23,6 +23,16 @@ pub enum Format {
     Json,
 }
 
+impl Format {
+    /// The name `--log-format` takes.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+        }
+    }
+}
+
 /// The log target of the exporters' own messages: never sent back through the export.
 pub const EXPORT_LOG_TARGET: &str = "ordermanagement::telemetry::export";
 

@@ -535,9 +535,10 @@ fn detail(result: &Result<(), CallError>) -> String {
     }
 }
 
+/// The order's attributes on its span.
 fn span_attributes(order: &Order) -> Vec<KeyValue> {
     vec![
-        KeyValue::new("ordermanagement.order.id", order.id as i64),
+        order_id(order),
         KeyValue::new("ordermanagement.order.wood_type", order.wood_type.as_str()),
         KeyValue::new("ordermanagement.order.quantity", i64::from(order.quantity)),
     ]
@@ -546,7 +547,11 @@ fn span_attributes(order: &Order) -> Vec<KeyValue> {
 /// The order id also travels to the services as baggage when the baggage propagator
 /// is on.
 fn baggage(order: &Order) -> Vec<KeyValue> {
-    vec![KeyValue::new("ordermanagement.order.id", order.id as i64)]
+    vec![order_id(order)]
+}
+
+fn order_id(order: &Order) -> KeyValue {
+    KeyValue::new("ordermanagement.order.id", order.id as i64)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::config::{Config, HealthcheckConfig, Invocation, Mode};
 use crate::exit::Exit;
 use crate::journal::{self, FileJournal};
 use crate::stop::Stop;
-use crate::telemetry::{self, Telemetry};
+use crate::telemetry::{self, Telemetry, instrument};
 use crate::worker::Worker;
 use crate::{files, heartbeat, logging, redact};
 
@@ -155,9 +155,7 @@ fn start_telemetry(config: &Config) -> Telemetry {
         // Telemetry::init below), so nothing reads the environment meanwhile.
         unsafe { std::env::set_var(name, value) };
     }
-    let shard = config
-        .shard
-        .map(|s| opentelemetry::KeyValue::new("ordermanagement.shard", s.to_string()));
+    let shard = config.shard.map(instrument::shard_attribute);
     Telemetry::init(&settings, shard.into_iter().collect())
 }
 

@@ -389,7 +389,7 @@ impl Worker {
 
     fn shard_attribute(&self) -> Vec<KeyValue> {
         self.shard
-            .map(|s| KeyValue::new("ordermanagement.shard", s.to_string()))
+            .map(instrument::shard_attribute)
             .into_iter()
             .collect()
     }

@@ -8,6 +8,11 @@ use std::time::Instant;
 
 use opentelemetry::KeyValue;
 
+/// The attribute naming a replica's shard (`2/4`), on the resource and on each cycle.
+pub fn shard_attribute(shard: impl std::fmt::Display) -> KeyValue {
+    KeyValue::new("ordermanagement.shard", shard.to_string())
+}
+
 /// Headers to add to a request so that the services continue the current trace.
 pub fn propagation_headers() -> HashMap<String, String> {
     let mut headers = HashMap::new();
