@@ -45,6 +45,16 @@ impl Reply {
     }
 }
 
+/// A reply with `status` and `body`, for the clients' tests.
+#[cfg(test)]
+pub(crate) fn reply(status: u16, body: &str) -> Reply {
+    Reply {
+        status,
+        body: Ok(body.as_bytes().to_vec()),
+        retry_after: None,
+    }
+}
+
 /// A request that got no reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {

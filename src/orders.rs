@@ -496,7 +496,7 @@ impl OrdersClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Reply;
+    use crate::http::reply;
     use serde_json::json;
 
     #[test]
@@ -685,14 +685,6 @@ mod tests {
         let mut log = InvalidLog::new();
         assert!(log.entry(&bad(1)));
         assert_eq!(log.summary(), None, "nothing to sum up");
-    }
-
-    fn reply(status: u16, body: &str) -> Reply {
-        Reply {
-            status,
-            body: Ok(body.as_bytes().to_vec()),
-            retry_after: None,
-        }
     }
 
     #[test]

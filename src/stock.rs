@@ -95,15 +95,7 @@ impl StockClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Reply;
-
-    fn reply(status: u16, body: &str) -> Reply {
-        Reply {
-            status,
-            body: Ok(body.as_bytes().to_vec()),
-            retry_after: None,
-        }
-    }
+    use crate::http::reply;
 
     #[test]
     fn business_refusals_carry_the_reason() {

@@ -18,20 +18,15 @@ use common::{Request, Running, ScriptServer, order_json, reply};
 use httpmock::{Method, Mock, MockServer};
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
-
 /// Longest a `once` or a failing command may take before the test gives up on it.
 const RUN_LIMIT: Duration = Duration::from_secs(20);
 
 /// The promise of `run`: stopped within 2 s of SIGTERM/SIGINT.
 const STOP_LIMIT: Duration = Duration::from_secs(2);
 
-/// The binary with an empty environment.
+/// The binary with an empty environment (the heartbeat tests set their own file).
 fn cmd() -> Command {
-    let mut cmd = Command::new(BIN);
-    // No heartbeat file left in /tmp by a test (the heartbeat tests set their own).
-    cmd.env_clear().env("HEARTBEAT_FILE", "");
-    cmd
+    common::worker_command()
 }
 
 /// `cmd()` pointed at the two services, no simulated failures, short timeouts.
@@ -130,6 +125,32 @@ fn ready_mock(server: &MockServer) -> Mock<'_> {
             .header("content-type", "application/json")
             .json_body(json!({"id": 1, "order_status": "ready"}));
     })
+}
+
+/// Order 1 (3 oak) through one cycle: its list, its decrease and its status set
+/// `ready`, each as the worker must send it.
+struct OakOrder<'a> {
+    list: Mock<'a>,
+    decrease: Mock<'a>,
+    ready: Mock<'a>,
+}
+
+impl OakOrder<'_> {
+    fn mock(server: &MockServer) -> OakOrder<'_> {
+        OakOrder {
+            list: list_mock(server, &oak_order()),
+            decrease: decrease_mock(server),
+            ready: ready_mock(server),
+        }
+    }
+
+    /// One list call (one order is less than a page: no second page), one decrease,
+    /// one status update.
+    fn assert_one_cycle(&self) {
+        self.list.assert_calls(1);
+        self.decrease.assert_calls(1);
+        self.ready.assert_calls(1);
+    }
 }
 
 // ---------------------------------------------------------------- help
@@ -398,15 +419,11 @@ fn once_with_nothing_registered_exits_0() {
 #[test]
 fn once_takes_the_stock_of_an_order_sets_it_ready_and_exits_0() {
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let url = server.base_url();
     let out = run(with_services(&url, &url).arg("once"));
     assert_exit(&out, 0);
-    list.assert_calls(1); // one order < page size: no second page
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.assert_one_cycle();
 }
 
 // ---------------------------------------------------------------- once: exit 1
@@ -609,9 +626,7 @@ fn a_second_sigquit_exits_131_at_once() {
 #[test]
 fn the_environment_configures_a_whole_cycle() {
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let url = server.base_url();
     let out = run(cmd()
         .env("API_URL_ORDERS", format!("{url}/")) // the trailing slash is dropped
@@ -621,17 +636,13 @@ fn the_environment_configures_a_whole_cycle() {
         .env("DECREASE_TIMEOUT_SECONDS", "2")
         .arg("once"));
     assert_exit(&out, 0);
-    list.assert_calls(1);
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.assert_one_cycle();
 }
 
 #[test]
 fn options_may_stand_before_the_command() {
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let url = server.base_url();
     let out = run(cmd()
         .args([
@@ -644,9 +655,7 @@ fn options_may_stand_before_the_command() {
         ])
         .args(["--timeout", "2", "--decrease-timeout", "2", "once"]));
     assert_exit(&out, 0);
-    list.assert_calls(1);
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.assert_one_cycle();
 }
 
 #[test]
@@ -698,21 +707,19 @@ fn dry_run_is_read_like_the_other_settings() {
     // An empty DRY_RUN (as compose files write it) means off; a dry run changes nothing.
     let server = MockServer::start();
     let url = server.base_url();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let out = run(with_services(&url, &url)
         .env("DRY_RUN", "")
         .env("ERROR_RATE", "0")
         .arg("once"));
     assert_exit(&out, 0);
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.decrease.assert_calls(1);
+    oak.ready.assert_calls(1);
     let out = run(with_services(&url, &url).env("DRY_RUN", "true").arg("once"));
     assert_exit(&out, 0);
-    list.assert_calls(2);
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.list.assert_calls(2);
+    oak.decrease.assert_calls(1);
+    oak.ready.assert_calls(1);
 }
 
 #[test]
@@ -819,9 +826,7 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
     let dir = TempDir::new("healthcheck");
     let beat = dir.0.join("beat");
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let url = server.base_url();
 
     // No worker yet: no heartbeat, unhealthy.
@@ -838,7 +843,7 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
             .args(["run", "--interval", "0.2"]),
     );
     let deadline = Instant::now() + RUN_LIMIT;
-    while ready.calls() == 0 || list.calls() < 3 {
+    while oak.ready.calls() == 0 || oak.list.calls() < 3 {
         assert!(Instant::now() < deadline, "no cycles within {RUN_LIMIT:?}");
         thread::sleep(Duration::from_millis(20));
     }
@@ -859,7 +864,7 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
     let out = child.wait_for(STOP_LIMIT).expect("stopped after SIGTERM");
     assert_exit(&out, 0);
     // The mock lists the same order every cycle: one decrease per cycle.
-    assert!(decrease.calls() >= 1);
+    assert!(oak.decrease.calls() >= 1);
     thread::sleep(Duration::from_millis(1_200));
     let out = healthcheck(&beat, &["--max-age", "1"]);
     assert_exit(&out, 1);

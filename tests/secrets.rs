@@ -16,7 +16,6 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 use standin::{Knobs, OtlpSink, Stack};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 const PASSWORD: &str = "pw-Zq81xKvT";
 const HEADER_SECRET: &str = "hdr-Yt4mW0pL";
 const LIMIT: Duration = Duration::from_secs(20);
@@ -27,10 +26,8 @@ fn with_credentials(url: &str) -> String {
 }
 
 fn cmd() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("HEARTBEAT_FILE", "")
-        .env("ERROR_RATE", "0")
+    let mut cmd = common::worker_command();
+    cmd.env("ERROR_RATE", "0")
         .env("HTTP_TIMEOUT_SECONDS", "1")
         .env("DECREASE_TIMEOUT_SECONDS", "2")
         .env("MAX_RETRIES", "0");

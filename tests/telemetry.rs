@@ -17,16 +17,9 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use standin::{Knobs, OtlpSink, Stack, WOODS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
-
 fn worker(stack: &Stack) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        // No heartbeat file left in /tmp by a test.
-        .env("HEARTBEAT_FILE", "")
-        .env("API_URL_ORDERS", stack.orders_url())
-        .env("API_URL_STOCKS", stack.stocks_url())
-        .env("ERROR_RATE", "0")
+    let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
+    cmd.env("ERROR_RATE", "0")
         .env("HTTP_TIMEOUT_SECONDS", "2")
         .stdin(Stdio::null());
     cmd

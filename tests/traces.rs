@@ -16,15 +16,9 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use standin::{Knobs, OtlpSink, Stack, WOODS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
-
 fn worker(stack: &Stack, sink: &OtlpSink) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("HEARTBEAT_FILE", "")
-        .env("API_URL_ORDERS", stack.orders_url())
-        .env("API_URL_STOCKS", stack.stocks_url())
-        .env("HTTP_TIMEOUT_SECONDS", "2")
+    let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
+    cmd.env("HTTP_TIMEOUT_SECONDS", "2")
         .env("LOG_LEVEL", "warn")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")

@@ -268,6 +268,26 @@ fn read_request(reader: &mut BufReader<TcpStream>, stopped: &AtomicBool) -> Opti
     })
 }
 
+/// The worker binary, as cargo built it for the tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
+
+/// The worker with a cleared environment, so that the developer's variables
+/// (API_URL_ORDERS, RUST_LOG, http_proxy, OTEL_*, ...) cannot leak in, and no heartbeat
+/// file left in /tmp (a test that wants one sets HEARTBEAT_FILE itself).
+pub fn worker_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().env("HEARTBEAT_FILE", "");
+    cmd
+}
+
+/// [`worker_command`] pointed at the Order and Stock services through their variables.
+pub fn worker_at(orders: &str, stocks: &str) -> Command {
+    let mut cmd = worker_command();
+    cmd.env("API_URL_ORDERS", orders)
+        .env("API_URL_STOCKS", stocks);
+    cmd
+}
+
 /// An order as the Order Service lists it.
 pub fn order_json(id: u64, wood: &str, quantity: u32) -> serde_json::Value {
     serde_json::json!({"id": id, "wood_type": wood, "quantity": quantity, "order_status": "registered"})
