@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Request, Running, ScriptServer, order_json, reply};
+use common::{Request, Running, ScriptServer, first_page_mock, order_json, reply};
 
 use httpmock::{Method, Mock, MockServer};
 use serde_json::json;
@@ -84,19 +84,6 @@ fn catch_all(server: &MockServer) -> Mock<'_> {
     })
 }
 
-/// The registered list answering `body` (a JSON array) to its first page.
-fn list_mock<'a>(server: &'a MockServer, body: &serde_json::Value) -> Mock<'a> {
-    let body = body.to_string();
-    server.mock(|when, then| {
-        when.method(Method::GET)
-            .path("/orders/status/registered")
-            .query_param("skip", "0");
-        then.status(200)
-            .header("content-type", "application/json")
-            .body(body);
-    })
-}
-
 fn oak_order() -> serde_json::Value {
     json!([{"id": 1, "wood_type": "oak", "quantity": 3, "order_status": "registered"}])
 }
@@ -138,7 +125,7 @@ struct OakOrder<'a> {
 impl OakOrder<'_> {
     fn mock(server: &MockServer) -> OakOrder<'_> {
         OakOrder {
-            list: list_mock(server, &oak_order()),
+            list: first_page_mock(server, &oak_order()),
             decrease: decrease_mock(server),
             ready: ready_mock(server),
         }
@@ -441,7 +428,7 @@ fn once_exits_1_when_the_order_list_cannot_be_fetched() {
 #[test]
 fn once_exits_1_and_leaves_the_order_registered_when_the_stock_service_fails() {
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
+    let list = first_page_mock(&server, &oak_order());
     let decrease = server.mock(|when, then| {
         when.method(Method::POST).path("/stocks/decrease");
         then.status(502).body("Bad Gateway");
@@ -464,7 +451,7 @@ fn once_exits_1_and_leaves_the_order_registered_when_the_stock_service_fails() {
 /// stop it with exit 0 within [`STOP_LIMIT`].
 fn run_stops_on(signal: libc::c_int) {
     let server = MockServer::start();
-    let list = list_mock(&server, &json!([]));
+    let list = first_page_mock(&server, &json!([]));
     let url = server.base_url();
     let mut child = Running::start(with_services(&url, &url).args(["run", "--interval", "30"]));
 
@@ -663,7 +650,7 @@ fn an_option_before_the_command_is_applied_not_just_accepted() {
     // ERROR_RATE 1: every stock step and every status step fails by simulation, so
     // nothing reaches the Stock Service and the blocked status stays pending (exit 1).
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
+    let list = first_page_mock(&server, &oak_order());
     let any_post = server.mock(|when, then| {
         when.method(Method::POST);
         then.status(200);
@@ -725,7 +712,7 @@ fn dry_run_is_read_like_the_other_settings() {
 #[test]
 fn a_second_sigterm_exits_at_once_while_a_decrease_is_in_flight() {
     let server = MockServer::start();
-    list_mock(&server, &oak_order());
+    first_page_mock(&server, &oak_order());
     let decrease = server.mock(|when, then| {
         when.method(Method::POST).path("/stocks/decrease");
         then.status(200).delay(Duration::from_secs(15)).body("{}");
