@@ -1,8 +1,8 @@
 //! The command line: commands and flags, each flag backed by its environment variable.
 //!
-//! Values are taken as text here and turned into a [`Config`] by [`Cli::into_config`],
-//! each through its rule in [`crate::config`], so that a bad value is reported in one
-//! place with the setting's flag and variable names.
+//! Values are taken as text here and turned into an [`Invocation`] by
+//! [`Cli::into_invocation`], each through its rule in [`crate::config`], so that a bad
+//! value is reported in one place with the setting's flag and variable names.
 
 use clap::{Args, Parser, Subcommand};
 

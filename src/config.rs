@@ -1,4 +1,11 @@
-//! A validated configuration. Nothing after this module sees clap or the environment.
+//! A validated configuration: the rule and the default of each setting, and what
+//! follows from them (the heartbeat's staleness limit).
+//!
+//! The settings come only from the command line: [`crate::cli`] has clap read the flags
+//! and their environment variables, then hands each value to a rule here as text; no
+//! module after start-up sees clap. The environment is read in two more places, both at
+//! start: the OpenTelemetry SDK's `OTEL_*` variables ([`crate::telemetry::Settings`],
+//! called by [`crate::startup`]) and `RUST_LOG` ([`crate::logging::init`]).
 
 use std::fmt;
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
-//! The heartbeat file and the `healthcheck` command that reads it.
+//! The heartbeat file, and the verdict the `healthcheck` command gives on it (the
+//! command itself is in [`crate::startup`]; the limit the worker writes in the file,
+//! in [`crate::config::Config::stale_after`]).
 //!
 //! The worker rewrites a small JSON file after the orders it finishes (at most once a
 //! second) and at the end of every cycle, whatever the outcome. `healthcheck` (an image's `HEALTHCHECK`, a

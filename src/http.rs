@@ -1,8 +1,12 @@
-//! The worker's HTTP transport: a shared ureq agent with explicit timeouts, and the
-//! classification of what went wrong (the retry policy is in [`crate::retry`]).
+//! The worker's HTTP transport: one ureq agent with explicit timeouts and a resolver
+//! that keeps names for a while, shared by both clients; the trace headers sent with
+//! each request and one CLIENT span per attempt (named by the caller's [`Route`]); and
+//! what the transport said, as a [`Reply`] or a [`SendError`] (the retry policy is in
+//! [`crate::retry`]).
 //!
-//! The clients in [`crate::orders`] and [`crate::stock`] turn a [`Reply`] into a
-//! [`CallError`] by status code; this module decides only what the transport said.
+//! The clients in [`crate::orders`] and [`crate::stock`] decide what a reply means for
+//! their calls, turning its status into a [`CallError`] through
+//! [`CallError::from_status`], the one mapping both share.
 
 use std::fmt;
 use std::io;

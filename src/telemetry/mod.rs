@@ -2,10 +2,10 @@
 //! OTLP/HTTP client built on the worker's own ureq (no async runtime), one provider per
 //! signal with the SDK's batch processors and periodic reader on their own threads, the
 //! OTLP logs bridge handed to [`crate::logging`], and a guard that flushes and shuts
-//! them down on every exit path. Only start-up uses this module.
+//! them down on every exit path. Only [`crate::startup`] uses these items.
 //!
-//! Business code uses only the `opentelemetry` API, through [`instrument`]; with export
-//! off, those calls go to no-op providers.
+//! The worker, its steps and the HTTP transport use only the `opentelemetry` API,
+//! through [`instrument`]; with export off, those calls go to no-op providers.
 
 pub mod instrument;
 
