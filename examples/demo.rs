@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     seconds: u64,
     /// The worker's simulated failure rate (the worker's own default).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = ordermanagement::config::defaults::ERROR_RATE)]
     error_rate: f64,
     /// Share of calls the services fail on their own (the worker retries them).
     #[arg(long, default_value_t = 0.05)]

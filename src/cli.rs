@@ -1,27 +1,19 @@
 //! The command line: commands and flags, each flag backed by its environment variable.
 //!
-//! Values are taken as text here and validated in [`crate::config`], so that a bad
+//! Values are taken as text here and turned into an [`Invocation`] by
+//! [`Cli::into_invocation`], each through its rule in [`crate::config`], so that a bad
 //! value is reported in one place with the setting's flag and variable names.
 
 use clap::{Args, Parser, Subcommand};
 
-/// Exit codes, also listed in `--help` and README.md.
-pub const EXIT_CODES_HELP: &str = "\
-Exit codes:
-  0  done: the cycle completed and every fetched order reached a final state
-     (run: stopped by SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2)
-  1  work left: the order list could not be fetched, or orders were left
-     registered for a later cycle, or status updates are still pending
-  2  usage or configuration error (nothing was sent)
-  128 + N  a second stop signal N cut a stop short (143 SIGTERM, 130 SIGINT,
-     129 SIGHUP, 131 SIGQUIT)";
+use crate::config::{self, Config, ConfigError, HealthcheckConfig, Invocation, Mode, defaults};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ordermanagement",
     version,
     about = "Takes stock for registered orders of the wood-shop demo and sets them ready or blocked",
-    after_help = EXIT_CODES_HELP
+    after_help = crate::exit::HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,10 +26,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM, SIGINT, SIGHUP or SIGQUIT.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = crate::exit::HELP)]
     Run(RunArgs),
     /// Run a single cycle and exit (for cron); see the exit codes below.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = crate::exit::HELP)]
     Once,
     /// Exit 0 while the worker using the same --heartbeat-file makes progress, 1 when it
     /// is stuck (for a container HEALTHCHECK or a liveness probe); prints one line.
@@ -78,7 +70,7 @@ pub struct RunArgs {
         long,
         env = "INTERVAL_SECONDS",
         allow_negative_numbers = true,
-        default_value = "5",
+        default_value = defaults::INTERVAL_TEXT,
         value_name = "SECONDS"
     )]
     pub interval: String,
@@ -92,7 +84,7 @@ pub struct CommonArgs {
         long,
         global = true,
         env = "API_URL_ORDERS",
-        default_value = "http://localhost:5000",
+        default_value = defaults::ORDERS_URL,
         value_name = "URL"
     )]
     pub orders_url: String,
@@ -102,7 +94,7 @@ pub struct CommonArgs {
         long,
         global = true,
         env = "API_URL_STOCKS",
-        default_value = "http://localhost:5001",
+        default_value = defaults::STOCKS_URL,
         value_name = "URL"
     )]
     pub stocks_url: String,
@@ -113,7 +105,7 @@ pub struct CommonArgs {
         global = true,
         env = "ERROR_RATE",
         allow_negative_numbers = true,
-        default_value = "0.1",
+        default_value = defaults::ERROR_RATE_TEXT,
         value_name = "RATE"
     )]
     pub error_rate: String,
@@ -123,7 +115,7 @@ pub struct CommonArgs {
         long,
         global = true,
         env = "LOG_LEVEL",
-        default_value = "info",
+        default_value = defaults::LOG_LEVEL_TEXT,
         value_name = "LEVEL"
     )]
     pub log_level: String,
@@ -134,7 +126,7 @@ pub struct CommonArgs {
         long,
         global = true,
         env = "LOG_FORMAT",
-        default_value = "text",
+        default_value = defaults::LOG_FORMAT_TEXT,
         value_name = "FORMAT"
     )]
     pub log_format: String,
@@ -145,7 +137,7 @@ pub struct CommonArgs {
         global = true,
         env = "HTTP_TIMEOUT_SECONDS",
         allow_negative_numbers = true,
-        default_value = "5",
+        default_value = defaults::HTTP_TIMEOUT_TEXT,
         value_name = "SECONDS"
     )]
     pub timeout: String,
@@ -157,7 +149,7 @@ pub struct CommonArgs {
         global = true,
         env = "DECREASE_TIMEOUT_SECONDS",
         allow_negative_numbers = true,
-        default_value = "35",
+        default_value = defaults::DECREASE_TIMEOUT_TEXT,
         value_name = "SECONDS"
     )]
     pub decrease_timeout: String,
@@ -168,7 +160,7 @@ pub struct CommonArgs {
         global = true,
         env = "MAX_RETRIES",
         allow_negative_numbers = true,
-        default_value = "3",
+        default_value = defaults::MAX_RETRIES_TEXT,
         value_name = "N"
     )]
     pub max_retries: String,
@@ -179,7 +171,7 @@ pub struct CommonArgs {
         global = true,
         env = "PAGE_SIZE",
         allow_negative_numbers = true,
-        default_value = "500",
+        default_value = defaults::PAGE_SIZE_TEXT,
         value_name = "N"
     )]
     pub page_size: String,
@@ -190,7 +182,7 @@ pub struct CommonArgs {
         global = true,
         env = "MAX_ORDERS_PER_CYCLE",
         allow_negative_numbers = true,
-        default_value = "100000",
+        default_value = defaults::MAX_ORDERS_PER_CYCLE_TEXT,
         value_name = "N"
     )]
     pub max_orders_per_cycle: String,
@@ -214,7 +206,7 @@ pub struct CommonArgs {
         global = true,
         env = "HEARTBEAT_FILE",
         value_name = "PATH",
-        default_value = crate::heartbeat::DEFAULT_PATH
+        default_value = defaults::HEARTBEAT_FILE
     )]
     pub heartbeat_file: String,
 
@@ -255,4 +247,278 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", hide_default_value = true)]
     pub dry_run: String,
+}
+
+impl Cli {
+    /// Validates the command line into what to do. `run` and `once` read every worker
+    /// setting; `healthcheck` reads only its own (a bad worker setting is no reason for
+    /// a probe to fail).
+    pub fn into_invocation(self) -> Result<Invocation, ConfigError> {
+        let mode = match &self.command {
+            Command::Run(run) => Mode::Run {
+                interval: config::interval(&run.interval)?,
+            },
+            Command::Once => Mode::Once,
+            Command::Healthcheck(h) => {
+                return Ok(Invocation::Healthcheck(HealthcheckConfig {
+                    max_age: config::optional_seconds(
+                        &h.max_age,
+                        "--max-age",
+                        "HEALTHCHECK_MAX_AGE_SECONDS",
+                    )?,
+                    max_cut_off: config::optional_seconds(
+                        &h.max_cut_off,
+                        "--max-cut-off",
+                        "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
+                    )?,
+                    heartbeat_file: config::heartbeat_file(&self.common.heartbeat_file).0,
+                }));
+            }
+        };
+        Ok(Invocation::Work(mode, self.common.to_config()?))
+    }
+}
+
+impl CommonArgs {
+    /// The worker's settings, validated one by one (the first bad one is the error).
+    fn to_config(&self) -> Result<Config, ConfigError> {
+        let (heartbeat_file, heartbeat_chosen) = config::heartbeat_file(&self.heartbeat_file);
+        let config = Config {
+            error_rate: config::error_rate(&self.error_rate)?,
+            orders_url: config::base_url(&self.orders_url, "--orders-url", "API_URL_ORDERS")?,
+            stocks_url: config::base_url(&self.stocks_url, "--stocks-url", "API_URL_STOCKS")?,
+            log_level: config::log_level(&self.log_level)?,
+            log_format: config::log_format(&self.log_format)?,
+            http_timeout: config::timeout(&self.timeout, "--timeout", "HTTP_TIMEOUT_SECONDS")?,
+            decrease_timeout: config::timeout(
+                &self.decrease_timeout,
+                "--decrease-timeout",
+                "DECREASE_TIMEOUT_SECONDS",
+            )?,
+            max_retries: config::max_retries(&self.max_retries)?,
+            page_size: config::page_size(&self.page_size)?,
+            max_orders_per_cycle: config::max_orders_per_cycle(&self.max_orders_per_cycle)?,
+            state_file: config::state_file(&self.state_file),
+            shard: config::shard(&self.shard, &self.shard_index, &self.shard_count)?,
+            dry_run: config::dry_run(&self.dry_run)?,
+            heartbeat_file,
+            heartbeat_chosen,
+            ..Config::default()
+        };
+        config.check_timeouts(&self.decrease_timeout)?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MIN_TIMEOUT, Shard};
+    use std::time::Duration;
+
+    fn parse(args: &[&str]) -> Result<(Mode, Config), ConfigError> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("ordermanagement").chain(args.iter().copied()))
+                .expect("clap accepts the arguments");
+        match cli.into_invocation()? {
+            Invocation::Work(mode, config) => Ok((mode, config)),
+            Invocation::Healthcheck(_) => panic!("{args:?} is not a worker command"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let (mode, c) = parse(&["once"]).unwrap();
+        assert!(matches!(mode, Mode::Once));
+        assert_eq!(c.orders_url, "http://localhost:5000");
+        assert_eq!(c.stocks_url, "http://localhost:5001");
+        assert_eq!(c.error_rate, 0.1);
+        assert_eq!(c.http_timeout, Duration::from_secs(5));
+        assert_eq!(c.decrease_timeout, Duration::from_secs(35));
+        assert_eq!(c.max_retries, 3);
+        assert_eq!(c.page_size, 500);
+        assert_eq!(c.max_orders_per_cycle, 100_000);
+        assert!(!c.dry_run);
+    }
+
+    #[test]
+    fn values_at_the_limits_are_accepted() {
+        let (_, c) = parse(&[
+            "once",
+            "--timeout",
+            "0.1",
+            "--decrease-timeout",
+            "0.1",
+            "--max-orders-per-cycle",
+            "1",
+            "--orders-url",
+            "http://[::1]:65535/",
+            "--stocks-url",
+            "https://user:pw@s.example:1/api",
+        ])
+        .unwrap();
+        assert_eq!(c.http_timeout, MIN_TIMEOUT);
+        assert_eq!(c.decrease_timeout, MIN_TIMEOUT);
+        assert_eq!(c.max_orders_per_cycle, 1);
+        assert_eq!(c.orders_url, "http://[::1]:65535");
+        assert_eq!(c.stocks_url, "https://user:pw@s.example:1/api");
+    }
+
+    #[test]
+    fn a_refused_url_names_what_is_wrong_and_hides_its_password() {
+        let e = parse(&["once", "--orders-url", "http://u:pw@o:notaport"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid --orders-url (API_URL_ORDERS) \"http://REDACTED:REDACTED@o:notaport\": \
+             expected a port from 1 to 65535 after the host, such as http://order:5000"
+        );
+        let e = parse(&["once", "--stocks-url", "http://s:1/#top"]).unwrap_err();
+        assert!(e.expected.contains("#fragment"), "{e}");
+        let e = parse(&["once", "--stocks-url", "http://s:1/?a=b"]).unwrap_err();
+        assert!(e.expected.contains("?query"), "{e}");
+    }
+
+    #[test]
+    fn the_seed_command_line_works_and_options_go_either_side() {
+        let (mode, c) = parse(&["run", "--interval", "10", "--error-rate", "0.05"]).unwrap();
+        assert!(matches!(mode, Mode::Run { interval } if interval == Duration::from_secs(10)));
+        assert_eq!(c.error_rate, 0.05);
+        let (_, c) = parse(&[
+            "--error-rate",
+            "0.5",
+            "--page-size",
+            "7",
+            "run",
+            "--interval",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!((c.error_rate, c.page_size), (0.5, 7));
+        let (_, c) = parse(&["--dry-run", "once"]).unwrap();
+        assert!(c.dry_run);
+        let (_, c) = parse(&["once", "--dry-run=false"]).unwrap();
+        assert!(!c.dry_run);
+    }
+
+    #[test]
+    fn trailing_slashes_are_dropped() {
+        let (_, c) = parse(&[
+            "once",
+            "--orders-url",
+            "http://order:5000/",
+            "--stocks-url",
+            "https://s.example/api//",
+        ])
+        .unwrap();
+        assert_eq!(c.orders_url, "http://order:5000");
+        assert_eq!(c.stocks_url, "https://s.example/api");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["once", "--error-rate", "1.5"], "ERROR_RATE"),
+            (&["once", "--error-rate", "-0.1"], "ERROR_RATE"),
+            (&["once", "--error-rate", "NaN"], "ERROR_RATE"),
+            (&["once", "--error-rate", "lots"], "ERROR_RATE"),
+            (&["run", "--interval", "0"], "INTERVAL_SECONDS"),
+            (&["run", "--interval", "-3"], "INTERVAL_SECONDS"),
+            (&["run", "--interval", "inf"], "INTERVAL_SECONDS"),
+            (&["once", "--orders-url", "ftp://x"], "API_URL_ORDERS"),
+            (
+                &["once", "--stocks-url", "localhost:5001"],
+                "API_URL_STOCKS",
+            ),
+            (&["once", "--stocks-url", "http://"], "API_URL_STOCKS"),
+            (&["once", "--page-size", "0"], "PAGE_SIZE"),
+            (&["once", "--log-level", "loud"], "LOG_LEVEL"),
+            (&["once", "--timeout", "0"], "HTTP_TIMEOUT_SECONDS"),
+            (
+                &["once", "--decrease-timeout", "x"],
+                "DECREASE_TIMEOUT_SECONDS",
+            ),
+            (&["once", "--max-retries", "-1"], "MAX_RETRIES"),
+            (&["once", "--dry-run=perhaps"], "DRY_RUN"),
+            (
+                &["once", "--orders-url", "http://o:notaport"],
+                "API_URL_ORDERS",
+            ),
+            (
+                &["once", "--orders-url", "http://o:65536"],
+                "API_URL_ORDERS",
+            ),
+            (&["once", "--orders-url", "http://o:0"], "API_URL_ORDERS"),
+            (&["once", "--orders-url", "http://o:"], "API_URL_ORDERS"),
+            (
+                &["once", "--stocks-url", "http://[::1]:99999"],
+                "API_URL_STOCKS",
+            ),
+            (
+                &["once", "--stocks-url", "http://s:5001/#x"],
+                "API_URL_STOCKS",
+            ),
+            (
+                &["once", "--stocks-url", "http://s:5001/api?x=1"],
+                "API_URL_STOCKS",
+            ),
+            (
+                &["once", "--stocks-url", "http://s:5001?"],
+                "API_URL_STOCKS",
+            ),
+            (&["once", "--timeout", "0.05"], "HTTP_TIMEOUT_SECONDS"),
+            (
+                &["once", "--decrease-timeout", "0.099"],
+                "DECREASE_TIMEOUT_SECONDS",
+            ),
+            (
+                &["once", "--timeout", "10", "--decrease-timeout", "9"],
+                "DECREASE_TIMEOUT_SECONDS",
+            ),
+            (&["once", "--timeout", "60"], "DECREASE_TIMEOUT_SECONDS"),
+            (
+                &["once", "--max-orders-per-cycle", "0"],
+                "MAX_ORDERS_PER_CYCLE",
+            ),
+            (
+                &["once", "--max-orders-per-cycle", "-1"],
+                "MAX_ORDERS_PER_CYCLE",
+            ),
+            (
+                &["once", "--max-orders-per-cycle", "many"],
+                "MAX_ORDERS_PER_CYCLE",
+            ),
+        ];
+        for (args, env) in cases {
+            let e = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert_eq!(e.env, *env, "{args:?}");
+            assert!(
+                e.to_string().contains(e.env) && e.to_string().contains(e.flag),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn shards_are_read_in_either_form() {
+        let (_, c) = parse(&["once", "--shard", "2/4"]).unwrap();
+        assert_eq!(c.shard, Some(Shard { index: 2, count: 4 }));
+        let (_, c) = parse(&["once", "--shard-index", "0", "--shard-count", "3"]).unwrap();
+        assert_eq!(c.shard, Some(Shard { index: 0, count: 3 }));
+        assert!(c.shard.unwrap().contains(9) && !c.shard.unwrap().contains(10));
+        assert_eq!(parse(&["once"]).unwrap().1.shard, None);
+        for bad in [
+            &["--shard", "4/4"][..],
+            &["--shard", "1/0"],
+            &["--shard", "x"],
+            &["--shard", "1-2"],
+            &["--shard-index", "1"],
+            &["--shard-count", "2"],
+            &["--shard-index", "3", "--shard-count", "2"],
+            &["--shard", "0/2", "--shard-index", "0", "--shard-count", "2"],
+        ] {
+            let args: Vec<&str> = std::iter::once("once").chain(bad.iter().copied()).collect();
+            let e = parse(&args).expect_err(&format!("{bad:?}"));
+            assert!(e.env.starts_with("SHARD"), "{bad:?}: {e}");
+        }
+    }
 }

@@ -1,34 +1,126 @@
-//! A validated configuration. Nothing after this module sees clap or the environment.
+//! A validated configuration: the rule and the default of each setting, and what
+//! follows from them (the heartbeat's staleness limit).
+//!
+//! The settings come only from the command line: [`crate::cli`] has clap read the flags
+//! and their environment variables, then hands each value to a rule here as text; no
+//! module after start-up sees clap. The environment is read in two more places, both at
+//! start: the OpenTelemetry SDK's `OTEL_*` variables ([`crate::telemetry::Settings`],
+//! called by [`crate::startup`]) and `RUST_LOG` ([`crate::logging::init`]).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Cli, Command, CommonArgs};
+/// The defaults, each written once: [`Config::default`] takes the values, the command
+/// line shows and parses the same literals as text (clap's `default_value`), and the
+/// docs name them.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// One default from one literal: the typed value, and the text the command line
+    /// shows and parses.
+    macro_rules! default {
+        ($(#[$doc:meta])* $name:ident: $ty:ty = $value:literal, $text:ident) => {
+            $(#[$doc])*
+            pub const $name: $ty = $value;
+            #[doc = concat!("[`", stringify!($name), "`] as the command line writes it.")]
+            pub const $text: &str = concat!($value);
+        };
+    }
+
+    /// `--orders-url`: the Order Service.
+    pub const ORDERS_URL: &str = "http://localhost:5000";
+    /// `--stocks-url`: the Stock Service.
+    pub const STOCKS_URL: &str = "http://localhost:5001";
+    default!(
+        /// `--error-rate`: the share of simulated failures.
+        ERROR_RATE: f64 = 0.1,
+        ERROR_RATE_TEXT
+    );
+    default!(
+        /// `run --interval`, in seconds.
+        INTERVAL_SECONDS: u64 = 5,
+        INTERVAL_TEXT
+    );
+    default!(
+        /// `--timeout`, in seconds.
+        HTTP_TIMEOUT_SECONDS: u64 = 5,
+        HTTP_TIMEOUT_TEXT
+    );
+    default!(
+        /// `--decrease-timeout`, in seconds: above the Stock Service's own 30 s wait.
+        DECREASE_TIMEOUT_SECONDS: u64 = 35,
+        DECREASE_TIMEOUT_TEXT
+    );
+    default!(
+        /// `--max-retries`.
+        MAX_RETRIES: u32 = 3,
+        MAX_RETRIES_TEXT
+    );
+    default!(
+        /// `--page-size`.
+        PAGE_SIZE: u32 = 500,
+        PAGE_SIZE_TEXT
+    );
+    default!(
+        /// `--max-orders-per-cycle`.
+        MAX_ORDERS_PER_CYCLE: u64 = 100000,
+        MAX_ORDERS_PER_CYCLE_TEXT
+    );
+    /// `--log-level`.
+    pub const LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
+    /// [`LOG_LEVEL`] as the command line writes it.
+    pub const LOG_LEVEL_TEXT: &str = level_name(LOG_LEVEL);
+    /// `--log-format`.
+    pub const LOG_FORMAT: crate::logging::Format = crate::logging::Format::Text;
+    /// [`LOG_FORMAT`] as the command line writes it.
+    pub const LOG_FORMAT_TEXT: &str = LOG_FORMAT.name();
+    /// `--heartbeat-file`, the file `healthcheck` reads. A [`Config`](super::Config)
+    /// built in code has none unless it sets one.
+    pub const HEARTBEAT_FILE: &str = "/tmp/ordermanagement.heartbeat";
+    /// The first backoff delay between attempts; doubled each retry.
+    pub const RETRY_BASE: Duration = Duration::from_millis(200);
+    /// The longest backoff delay, and the cap on a honoured `Retry-After`.
+    pub const RETRY_CAP: Duration = Duration::from_secs(5);
+
+    /// A level's name as `--log-level` takes it.
+    const fn level_name(level: log::LevelFilter) -> &'static str {
+        match level {
+            log::LevelFilter::Off => "off",
+            log::LevelFilter::Error => "error",
+            log::LevelFilter::Warn => "warn",
+            log::LevelFilter::Info => "info",
+            log::LevelFilter::Debug => "debug",
+            log::LevelFilter::Trace => "trace",
+        }
+    }
+}
 
 /// Everything the worker needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Order Service base URL, without a trailing slash. Default `http://localhost:5000`.
+    /// Order Service base URL, without a trailing slash. Default [`defaults::ORDERS_URL`].
     pub orders_url: String,
-    /// Stock Service base URL, without a trailing slash. Default `http://localhost:5001`.
+    /// Stock Service base URL, without a trailing slash. Default [`defaults::STOCKS_URL`].
     pub stocks_url: String,
-    /// Share of simulated failures in `0.0..=1.0`. Default `0.1`.
+    /// Share of simulated failures in `0.0..=1.0`. Default [`defaults::ERROR_RATE`].
     pub error_rate: f64,
-    /// Log level when `RUST_LOG` is not set. Default `info`.
+    /// Log level when `RUST_LOG` is not set. Default [`defaults::LOG_LEVEL`].
     pub log_level: log::LevelFilter,
-    /// Text or JSON lines. Default text.
+    /// Text or JSON lines. Default [`defaults::LOG_FORMAT`].
     pub log_format: crate::logging::Format,
-    /// Limit for one Order Service call and for connecting to either service. Default 5 s.
+    /// Limit for one Order Service call and for connecting to either service. Default
+    /// [`defaults::HTTP_TIMEOUT_SECONDS`].
     pub http_timeout: Duration,
-    /// Limit for a decrease's reply once the request is sent. Default 35 s.
+    /// Limit for a decrease's reply once the request is sent. Default
+    /// [`defaults::DECREASE_TIMEOUT_SECONDS`].
     pub decrease_timeout: Duration,
-    /// Extra attempts for a transient failure of one call. Default 3.
+    /// Extra attempts for a transient failure of one call. Default [`defaults::MAX_RETRIES`].
     pub max_retries: u32,
-    /// Orders asked for per list call. Default 500.
+    /// Orders asked for per list call. Default [`defaults::PAGE_SIZE`].
     pub page_size: u32,
     /// The most orders one cycle takes on; the rest stay registered for the next cycle
-    /// (at least 1). Default 100000.
+    /// (at least 1). Default [`defaults::MAX_ORDERS_PER_CYCLE`].
     pub max_orders_per_cycle: u64,
     /// Fetch and log only. Default off.
     pub dry_run: bool,
@@ -36,38 +128,41 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// The share of the orders this replica handles. Default all.
     pub shard: Option<Shard>,
-    /// The heartbeat file read by `healthcheck`. Default [`crate::heartbeat::DEFAULT_PATH`];
-    /// none when set empty.
+    /// The heartbeat file read by `healthcheck`: on the command line
+    /// [`defaults::HEARTBEAT_FILE`] unless set (empty: none); none in
+    /// [`Config::default`], so that code building a Config writes no file unasked.
     pub heartbeat_file: Option<PathBuf>,
     /// The heartbeat path was set by the user (a path that cannot be written is then a
     /// configuration error; the default one only gets an error line).
     pub heartbeat_chosen: bool,
-    /// First backoff delay between attempts; doubled each retry. Default 200 ms.
+    /// First backoff delay between attempts; doubled each retry. Default
+    /// [`defaults::RETRY_BASE`].
     pub retry_base: Duration,
-    /// Longest backoff delay, and the cap on a honoured `Retry-After`. Default 5 s.
+    /// Longest backoff delay, and the cap on a honoured `Retry-After`. Default
+    /// [`defaults::RETRY_CAP`].
     pub retry_cap: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            orders_url: "http://localhost:5000".into(),
-            stocks_url: "http://localhost:5001".into(),
-            error_rate: 0.1,
-            log_level: log::LevelFilter::Info,
-            log_format: crate::logging::Format::Text,
-            http_timeout: Duration::from_secs(5),
-            decrease_timeout: Duration::from_secs(35),
-            max_retries: 3,
-            page_size: 500,
-            max_orders_per_cycle: 100_000,
+            orders_url: defaults::ORDERS_URL.into(),
+            stocks_url: defaults::STOCKS_URL.into(),
+            error_rate: defaults::ERROR_RATE,
+            log_level: defaults::LOG_LEVEL,
+            log_format: defaults::LOG_FORMAT,
+            http_timeout: Duration::from_secs(defaults::HTTP_TIMEOUT_SECONDS),
+            decrease_timeout: Duration::from_secs(defaults::DECREASE_TIMEOUT_SECONDS),
+            max_retries: defaults::MAX_RETRIES,
+            page_size: defaults::PAGE_SIZE,
+            max_orders_per_cycle: defaults::MAX_ORDERS_PER_CYCLE,
             dry_run: false,
             state_file: None,
             shard: None,
             heartbeat_file: None,
             heartbeat_chosen: false,
-            retry_base: Duration::from_millis(200),
-            retry_cap: Duration::from_secs(5),
+            retry_base: defaults::RETRY_BASE,
+            retry_cap: defaults::RETRY_CAP,
         }
     }
 }
@@ -91,18 +186,35 @@ impl fmt::Display for Shard {
     }
 }
 
-/// What to do, with its configuration.
+/// What the worker does.
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// Loop until stopped, sleeping `interval` between cycles.
     Run { interval: Duration },
     /// A single cycle.
     Once,
-    /// Judge the heartbeat file; `None` takes the worker's own figure / no cut-off.
-    Healthcheck {
-        max_age: Option<Duration>,
-        max_cut_off: Option<Duration>,
-    },
+}
+
+/// `healthcheck`'s own settings: nothing else is read for it.
+#[derive(Debug, Clone)]
+pub struct HealthcheckConfig {
+    /// The heartbeat file to judge; none when `--heartbeat-file` is set empty.
+    pub heartbeat_file: Option<PathBuf>,
+    /// Unhealthy when the last beat is older; `None` takes the worker's own figure,
+    /// written in the file.
+    pub max_age: Option<Duration>,
+    /// Also unhealthy when the Order Service has not answered for this long; `None`: no
+    /// cut-off.
+    pub max_cut_off: Option<Duration>,
+}
+
+/// What the command line asks for, validated.
+#[derive(Debug, Clone)]
+pub enum Invocation {
+    /// `run` or `once`: the worker, with its configuration.
+    Work(Mode, Config),
+    /// `healthcheck`: judge the heartbeat file.
+    Healthcheck(HealthcheckConfig),
 }
 
 /// A setting with a bad value: the message names the flag, the variable and the value
@@ -127,147 +239,44 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Slack added to the computed longest gap between two heartbeats.
+const HEARTBEAT_SLACK: Duration = Duration::from_secs(30);
+
 impl Config {
-    /// Validates the parsed command line into a mode and a configuration.
-    pub fn from_cli(cli: &Cli) -> Result<(Mode, Config), ConfigError> {
-        let config = Config::from_common(&cli.common)?;
-        let mode = match &cli.command {
-            Command::Run(run) => Mode::Run {
-                interval: seconds(
-                    &run.interval,
-                    "--interval",
-                    "INTERVAL_SECONDS",
-                    "a positive number of seconds",
-                )?,
-            },
-            Command::Once => Mode::Once,
-            Command::Healthcheck(h) => {
-                let optional = |v: &str, flag, env| match v.trim() {
-                    "" => Ok(None),
-                    _ => seconds(v, flag, env, "a positive number of seconds").map(Some),
-                };
-                Mode::Healthcheck {
-                    max_age: optional(&h.max_age, "--max-age", "HEALTHCHECK_MAX_AGE_SECONDS")?,
-                    max_cut_off: optional(
-                        &h.max_cut_off,
-                        "--max-cut-off",
-                        "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
-                    )?,
-                }
-            }
+    /// The longest a working worker may go without a beat, from its settings: the next
+    /// cycle's sleep, a page fetch, then one order (a decrease that stalls and is retried
+    /// once, plus fast failures, then its status update), each with its backoff waits;
+    /// plus some slack. 260 s with the defaults (`run`, 5 s interval).
+    pub fn stale_after(&self, mode: &Mode) -> Duration {
+        let interval = match mode {
+            Mode::Run { interval } => *interval,
+            Mode::Once => Duration::ZERO,
         };
-        Ok((mode, config))
+        let retries = self.max_retries;
+        let backoffs = self.retry_cap * retries;
+        // Every attempt of an Order Service call is bounded by the HTTP timeout.
+        let orders_call = self.http_timeout * (retries + 1) + backoffs;
+        // A decrease attempt's phases are bounded apart: resolving, connecting, sending the
+        // head, sending the body and reading the body by the HTTP timeout each, the reply by
+        // the decrease timeout. A failure that took longer than the HTTP timeout (a slow
+        // one) is retried once; the other attempts failed within the HTTP timeout.
+        let slow_attempt = self.http_timeout * 5 + self.decrease_timeout;
+        let decrease = slow_attempt * 2 + self.http_timeout * (retries + 1) + backoffs;
+        interval + orders_call + decrease + orders_call + HEARTBEAT_SLACK
     }
 
-    fn from_common(args: &CommonArgs) -> Result<Config, ConfigError> {
-        let error_rate = args
-            .error_rate
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|r| (0.0..=1.0).contains(r))
-            .ok_or_else(|| {
-                err(
-                    "--error-rate",
-                    "ERROR_RATE",
-                    &args.error_rate,
-                    "a number from 0.0 to 1.0",
-                )
-            })?;
-        let config = Config {
-            orders_url: base_url(&args.orders_url, "--orders-url", "API_URL_ORDERS")?,
-            stocks_url: base_url(&args.stocks_url, "--stocks-url", "API_URL_STOCKS")?,
-            error_rate,
-            log_level: log_level(&args.log_level)?,
-            log_format: match args.log_format.trim().to_ascii_lowercase().as_str() {
-                "text" => crate::logging::Format::Text,
-                "json" => crate::logging::Format::Json,
-                _ => {
-                    return Err(err(
-                        "--log-format",
-                        "LOG_FORMAT",
-                        &args.log_format,
-                        "text or json",
-                    ));
-                }
-            },
-            http_timeout: timeout(&args.timeout, "--timeout", "HTTP_TIMEOUT_SECONDS")?,
-            decrease_timeout: timeout(
-                &args.decrease_timeout,
-                "--decrease-timeout",
-                "DECREASE_TIMEOUT_SECONDS",
-            )?,
-            max_retries: args
-                .max_retries
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|n| *n <= 100)
-                .ok_or_else(|| {
-                    err(
-                        "--max-retries",
-                        "MAX_RETRIES",
-                        &args.max_retries,
-                        "a whole number from 0 to 100",
-                    )
-                })?,
-            page_size: args
-                .page_size
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=10_000).contains(n))
-                .ok_or_else(|| {
-                    err(
-                        "--page-size",
-                        "PAGE_SIZE",
-                        &args.page_size,
-                        "a whole number from 1 to 10000",
-                    )
-                })?,
-            max_orders_per_cycle: args
-                .max_orders_per_cycle
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| {
-                    err(
-                        "--max-orders-per-cycle",
-                        "MAX_ORDERS_PER_CYCLE",
-                        &args.max_orders_per_cycle,
-                        "a whole number, 1 or more",
-                    )
-                })?,
-            state_file: Some(args.state_file.trim())
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
-            shard: shard(args)?,
-            dry_run: boolean(&args.dry_run).ok_or_else(|| {
-                err(
-                    "--dry-run",
-                    "DRY_RUN",
-                    &args.dry_run,
-                    "true or false (or empty)",
-                )
-            })?,
-            ..Config::default()
-        };
-        // The decrease's reply is waited for at least as long as any other call.
-        if config.decrease_timeout < config.http_timeout {
+    /// Fails unless the decrease's reply is waited for at least as long as any other
+    /// call (`text`: `--decrease-timeout` as given, for the message).
+    pub fn check_timeouts(&self, text: &str) -> Result<(), ConfigError> {
+        if self.decrease_timeout < self.http_timeout {
             return Err(err(
                 "--decrease-timeout",
                 "DECREASE_TIMEOUT_SECONDS",
-                &args.decrease_timeout,
+                text,
                 "a number of seconds no smaller than --timeout (HTTP_TIMEOUT_SECONDS)",
             ));
         }
-        let heartbeat = args.heartbeat_file.trim();
-        Ok(Config {
-            heartbeat_file: Some(heartbeat).filter(|p| !p.is_empty()).map(PathBuf::from),
-            heartbeat_chosen: heartbeat != crate::heartbeat::DEFAULT_PATH,
-            ..config
-        })
+        Ok(())
     }
 }
 
@@ -281,12 +290,138 @@ fn err(flag: &'static str, env: &'static str, value: &str, expected: &'static st
     }
 }
 
+/// `--error-rate`: a share from 0.0 to 1.0.
+pub fn error_rate(value: &str) -> Result<f64, ConfigError> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| {
+            err(
+                "--error-rate",
+                "ERROR_RATE",
+                value,
+                "a number from 0.0 to 1.0",
+            )
+        })
+}
+
+/// `--log-format`: `text` or `json`, in any case.
+pub fn log_format(value: &str) -> Result<crate::logging::Format, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "text" => Ok(crate::logging::Format::Text),
+        "json" => Ok(crate::logging::Format::Json),
+        _ => Err(err("--log-format", "LOG_FORMAT", value, "text or json")),
+    }
+}
+
+/// `--max-retries`: a whole number from 0 to 100.
+pub fn max_retries(value: &str) -> Result<u32, ConfigError> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 100)
+        .ok_or_else(|| {
+            err(
+                "--max-retries",
+                "MAX_RETRIES",
+                value,
+                "a whole number from 0 to 100",
+            )
+        })
+}
+
+/// `--page-size`: a whole number from 1 to 10000.
+pub fn page_size(value: &str) -> Result<u32, ConfigError> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| {
+            err(
+                "--page-size",
+                "PAGE_SIZE",
+                value,
+                "a whole number from 1 to 10000",
+            )
+        })
+}
+
+/// `--max-orders-per-cycle`: a whole number, 1 or more.
+pub fn max_orders_per_cycle(value: &str) -> Result<u64, ConfigError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            err(
+                "--max-orders-per-cycle",
+                "MAX_ORDERS_PER_CYCLE",
+                value,
+                "a whole number, 1 or more",
+            )
+        })
+}
+
+/// `--dry-run`: a boolean as environment files write it; empty is off.
+pub fn dry_run(value: &str) -> Result<bool, ConfigError> {
+    boolean(value).ok_or_else(|| err("--dry-run", "DRY_RUN", value, "true or false (or empty)"))
+}
+
+/// `--state-file`: a path, or none when empty.
+pub fn state_file(value: &str) -> Option<PathBuf> {
+    Some(value.trim())
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `--heartbeat-file`: the path (none when empty), and whether it was chosen rather
+/// than left at its default.
+pub fn heartbeat_file(value: &str) -> (Option<PathBuf>, bool) {
+    let path = value.trim();
+    (
+        Some(path).filter(|p| !p.is_empty()).map(PathBuf::from),
+        path != defaults::HEARTBEAT_FILE,
+    )
+}
+
+/// `run --interval`: a positive number of seconds, at most a day.
+pub fn interval(value: &str) -> Result<Duration, ConfigError> {
+    seconds(
+        value,
+        "--interval",
+        "INTERVAL_SECONDS",
+        "a positive number of seconds",
+    )
+}
+
+/// A limit that is off when empty (`healthcheck --max-age`, `--max-cut-off`), else a
+/// positive number of seconds.
+pub fn optional_seconds(
+    value: &str,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<Option<Duration>, ConfigError> {
+    match value.trim() {
+        "" => Ok(None),
+        _ => seconds(value, flag, env, "a positive number of seconds").map(Some),
+    }
+}
+
 /// The shortest timeout accepted: below it, connecting to a service on the same host
 /// already fails now and then.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A timeout: a number of seconds from [`MIN_TIMEOUT`] (0.1 s) to a day.
-fn timeout(value: &str, flag: &'static str, env: &'static str) -> Result<Duration, ConfigError> {
+pub fn timeout(
+    value: &str,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<Duration, ConfigError> {
     seconds(value, flag, env, "a number of seconds from 0.1 to 86400")
         .ok()
         .filter(|d| *d >= MIN_TIMEOUT)
@@ -313,7 +448,7 @@ fn seconds(
 /// An http(s) URL with a host and, if any, a port from 1 to 65535; no query, no
 /// fragment (the worker appends its own paths and query). The trailing slash is dropped
 /// so paths never get `//`.
-fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<String, ConfigError> {
+pub fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<String, ConfigError> {
     #[cfg(feature = "tls")]
     let (expected, schemes) = (
         "an http:// or https:// URL with a host, such as http://order:5000",
@@ -371,7 +506,7 @@ fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<String
 }
 
 /// The level names of this worker and of the Python one it replaces (`WARNING`, `CRITICAL`).
-fn log_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
+pub fn log_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
     use log::LevelFilter as L;
     match value.trim().to_ascii_lowercase().as_str() {
         "off" => Ok(L::Off),
@@ -389,15 +524,12 @@ fn log_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
     }
 }
 
-/// `--shard INDEX/COUNT`, or `--shard-index` with `--shard-count`; none when all are empty.
-fn shard(args: &CommonArgs) -> Result<Option<Shard>, ConfigError> {
+/// `--shard INDEX/COUNT` (`whole`), or `--shard-index` with `--shard-count`; none when
+/// all are empty.
+pub fn shard(whole: &str, index: &str, count: &str) -> Result<Option<Shard>, ConfigError> {
     let expected = "INDEX/COUNT with 0 <= INDEX < COUNT, such as 2/4";
     let number = |v: &str| v.trim().parse::<u64>().ok();
-    let (whole, index, count) = (
-        args.shard.trim(),
-        args.shard_index.trim(),
-        args.shard_count.trim(),
-    );
+    let (whole, index, count) = (whole.trim(), index.trim(), count.trim());
     let pair = match (whole.is_empty(), index.is_empty(), count.is_empty()) {
         (true, true, true) => return Ok(None),
         (false, true, true) => {
@@ -466,209 +598,18 @@ fn boolean(value: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn parse(args: &[&str]) -> Result<(Mode, Config), ConfigError> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("ordermanagement").chain(args.iter().copied()))
-                .expect("clap accepts the arguments");
-        Config::from_cli(&cli)
-    }
 
     #[test]
-    fn defaults_match_the_documented_ones() {
-        let (mode, c) = parse(&["once"]).unwrap();
-        assert!(matches!(mode, Mode::Once));
-        assert_eq!(c.orders_url, "http://localhost:5000");
-        assert_eq!(c.stocks_url, "http://localhost:5001");
-        assert_eq!(c.error_rate, 0.1);
-        assert_eq!(c.http_timeout, Duration::from_secs(5));
-        assert_eq!(c.decrease_timeout, Duration::from_secs(35));
-        assert_eq!(c.max_retries, 3);
-        assert_eq!(c.page_size, 500);
-        assert_eq!(c.max_orders_per_cycle, 100_000);
-        assert!(!c.dry_run);
-    }
-
-    #[test]
-    fn values_at_the_limits_are_accepted() {
-        let (_, c) = parse(&[
-            "once",
-            "--timeout",
-            "0.1",
-            "--decrease-timeout",
-            "0.1",
-            "--max-orders-per-cycle",
-            "1",
-            "--orders-url",
-            "http://[::1]:65535/",
-            "--stocks-url",
-            "https://user:pw@s.example:1/api",
-        ])
-        .unwrap();
-        assert_eq!(c.http_timeout, MIN_TIMEOUT);
-        assert_eq!(c.decrease_timeout, MIN_TIMEOUT);
-        assert_eq!(c.max_orders_per_cycle, 1);
-        assert_eq!(c.orders_url, "http://[::1]:65535");
-        assert_eq!(c.stocks_url, "https://user:pw@s.example:1/api");
-    }
-
-    #[test]
-    fn a_refused_url_names_what_is_wrong_and_hides_its_password() {
-        let e = parse(&["once", "--orders-url", "http://u:pw@o:notaport"]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "invalid --orders-url (API_URL_ORDERS) \"http://REDACTED:REDACTED@o:notaport\": \
-             expected a port from 1 to 65535 after the host, such as http://order:5000"
-        );
-        let e = parse(&["once", "--stocks-url", "http://s:1/#top"]).unwrap_err();
-        assert!(e.expected.contains("#fragment"), "{e}");
-        let e = parse(&["once", "--stocks-url", "http://s:1/?a=b"]).unwrap_err();
-        assert!(e.expected.contains("?query"), "{e}");
-    }
-
-    #[test]
-    fn the_seed_command_line_works_and_options_go_either_side() {
-        let (mode, c) = parse(&["run", "--interval", "10", "--error-rate", "0.05"]).unwrap();
-        assert!(matches!(mode, Mode::Run { interval } if interval == Duration::from_secs(10)));
-        assert_eq!(c.error_rate, 0.05);
-        let (_, c) = parse(&[
-            "--error-rate",
-            "0.5",
-            "--page-size",
-            "7",
-            "run",
-            "--interval",
-            "0.5",
-        ])
-        .unwrap();
-        assert_eq!((c.error_rate, c.page_size), (0.5, 7));
-        let (_, c) = parse(&["--dry-run", "once"]).unwrap();
-        assert!(c.dry_run);
-        let (_, c) = parse(&["once", "--dry-run=false"]).unwrap();
-        assert!(!c.dry_run);
-    }
-
-    #[test]
-    fn trailing_slashes_are_dropped() {
-        let (_, c) = parse(&[
-            "once",
-            "--orders-url",
-            "http://order:5000/",
-            "--stocks-url",
-            "https://s.example/api//",
-        ])
-        .unwrap();
-        assert_eq!(c.orders_url, "http://order:5000");
-        assert_eq!(c.stocks_url, "https://s.example/api");
-    }
-
-    #[test]
-    fn bad_values_name_the_setting() {
-        let cases: &[(&[&str], &str)] = &[
-            (&["once", "--error-rate", "1.5"], "ERROR_RATE"),
-            (&["once", "--error-rate", "-0.1"], "ERROR_RATE"),
-            (&["once", "--error-rate", "NaN"], "ERROR_RATE"),
-            (&["once", "--error-rate", "lots"], "ERROR_RATE"),
-            (&["run", "--interval", "0"], "INTERVAL_SECONDS"),
-            (&["run", "--interval", "-3"], "INTERVAL_SECONDS"),
-            (&["run", "--interval", "inf"], "INTERVAL_SECONDS"),
-            (&["once", "--orders-url", "ftp://x"], "API_URL_ORDERS"),
-            (
-                &["once", "--stocks-url", "localhost:5001"],
-                "API_URL_STOCKS",
-            ),
-            (&["once", "--stocks-url", "http://"], "API_URL_STOCKS"),
-            (&["once", "--page-size", "0"], "PAGE_SIZE"),
-            (&["once", "--log-level", "loud"], "LOG_LEVEL"),
-            (&["once", "--timeout", "0"], "HTTP_TIMEOUT_SECONDS"),
-            (
-                &["once", "--decrease-timeout", "x"],
-                "DECREASE_TIMEOUT_SECONDS",
-            ),
-            (&["once", "--max-retries", "-1"], "MAX_RETRIES"),
-            (&["once", "--dry-run=perhaps"], "DRY_RUN"),
-            (
-                &["once", "--orders-url", "http://o:notaport"],
-                "API_URL_ORDERS",
-            ),
-            (
-                &["once", "--orders-url", "http://o:65536"],
-                "API_URL_ORDERS",
-            ),
-            (&["once", "--orders-url", "http://o:0"], "API_URL_ORDERS"),
-            (&["once", "--orders-url", "http://o:"], "API_URL_ORDERS"),
-            (
-                &["once", "--stocks-url", "http://[::1]:99999"],
-                "API_URL_STOCKS",
-            ),
-            (
-                &["once", "--stocks-url", "http://s:5001/#x"],
-                "API_URL_STOCKS",
-            ),
-            (
-                &["once", "--stocks-url", "http://s:5001/api?x=1"],
-                "API_URL_STOCKS",
-            ),
-            (
-                &["once", "--stocks-url", "http://s:5001?"],
-                "API_URL_STOCKS",
-            ),
-            (&["once", "--timeout", "0.05"], "HTTP_TIMEOUT_SECONDS"),
-            (
-                &["once", "--decrease-timeout", "0.099"],
-                "DECREASE_TIMEOUT_SECONDS",
-            ),
-            (
-                &["once", "--timeout", "10", "--decrease-timeout", "9"],
-                "DECREASE_TIMEOUT_SECONDS",
-            ),
-            (&["once", "--timeout", "60"], "DECREASE_TIMEOUT_SECONDS"),
-            (
-                &["once", "--max-orders-per-cycle", "0"],
-                "MAX_ORDERS_PER_CYCLE",
-            ),
-            (
-                &["once", "--max-orders-per-cycle", "-1"],
-                "MAX_ORDERS_PER_CYCLE",
-            ),
-            (
-                &["once", "--max-orders-per-cycle", "many"],
-                "MAX_ORDERS_PER_CYCLE",
-            ),
-        ];
-        for (args, env) in cases {
-            let e = parse(args).expect_err(&format!("{args:?} must be refused"));
-            assert_eq!(e.env, *env, "{args:?}");
-            assert!(
-                e.to_string().contains(e.env) && e.to_string().contains(e.flag),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn shards_are_read_in_either_form() {
-        let (_, c) = parse(&["once", "--shard", "2/4"]).unwrap();
-        assert_eq!(c.shard, Some(Shard { index: 2, count: 4 }));
-        let (_, c) = parse(&["once", "--shard-index", "0", "--shard-count", "3"]).unwrap();
-        assert_eq!(c.shard, Some(Shard { index: 0, count: 3 }));
-        assert!(c.shard.unwrap().contains(9) && !c.shard.unwrap().contains(10));
-        assert_eq!(parse(&["once"]).unwrap().1.shard, None);
-        for bad in [
-            &["--shard", "4/4"][..],
-            &["--shard", "1/0"],
-            &["--shard", "x"],
-            &["--shard", "1-2"],
-            &["--shard-index", "1"],
-            &["--shard-count", "2"],
-            &["--shard-index", "3", "--shard-count", "2"],
-            &["--shard", "0/2", "--shard-index", "0", "--shard-count", "2"],
-        ] {
-            let args: Vec<&str> = std::iter::once("once").chain(bad.iter().copied()).collect();
-            let e = parse(&args).expect_err(&format!("{bad:?}"));
-            assert!(e.env.starts_with("SHARD"), "{bad:?}: {e}");
-        }
+    fn stale_after_covers_a_stalled_decrease_and_the_interval() {
+        let config = Config::default();
+        let run = Mode::Run {
+            interval: Duration::from_secs(60),
+        };
+        let d = config.stale_after(&run);
+        // Two stalled decrease attempts alone take 2 x (5 + 35) s.
+        assert!(d > Duration::from_secs(60 + 80), "{d:?}");
+        assert!(d < Duration::from_secs(600), "{d:?}");
+        assert!(config.stale_after(&Mode::Once) < d);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The heartbeat file and the `healthcheck` command that reads it.
+//! The heartbeat file, and the verdict the `healthcheck` command gives on it (the
+//! command itself is in [`crate::startup`]; the limit the worker writes in the file,
+//! in [`crate::config::Config::stale_after`]).
 //!
 //! The worker rewrites a small JSON file after the orders it finishes (at most once a
 //! second) and at the end of every cycle, whatever the outcome. `healthcheck` (an image's `HEALTHCHECK`, a
@@ -15,14 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Mode};
-use crate::worker::CycleReport;
-
-/// The heartbeat path when `--heartbeat-file` is not given.
-pub const DEFAULT_PATH: &str = "/tmp/ordermanagement.heartbeat";
-
-/// Slack added to the computed longest gap between two heartbeats.
-const SLACK: Duration = Duration::from_secs(30);
+use crate::report::CycleReport;
 
 /// The largest heartbeat `healthcheck` reads (a beat takes about 300 bytes).
 const MAX_BEAT_BYTES: u64 = 64 * 1024;
@@ -41,8 +36,8 @@ pub struct Beat {
     /// When this beat was written (Unix milliseconds).
     pub at_ms: u64,
     /// The longest gap between two beats of a working worker, from its own settings
-    /// (the longest one order may take, a page fetch and the interval): `healthcheck`'s
-    /// default `--max-age`.
+    /// (the longest one order may take, a page fetch and the interval; see
+    /// [`crate::config::Config::stale_after`]): `healthcheck`'s default `--max-age`.
     pub stale_after_s: u64,
     /// When the Order Service last answered a list or status call (Unix milliseconds).
     pub orders_answered_ms: Option<u64>,
@@ -80,28 +75,6 @@ impl From<&CycleReport> for CycleBeat {
             list_failed: r.list_failed,
         }
     }
-}
-
-/// The longest a working worker may go without a beat, from its settings: the next
-/// cycle's sleep, a page fetch, then one order (a decrease that stalls and is retried
-/// once, plus fast failures, then its status update), each with its backoff waits;
-/// plus some slack. 260 s with the defaults (`run`, 5 s interval).
-pub fn stale_after(config: &Config, mode: &Mode) -> Duration {
-    let interval = match mode {
-        Mode::Run { interval } => *interval,
-        _ => Duration::ZERO,
-    };
-    let retries = config.max_retries;
-    let backoffs = config.retry_cap * retries;
-    // Every attempt of an Order Service call is bounded by the HTTP timeout.
-    let orders_call = config.http_timeout * (retries + 1) + backoffs;
-    // A decrease attempt's phases are bounded apart: resolving, connecting, sending the
-    // head, sending the body and reading the body by the HTTP timeout each, the reply by
-    // the decrease timeout. A failure that took longer than the HTTP timeout (a slow
-    // one) is retried once; the other attempts failed within the HTTP timeout.
-    let slow_attempt = config.http_timeout * 5 + config.decrease_timeout;
-    let decrease = slow_attempt * 2 + config.http_timeout * (retries + 1) + backoffs;
-    interval + orders_call + decrease + orders_call + SLACK
 }
 
 /// Writes the heartbeat file (through a temporary file and a rename, so a reader never
@@ -412,19 +385,6 @@ mod tests {
                 .contains("last cycle ended 3 s ago in 120 ms: fetched 4, ready 3, blocked 1"),
             "{v}"
         );
-    }
-
-    #[test]
-    fn stale_after_covers_a_stalled_decrease_and_the_interval() {
-        let config = Config::default();
-        let run = Mode::Run {
-            interval: Duration::from_secs(60),
-        };
-        let d = stale_after(&config, &run);
-        // Two stalled decrease attempts alone take 2 x (5 + 35) s.
-        assert!(d > Duration::from_secs(60 + 80), "{d:?}");
-        assert!(d < Duration::from_secs(600), "{d:?}");
-        assert!(stale_after(&config, &Mode::Once) < d);
     }
 
     fn temp_dir(name: &str) -> PathBuf {

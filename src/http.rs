@@ -1,8 +1,12 @@
-//! The worker's HTTP transport: a shared ureq agent with explicit timeouts, and the
-//! classification of what went wrong (the retry policy is in [`crate::retry`]).
+//! The worker's HTTP transport: one ureq agent with explicit timeouts and a resolver
+//! that keeps names for a while, shared by both clients; the trace headers sent with
+//! each request and one CLIENT span per attempt (named by the caller's [`Route`]); and
+//! what the transport said, as a [`Reply`] or a [`SendError`] (the retry policy is in
+//! [`crate::retry`]).
 //!
-//! The clients in [`crate::orders`] and [`crate::stock`] turn a [`Reply`] into a
-//! [`CallError`] by status code; this module decides only what the transport said.
+//! The clients in [`crate::orders`] and [`crate::stock`] decide what a reply means for
+//! their calls, turning its status into a [`CallError`] through
+//! [`CallError::from_status`], the one mapping both share.
 
 use std::fmt;
 use std::io;
@@ -12,10 +16,18 @@ use ureq::Agent;
 use ureq::unversioned::transport::DefaultConnector;
 
 use crate::resolve::Resolver;
-use crate::telemetry::{HttpAttempt, propagation_headers};
+use crate::telemetry::instrument::{HttpAttempt, propagation_headers};
 
 /// Longest piece of a reply body quoted in a log line.
 const QUOTE_LIMIT: usize = 200;
+
+/// A service's route as telemetry names it: the CLIENT span's name (`{method}
+/// {url.template}`) and the `url.template`. Each client names its own routes.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub span_name: &'static str,
+    pub template: &'static str,
+}
 
 /// A reply whose status line arrived.
 #[derive(Debug)]
@@ -34,6 +46,16 @@ impl Reply {
             Ok(bytes) => describe_body(bytes),
             Err(e) => format!("(body unreadable: {e})"),
         }
+    }
+}
+
+/// A reply with `status` and `body`, for the clients' tests.
+#[cfg(test)]
+pub(crate) fn reply(status: u16, body: &str) -> Reply {
+    Reply {
+        status,
+        body: Ok(body.as_bytes().to_vec()),
+        retry_after: None,
     }
 }
 
@@ -153,16 +175,16 @@ impl Http {
         self.timeout
     }
 
-    /// `GET url`, the whole call bounded by the HTTP timeout. `template` names the
-    /// route in telemetry; `resend` is the attempt's number (0 for the first).
+    /// `GET url`, the whole call bounded by the HTTP timeout. `route` names the
+    /// call in telemetry; `resend` is the attempt's number (0 for the first).
     pub fn get(
         &self,
         url: &str,
-        template: &'static str,
+        route: Route,
         resend: u32,
         limit: u64,
     ) -> Result<Reply, SendError> {
-        let attempt = HttpAttempt::start("GET", template, url, resend);
+        let attempt = HttpAttempt::start(route.span_name, "GET", route.template, url, resend);
         let request = with_trace(self.agent.get(url))
             .header("Accept", "application/json")
             .config()
@@ -175,12 +197,12 @@ impl Http {
     pub fn put_json(
         &self,
         url: &str,
-        template: &'static str,
+        route: Route,
         resend: u32,
         body: &[u8],
         limit: u64,
     ) -> Result<Reply, SendError> {
-        let attempt = HttpAttempt::start("PUT", template, url, resend);
+        let attempt = HttpAttempt::start(route.span_name, "PUT", route.template, url, resend);
         let request = with_trace(self.agent.put(url))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
@@ -196,14 +218,14 @@ impl Http {
     pub fn post_json(
         &self,
         url: &str,
-        template: &'static str,
+        route: Route,
         resend: u32,
         body: &[u8],
         idempotency_key: &str,
         reply_timeout: Duration,
         limit: u64,
     ) -> Result<Reply, SendError> {
-        let attempt = HttpAttempt::start("POST", template, url, resend);
+        let attempt = HttpAttempt::start(route.span_name, "POST", route.template, url, resend);
         let request = with_trace(self.agent.post(url))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
@@ -462,7 +484,11 @@ mod tests {
         let port = closed.local_addr().unwrap().port();
         drop(closed);
         let http = Http::new(Duration::from_secs(2));
-        let result = http.get(&format!("http://localhost:{port}/"), "/", 0, 100);
+        let root = Route {
+            span_name: "GET /",
+            template: "/",
+        };
+        let result = http.get(&format!("http://localhost:{port}/"), root, 0, 100);
         assert!(matches!(result, Err(SendError::NotSent(_))), "{result:?}");
         assert!(!http.resolver.is_kept(&format!("localhost:{port}")));
     }

@@ -14,7 +14,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::kv::{Key, Source, Value, VisitSource};
 use log::{Log, Metadata, Record};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::logs::SdkLoggerProvider;
 
 /// How lines are written on stderr (and, in `Json`, the OTLP record's body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,18 +23,32 @@ pub enum Format {
     Json,
 }
 
+impl Format {
+    /// The name `--log-format` takes.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// The log target of the exporters' own messages: never sent back through the export.
+pub const EXPORT_LOG_TARGET: &str = "ordermanagement::telemetry::export";
+
 /// Records never exported over OTLP: the exporters' own traffic and messages, which
 /// would otherwise feed back into the export.
 const NOT_EXPORTED: [&str; 5] = [
-    crate::telemetry::EXPORT_LOG_TARGET,
+    EXPORT_LOG_TARGET,
     "ureq",
     "rustls",
     "opentelemetry",
     "hyper",
 ];
 
-/// The OTLP side of the tee, set when logs export is on.
-static OTLP: RwLock<Option<Box<dyn Log>>> = RwLock::new(None);
+/// The export side of the tee (OTLP), installed by [`crate::telemetry`] when logs
+/// export is on.
+static EXPORT: RwLock<Option<Box<dyn Log>>> = RwLock::new(None);
 
 /// Every record to stderr and, when logs export is on, to OTLP (with the trace and span
 /// of the order it belongs to).
@@ -78,13 +91,13 @@ impl Tee {
     /// Writes a record (its message already redacted) to stderr and to OTLP.
     fn write(&self, record: &Record) {
         let exported = !NOT_EXPORTED.iter().any(|t| record.target().starts_with(t));
-        // stderr first, then the OTLP lock: a blocked stderr never holds up
-        // `stop_export`.
+        // stderr first, then the export lock: a blocked stderr never holds up
+        // `remove_export`.
         // The exported record: `body` (the JSON line, or the message), with the order's
         // fields added to the record's key-values as attributes.
         let otlp = |body: std::fmt::Arguments| {
             if exported
-                && let Ok(otlp) = OTLP.read()
+                && let Ok(otlp) = EXPORT.read()
                 && let Some(otlp) = otlp.as_ref()
             {
                 otlp.log(
@@ -119,18 +132,18 @@ impl Tee {
     }
 }
 
-/// Sends the log records to `provider` as well as to stderr.
-pub fn export_to(provider: &SdkLoggerProvider) {
-    let bridge = opentelemetry_appender_log::OpenTelemetryLogBridge::new(provider);
-    if let Ok(mut otlp) = OTLP.write() {
-        *otlp = Some(Box::new(bridge));
+/// Sends every record that is not the exporters' own to `export` as well as to stderr
+/// (telemetry hands over its OTLP log bridge here).
+pub fn install_export(export: Box<dyn Log>) {
+    if let Ok(mut slot) = EXPORT.write() {
+        *slot = Some(export);
     }
 }
 
-/// Stops sending records to OTLP (before the provider shuts down).
-pub fn stop_export() {
-    if let Ok(mut otlp) = OTLP.write() {
-        *otlp = None;
+/// Stops sending records to the export (before its provider shuts down).
+pub fn remove_export() {
+    if let Ok(mut slot) = EXPORT.write() {
+        *slot = None;
     }
 }
 

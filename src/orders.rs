@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::http::{CallError, Http, SendError};
+use crate::http::{CallError, Http, Route, SendError};
 
 /// Largest reply accepted for a status update.
 const SMALL_REPLY_LIMIT: u64 = 64 * 1024;
@@ -357,6 +357,18 @@ fn short(value: &Value) -> String {
     crate::http::describe_body(value.to_string().as_bytes())
 }
 
+/// The registered list's route, in telemetry.
+const LIST: Route = Route {
+    span_name: "GET /orders/status/{status}",
+    template: "/orders/status/{status}",
+};
+
+/// The status update's route, in telemetry.
+const STATUS_UPDATE: Route = Route {
+    span_name: "PUT /orders/{id}",
+    template: "/orders/{id}",
+};
+
 /// The Order Service client: one attempt per call; the caller retries.
 #[derive(Clone)]
 pub struct OrdersClient {
@@ -386,7 +398,7 @@ impl OrdersClient {
         let byte_limit = SMALL_REPLY_LIMIT + u64::from(limit) * BYTES_PER_LISTED_ORDER;
         let reply = self
             .http
-            .get(&url, "/orders/status/{status}", resend, byte_limit)
+            .get(&url, LIST, resend, byte_limit)
             .map_err(|e| self.send_failed(what, e, started))?;
         if reply.status != 200 {
             // A list call refused means a wrong URL, not a refused order.
@@ -442,7 +454,7 @@ impl OrdersClient {
             .http
             .put_json(
                 &url,
-                "/orders/{id}",
+                STATUS_UPDATE,
                 resend,
                 body.as_bytes(),
                 SMALL_REPLY_LIMIT,
@@ -484,7 +496,7 @@ impl OrdersClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Reply;
+    use crate::http::reply;
     use serde_json::json;
 
     #[test]
@@ -673,14 +685,6 @@ mod tests {
         let mut log = InvalidLog::new();
         assert!(log.entry(&bad(1)));
         assert_eq!(log.summary(), None, "nothing to sum up");
-    }
-
-    fn reply(status: u16, body: &str) -> Reply {
-        Reply {
-            status,
-            body: Ok(body.as_bytes().to_vec()),
-            retry_after: None,
-        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::outcome::{
 use crate::retry::{Attempts, RetryPolicy};
 use crate::schedule::{Service, Verdict};
 use crate::stock::StockClient;
-use crate::telemetry::{self, OrderSpan};
+use crate::telemetry::instrument::{self, OrderSpan};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 
@@ -337,7 +337,7 @@ impl Journey {
                 order.id,
                 self.error_rate
             );
-            telemetry::event(
+            instrument::event(
                 "simulated failure",
                 vec![KeyValue::new("ordermanagement.step", "stock")],
             );
@@ -368,7 +368,7 @@ impl Journey {
         let call = Some((Service::Stock, verdict, detail(&result)));
         if result.is_ok() {
             let wood = KeyValue::new("wood_type", order.wood_type.as_str());
-            telemetry::instruments()
+            instrument::instruments()
                 .stock_taken
                 .add(u64::from(order.quantity), &[wood]);
         }
@@ -440,7 +440,7 @@ impl Journey {
         let order = task.order;
         let started = std::time::Instant::now();
         let (result, call) = if self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
-            telemetry::event(
+            instrument::event(
                 "simulated failure",
                 vec![KeyValue::new("ordermanagement.step", "status")],
             );
@@ -573,9 +573,10 @@ fn detail(result: &Result<(), CallError>) -> String {
     }
 }
 
+/// The order's attributes on its span.
 fn span_attributes(order: &Order) -> Vec<KeyValue> {
     vec![
-        KeyValue::new("ordermanagement.order.id", order.id as i64),
+        order_id(order),
         KeyValue::new("ordermanagement.order.wood_type", order.wood_type.as_str()),
         KeyValue::new("ordermanagement.order.quantity", i64::from(order.quantity)),
     ]
@@ -584,7 +585,11 @@ fn span_attributes(order: &Order) -> Vec<KeyValue> {
 /// The order id also travels to the services as baggage when the baggage propagator
 /// is on.
 fn baggage(order: &Order) -> Vec<KeyValue> {
-    vec![KeyValue::new("ordermanagement.order.id", order.id as i64)]
+    vec![order_id(order)]
+}
+
+fn order_id(order: &Order) -> KeyValue {
+    KeyValue::new("ordermanagement.order.id", order.id as i64)
 }
 
 #[cfg(test)]

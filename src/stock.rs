@@ -2,11 +2,17 @@
 
 use std::time::{Duration, Instant};
 
-use crate::http::{CallError, Http, SendError};
+use crate::http::{CallError, Http, Route, SendError};
 use crate::orders::Order;
 
 /// The call, in log lines.
 const WHAT: &str = "Stock Service decrease";
+
+/// The decrease's route, in telemetry.
+const DECREASE: Route = Route {
+    span_name: "POST /stocks/decrease",
+    template: "/stocks/decrease",
+};
 
 /// Largest reply accepted for a decrease.
 const REPLY_LIMIT: u64 = 64 * 1024;
@@ -47,7 +53,7 @@ impl StockClient {
         let started = Instant::now();
         let result = self.http.post_json(
             &url,
-            "/stocks/decrease",
+            DECREASE,
             resend,
             body.as_bytes(),
             &StockClient::idempotency_key(order),
@@ -89,15 +95,7 @@ impl StockClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Reply;
-
-    fn reply(status: u16, body: &str) -> Reply {
-        Reply {
-            status,
-            body: Ok(body.as_bytes().to_vec()),
-            retry_after: None,
-        }
-    }
+    use crate::http::reply;
 
     #[test]
     fn business_refusals_carry_the_reason() {

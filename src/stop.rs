@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use std::ffi::c_int;
 
+use crate::exit::Exit;
+
 /// How often a sleep looks at the flag: short enough to stop within the 2 s promise,
 /// long enough not to spin.
 const SLICE: Duration = Duration::from_millis(50);
@@ -47,7 +49,11 @@ impl Stop {
         use signal_hook::flag;
         for (signal, _) in STOP_SIGNALS {
             // Order matters: the conditional exit must see the flag before this signal sets it.
-            flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&self.requested))?;
+            flag::register_conditional_shutdown(
+                signal,
+                Exit::SecondSignal(signal).code(),
+                Arc::clone(&self.requested),
+            )?;
             flag::register(signal, Arc::clone(&self.requested))?;
             flag::register_usize(signal, Arc::clone(&self.signal), signal as usize)?;
         }

@@ -18,7 +18,7 @@ pub use crate::report::CycleReport;
 use crate::retry::Attempts;
 use crate::schedule::{Next, Rules, Scheduler, Service, Work};
 use crate::stop::Stop;
-use crate::telemetry::{self, Scope};
+use crate::telemetry::instrument::{self, Scope};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanKind};
 
@@ -317,7 +317,7 @@ impl Worker {
         {
             scope.fail(format!("ended early: {why}"));
         }
-        let metrics = telemetry::instruments();
+        let metrics = instrument::instruments();
         let shard = self.shard_attribute();
         metrics
             .cycle_duration
@@ -389,7 +389,7 @@ impl Worker {
 
     fn shard_attribute(&self) -> Vec<KeyValue> {
         self.shard
-            .map(|s| KeyValue::new("ordermanagement.shard", s.to_string()))
+            .map(instrument::shard_attribute)
             .into_iter()
             .collect()
     }
@@ -677,7 +677,7 @@ impl Worker {
         if !outcome.reason_kind().is_empty() {
             attributes.push(KeyValue::new("reason", outcome.reason_kind()));
         }
-        telemetry::instruments()
+        instrument::instruments()
             .orders_processed
             .add(1, &attributes);
         if let Some(heartbeat) = &mut self.heartbeat {

@@ -7,15 +7,16 @@
 //! that they land while the replicas drain); `CHAOS_ORDERS=5000 CHAOS_KILLS=60 cargo test
 //! --release --test chaos -- --nocapture` runs a long one and prints its figures.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ordermanagement::Journal;
 use standin::{Knobs, Stack, WOODS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 const REPLICAS: u64 = 3;
 const STOCK_EACH: u64 = 10_000_000;
 
@@ -34,12 +35,7 @@ struct Replica {
 
 impl Replica {
     fn start(&mut self, stack: &Stack) {
-        let child = Command::new(BIN)
-            .env_clear()
-            // No heartbeat file left in /tmp by a test.
-            .env("HEARTBEAT_FILE", "")
-            .env("API_URL_ORDERS", stack.orders_url())
-            .env("API_URL_STOCKS", stack.stocks_url())
+        let child = common::worker_at(&stack.orders_url(), &stack.stocks_url())
             .env("ERROR_RATE", "0.05")
             .env("LOG_LEVEL", "error")
             .env("HTTP_TIMEOUT_SECONDS", "2")

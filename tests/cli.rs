@@ -13,12 +13,10 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Request, Running, ScriptServer, order_json, reply};
+use common::{Request, Running, ScriptServer, first_page_mock, order_json, reply};
 
 use httpmock::{Method, Mock, MockServer};
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 
 /// Longest a `once` or a failing command may take before the test gives up on it.
 const RUN_LIMIT: Duration = Duration::from_secs(20);
@@ -26,12 +24,9 @@ const RUN_LIMIT: Duration = Duration::from_secs(20);
 /// The promise of `run`: stopped within 2 s of SIGTERM/SIGINT.
 const STOP_LIMIT: Duration = Duration::from_secs(2);
 
-/// The binary with an empty environment.
+/// The binary with an empty environment (the heartbeat tests set their own file).
 fn cmd() -> Command {
-    let mut cmd = Command::new(BIN);
-    // No heartbeat file left in /tmp by a test (the heartbeat tests set their own).
-    cmd.env_clear().env("HEARTBEAT_FILE", "");
-    cmd
+    common::worker_command()
 }
 
 /// `cmd()` pointed at the two services, no simulated failures, short timeouts.
@@ -89,19 +84,6 @@ fn catch_all(server: &MockServer) -> Mock<'_> {
     })
 }
 
-/// The registered list answering `body` (a JSON array) to its first page.
-fn list_mock<'a>(server: &'a MockServer, body: &serde_json::Value) -> Mock<'a> {
-    let body = body.to_string();
-    server.mock(|when, then| {
-        when.method(Method::GET)
-            .path("/orders/status/registered")
-            .query_param("skip", "0");
-        then.status(200)
-            .header("content-type", "application/json")
-            .body(body);
-    })
-}
-
 fn oak_order() -> serde_json::Value {
     json!([{"id": 1, "wood_type": "oak", "quantity": 3, "order_status": "registered"}])
 }
@@ -130,6 +112,32 @@ fn ready_mock(server: &MockServer) -> Mock<'_> {
             .header("content-type", "application/json")
             .json_body(json!({"id": 1, "order_status": "ready"}));
     })
+}
+
+/// Order 1 (3 oak) through one cycle: its list, its decrease and its status set
+/// `ready`, each as the worker must send it.
+struct OakOrder<'a> {
+    list: Mock<'a>,
+    decrease: Mock<'a>,
+    ready: Mock<'a>,
+}
+
+impl OakOrder<'_> {
+    fn mock(server: &MockServer) -> OakOrder<'_> {
+        OakOrder {
+            list: first_page_mock(server, &oak_order()),
+            decrease: decrease_mock(server),
+            ready: ready_mock(server),
+        }
+    }
+
+    /// One list call (one order is less than a page: no second page), one decrease,
+    /// one status update.
+    fn assert_one_cycle(&self) {
+        self.list.assert_calls(1);
+        self.decrease.assert_calls(1);
+        self.ready.assert_calls(1);
+    }
 }
 
 // ---------------------------------------------------------------- help
@@ -398,15 +406,11 @@ fn once_with_nothing_registered_exits_0() {
 #[test]
 fn once_takes_the_stock_of_an_order_sets_it_ready_and_exits_0() {
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let url = server.base_url();
     let out = run(with_services(&url, &url).arg("once"));
     assert_exit(&out, 0);
-    list.assert_calls(1); // one order < page size: no second page
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.assert_one_cycle();
 }
 
 // ---------------------------------------------------------------- once: exit 1
@@ -424,7 +428,7 @@ fn once_exits_1_when_the_order_list_cannot_be_fetched() {
 #[test]
 fn once_exits_1_and_leaves_the_order_registered_when_the_stock_service_fails() {
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
+    let list = first_page_mock(&server, &oak_order());
     let decrease = server.mock(|when, then| {
         when.method(Method::POST).path("/stocks/decrease");
         then.status(502).body("Bad Gateway");
@@ -447,7 +451,7 @@ fn once_exits_1_and_leaves_the_order_registered_when_the_stock_service_fails() {
 /// stop it with exit 0 within [`STOP_LIMIT`].
 fn run_stops_on(signal: libc::c_int) {
     let server = MockServer::start();
-    let list = list_mock(&server, &json!([]));
+    let list = first_page_mock(&server, &json!([]));
     let url = server.base_url();
     let mut child = Running::start(with_services(&url, &url).args(["run", "--interval", "30"]));
 
@@ -609,9 +613,7 @@ fn a_second_sigquit_exits_131_at_once() {
 #[test]
 fn the_environment_configures_a_whole_cycle() {
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let url = server.base_url();
     let out = run(cmd()
         .env("API_URL_ORDERS", format!("{url}/")) // the trailing slash is dropped
@@ -621,17 +623,13 @@ fn the_environment_configures_a_whole_cycle() {
         .env("DECREASE_TIMEOUT_SECONDS", "2")
         .arg("once"));
     assert_exit(&out, 0);
-    list.assert_calls(1);
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.assert_one_cycle();
 }
 
 #[test]
 fn options_may_stand_before_the_command() {
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let url = server.base_url();
     let out = run(cmd()
         .args([
@@ -644,9 +642,7 @@ fn options_may_stand_before_the_command() {
         ])
         .args(["--timeout", "2", "--decrease-timeout", "2", "once"]));
     assert_exit(&out, 0);
-    list.assert_calls(1);
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.assert_one_cycle();
 }
 
 #[test]
@@ -654,7 +650,7 @@ fn an_option_before_the_command_is_applied_not_just_accepted() {
     // ERROR_RATE 1: every stock step and every status step fails by simulation, so
     // nothing reaches the Stock Service and the blocked status stays pending (exit 1).
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
+    let list = first_page_mock(&server, &oak_order());
     let any_post = server.mock(|when, then| {
         when.method(Method::POST);
         then.status(200);
@@ -698,27 +694,25 @@ fn dry_run_is_read_like_the_other_settings() {
     // An empty DRY_RUN (as compose files write it) means off; a dry run changes nothing.
     let server = MockServer::start();
     let url = server.base_url();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let out = run(with_services(&url, &url)
         .env("DRY_RUN", "")
         .env("ERROR_RATE", "0")
         .arg("once"));
     assert_exit(&out, 0);
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.decrease.assert_calls(1);
+    oak.ready.assert_calls(1);
     let out = run(with_services(&url, &url).env("DRY_RUN", "true").arg("once"));
     assert_exit(&out, 0);
-    list.assert_calls(2);
-    decrease.assert_calls(1);
-    ready.assert_calls(1);
+    oak.list.assert_calls(2);
+    oak.decrease.assert_calls(1);
+    oak.ready.assert_calls(1);
 }
 
 #[test]
 fn a_second_sigterm_exits_at_once_while_a_decrease_is_in_flight() {
     let server = MockServer::start();
-    list_mock(&server, &oak_order());
+    first_page_mock(&server, &oak_order());
     let decrease = server.mock(|when, then| {
         when.method(Method::POST).path("/stocks/decrease");
         then.status(200).delay(Duration::from_secs(15)).body("{}");
@@ -819,9 +813,7 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
     let dir = TempDir::new("healthcheck");
     let beat = dir.0.join("beat");
     let server = MockServer::start();
-    let list = list_mock(&server, &oak_order());
-    let decrease = decrease_mock(&server);
-    let ready = ready_mock(&server);
+    let oak = OakOrder::mock(&server);
     let url = server.base_url();
 
     // No worker yet: no heartbeat, unhealthy.
@@ -838,7 +830,7 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
             .args(["run", "--interval", "0.2"]),
     );
     let deadline = Instant::now() + RUN_LIMIT;
-    while ready.calls() == 0 || list.calls() < 3 {
+    while oak.ready.calls() == 0 || oak.list.calls() < 3 {
         assert!(Instant::now() < deadline, "no cycles within {RUN_LIMIT:?}");
         thread::sleep(Duration::from_millis(20));
     }
@@ -859,7 +851,7 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
     let out = child.wait_for(STOP_LIMIT).expect("stopped after SIGTERM");
     assert_exit(&out, 0);
     // The mock lists the same order every cycle: one decrease per cycle.
-    assert!(decrease.calls() >= 1);
+    assert!(oak.decrease.calls() >= 1);
     thread::sleep(Duration::from_millis(1_200));
     let out = healthcheck(&beat, &["--max-age", "1"]);
     assert_exit(&out, 1);
@@ -919,6 +911,49 @@ fn a_heartbeat_file_that_cannot_be_written_stops_the_worker_at_start() {
         text(&out.stderr).contains("invalid --max-age (HEALTHCHECK_MAX_AGE_SECONDS) \"soon\""),
         "{out:?}"
     );
+}
+
+#[test]
+fn healthcheck_reads_only_its_own_settings() {
+    // A fresh beat, written by hand in the heartbeat's format.
+    let dir = TempDir::new("healthcheck-own");
+    let beat = dir.0.join("beat");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let fresh = json!({
+        "pid": 1,
+        "started_ms": now,
+        "at_ms": now,
+        "stale_after_s": 60,
+        "orders_answered_ms": now,
+        "last_cycle": null,
+    });
+    std::fs::write(&beat, fresh.to_string()).expect("write the beat");
+    // Worker settings a probe does not use, each bad, from the environment or a flag.
+    for (var, flag, value) in [
+        ("ERROR_RATE", "--error-rate", "abc"),
+        ("API_URL_ORDERS", "--orders-url", "ftp://x"),
+        ("LOG_LEVEL", "--log-level", "loud"),
+        ("PAGE_SIZE", "--page-size", "0"),
+        ("SHARD", "--shard", "3/3"),
+    ] {
+        let out = run(cmd()
+            .env("HEARTBEAT_FILE", &beat)
+            .env(var, value)
+            .arg("healthcheck"));
+        assert_exit(&out, 0);
+        assert!(
+            text(&out.stdout).starts_with("healthy: "),
+            "{var}={value}: {out:?}"
+        );
+        assert!(!text(&out.stderr).contains(var), "{var}={value}: {out:?}");
+        let out = run(cmd()
+            .env("HEARTBEAT_FILE", &beat)
+            .args(["healthcheck", flag, value]));
+        assert_exit(&out, 0);
+    }
 }
 
 // ---------------------------------------------------------------- JSON log lines

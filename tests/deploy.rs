@@ -960,9 +960,8 @@ fn kubernetes_recipes_share_one_environment_for_otlp_over_http() {
 fn variables_the_worker_reads() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for command in ["run", "once", "healthcheck"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ordermanagement"))
+        let out = common::worker_command()
             .args(["help", command])
-            .env_clear()
             .output()
             .expect("the binary's help");
         let help = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -12,16 +12,9 @@ use ordermanagement::Journal;
 use ordermanagement::journal::FileJournal;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
-
 fn worker(server: &ScriptServer, state: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        // No heartbeat file left in /tmp by a test.
-        .env("HEARTBEAT_FILE", "")
-        .env("API_URL_ORDERS", server.url())
-        .env("API_URL_STOCKS", server.url())
-        .env("ERROR_RATE", "0")
+    let mut cmd = common::worker_at(&server.url(), &server.url());
+    cmd.env("ERROR_RATE", "0")
         .env("HTTP_TIMEOUT_SECONDS", "2")
         .env("STATE_FILE", state)
         .stdin(Stdio::null());

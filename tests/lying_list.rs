@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::{Request, ScriptServer, order_json, reply};
 use ordermanagement::{Config, Stop, Worker};
@@ -14,16 +13,9 @@ use serde_json::json;
 
 fn config(url: &str) -> Config {
     Config {
-        orders_url: url.into(),
-        stocks_url: url.into(),
-        error_rate: 0.0,
-        http_timeout: Duration::from_millis(500),
-        decrease_timeout: Duration::from_secs(2),
         max_retries: 1,
-        retry_base: Duration::from_millis(2),
-        retry_cap: Duration::from_millis(10),
         page_size: 10,
-        ..Config::default()
+        ..common::quick_config(url, url)
     }
 }
 
@@ -65,14 +57,7 @@ impl Liar {
     }
 
     fn decreases(&self) -> BTreeMap<u64, usize> {
-        let mut counts = BTreeMap::new();
-        for r in self.server.calls("POST", "/stocks/decrease") {
-            let id: u64 = r.header("idempotency-key").unwrap()["order-".len()..]
-                .parse()
-                .unwrap();
-            *counts.entry(id).or_insert(0) += 1;
-        }
-        counts
+        self.server.decreases_per_order()
     }
 
     fn puts(&self, id: u64) -> usize {

@@ -5,14 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Request, Running, ScriptServer, order_json, reply};
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 
 #[test]
 fn a_service_that_ignores_limit_gets_pages_of_the_limit_and_every_order_once() {
@@ -42,12 +39,8 @@ fn a_service_that_ignores_limit_gets_pages_of_the_limit_and_every_order_once() {
             _ => reply(404, "{}"),
         }
     });
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("HEARTBEAT_FILE", "")
-        .env("API_URL_ORDERS", server.url())
-        .env("API_URL_STOCKS", server.url())
-        .env("ERROR_RATE", "0")
+    let mut cmd = common::worker_at(&server.url(), &server.url());
+    cmd.env("ERROR_RATE", "0")
         .env("HTTP_TIMEOUT_SECONDS", "2")
         .env("PAGE_SIZE", "10")
         .arg("once");

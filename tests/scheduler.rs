@@ -10,21 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Action, Request, ScriptServer, late, order_json, reply};
+use common::{Action, Request, ScriptServer, late, registered_page, reply};
 use ordermanagement::{Config, Stop, Worker};
 use standin::{Knobs, Stack, WOODS};
 
 fn config(orders: &str, stocks: &str) -> Config {
     Config {
-        orders_url: orders.into(),
-        stocks_url: stocks.into(),
-        error_rate: 0.0,
-        http_timeout: Duration::from_millis(500),
-        decrease_timeout: Duration::from_secs(2),
         max_retries: 3,
-        retry_base: Duration::from_millis(2),
         retry_cap: Duration::from_millis(20),
-        ..Config::default()
+        ..common::quick_config(orders, stocks)
     }
 }
 
@@ -79,17 +73,7 @@ impl Shop {
         let s = statuses.clone();
         let server = ScriptServer::start(move |r: &Request| {
             if r.method == "GET" {
-                let (skip, limit) = (r.query("skip").unwrap_or(0), r.query("limit").unwrap_or(10));
-                let page: Vec<_> = s
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, st)| *st == "registered")
-                    .skip(skip as usize)
-                    .take(limit as usize)
-                    .map(|(id, _)| order_json(*id, "oak", 1))
-                    .collect();
-                return reply(200, serde_json::Value::Array(page).to_string());
+                return registered_page(r, &s.lock().unwrap(), |_| "oak");
             }
             handler(r, &s)
         });

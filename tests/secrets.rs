@@ -10,13 +10,9 @@ use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::Running;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value;
-use prost::Message;
+use common::{Running, otlp};
 use standin::{Knobs, OtlpSink, Stack};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 const PASSWORD: &str = "pw-Zq81xKvT";
 const HEADER_SECRET: &str = "hdr-Yt4mW0pL";
 const LIMIT: Duration = Duration::from_secs(20);
@@ -27,10 +23,8 @@ fn with_credentials(url: &str) -> String {
 }
 
 fn cmd() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("HEARTBEAT_FILE", "")
-        .env("ERROR_RATE", "0")
+    let mut cmd = common::worker_command();
+    cmd.env("ERROR_RATE", "0")
         .env("HTTP_TIMEOUT_SECONDS", "1")
         .env("DECREASE_TIMEOUT_SECONDS", "2")
         .env("MAX_RETRIES", "0");
@@ -73,25 +67,10 @@ fn assert_clean(case: &str, out: &Output, sink: Option<&OtlpSink>) {
 
 /// The `url.full` of every exported span.
 fn exported_urls(sink: &OtlpSink) -> Vec<String> {
-    let mut urls = Vec::new();
-    for body in sink.bodies("/v1/traces") {
-        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP decodes");
-        for span in request
-            .resource_spans
-            .into_iter()
-            .flat_map(|rs| rs.scope_spans)
-            .flat_map(|ss| ss.spans)
-        {
-            for kv in span.attributes {
-                if kv.key == "url.full"
-                    && let Some(any_value::Value::StringValue(url)) = kv.value.and_then(|v| v.value)
-                {
-                    urls.push(url);
-                }
-            }
-        }
-    }
-    urls
+    otlp::spans(sink)
+        .iter()
+        .filter_map(|span| otlp::attr(span, "url.full"))
+        .collect()
 }
 
 #[test]

@@ -10,16 +10,9 @@ use common::Running;
 
 use standin::{Knobs, Stack, WOODS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
-
 fn worker(stack: &Stack, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        // No heartbeat file left in /tmp by a test.
-        .env("HEARTBEAT_FILE", "")
-        .env("API_URL_ORDERS", stack.orders_url())
-        .env("API_URL_STOCKS", stack.stocks_url())
-        .env("ERROR_RATE", "0")
+    let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
+    cmd.env("ERROR_RATE", "0")
         .env("LOG_LEVEL", "warn")
         .env("HTTP_TIMEOUT_SECONDS", "2")
         .env("DECREASE_TIMEOUT_SECONDS", "3")

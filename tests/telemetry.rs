@@ -8,25 +8,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Running;
+use common::otlp::{assert_traceparents_name_client_spans, attrs, hex, resources_and_spans, text};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use standin::{Knobs, OtlpSink, Stack, WOODS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
-
 fn worker(stack: &Stack) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        // No heartbeat file left in /tmp by a test.
-        .env("HEARTBEAT_FILE", "")
-        .env("API_URL_ORDERS", stack.orders_url())
-        .env("API_URL_STOCKS", stack.stocks_url())
-        .env("ERROR_RATE", "0")
+    let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
+    cmd.env("ERROR_RATE", "0")
         .env("HTTP_TIMEOUT_SECONDS", "2")
         .stdin(Stdio::null());
     cmd
@@ -39,25 +32,6 @@ fn stack(orders: usize) -> Stack {
     }
     stack.seed_orders(orders, &mut fastrand::Rng::with_seed(3));
     stack
-}
-
-fn text(v: &Option<AnyValue>) -> String {
-    match v.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
-    }
-}
-
-fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), text(&kv.value)))
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
@@ -82,18 +56,7 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     );
 
     // Traces.
-    let mut spans: Vec<Span> = Vec::new();
-    let mut resources = Vec::new();
-    for body in sink.bodies("/v1/traces") {
-        let request =
-            ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP traces decode");
-        for rs in request.resource_spans {
-            resources.push(attrs(&rs.resource.unwrap_or_default().attributes));
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans);
-            }
-        }
-    }
+    let (resources, spans) = resources_and_spans(&sink);
     assert!(!resources.is_empty(), "no traces arrived");
     for r in &resources {
         assert_eq!(r["service.name"], "ordermanagement");
@@ -164,25 +127,7 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
 
     // The services received traceparent headers of those very client spans, in the
     // trace of the order each call was made for (the page fetches in the cycle's).
-    let client_spans: HashMap<String, &Span> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Client as i32)
-        .map(|s| (hex(&s.span_id), s))
-        .collect();
-    let traceparents = stack.traceparents();
-    assert_eq!(
-        traceparents.len(),
-        client_spans.len(),
-        "one traceparent per call"
-    );
-    for tp in &traceparents {
-        let parts: Vec<&str> = tp.split('-').collect();
-        assert_eq!(parts.len(), 4, "{tp}");
-        let span = client_spans
-            .get(parts[2])
-            .unwrap_or_else(|| panic!("{tp} names an exported client span"));
-        assert_eq!(parts[1], hex(&span.trace_id), "{tp}");
-    }
+    assert_traceparents_name_client_spans(&stack.traceparents(), &spans, "call");
 
     // Metrics: names and units.
     let mut metrics: HashMap<String, String> = HashMap::new();
@@ -394,21 +339,6 @@ fn run_once(cmd: &mut Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn resources_and_spans(sink: &OtlpSink) -> (Vec<HashMap<String, String>>, Vec<Span>) {
-    let (mut resources, mut spans) = (Vec::new(), Vec::new());
-    for body in sink.bodies("/v1/traces") {
-        let request =
-            ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP traces decode");
-        for rs in request.resource_spans {
-            resources.push(attrs(&rs.resource.unwrap_or_default().attributes));
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans);
-            }
-        }
-    }
-    (resources, spans)
 }
 
 fn log_records(sink: &OtlpSink) -> Vec<opentelemetry_proto::tonic::logs::v1::LogRecord> {

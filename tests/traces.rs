@@ -9,22 +9,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Running;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use common::otlp::{assert_traceparents_name_client_spans, attr, spans};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message;
 use standin::{Knobs, OtlpSink, Stack, WOODS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
-
 fn worker(stack: &Stack, sink: &OtlpSink) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("HEARTBEAT_FILE", "")
-        .env("API_URL_ORDERS", stack.orders_url())
-        .env("API_URL_STOCKS", stack.stocks_url())
-        .env("HTTP_TIMEOUT_SECONDS", "2")
+    let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
+    cmd.env("HTTP_TIMEOUT_SECONDS", "2")
         .env("LOG_LEVEL", "warn")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
@@ -41,38 +33,6 @@ fn stack(orders: usize, knobs: Knobs) -> Stack {
     }
     stack.seed_orders(orders, &mut fastrand::Rng::with_seed(11));
     stack
-}
-
-fn spans(sink: &OtlpSink) -> Vec<Span> {
-    let mut spans = Vec::new();
-    for body in sink.bodies("/v1/traces") {
-        let request =
-            ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP traces decode");
-        for rs in request.resource_spans {
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans);
-            }
-        }
-    }
-    spans
-}
-
-fn attr(span: &Span, key: &str) -> Option<String> {
-    let kv: &KeyValue = span.attributes.iter().find(|kv| kv.key == key)?;
-    match kv
-        .value
-        .as_ref()
-        .and_then(|v: &AnyValue| v.value.as_ref())?
-    {
-        any_value::Value::StringValue(s) => Some(s.clone()),
-        any_value::Value::IntValue(i) => Some(i.to_string()),
-        any_value::Value::BoolValue(b) => Some(b.to_string()),
-        other => Some(format!("{other:?}")),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn by_trace(spans: &[Span]) -> HashMap<Vec<u8>, Vec<&Span>> {
@@ -168,22 +128,7 @@ fn two_hundred_orders_make_two_hundred_traces_of_one_order_each() {
     );
 
     // Every traceparent the services saw names a client span of the trace it carries.
-    let client: HashMap<String, &Span> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Client as i32)
-        .map(|s| (hex(&s.span_id), s))
-        .collect();
-    let traceparents = stack.traceparents();
-    assert_eq!(
-        traceparents.len(),
-        client.len(),
-        "one traceparent per request"
-    );
-    for tp in &traceparents {
-        let parts: Vec<&str> = tp.split('-').collect();
-        let span = client[parts[2]];
-        assert_eq!(parts[1], hex(&span.trace_id), "{tp}");
-    }
+    assert_traceparents_name_client_spans(&stack.traceparents(), &spans, "request");
 }
 
 #[test]

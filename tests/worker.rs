@@ -8,22 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Action, Request, ScriptServer, late, order_json, reply};
+use common::{Action, Request, ScriptServer, late, order_json, registered_page, reply};
 use httpmock::{Method, MockServer};
 use ordermanagement::{Config, CycleReport, Stop, Worker};
 use serde_json::json;
 
 fn config(orders: &str, stocks: &str) -> Config {
     Config {
-        orders_url: orders.into(),
-        stocks_url: stocks.into(),
-        error_rate: 0.0,
-        http_timeout: Duration::from_millis(500),
-        decrease_timeout: Duration::from_secs(2),
         max_retries: 2,
-        retry_base: Duration::from_millis(2),
-        retry_cap: Duration::from_millis(10),
-        ..Config::default()
+        ..common::quick_config(orders, stocks)
     }
 }
 
@@ -32,14 +25,7 @@ fn cycle(config: &Config) -> CycleReport {
 }
 
 fn list_once(server: &MockServer, orders: serde_json::Value) -> httpmock::Mock<'_> {
-    server.mock(|when, then| {
-        when.method(Method::GET)
-            .path("/orders/status/registered")
-            .query_param("skip", "0");
-        then.status(200)
-            .header("content-type", "application/json")
-            .json_body(orders);
-    })
+    common::first_page_mock(server, &orders)
 }
 
 fn put_status<'a>(server: &'a MockServer, id: u64, status: &str) -> httpmock::Mock<'a> {
@@ -411,25 +397,10 @@ impl Shop {
         ));
         let s = statuses.clone();
         let server = ScriptServer::start(move |r: &Request| match (r.method.as_str(), r.path()) {
-            ("GET", "/orders/status/registered") => {
-                let (skip, limit) = (r.query("skip").unwrap_or(0), r.query("limit").unwrap_or(10));
-                let page: Vec<_> = s
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, st)| *st == "registered")
-                    .skip(skip as usize)
-                    .take(limit as usize)
-                    .map(|(id, _)| order_json(*id, ["oak", "elm"][(*id % 2) as usize], 1))
-                    .collect();
-                reply(200, serde_json::Value::Array(page).to_string())
-            }
-            ("POST", "/stocks/decrease") => {
-                let id = r.header("idempotency-key").unwrap()["order-".len()..]
-                    .parse()
-                    .unwrap();
-                decide(r, id)
-            }
+            ("GET", "/orders/status/registered") => registered_page(r, &s.lock().unwrap(), |id| {
+                ["oak", "elm"][(id % 2) as usize]
+            }),
+            ("POST", "/stocks/decrease") => decide(r, r.decrease_order_id()),
             ("PUT", path) if !put_fails => {
                 let id: u64 = path["/orders/".len()..].parse().unwrap();
                 let status = r.json()["order_status"].as_str().unwrap().to_string();
@@ -443,14 +414,7 @@ impl Shop {
     }
 
     fn decreases_per_order(&self) -> BTreeMap<u64, usize> {
-        let mut counts = BTreeMap::new();
-        for r in self.server.calls("POST", "/stocks/decrease") {
-            let id: u64 = r.header("idempotency-key").unwrap()["order-".len()..]
-                .parse()
-                .unwrap();
-            *counts.entry(id).or_insert(0) += 1;
-        }
-        counts
+        self.server.decreases_per_order()
     }
 
     fn count(&self, status: &str) -> usize {

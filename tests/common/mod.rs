@@ -1,8 +1,14 @@
-//! A scripted HTTP/1.1 server on loopback for the fault cases a mock library cannot
-//! play: replies that change from one call to the next, replies that come late or never,
-//! connections dropped after the request, keep-alive connections closed by the server.
+//! What the integration tests share: the worker command with a clean environment; a
+//! scripted HTTP/1.1 server on loopback for the fault cases a mock library cannot play
+//! (replies that change from one call to the next, replies that come late or never,
+//! connections dropped after the request, keep-alive connections closed by the server);
+//! a child process killed and reaped when dropped; and, in [`otlp`], what an OTLP
+//! receiver got, decoded.
 #![allow(dead_code)]
 
+pub mod otlp;
+
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -40,6 +46,12 @@ impl Request {
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    /// The order a decrease is for, from its `Idempotency-Key` (`order-<id>`).
+    pub fn decrease_order_id(&self) -> u64 {
+        self.header("idempotency-key").expect("an Idempotency-Key")["order-".len()..]
+            .parse()
+            .expect("order-<id>")
     }
 }
 
@@ -113,6 +125,15 @@ impl ScriptServer {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The decreases received, counted by order.
+    pub fn decreases_per_order(&self) -> BTreeMap<u64, usize> {
+        let mut counts = BTreeMap::new();
+        for r in self.calls("POST", "/stocks/decrease") {
+            *counts.entry(r.decrease_order_id()).or_insert(0) += 1;
+        }
+        counts
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -266,6 +287,77 @@ fn read_request(reader: &mut BufReader<TcpStream>, stopped: &AtomicBool) -> Opti
         headers,
         body,
     })
+}
+
+/// A page of the registered list as the Order Service answers it: the orders
+/// `registered` in `statuses`, from `skip`, at most `limit` (10 unless asked), each of
+/// wood `wood(id)` and quantity 1.
+pub fn registered_page(
+    r: &Request,
+    statuses: &BTreeMap<u64, String>,
+    wood: impl Fn(u64) -> &'static str,
+) -> Action {
+    let (skip, limit) = (r.query("skip").unwrap_or(0), r.query("limit").unwrap_or(10));
+    let page: Vec<_> = statuses
+        .iter()
+        .filter(|(_, st)| *st == "registered")
+        .skip(skip as usize)
+        .take(limit as usize)
+        .map(|(id, _)| order_json(*id, wood(*id), 1))
+        .collect();
+    reply(200, serde_json::Value::Array(page).to_string())
+}
+
+/// A library worker's configuration for the services at `orders` and `stocks`: no
+/// simulated failures, short timeouts (0.5 s, 2 s for a decrease's reply) and backoffs
+/// (2 ms doubling up to 10 ms), so that a test's retries take milliseconds.
+pub fn quick_config(orders: &str, stocks: &str) -> ordermanagement::Config {
+    ordermanagement::Config {
+        orders_url: orders.into(),
+        stocks_url: stocks.into(),
+        error_rate: 0.0,
+        http_timeout: Duration::from_millis(500),
+        decrease_timeout: Duration::from_secs(2),
+        retry_base: Duration::from_millis(2),
+        retry_cap: Duration::from_millis(10),
+        ..ordermanagement::Config::default()
+    }
+}
+
+/// The first page of the registered list answering `orders` (a JSON array).
+pub fn first_page_mock<'a>(
+    server: &'a httpmock::MockServer,
+    orders: &serde_json::Value,
+) -> httpmock::Mock<'a> {
+    let body = orders.to_string();
+    server.mock(|when, then| {
+        when.method(httpmock::Method::GET)
+            .path("/orders/status/registered")
+            .query_param("skip", "0");
+        then.status(200)
+            .header("content-type", "application/json")
+            .body(body);
+    })
+}
+
+/// The worker binary, as cargo built it for the tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
+
+/// The worker with a cleared environment, so that the developer's variables
+/// (API_URL_ORDERS, RUST_LOG, http_proxy, OTEL_*, ...) cannot leak in, and no heartbeat
+/// file left in /tmp (a test that wants one sets HEARTBEAT_FILE itself).
+pub fn worker_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().env("HEARTBEAT_FILE", "");
+    cmd
+}
+
+/// [`worker_command`] pointed at the Order and Stock services through their variables.
+pub fn worker_at(orders: &str, stocks: &str) -> Command {
+    let mut cmd = worker_command();
+    cmd.env("API_URL_ORDERS", orders)
+        .env("API_URL_STOCKS", stocks);
+    cmd
 }
 
 /// An order as the Order Service lists it.

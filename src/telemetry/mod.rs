@@ -1,12 +1,14 @@
 //! Everything OpenTelemetry SDK: settings from the standard environment variables, an
 //! OTLP/HTTP client built on the worker's own ureq (no async runtime), one provider per
-//! signal with the SDK's batch processors and periodic reader on their own threads, and
-//! a guard that flushes and shuts them down on every exit path.
+//! signal with the SDK's batch processors and periodic reader on their own threads, the
+//! OTLP logs bridge handed to [`crate::logging`], and a guard that flushes and shuts
+//! them down on every exit path. Only [`crate::startup`] uses these items.
 //!
-//! Business code uses only the `opentelemetry` API (through the helpers at the end of
-//! this module); with export off, those calls go to no-op providers.
+//! The worker, its steps and the HTTP transport use only the `opentelemetry` API,
+//! through [`instrument`]; with export off, those calls go to no-op providers.
 
-use std::collections::HashMap;
+pub mod instrument;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -20,8 +22,7 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
-/// The log target of the exporters' own messages: never sent back through OTLP.
-pub const EXPORT_LOG_TARGET: &str = "ordermanagement::telemetry::export";
+pub use crate::logging::EXPORT_LOG_TARGET;
 /// How long shutdown asks each signal's processor to wait for its last export.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(900);
 /// The most the exit waits for telemetry, all signals together.
@@ -427,7 +428,9 @@ impl Telemetry {
                         .with_batch_exporter(exporter)
                         .with_resource(resource)
                         .build();
-                    crate::logging::export_to(&provider);
+                    crate::logging::install_export(Box::new(
+                        opentelemetry_appender_log::OpenTelemetryLogBridge::new(&provider),
+                    ));
                     telemetry.logger = Some(provider);
                 }
                 Err(e) => log::warn!("logs off: {e}"),
@@ -481,7 +484,7 @@ impl Telemetry {
             );
         }
         if let Some(p) = self.logger.take() {
-            crate::logging::stop_export();
+            crate::logging::remove_export();
             spawn(
                 "logs",
                 Box::new(move || p.shutdown_with_timeout(SHUTDOWN_WAIT)),
@@ -551,313 +554,10 @@ fn set_propagator(baggage: bool) {
     }
 }
 
-/// Headers to add to a request so that the services continue the current trace.
-pub fn propagation_headers() -> HashMap<String, String> {
-    let mut headers = HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject(&mut headers));
-    headers
-}
-
-/// A span made current until dropped; ended when dropped.
-pub struct Scope {
-    // The guard is dropped first, restoring the previous context.
-    _guard: opentelemetry::ContextGuard,
-    cx: opentelemetry::Context,
-}
-
-impl Scope {
-    /// Starts a span (child of the current one) and makes it current.
-    pub fn start(
-        name: &'static str,
-        kind: opentelemetry::trace::SpanKind,
-        attributes: Vec<KeyValue>,
-    ) -> Scope {
-        Scope::with_baggage(name, kind, attributes, Vec::new())
-    }
-
-    /// [`Scope::start`], with `baggage` entries added to the context: sent to the
-    /// services in a `baggage` header when OTEL_PROPAGATORS lists `baggage`.
-    pub fn with_baggage(
-        name: &'static str,
-        kind: opentelemetry::trace::SpanKind,
-        attributes: Vec<KeyValue>,
-        baggage: Vec<KeyValue>,
-    ) -> Scope {
-        use opentelemetry::baggage::BaggageExt;
-        use opentelemetry::trace::{TraceContextExt, Tracer};
-        let tracer = tracer();
-        let parent = if baggage.is_empty() {
-            opentelemetry::Context::current()
-        } else {
-            opentelemetry::Context::current_with_baggage(baggage)
-        };
-        let span = tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &parent);
-        let cx = parent.with_span(span);
-        Scope {
-            _guard: cx.clone().attach(),
-            cx,
-        }
-    }
-
-    pub fn set(&self, attributes: Vec<KeyValue>) {
-        use opentelemetry::trace::TraceContextExt;
-        self.cx.span().set_attributes(attributes);
-    }
-
-    /// Marks the span failed, with a description.
-    pub fn fail(&self, description: String) {
-        use opentelemetry::trace::{Status, TraceContextExt};
-        self.cx.span().set_status(Status::error(description));
-    }
-}
-
-impl Scope {
-    /// The span's context, for a link from another trace.
-    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
-        use opentelemetry::trace::TraceContextExt;
-        self.cx.span().span_context().clone()
-    }
-}
-
-/// One order's span: the root of the order's own trace (linked to the cycle that took
-/// the order), kept open across the order's scheduled steps and entered while each one
-/// runs, so that its CLIENT spans, the `traceparent` sent to the services and its log
-/// lines all belong to that trace. Ended by [`OrderSpan::end`] (or when dropped).
-pub struct OrderSpan {
-    cx: opentelemetry::Context,
-}
-
-impl OrderSpan {
-    /// Starts the span of an order: a new trace, linked to `cycle` when it is valid,
-    /// or continuing `parent` (the order's earlier span, from a previous cycle or run)
-    /// when there is one. `baggage` travels to the services with its requests.
-    pub fn start(
-        attributes: Vec<KeyValue>,
-        baggage: Vec<KeyValue>,
-        cycle: Option<opentelemetry::trace::SpanContext>,
-        parent: Option<opentelemetry::trace::SpanContext>,
-    ) -> OrderSpan {
-        use opentelemetry::baggage::BaggageExt;
-        use opentelemetry::trace::{Link, TraceContextExt, Tracer};
-        let tracer = tracer();
-        let mut root = opentelemetry::Context::new();
-        if let Some(parent) = parent.filter(|p| p.is_valid()) {
-            root = root.with_remote_span_context(parent);
-        }
-        if !baggage.is_empty() {
-            root = root.with_baggage(baggage);
-        }
-        let links = cycle
-            .filter(|c| c.is_valid())
-            .map(|c| vec![Link::with_context(c)])
-            .unwrap_or_default();
-        let span = tracer
-            .span_builder("order")
-            .with_kind(opentelemetry::trace::SpanKind::Internal)
-            .with_attributes(attributes)
-            .with_links(links)
-            .start_with_context(tracer, &root);
-        OrderSpan {
-            cx: root.with_span(span),
-        }
-    }
-
-    /// Makes the span current until the guard is dropped.
-    pub fn enter(&self) -> opentelemetry::ContextGuard {
-        self.cx.clone().attach()
-    }
-
-    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
-        use opentelemetry::trace::TraceContextExt;
-        self.cx.span().span_context().clone()
-    }
-
-    pub fn set(&self, attributes: Vec<KeyValue>) {
-        use opentelemetry::trace::TraceContextExt;
-        self.cx.span().set_attributes(attributes);
-    }
-
-    /// Marks the span failed, with a description.
-    pub fn fail(&self, description: String) {
-        use opentelemetry::trace::{Status, TraceContextExt};
-        self.cx.span().set_status(Status::error(description));
-    }
-
-    pub fn end(self) {
-        use opentelemetry::trace::TraceContextExt;
-        self.cx.span().end();
-    }
-}
-
-/// The worker's tracer, made on first use (after [`Telemetry::init`] in the binary),
-/// so that the per-order path does not look up the global provider for every span.
-fn tracer() -> &'static opentelemetry::global::BoxedTracer {
-    static TRACER: std::sync::OnceLock<opentelemetry::global::BoxedTracer> =
-        std::sync::OnceLock::new();
-    TRACER.get_or_init(|| opentelemetry::global::tracer("ordermanagement"))
-}
-
-/// Records an event on the current span (e.g. a simulated failure).
-pub fn event(name: &'static str, attributes: Vec<KeyValue>) {
-    use opentelemetry::trace::TraceContextExt;
-    opentelemetry::Context::current()
-        .span()
-        .add_event(name, attributes);
-}
-
-/// The worker's instruments, from the global meter (no-op when metrics are off).
-pub struct Instruments {
-    pub http_duration: opentelemetry::metrics::Histogram<f64>,
-    pub orders_processed: opentelemetry::metrics::Counter<u64>,
-    pub cycle_duration: opentelemetry::metrics::Histogram<f64>,
-    pub orders_registered: opentelemetry::metrics::Gauge<u64>,
-    pub orders_pending: opentelemetry::metrics::Gauge<u64>,
-    pub stock_taken: opentelemetry::metrics::Counter<u64>,
-}
-
-/// The instruments, made on first use (after [`Telemetry::init`] in the binary).
-pub fn instruments() -> &'static Instruments {
-    static INSTRUMENTS: std::sync::OnceLock<Instruments> = std::sync::OnceLock::new();
-    INSTRUMENTS.get_or_init(|| {
-        let meter = opentelemetry::global::meter("ordermanagement");
-        Instruments {
-            http_duration: meter
-                .f64_histogram("http.client.request.duration")
-                .with_unit("s")
-                .with_description("Duration of HTTP client requests.")
-                .with_boundaries(vec![
-                    // The semantic conventions' buckets, plus 30 s and 60 s: a Stock Service
-                    // decrease may stall 30 s before it answers.
-                    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                    30.0, 60.0,
-                ])
-                .build(),
-            orders_processed: meter
-                .u64_counter("ordermanagement.orders.processed")
-                .with_unit("{order}")
-                .with_description("Orders handled, by outcome.")
-                .build(),
-            cycle_duration: meter
-                .f64_histogram("ordermanagement.cycle.duration")
-                .with_unit("s")
-                .with_description("Duration of one cycle.")
-                .with_boundaries(vec![
-                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-                ])
-                .build(),
-            orders_registered: meter
-                .u64_gauge("ordermanagement.orders.registered")
-                .with_unit("{order}")
-                .with_description("Registered orders seen by the last cycle.")
-                .build(),
-            orders_pending: meter
-                .u64_gauge("ordermanagement.orders.pending")
-                .with_unit("{order}")
-                .with_description(
-                    "Orders whose stock is decided but whose status update is still pending.",
-                )
-                .build(),
-            stock_taken: meter
-                .u64_counter("ordermanagement.stock.taken")
-                .with_unit("{item}")
-                .with_description("Stock taken by successful decreases.")
-                .build(),
-        }
-    })
-}
-
-/// One HTTP call attempt: a CLIENT span named `{method} {url.template}` with the HTTP
-/// client semantic-convention attributes, current while the call runs (so that its
-/// `traceparent` goes out with the request), and a duration measurement.
-pub struct HttpAttempt {
-    scope: Scope,
-    started: Instant,
-    common: Vec<KeyValue>,
-}
-
-impl HttpAttempt {
-    pub fn start(
-        method: &'static str,
-        template: &'static str,
-        url: &str,
-        resend: u32,
-    ) -> HttpAttempt {
-        let uri: Option<ureq::http::Uri> = url.parse().ok();
-        let host = uri
-            .as_ref()
-            .and_then(|u| u.host())
-            .unwrap_or("")
-            .to_string();
-        let port = uri.as_ref().and_then(|u| {
-            u.port_u16().or(match u.scheme_str() {
-                Some("https") => Some(443),
-                _ => Some(80),
-            })
-        });
-        let mut common = vec![
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("server.address", host),
-            KeyValue::new("url.template", template),
-        ];
-        if let Some(port) = port {
-            common.push(KeyValue::new("server.port", i64::from(port)));
-        }
-        let mut attributes = common.clone();
-        attributes.push(KeyValue::new(
-            "url.full",
-            crate::redact::url(url).into_owned(),
-        ));
-        if resend > 0 {
-            attributes.push(KeyValue::new(
-                "http.request.resend_count",
-                i64::from(resend),
-            ));
-        }
-        let name = match (method, template) {
-            ("GET", "/orders/status/{status}") => "GET /orders/status/{status}",
-            ("PUT", "/orders/{id}") => "PUT /orders/{id}",
-            ("POST", "/stocks/decrease") => "POST /stocks/decrease",
-            _ => method,
-        };
-        let scope = Scope::start(name, opentelemetry::trace::SpanKind::Client, attributes);
-        HttpAttempt {
-            scope,
-            started: Instant::now(),
-            common,
-        }
-    }
-
-    /// Ends the attempt with the reply's status, or the kind of error that ended it.
-    pub fn finish(mut self, status: Option<u16>, error: Option<&str>) {
-        if let Some(status) = status {
-            let code = KeyValue::new("http.response.status_code", i64::from(status));
-            self.scope.set(vec![code.clone()]);
-            self.common.push(code);
-        }
-        let error_type = match (status, error) {
-            (_, Some(kind)) => Some(kind.to_string()),
-            (Some(s), None) if s >= 400 => Some(s.to_string()),
-            _ => None,
-        };
-        if let Some(kind) = error_type {
-            self.scope
-                .set(vec![KeyValue::new("error.type", kind.clone())]);
-            self.scope.fail(kind.clone());
-            self.common.push(KeyValue::new("error.type", kind));
-        }
-        instruments()
-            .http_duration
-            .record(self.started.elapsed().as_secs_f64(), &self.common);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Settings {
         let vars: HashMap<String, String> = vars

@@ -1,0 +1,210 @@
+//! Start-up, in the order it happens: the command line read (its errors printed),
+//! logging, telemetry, the signal handlers, the start-up line, the state and heartbeat
+//! files opened; then, once the worker has run, what is left said and telemetry shut
+//! down. Also the `healthcheck` command, which needs none of that.
+
+use clap::Parser;
+
+use crate::cli::Cli;
+use crate::config::{Config, HealthcheckConfig, Invocation, Mode};
+use crate::exit::Exit;
+use crate::journal::{self, FileJournal};
+use crate::stop::Stop;
+use crate::telemetry::{self, Telemetry, instrument};
+use crate::worker::Worker;
+use crate::{files, heartbeat, logging, redact};
+
+/// The logger name of the lines written here: the binary's own, as always.
+const TARGET: &str = "ordermanagement";
+
+/// Reads and validates the command line. clap's usage errors end with exit 2, `--help`
+/// and `--version` with 0; their text may quote a value (the help shows each
+/// variable's value), so it is printed redacted. A bad setting is one line, exit 2.
+pub fn command_line() -> Result<Invocation, Exit> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.render().to_string();
+            let text = redact::credentials(&text);
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            return Err(match e.exit_code() {
+                0 => Exit::Success,
+                _ => Exit::Usage,
+            });
+        }
+    };
+    cli.into_invocation().map_err(|e| {
+        eprintln!("ordermanagement: error: {e}");
+        Exit::Usage
+    })
+}
+
+/// `healthcheck`: one line on stdout, exit 0 while the worker makes progress, 1 otherwise.
+pub fn healthcheck(check: &HealthcheckConfig) -> Exit {
+    let Some(path) = &check.heartbeat_file else {
+        eprintln!(
+            "ordermanagement: error: healthcheck needs --heartbeat-file (HEARTBEAT_FILE); it is set empty"
+        );
+        return Exit::Usage;
+    };
+    let verdict = heartbeat::check(path, check.max_age, check.max_cut_off, heartbeat::now_ms());
+    println!("{verdict}");
+    if verdict.healthy {
+        Exit::Success
+    } else {
+        Exit::Unhealthy
+    }
+}
+
+/// A worker ready to run, with what must outlive it.
+pub struct Started {
+    // Dropped in this order: the worker (and its files) before telemetry, which is
+    // flushed and shut down last, on every path.
+    worker: Worker,
+    stop: Stop,
+    state_file: bool,
+    _telemetry: Telemetry,
+}
+
+/// Sets everything up for `mode`; a failure is logged and ends the process with exit 2
+/// before any request is made.
+pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
+    logging::init(
+        config.log_level,
+        config.shard.map(|s| s.to_string()),
+        config.log_format,
+    );
+    let telemetry = start_telemetry(config);
+    let stop = Stop::new();
+    if let Err(e) = stop.install_signal_handlers() {
+        log::error!(target: TARGET, "cannot install the signal handlers: {e}");
+        return Err(Exit::Usage);
+    }
+    log::info!(
+        target: TARGET,
+        "ordermanagement {}: orders {}, stocks {}, error rate {}{}{}",
+        env!("CARGO_PKG_VERSION"),
+        redact::url(&config.orders_url),
+        redact::url(&config.stocks_url),
+        config.error_rate,
+        config
+            .shard
+            .map(|s| format!(", shard {s}"))
+            .unwrap_or_default(),
+        if config.dry_run { ", dry run" } else { "" }
+    );
+    // The heartbeat is renamed over every second: it must not be the state file (or its
+    // lock or temporary file), by any name.
+    if let (Some(state), Some(beat)) = (&config.state_file, &config.heartbeat_file)
+        && let Some(clash) = journal::companion_paths(state)
+            .iter()
+            .find(|p| files::same_file(p, beat))
+    {
+        let e = format!(
+            "invalid --heartbeat-file (HEARTBEAT_FILE) {:?}: it is the same file as {} of \
+             --state-file (STATE_FILE); give the heartbeat a path of its own",
+            beat.display().to_string(),
+            clash.display()
+        );
+        return Err(fail_at_start(config, &e));
+    }
+    let mut worker = match &config.state_file {
+        None => Worker::new(config, stop.clone()),
+        Some(path) => match FileJournal::open(path) {
+            Ok(journal) => Worker::with_journal(config, stop.clone(), Box::new(journal)),
+            Err(e) => return Err(fail_at_start(config, &e.to_string())),
+        },
+    };
+    if let Some(path) = &config.heartbeat_file {
+        match heartbeat::Heartbeat::start(path, config.stale_after(mode)) {
+            Ok(beat) => worker.set_heartbeat(beat),
+            Err(e) if config.heartbeat_chosen => {
+                let e = format!(
+                    "invalid --heartbeat-file (HEARTBEAT_FILE) {:?}: cannot write it: {e}",
+                    path.display().to_string()
+                );
+                return Err(fail_at_start(config, &e));
+            }
+            // The default path: a worker that cannot beat still works; `healthcheck`
+            // reports it stuck, and the line says how to choose another file.
+            Err(e) => log::error!(
+                target: TARGET,
+                "cannot write the heartbeat file {}: {e}; `healthcheck` will report this worker \
+                 stuck: set HEARTBEAT_FILE to a writable path, or empty to turn the heartbeat off",
+                path.display()
+            ),
+        }
+    }
+    Ok(Started {
+        worker,
+        stop,
+        state_file: config.state_file.is_some(),
+        _telemetry: telemetry,
+    })
+}
+
+/// Telemetry from the standard `OTEL_*` variables, the shard on its resource.
+fn start_telemetry(config: &Config) -> Telemetry {
+    let settings = telemetry::Settings::from_env(|name| std::env::var(name).ok());
+    for (name, value) in &settings.clamped {
+        // SAFETY: no other thread runs yet (the exporters' threads start in
+        // Telemetry::init below), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var(name, value) };
+    }
+    let shard = config.shard.map(instrument::shard_attribute);
+    Telemetry::init(&settings, shard.into_iter().collect())
+}
+
+/// A problem with a setting found once logging is up: logged (in JSON mode only there,
+/// so that every line on stderr stays JSON), exit code 2.
+fn fail_at_start(config: &Config, message: &str) -> Exit {
+    log::error!(target: TARGET, "{message}");
+    if config.log_format == logging::Format::Text {
+        eprintln!("ordermanagement: error: {message}");
+    }
+    Exit::Usage
+}
+
+impl Started {
+    /// `run`: cycles until a stop signal; exit 0.
+    pub fn run(&mut self, interval: std::time::Duration) -> Exit {
+        self.worker.run_loop(interval);
+        if let Some(signal) = self.stop.signal() {
+            log::info!(target: TARGET, "stopped by {signal}");
+        }
+        Exit::Success
+    }
+
+    /// `once`: one cycle; exit 0 when it completed, 1 when work is left.
+    pub fn once(&mut self) -> Exit {
+        if self.worker.cycle().complete() {
+            Exit::Success
+        } else {
+            Exit::WorkLeft
+        }
+    }
+
+    /// Says what is left pending, then shuts telemetry down.
+    pub fn finish(self) {
+        let pending = self.worker.pending();
+        if pending == 0 {
+            return;
+        }
+        if self.state_file {
+            log::warn!(
+                target: TARGET,
+                "exiting with {pending} status updates pending; the state file keeps them for the next run"
+            );
+        } else {
+            log::error!(
+                target: TARGET,
+                "exiting with {pending} status updates pending and no --state-file: a new run will not know \
+                 their stock is taken; set those orders by hand"
+            );
+        }
+    }
+}
