@@ -712,7 +712,9 @@ impl OtlpSink {
     /// kept and answered `500`.
     pub fn start_failing(failing: Option<&str>) -> std::io::Result<OtlpSink> {
         let failing = failing.map(str::to_string);
-        let server = Arc::new(Server::http(("127.0.0.1", 0)).map_err(std::io::Error::other)?);
+        let server = Arc::new(
+            Server::from_listener(no_delay_listener(0)?, None).map_err(std::io::Error::other)?,
+        );
         let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(0);
         let received: Received = Arc::new(Mutex::new(Vec::new()));
         let (srv, got) = (server.clone(), received.clone());
