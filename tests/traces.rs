@@ -43,6 +43,18 @@ fn by_trace(spans: &[Span]) -> HashMap<Vec<u8>, Vec<&Span>> {
     traces
 }
 
+/// The `order` spans, by order id (an order has several after its update was retried).
+fn order_spans(spans: &[Span]) -> HashMap<String, Vec<&Span>> {
+    let mut by_order: HashMap<String, Vec<&Span>> = HashMap::new();
+    for s in spans.iter().filter(|s| s.name == "order") {
+        by_order
+            .entry(attr(s, "ordermanagement.order.id").unwrap())
+            .or_default()
+            .push(s);
+    }
+    by_order
+}
+
 #[test]
 fn two_hundred_orders_make_two_hundred_traces_of_one_order_each() {
     // Decreases fail now and then, so that retries are scheduled between other orders;
@@ -163,13 +175,7 @@ fn a_status_update_retried_in_a_later_cycle_stays_in_its_order_trace() {
         .expect("stops on SIGTERM");
 
     let spans = spans(&sink);
-    let mut by_order: HashMap<String, Vec<&Span>> = HashMap::new();
-    for s in spans.iter().filter(|s| s.name == "order") {
-        by_order
-            .entry(attr(s, "ordermanagement.order.id").unwrap())
-            .or_default()
-            .push(s);
-    }
+    let by_order = order_spans(&spans);
     assert_eq!(by_order.len(), 10);
     for (id, orders) in &by_order {
         let first = orders
@@ -239,13 +245,7 @@ fn a_status_update_retried_after_a_restart_stays_in_its_order_trace() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let spans = spans(&sink);
-    let mut by_order: HashMap<String, Vec<&Span>> = HashMap::new();
-    for s in spans.iter().filter(|s| s.name == "order") {
-        by_order
-            .entry(attr(s, "ordermanagement.order.id").unwrap())
-            .or_default()
-            .push(s);
-    }
+    let by_order = order_spans(&spans);
     assert_eq!(by_order.len(), 5);
     for (id, orders) in &by_order {
         let first = orders
