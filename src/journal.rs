@@ -463,8 +463,18 @@ impl Journal for FileJournal {
         }
     }
 
-    fn decided_in(&mut self, order: &Order, status: OrderStatus, trace: &str) -> io::Result<()> {
-        self.traces.insert(order.id, trace.to_string());
+    fn decided_in(
+        &mut self,
+        order: &Order,
+        status: OrderStatus,
+        trace: &opentelemetry::trace::SpanContext,
+    ) -> io::Result<()> {
+        // With telemetry off the order's span is a no-op whose context is not valid:
+        // nothing to continue after a restart.
+        if trace.is_valid() {
+            self.traces
+                .insert(order.id, crate::process::trace_ref(trace));
+        }
         self.decided(order, status)
     }
 
@@ -715,15 +725,21 @@ mod tests {
         let dir = temp_dir("trace");
         let path = dir.join("state.jsonl");
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+        let span = crate::process::parse_trace_ref(trace).unwrap();
         {
             let mut j = FileJournal::open(&path).unwrap();
             j.sending(&order(1)).unwrap();
-            j.decided_in(&order(1), OrderStatus::Ready, trace).unwrap();
+            j.decided_in(&order(1), OrderStatus::Ready, &span).unwrap();
             j.sending(&order(2)).unwrap();
-            j.decided_in(&order(2), OrderStatus::Blocked, trace)
+            j.decided_in(&order(2), OrderStatus::Blocked, &span)
                 .unwrap();
             j.finished(&order(2)).unwrap();
             assert_eq!(j.trace_of(2), None, "forgotten with its order");
+            // Telemetry off: the span's context is not valid, and nothing is kept.
+            j.sending(&order(3)).unwrap();
+            let none = opentelemetry::trace::SpanContext::NONE;
+            j.decided_in(&order(3), OrderStatus::Ready, &none).unwrap();
+            assert_eq!(j.trace_of(3), None);
         }
         for _ in 0..2 {
             // The first open replays the appended lines, the second the compacted file.

@@ -38,9 +38,14 @@ pub trait Journal {
     fn sending(&mut self, order: &Order) -> io::Result<()>;
     /// The decrease's outcome is known and the status chosen; before the status update.
     fn decided(&mut self, order: &Order, status: OrderStatus) -> io::Result<()>;
-    /// [`Journal::decided`], with the order's trace (`trace_id-span_id` in hex) kept in
-    /// the record so that a restart continues it. By default the trace is not kept.
-    fn decided_in(&mut self, order: &Order, status: OrderStatus, trace: &str) -> io::Result<()> {
+    /// [`Journal::decided`], with the order's trace kept in the record (see
+    /// [`trace_ref`]) so that a restart continues it. By default the trace is not kept.
+    fn decided_in(
+        &mut self,
+        order: &Order,
+        status: OrderStatus,
+        trace: &SpanContext,
+    ) -> io::Result<()> {
         let _ = trace;
         self.decided(order, status)
     }
@@ -212,10 +217,6 @@ impl Journey {
         &self.policy
     }
 
-    pub fn dry_run(&self) -> bool {
-        self.dry_run
-    }
-
     /// Orders a previous run left unfinished, from the journal, with their traces.
     pub fn in_flight(&self) -> Vec<(Order, InFlight, Option<SpanContext>)> {
         self.journal
@@ -307,8 +308,7 @@ impl Journey {
                 recorded,
             } => {
                 if !recorded {
-                    let trace = trace_ref(&task.trace());
-                    if let Err(e) = self.journal.decided_in(&task.order, status, &trace) {
+                    if let Err(e) = self.journal.decided_in(&task.order, status, &task.trace()) {
                         let outcome = Outcome::Pending {
                             status,
                             reason: format!(
@@ -408,8 +408,7 @@ impl Journey {
         reason: String,
         call: Option<(Service, Verdict, String)>,
     ) -> Ran {
-        let trace = trace_ref(&task.trace());
-        let recorded = match self.journal.decided_in(&task.order, status, &trace) {
+        let recorded = match self.journal.decided_in(&task.order, status, &task.trace()) {
             Ok(()) => true,
             Err(e) => {
                 log::error!(

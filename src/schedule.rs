@@ -9,7 +9,7 @@
 //!
 //! 1. a waiting order whose retry is due and whose service is usable (earliest first);
 //! 2. a new order from the current page, if both services are usable and fewer than
-//!    [`Scheduler::cap`] orders wait (or have their status update pending);
+//!    the scheduler's cap of orders wait;
 //! 3. the next page of the list, when the page is used up (same conditions), or
 //!    before the remaining new orders once fewer than half a page of them are left;
 //! 4. otherwise sleep until the earliest of those can run, or end when nothing can.
@@ -264,9 +264,6 @@ pub struct Work {
     /// When the next page may be fetched (`now` for at once, later after a failed
     /// fetch); `None` when the list is done.
     pub next_page: Option<Instant>,
-    /// Orders decided in this cycle whose status update is pending: they count
-    /// against the cap like waiting ones.
-    pub held: usize,
 }
 
 /// A waiting order, ordered by the time it is due (and by arrival among equals).
@@ -315,10 +312,6 @@ impl<T> Scheduler<T> {
             cap: cap.max(1),
             seq: 0,
         }
-    }
-
-    pub fn cap(&self) -> usize {
-        self.cap
     }
 
     /// Orders waiting, for both services.
@@ -398,7 +391,7 @@ impl<T> Scheduler<T> {
         }
         let orders = self.health(Service::Orders);
         let stock = self.health(Service::Stock);
-        let room = self.len() + work.held < self.cap;
+        let room = self.len() < self.cap;
         // The earliest time something can run, among what is not runnable now.
         let mut wake: Option<Instant> = None;
         let mut later = |at: Option<Instant>| {
@@ -467,7 +460,6 @@ mod tests {
             new_orders,
             page_low: !new_orders,
             next_page,
-            held: 0,
         }
     }
 
@@ -544,9 +536,6 @@ mod tests {
         // The fetch failed and waits for its retry: the orders left go on meanwhile.
         work.next_page = Some(t0 + 100 * MS);
         assert_eq!(s.next(t0, work), Next::NewOrder);
-        // Held orders (pending updates) count against the cap.
-        work.held = 4;
-        assert_eq!(s.next(t0, work), Next::Done);
     }
 
     #[test]

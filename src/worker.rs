@@ -85,7 +85,6 @@ pub struct Worker {
     /// `registered`, and are never handled again by this process.
     refused: HashSet<u64>,
     recent: Recent,
-    waiting_cap: usize,
     pending_cap: usize,
     max_orders_per_cycle: u64,
     /// Rewritten as orders finish and after every cycle, for `healthcheck`.
@@ -186,7 +185,6 @@ impl Worker {
             pending: BTreeMap::new(),
             refused: HashSet::new(),
             recent: Recent::default(),
-            waiting_cap: WAITING_CAP,
             pending_cap: PENDING_CAP,
             max_orders_per_cycle: config.max_orders_per_cycle,
             heartbeat: None,
@@ -236,12 +234,6 @@ impl Worker {
         self.heartbeat = Some(heartbeat);
     }
 
-    /// Sets the cap on orders waiting for a retry or with a status update pending
-    /// ([`WAITING_CAP`] by default).
-    pub fn set_waiting_cap(&mut self, cap: usize) {
-        self.waiting_cap = cap.max(1);
-    }
-
     /// Sets the cap on pending status updates ([`PENDING_CAP`] by default).
     pub fn set_pending_cap(&mut self, cap: usize) {
         self.pending_cap = cap.max(1);
@@ -284,7 +276,7 @@ impl Worker {
         let scope = Scope::start("cycle", SpanKind::Internal, self.shard_attribute());
         let mut cycle = Cycle::new(
             self.rules.clone(),
-            self.waiting_cap,
+            WAITING_CAP,
             carried,
             Some(scope.span_context()),
             carry,
@@ -345,7 +337,6 @@ impl Worker {
                 new_orders: false,
                 page_low: true,
                 next_page: Some(end),
-                held: 0,
             };
             match cycle.scheduler.next(Instant::now(), work) {
                 Next::Run(task) => self.run_task(&mut cycle, task),
@@ -432,7 +423,6 @@ impl Worker {
                 page_low: cycle.page.is_empty()
                     || (!cycle.no_refill && cycle.page.len() <= self.page_size as usize / 2),
                 next_page: cycle.next_page,
-                held: 0,
             };
             match cycle.scheduler.next(Instant::now(), work) {
                 Next::Run(task) => self.run_task(cycle, task),
