@@ -214,19 +214,7 @@ fn serve(
 /// Holds what is written to `stream` until it is shut down (`TCP_CORK`), so that the
 /// FIN goes out in the same segment as the last data.
 fn hold_until_shutdown(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and a c_int option value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_CORK: {}", std::io::Error::last_os_error());
+    standin::set_tcp_flag(stream, libc::TCP_CORK).expect("TCP_CORK");
 }
 
 /// Sleeps unless the server stops first; false if it did.

@@ -391,15 +391,23 @@ impl Reply {
 /// writes in pieces waits for the client's delayed ACK: about 40 ms per list call, which
 /// made the services, not the client, set the pace of every benchmark row.
 fn no_delay_listener(port: u16) -> std::io::Result<std::net::TcpListener> {
-    use std::os::fd::AsRawFd;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    set_tcp_flag(&listener, libc::TCP_NODELAY)?;
+    Ok(listener)
+}
+
+/// Turns on a TCP socket option that takes an int flag (`TCP_NODELAY`, `TCP_CORK`).
+pub fn set_tcp_flag(
+    socket: &impl std::os::fd::AsRawFd,
+    option: libc::c_int,
+) -> std::io::Result<()> {
     let on: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket this function owns, with a c_int option value.
+    // SAFETY: setsockopt on a valid socket, with a c_int option value of the size given.
     let rc = unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
+            socket.as_raw_fd(),
             libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
+            option,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -407,7 +415,7 @@ fn no_delay_listener(port: u16) -> std::io::Result<std::net::TcpListener> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(listener)
+    Ok(())
 }
 
 fn chance(rate: f64) -> bool {
