@@ -554,9 +554,9 @@ pub fn parse_trace_ref(text: &str) -> Option<SpanContext> {
 }
 
 /// What a call's result says about the service's health.
-fn verdict(result: &Result<(), CallError>) -> Verdict {
+pub fn verdict<T>(result: &Result<T, CallError>) -> Verdict {
     match result {
-        Ok(()) | Err(CallError::Rejected { .. }) => Verdict::Answered,
+        Ok(_) | Err(CallError::Rejected { .. }) => Verdict::Answered,
         Err(CallError::Transient { slow: false, .. }) => Verdict::Failed,
         Err(CallError::Transient { slow: true, .. } | CallError::InDoubt { .. }) => {
             Verdict::Stalled
@@ -565,9 +565,10 @@ fn verdict(result: &Result<(), CallError>) -> Verdict {
     }
 }
 
-fn detail(result: &Result<(), CallError>) -> String {
+/// What went wrong with a call, for the health's log lines; empty for a success.
+pub fn detail<T>(result: &Result<T, CallError>) -> String {
     match result {
-        Ok(()) => String::new(),
+        Ok(_) => String::new(),
         Err(e) => e.to_string(),
     }
 }

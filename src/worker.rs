@@ -508,19 +508,10 @@ impl Worker {
             .max(1);
         let started = Instant::now();
         let result = self.journey.list(skip, limit, cycle.page_attempts.made);
-        let verdict = match &result {
-            Ok(_) => crate::schedule::Verdict::Answered,
-            Err(CallError::Fatal { detail }) => crate::schedule::Verdict::Broken(detail.clone()),
-            Err(CallError::Transient { slow: true, .. } | CallError::InDoubt { .. }) => {
-                crate::schedule::Verdict::Stalled
-            }
-            Err(_) => crate::schedule::Verdict::Failed,
-        };
-        let detail = result
-            .as_ref()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let (verdict, detail) = (
+            crate::process::verdict(&result),
+            crate::process::detail(&result),
+        );
         cycle
             .scheduler
             .record(Service::Orders, Instant::now(), verdict, &detail);
