@@ -117,7 +117,7 @@ impl Task {
 
     /// Makes the order's span current and puts its fields on every log line, until
     /// dropped.
-    pub fn enter(&self) -> (opentelemetry::ContextGuard, OrderGuard) {
+    pub fn enter(&self) -> (Option<opentelemetry::ContextGuard>, OrderGuard) {
         (self.span.enter(), order_fields(&self.order))
     }
 
@@ -148,6 +148,9 @@ impl Task {
 
     /// Ends the order's span with its outcome.
     pub fn finish(self, outcome: &Outcome) {
+        if !self.span.on() {
+            return;
+        }
         self.span.set(vec![
             KeyValue::new("ordermanagement.order.outcome", outcome.name()),
             KeyValue::new("ordermanagement.order.reason", outcome.reason().to_string()),
@@ -251,7 +254,7 @@ impl Journey {
     /// to the cycle's), its first step is the decrease.
     pub fn take(&self, order: Order, cycle: Option<SpanContext>) -> Task {
         Task {
-            span: OrderSpan::start(span_attributes(&order), baggage(&order), cycle, None),
+            span: OrderSpan::start(|| span_attributes(&order), || baggage(&order), cycle, None),
             order,
             step: Step::Decrease,
             attempts: Attempts::default(),
@@ -269,10 +272,13 @@ impl Journey {
         trace: Option<SpanContext>,
         cycle: Option<SpanContext>,
     ) -> Task {
-        let mut attributes = span_attributes(&order);
-        attributes.push(KeyValue::new("ordermanagement.order.resumed", true));
+        let attributes = || {
+            let mut attributes = span_attributes(&order);
+            attributes.push(KeyValue::new("ordermanagement.order.resumed", true));
+            attributes
+        };
         Task {
-            span: OrderSpan::start(attributes, baggage(&order), cycle, trace),
+            span: OrderSpan::start(attributes, || baggage(&order), cycle, trace),
             order,
             step: Step::Status {
                 status,

@@ -654,13 +654,15 @@ impl Worker {
             let _entered = task.enter();
             log_outcome(&order, &outcome);
         }
-        let mut attributes = vec![KeyValue::new("outcome", outcome.name())];
-        if !outcome.reason_kind().is_empty() {
-            attributes.push(KeyValue::new("reason", outcome.reason_kind()));
+        if instrument::active() {
+            let mut attributes = vec![KeyValue::new("outcome", outcome.name())];
+            if !outcome.reason_kind().is_empty() {
+                attributes.push(KeyValue::new("reason", outcome.reason_kind()));
+            }
+            instrument::instruments()
+                .orders_processed
+                .add(1, &attributes);
         }
-        instrument::instruments()
-            .orders_processed
-            .add(1, &attributes);
         if let Some(heartbeat) = &mut self.heartbeat {
             if matches!(
                 outcome,

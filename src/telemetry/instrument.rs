@@ -4,9 +4,26 @@
 //! providers behind it are set (or left no-op) by [`crate::telemetry`] at start.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use opentelemetry::KeyValue;
+
+/// Whether any signal is exported (or a propagator set): until [`activate`] is called,
+/// spans, span attributes, baggage and measurements are not even built, so that a
+/// worker without a collector spends nothing per order on telemetry.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Turns the instrumentation on; called by [`crate::telemetry::Telemetry::init`]
+/// before it sets the providers and the propagator.
+pub fn activate() {
+    ACTIVE.store(true, Ordering::Relaxed);
+}
+
+/// Whether the instrumentation is on (see [`activate`]).
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
 
 /// The attribute naming a replica's shard (`2/4`), on the resource and on each cycle.
 pub fn shard_attribute(shard: impl std::fmt::Display) -> KeyValue {
@@ -90,26 +107,32 @@ impl Scope {
 /// runs, so that its CLIENT spans, the `traceparent` sent to the services and its log
 /// lines all belong to that trace. Ended by [`OrderSpan::end`] (or when dropped).
 pub struct OrderSpan {
-    cx: opentelemetry::Context,
+    /// `None` with the instrumentation off.
+    cx: Option<opentelemetry::Context>,
 }
 
 impl OrderSpan {
     /// Starts the span of an order: a new trace, linked to `cycle` when it is valid,
     /// or continuing `parent` (the order's earlier span, from a previous cycle or run)
-    /// when there is one. `baggage` travels to the services with its requests.
+    /// when there is one. `baggage` travels to the services with its requests. Neither
+    /// is built with the instrumentation off.
     pub fn start(
-        attributes: Vec<KeyValue>,
-        baggage: Vec<KeyValue>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+        baggage: impl FnOnce() -> Vec<KeyValue>,
         cycle: Option<opentelemetry::trace::SpanContext>,
         parent: Option<opentelemetry::trace::SpanContext>,
     ) -> OrderSpan {
         use opentelemetry::baggage::BaggageExt;
         use opentelemetry::trace::{Link, TraceContextExt, Tracer};
+        if !active() {
+            return OrderSpan { cx: None };
+        }
         let tracer = tracer();
         let mut root = opentelemetry::Context::new();
         if let Some(parent) = parent.filter(|p| p.is_valid()) {
             root = root.with_remote_span_context(parent);
         }
+        let baggage = baggage();
         if !baggage.is_empty() {
             root = root.with_baggage(baggage);
         }
@@ -120,38 +143,54 @@ impl OrderSpan {
         let span = tracer
             .span_builder("order")
             .with_kind(opentelemetry::trace::SpanKind::Internal)
-            .with_attributes(attributes)
+            .with_attributes(attributes())
             .with_links(links)
             .start_with_context(tracer, &root);
         OrderSpan {
-            cx: root.with_span(span),
+            cx: Some(root.with_span(span)),
         }
     }
 
-    /// Makes the span current until the guard is dropped.
-    pub fn enter(&self) -> opentelemetry::ContextGuard {
-        self.cx.clone().attach()
+    /// Whether the span records anything (the instrumentation is on): what is set on
+    /// it is worth building.
+    pub fn on(&self) -> bool {
+        self.cx.is_some()
     }
 
+    /// Makes the span current until the guard is dropped.
+    pub fn enter(&self) -> Option<opentelemetry::ContextGuard> {
+        self.cx.as_ref().map(|cx| cx.clone().attach())
+    }
+
+    /// The span's context (invalid with the instrumentation off).
     pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
         use opentelemetry::trace::TraceContextExt;
-        self.cx.span().span_context().clone()
+        match &self.cx {
+            Some(cx) => cx.span().span_context().clone(),
+            None => opentelemetry::trace::SpanContext::empty_context(),
+        }
     }
 
     pub fn set(&self, attributes: Vec<KeyValue>) {
         use opentelemetry::trace::TraceContextExt;
-        self.cx.span().set_attributes(attributes);
+        if let Some(cx) = &self.cx {
+            cx.span().set_attributes(attributes);
+        }
     }
 
     /// Marks the span failed, with a description.
     pub fn fail(&self, description: String) {
         use opentelemetry::trace::{Status, TraceContextExt};
-        self.cx.span().set_status(Status::error(description));
+        if let Some(cx) = &self.cx {
+            cx.span().set_status(Status::error(description));
+        }
     }
 
     pub fn end(self) {
         use opentelemetry::trace::TraceContextExt;
-        self.cx.span().end();
+        if let Some(cx) = &self.cx {
+            cx.span().end();
+        }
     }
 }
 
@@ -236,6 +275,11 @@ pub fn instruments() -> &'static Instruments {
 /// client semantic-convention attributes, current while the call runs (so that its
 /// `traceparent` goes out with the request), and a duration measurement.
 pub struct HttpAttempt {
+    /// `None` with the instrumentation off: nothing is built or measured.
+    on: Option<AttemptSpan>,
+}
+
+struct AttemptSpan {
     scope: Scope,
     started: Instant,
     common: Vec<KeyValue>,
@@ -252,6 +296,9 @@ impl HttpAttempt {
         url: &str,
         resend: u32,
     ) -> HttpAttempt {
+        if !active() {
+            return HttpAttempt { on: None };
+        }
         let uri: Option<ureq::http::Uri> = url.parse().ok();
         let host = uri
             .as_ref()
@@ -285,18 +332,23 @@ impl HttpAttempt {
         }
         let scope = Scope::start(name, opentelemetry::trace::SpanKind::Client, attributes);
         HttpAttempt {
-            scope,
-            started: Instant::now(),
-            common,
+            on: Some(AttemptSpan {
+                scope,
+                started: Instant::now(),
+                common,
+            }),
         }
     }
 
     /// Ends the attempt with the reply's status, or the kind of error that ended it.
-    pub fn finish(mut self, status: Option<u16>, error: Option<&str>) {
+    pub fn finish(self, status: Option<u16>, error: Option<&str>) {
+        let Some(mut a) = self.on else {
+            return;
+        };
         if let Some(status) = status {
             let code = KeyValue::new("http.response.status_code", i64::from(status));
-            self.scope.set(vec![code.clone()]);
-            self.common.push(code);
+            a.scope.set(vec![code.clone()]);
+            a.common.push(code);
         }
         let error_type = match (status, error) {
             (_, Some(kind)) => Some(kind.to_string()),
@@ -304,13 +356,12 @@ impl HttpAttempt {
             _ => None,
         };
         if let Some(kind) = error_type {
-            self.scope
-                .set(vec![KeyValue::new("error.type", kind.clone())]);
-            self.scope.fail(kind.clone());
-            self.common.push(KeyValue::new("error.type", kind));
+            a.scope.set(vec![KeyValue::new("error.type", kind.clone())]);
+            a.scope.fail(kind.clone());
+            a.common.push(KeyValue::new("error.type", kind));
         }
         instruments()
             .http_duration
-            .record(self.started.elapsed().as_secs_f64(), &self.common);
+            .record(a.started.elapsed().as_secs_f64(), &a.common);
     }
 }

@@ -368,6 +368,7 @@ impl Telemetry {
         if !settings.any() {
             return telemetry;
         }
+        instrument::activate();
         // The environment's OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES come first; the
         // worker's name and version fill in what they leave out.
         let mut resource = Resource::builder();
