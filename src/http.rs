@@ -13,7 +13,9 @@ use std::io;
 use std::time::Duration;
 
 use ureq::Agent;
-use ureq::unversioned::transport::DefaultConnector;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
+};
 
 use crate::resolve::Resolver;
 use crate::telemetry::instrument::{HttpAttempt, propagation_headers};
@@ -162,7 +164,8 @@ impl Http {
             .user_agent(concat!("ordermanagement/", env!("CARGO_PKG_VERSION")))
             .build();
         let resolver = Resolver::new();
-        let agent = Agent::with_parts(config, DefaultConnector::new(), resolver.clone());
+        let connector = DefaultConnector::new().chain(SteadyTimeouts);
+        let agent = Agent::with_parts(config, connector, resolver.clone());
         Http {
             agent,
             timeout,
@@ -440,9 +443,100 @@ fn quote(text: &str) -> String {
     out
 }
 
+/// The grid a socket's timeout is rounded down to (see [`SteadyTimeouts`]).
+const TIMEOUT_GRID: Duration = Duration::from_millis(10);
+
+/// Wraps every connection so that its socket timeouts are set only when they really
+/// change. ureq hands each read and write the time left until the call's deadline,
+/// which differs by microseconds from one call to the next, so it set `SO_RCVTIMEO`
+/// and `SO_SNDTIMEO` before nearly every read and write: about six `setsockopt` per
+/// order (`strace -c`), which a bare client does not make. Rounded down to a 10 ms
+/// grid, the time left is the same for every call that takes less than 10 ms, and
+/// ureq (which keeps the value last set) skips the system call. A timeout may so fire
+/// up to 10 ms early; never later than the call's deadline.
+#[derive(Debug)]
+struct SteadyTimeouts;
+
+impl Connector<Box<dyn Transport>> for SteadyTimeouts {
+    type Out = Steady;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<Box<dyn Transport>>,
+    ) -> Result<Option<Steady>, ureq::Error> {
+        Ok(chained.map(Steady))
+    }
+}
+
+/// A connection whose timeouts are rounded by [`steady`].
+#[derive(Debug)]
+struct Steady(Box<dyn Transport>);
+
+impl Transport for Steady {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.0.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        self.0.transmit_output(amount, steady(timeout))
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.0.await_input(steady(timeout))
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.0.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
+    }
+}
+
+/// The time left, rounded down to [`TIMEOUT_GRID`] when at least two steps of it are
+/// left (less is kept exact, so that a short wait is not cut to nothing).
+fn steady(mut timeout: NextTimeout) -> NextTimeout {
+    use ureq::unversioned::transport::time::Duration as Left;
+    if let Left::Exact(left) = timeout.after
+        && left >= 2 * TIMEOUT_GRID
+    {
+        let grid = TIMEOUT_GRID.as_nanos();
+        let rounded = left.as_nanos() / grid * grid;
+        timeout.after = Left::Exact(Duration::from_nanos(rounded as u64));
+    }
+    timeout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_is_rounded_down_to_the_grid_and_a_short_one_kept() {
+        use ureq::unversioned::transport::time::Duration as Left;
+        let left = |d: Duration| NextTimeout {
+            after: Left::Exact(d),
+            ..NextTimeout::default()
+        };
+        let ms = Duration::from_millis;
+        let after = |t: NextTimeout| match t.after {
+            Left::Exact(d) => Some(d),
+            Left::NotHappening => None,
+        };
+        // Calls a few microseconds apart get the same value: no new setsockopt.
+        for micros in [1, 40, 9_999] {
+            let t = steady(left(Duration::from_secs(5) - Duration::from_micros(micros)));
+            assert_eq!(after(t), Some(ms(4_990)));
+        }
+        assert_eq!(after(steady(left(ms(35_000)))), Some(ms(35_000)));
+        assert_eq!(after(steady(left(ms(27)))), Some(ms(20)));
+        // Never later than the deadline; a short wait is left as it is.
+        assert_eq!(after(steady(left(ms(19)))), Some(ms(19)));
+        assert_eq!(after(steady(left(Duration::ZERO))), Some(Duration::ZERO));
+        assert_eq!(after(steady(NextTimeout::default())), None);
+    }
 
     #[test]
     fn only_errors_before_the_request_left_are_not_sent() {
