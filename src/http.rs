@@ -92,6 +92,8 @@ pub enum CallError {
         retry_after: Option<Duration>,
         /// The attempt failed only after more than the HTTP timeout (a sign of overload).
         slow: bool,
+        /// The status the service answered with; `None` when it did not answer.
+        status: Option<u16>,
     },
     /// The request was sent and no reply came: the outcome cannot be known. Never repeat.
     InDoubt { detail: String },
@@ -127,6 +129,7 @@ impl CallError {
                 detail: format!("{what} answered {}: {}", reply.status, reply.describe()),
                 retry_after: reply.retry_after,
                 slow,
+                status: Some(reply.status),
             },
             status => CallError::Fatal {
                 detail: format!("{what} answered {status}: {}", reply.describe()),
@@ -176,6 +179,13 @@ impl Http {
     /// The HTTP timeout this agent was built with.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Whether a call started at `started` took the whole HTTP timeout (a sign of
+    /// overload): a call cut by it counts, although the socket's timeout may end it up
+    /// to [`TIMEOUT_GRID`] before the deadline (see [`SteadyTimeouts`]).
+    pub fn slow_since(&self, started: std::time::Instant) -> bool {
+        started.elapsed() + TIMEOUT_GRID >= self.timeout
     }
 
     /// `GET url`, the whole call bounded by the HTTP timeout. `route` names the
@@ -512,6 +522,16 @@ fn steady(mut timeout: NextTimeout) -> NextTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_cut_by_the_rounded_timeout_still_counts_as_slow() {
+        let http = Http::new(Duration::from_millis(300));
+        let ago = |ms| std::time::Instant::now() - Duration::from_millis(ms);
+        // The socket's timeout was 290 ms (300 rounded down): the call took it all.
+        assert!(http.slow_since(ago(291)));
+        assert!(http.slow_since(ago(400)));
+        assert!(!http.slow_since(ago(200)));
+    }
 
     #[test]
     fn a_timeout_is_rounded_down_to_the_grid_and_a_short_one_kept() {

@@ -413,6 +413,7 @@ impl OrdersClient {
             detail: format!("{what} answered 200 with {detail}"),
             retry_after: None,
             slow: false,
+            status: Some(200),
         };
         let body = reply
             .body
@@ -480,7 +481,7 @@ impl OrdersClient {
     }
 
     fn slow(&self, started: Instant) -> bool {
-        started.elapsed() >= self.http.timeout()
+        self.http.slow_since(started)
     }
 
     /// Every Order Service call is safe to repeat, so even a lost reply is transient.
@@ -489,6 +490,7 @@ impl OrdersClient {
             detail: format!("{what} {error}"),
             retry_after: None,
             slow: self.slow(started),
+            status: None,
         }
     }
 }
@@ -498,6 +500,25 @@ mod tests {
     use super::*;
     use crate::http::reply;
     use serde_json::json;
+    use std::time::Duration;
+
+    #[test]
+    fn a_call_cut_by_the_timeout_is_transient_and_slow() {
+        // A service that takes the connection and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let timeout = Duration::from_millis(300);
+        let client = OrdersClient::new(Http::new(timeout), &base);
+        let started = Instant::now();
+        let result = client.list_registered(0, 10, 0);
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Err(CallError::Transient { slow: true, .. })),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        drop(listener);
+    }
 
     #[test]
     fn a_well_formed_order_is_accepted() {

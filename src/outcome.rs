@@ -215,6 +215,7 @@ mod tests {
             detail: "Stock Service answered 500".into(),
             retry_after: None,
             slow: false,
+            status: Some(500),
         }
     }
 

@@ -372,7 +372,7 @@ impl Journey {
         task.sent += 1;
         let verdict = verdict(&result);
         let call = Some((Service::Stock, verdict, detail(&result)));
-        if result.is_ok() {
+        if result.is_ok() && instrument::active() {
             let wood = KeyValue::new("wood_type", order.wood_type.as_str());
             instrument::instruments()
                 .stock_taken
@@ -456,6 +456,7 @@ impl Journey {
                 ),
                 retry_after: None,
                 slow: false,
+                status: None,
             };
             (Err(error), None)
         } else {

@@ -60,7 +60,7 @@ impl StockClient {
             self.reply_timeout,
             REPLY_LIMIT,
         );
-        let slow = started.elapsed() >= self.http.timeout();
+        let slow = self.http.slow_since(started);
         let reply = match result {
             Ok(reply) => reply,
             Err(SendError::NotSent(d)) => {
@@ -68,6 +68,7 @@ impl StockClient {
                     detail: format!("Stock Service decrease not sent: {d}"),
                     retry_after: None,
                     slow,
+                    status: None,
                 });
             }
             Err(SendError::NoReply(d)) => {

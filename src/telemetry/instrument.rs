@@ -205,6 +205,9 @@ fn tracer() -> &'static opentelemetry::global::BoxedTracer {
 /// Records an event on the current span (e.g. a simulated failure).
 pub fn event(name: &'static str, attributes: Vec<KeyValue>) {
     use opentelemetry::trace::TraceContextExt;
+    if !active() {
+        return;
+    }
     opentelemetry::Context::current()
         .span()
         .add_event(name, attributes);
