@@ -1,9 +1,12 @@
 //! Drains a backlog on the in-memory stand-in services and prints a table: the floor
-//! (a bare keep-alive ureq loop doing exactly one order's calls), the worker binary
-//! draining 20,000 orders in one `once` cycle, its CPU time per order, the threads it
-//! spawned, and its peak RSS at 1,000 and 20,000 orders; then 2,000 orders drained by
-//! `run` with the services failing at the demo's default rates and at 30%, each as a
-//! ratio of a fault-free drain in the same run. No assertions: the figures are for
+//! (a bare keep-alive ureq loop doing exactly one order's calls, in a process of its
+//! own like the worker, and for comparison in the bench's process), the worker binary
+//! draining 20,000 orders in one `once` cycle without and with telemetry exported (the
+//! medians of three rounds), its CPU time per order, the threads it spawned, and its
+//! peak RSS at 1,000 and 20,000 orders; then 2,000 and 20,000 orders
+//! drained by `run` with the services failing at the demo's default rates and at 30%,
+//! each as a ratio of a fault-free drain in the same run, with replies at once and
+//! (2,000 orders) at the real services' pace. No assertions: the figures are for
 //! reading.
 //!
 //! ```sh
@@ -22,34 +25,81 @@ const PAGE: usize = 500;
 const SCALING_ORDERS: usize = 3_000;
 const SERVICE_LATENCY: Duration = Duration::from_millis(2);
 const FAULT_ORDERS: usize = 2_000;
+/// Rounds of the floor and the worker's 20,000-order drains (figures are medians).
+const ROUNDS: usize = 3;
+/// A reply's time on the demo's real Flask services over loopback (medians of 200
+/// calls each, a new connection per call, as they close every one: list 2.8 ms,
+/// decrease 3.9 ms, status update 4.7 ms), for the under-failure rows "at the real
+/// services' pace".
+const REAL_SERVICE_LATENCY: Duration = Duration::from_millis(4);
+
+/// Set (to the two services' URLs) when this binary is started again as the floor.
+const FLOOR_CHILD: &str = "DRAIN_BENCH_FLOOR";
 
 fn main() {
+    if let Ok(urls) = std::env::var(FLOOR_CHILD) {
+        let (orders, stocks) = urls.split_once(' ').expect("two URLs");
+        let (done, _) = floor(orders, stocks);
+        println!("{done}");
+        return;
+    }
     let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
     for wood in WOODS {
         stack.add_stock(wood, u64::MAX / 16);
     }
     let mut rng = fastrand::Rng::with_seed(1);
 
+    // The floor in a process of its own, as the worker is, then the worker without and
+    // with telemetry exported, in ROUNDS rounds one after the other: each figure is
+    // the median of its rounds (this machine is noisy; a single pair of runs differs
+    // by 10% either way).
+    let mut floor_runs = Vec::new();
+    let mut floor_cpu = Vec::new();
+    let mut worker_runs = Vec::new();
+    let mut traced_runs = Vec::new();
+    let (mut exported, mut traces, mut largest_trace) = (0, 0, 0);
+    for _ in 0..ROUNDS {
+        stack.seed_orders(BACKLOG, &mut rng);
+        let (orders, time, cpu) = floor_process(&stack);
+        floor_runs.push(orders as f64 / time.as_secs_f64());
+        floor_cpu.push(cpu.as_secs_f64() * 1000.0 / orders as f64);
+
+        stack.seed_orders(BACKLOG, &mut rng);
+        worker_runs.push(run_worker(&stack, None));
+
+        let sink = OtlpSink::start().expect("start the OTLP sink");
+        stack.seed_orders(BACKLOG, &mut rng);
+        traced_runs.push(run_worker(&stack, Some(&sink)));
+        exported = ["/v1/traces", "/v1/metrics", "/v1/logs"]
+            .iter()
+            .map(|p| sink.bodies(p).len())
+            .sum();
+        (traces, largest_trace) = trace_sizes(&sink);
+    }
+    let rate = |run: &Run| BACKLOG as f64 / run.wall.as_secs_f64();
+    let floor_rate = median(floor_runs.clone());
+    let worker_rate = median(worker_runs.iter().map(rate).collect());
+    let traced_rate = median(traced_runs.iter().map(rate).collect());
+    let cpu_per_order = |runs: &[Run]| {
+        median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect()) * 1000.0 / BACKLOG as f64
+    };
+    let large = worker_runs
+        .iter()
+        .max_by_key(|r| r.max_rss_kib)
+        .expect("a worker run");
+    let traced = traced_runs
+        .iter()
+        .max_by_key(|r| r.max_rss_kib)
+        .expect("a traced run");
+    let pids: i64 = worker_runs.iter().map(|r| r.pids).sum();
+
+    // For comparison, the floor in the bench's process, sharing it with the services.
     stack.seed_orders(BACKLOG, &mut rng);
-    let (floor_orders, floor_time) = floor(&stack);
-    let floor_rate = floor_orders as f64 / floor_time.as_secs_f64();
+    let (orders, time) = floor(&stack.orders_url(), &stack.stocks_url());
+    let floor_in_process_rate = orders as f64 / time.as_secs_f64();
 
     stack.seed_orders(1_000, &mut rng);
     let small = run_worker(&stack, None);
-
-    stack.seed_orders(BACKLOG, &mut rng);
-    let large = run_worker(&stack, None);
-    let worker_rate = BACKLOG as f64 / large.wall.as_secs_f64();
-
-    let sink = OtlpSink::start().expect("start the OTLP sink");
-    stack.seed_orders(BACKLOG, &mut rng);
-    let traced = run_worker(&stack, Some(&sink));
-    let traced_rate = BACKLOG as f64 / traced.wall.as_secs_f64();
-    let exported: usize = ["/v1/traces", "/v1/metrics", "/v1/logs"]
-        .iter()
-        .map(|p| sink.bodies(p).len())
-        .sum();
-    let (traces, largest_trace) = trace_sizes(&sink);
 
     let leftover = stack
         .count_by_status()
@@ -96,18 +146,23 @@ fn main() {
         scaling.push((replicas, rate, done, stack.violations().len()));
     }
 
-    // Under failure, each backlog against its own fault-free drain in the same run.
-    let under_failure: Vec<UnderFailure> = [FAULT_ORDERS, BACKLOG]
-        .into_iter()
-        .map(|n| {
-            let fault_free = drain_with_faults(n, 0.0, &mut rng);
-            let faults = [0.1, 0.3]
-                .into_iter()
-                .map(|rate| (rate, drain_with_faults(n, rate, &mut rng)))
-                .collect();
-            (n, fault_free, faults)
-        })
-        .collect();
+    // Under failure, each backlog against its own fault-free drain in the same run:
+    // instant replies, then replies at the real services' pace.
+    let under_failure: Vec<UnderFailure> = [
+        (FAULT_ORDERS, Duration::ZERO),
+        (BACKLOG, Duration::ZERO),
+        (FAULT_ORDERS, REAL_SERVICE_LATENCY),
+    ]
+    .into_iter()
+    .map(|(n, delay)| {
+        let fault_free = drain_with_faults(n, 0.0, delay, &mut rng);
+        let faults = [0.1, 0.3]
+            .into_iter()
+            .map(|rate| (rate, drain_with_faults(n, rate, delay, &mut rng)))
+            .collect();
+        (n, delay, fault_free, faults)
+    })
+    .collect();
 
     println!();
     println!(
@@ -120,6 +175,13 @@ fn main() {
     println!(
         "{:<44} {:>12.0} {:>10} {:>12}",
         "floor: bare keep-alive ureq loop", floor_rate, "1.00", "-"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2} {:>12}",
+        "floor, in the services' process",
+        floor_in_process_rate,
+        floor_in_process_rate / floor_rate,
+        "-"
     );
     println!(
         "{:<44} {:>12.0} {:>10.2} {:>9} KiB",
@@ -140,23 +202,39 @@ fn main() {
         "worker: `once`, 1,000 orders", "-", "-", small.max_rss_kib
     );
     println!(
-        "traces exported by the 20,000-order drain: {traces}, the largest holding {largest_trace} spans"
+        "traces exported by the last traced 20,000-order drain: {traces}, the largest holding {largest_trace} spans"
+    );
+    let rounds = |runs: &[f64]| {
+        runs.iter()
+            .map(|r| format!("{:.2}", r / floor_rate))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "medians of {ROUNDS} rounds; each round vs the floor's median: floor {}, worker {}, with telemetry {}",
+        rounds(&floor_runs),
+        rounds(&worker_runs.iter().map(rate).collect::<Vec<_>>()),
+        rounds(&traced_runs.iter().map(rate).collect::<Vec<_>>()),
     );
     println!(
-        "worker CPU (user + system) per order: {:.3} ms (20,000 orders), {:.3} ms with telemetry exported",
-        large.cpu.as_secs_f64() * 1000.0 / BACKLOG as f64,
-        traced.cpu.as_secs_f64() * 1000.0 / BACKLOG as f64,
+        "CPU (user + system) per order: floor {:.3} ms, worker {:.3} ms, {:.3} ms with telemetry exported",
+        median(floor_cpu),
+        cpu_per_order(&worker_runs),
+        cpu_per_order(&traced_runs),
     );
     println!(
-        "PIDs allocated on the machine while the worker drained 20,000 orders (its threads, plus any other process started meanwhile): {} ({:.4} per order)",
-        large.pids,
-        large.pids as f64 / BACKLOG as f64
+        "PIDs allocated on the machine while the worker drained 20,000 orders {ROUNDS} times (its threads, plus any other process started meanwhile): {pids} ({:.4} per order)",
+        pids as f64 / (ROUNDS * BACKLOG) as f64
     );
     println!(
-        "RSS growth 1,000 -> 20,000 orders: {:+.1}%   (exit codes {} and {}; orders left registered {leftover}; ledger violations {violations}; OTLP requests {exported})",
+        "RSS growth 1,000 -> 20,000 orders: {:+.1}%   (exit codes {} and {:?}; orders left registered {leftover}; ledger violations {violations}; OTLP requests of the last traced drain {exported})",
         (large.max_rss_kib as f64 / small.max_rss_kib as f64 - 1.0) * 100.0,
         small.exit_code,
-        large.exit_code
+        worker_runs
+            .iter()
+            .chain(&traced_runs)
+            .map(|r| r.exit_code)
+            .collect::<Vec<_>>()
     );
     println!();
     println!(
@@ -168,10 +246,18 @@ fn main() {
             "{replicas} replica(s): {rate:>8.0} orders/s   ({done} ready, ledger violations {violations})"
         );
     }
-    for (n, fault_free, faults) in &under_failure {
+    for (n, delay, fault_free, faults) in &under_failure {
         println!();
+        let pace = if delay.is_zero() {
+            "replies at once".to_string()
+        } else {
+            format!(
+                "{} ms per reply, the real services' pace",
+                delay.as_millis()
+            )
+        };
         println!(
-            "under failure: {n} orders drained by `run --interval 0.1`, each service failing at the rate, ERROR_RATE the same:"
+            "under failure: {n} orders drained by `run --interval 0.1`, each service failing at the rate, ERROR_RATE the same, {pace}:"
         );
         let free_rate = *n as f64 / fault_free.wall.as_secs_f64();
         println!(
@@ -198,6 +284,12 @@ fn main() {
     }
 }
 
+/// The middle value (of an odd count; the upper middle of an even one).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Traces the sink received, and the span count of the largest.
 fn trace_sizes(sink: &OtlpSink) -> (usize, usize) {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -218,8 +310,9 @@ fn trace_sizes(sink: &OtlpSink) -> (usize, usize) {
     (spans.len(), spans.values().copied().max().unwrap_or(0))
 }
 
-/// A backlog, its fault-free drain, and its drains at each fault rate.
-type UnderFailure = (usize, Drained, Vec<(f64, Drained)>);
+/// A backlog, the services' time per reply, its fault-free drain, and its drains at
+/// each fault rate.
+type UnderFailure = (usize, Duration, Drained, Vec<(f64, Drained)>);
 
 struct Drained {
     wall: Duration,
@@ -229,11 +322,18 @@ struct Drained {
 }
 
 /// `run` drains `orders` orders from services failing `rate` of their calls (the
-/// worker's own ERROR_RATE the same); the time until none is registered.
-fn drain_with_faults(orders: usize, rate: f64, rng: &mut fastrand::Rng) -> Drained {
+/// worker's own ERROR_RATE the same) and taking `delay` per reply; the time until none
+/// is registered.
+fn drain_with_faults(
+    orders: usize,
+    rate: f64,
+    delay: Duration,
+    rng: &mut fastrand::Rng,
+) -> Drained {
     let knobs = Knobs {
         order_error_rate: rate,
         stock_error_rate: rate,
+        delay,
         ..Knobs::default()
     };
     let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
@@ -268,15 +368,57 @@ fn drain_with_faults(orders: usize, rate: f64, rng: &mut fastrand::Rng) -> Drain
     }
 }
 
+/// [`floor`] in a process of its own (this binary, started again), timed from its
+/// start to its exit as the worker is: the orders it did, its wall time and its CPU
+/// time (user + system, from its rusage).
+fn floor_process(stack: &Stack) -> (usize, Duration, Duration) {
+    use std::io::Read;
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let started = Instant::now();
+    // Reaped by wait4 below, which also gives its rusage.
+    #[allow(clippy::zombie_processes)]
+    let mut child = Command::new(exe)
+        .env_clear()
+        .env(
+            FLOOR_CHILD,
+            format!("{} {}", stack.orders_url(), stack.stocks_url()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the floor");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("the floor's stdout")
+        .read_to_string(&mut out)
+        .expect("read the floor's count");
+    let mut status = 0;
+    // SAFETY: wait4 on our own child with a valid status and rusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert!(
+        reaped > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the floor failed"
+    );
+    let done = out.trim().parse().expect("the floor's count");
+    (done, wall, cpu_time(&usage))
+}
+
+/// User + system time from a rusage.
+fn cpu_time(usage: &libc::rusage) -> Duration {
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
 /// The calls one order needs, and nothing else: a share of a page fetch, a decrease and
 /// a status update, on one keep-alive connection per service.
-fn floor(stack: &Stack) -> (usize, Duration) {
+fn floor(orders_url: &str, stocks_url: &str) -> (usize, Duration) {
     let agent = ureq::Agent::new_with_defaults();
-    let list = format!(
-        "{}/orders/status/registered?skip=0&limit={PAGE}",
-        stack.orders_url()
-    );
-    let decrease = format!("{}/stocks/decrease", stack.stocks_url());
+    let list = format!("{orders_url}/orders/status/registered?skip=0&limit={PAGE}");
+    let decrease = format!("{stocks_url}/stocks/decrease");
     let started = Instant::now();
     let mut done = 0;
     loop {
@@ -307,7 +449,7 @@ fn floor(stack: &Stack) -> (usize, Duration) {
                 .unwrap();
             r.body_mut().read_to_vec().unwrap();
             let mut r = agent
-                .put(&format!("{}/orders/{id}", stack.orders_url()))
+                .put(&format!("{orders_url}/orders/{id}"))
                 .header("Content-Type", "application/json")
                 .send(br#"{"order_status":"ready"}"#.as_slice())
                 .unwrap();
@@ -329,7 +471,7 @@ struct Run {
 }
 
 /// Runs `ordermanagement once` and follows its peak RSS (`VmHWM` in /proc, read every
-/// 2 ms until it exits). Not `wait4`'s `ru_maxrss`: a child spawned with
+/// 10 ms until it exits). Not `wait4`'s `ru_maxrss`: a child spawned with
 /// `posix_spawn` shares this process's memory until exec, and its maximum carries
 /// that (this process holds the services) into the figure.
 fn run_worker(stack: &Stack, otlp: Option<&OtlpSink>) -> Run {
@@ -361,10 +503,12 @@ fn run_worker(stack: &Stack, otlp: Option<&OtlpSink>) -> Run {
             break (status, usage);
         }
         assert!(reaped == 0, "wait4 failed");
-        std::thread::sleep(Duration::from_millis(2));
+        // VmHWM is the peak so far: reading it every 10 ms misses at most the last
+        // 10 ms of growth, and takes less of the machine from the worker than the
+        // 2 ms this used to poll at.
+        std::thread::sleep(Duration::from_millis(10));
     };
     let pids = last_pid() - first_pid;
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Run {
         wall: started.elapsed(),
         max_rss_kib,
@@ -373,7 +517,7 @@ fn run_worker(stack: &Stack, otlp: Option<&OtlpSink>) -> Run {
         } else {
             -1
         },
-        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        cpu: cpu_time(&usage),
         pids: pids.into(),
     }
 }
