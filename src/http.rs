@@ -13,12 +13,17 @@ use std::io;
 use std::time::Duration;
 
 use ureq::Agent;
+use ureq::http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
 };
 
 use crate::resolve::Resolver;
 use crate::telemetry::instrument::{HttpAttempt, propagation_headers};
+
+/// The headers every call sends, made once (not parsed again for every request).
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Longest piece of a reply body quoted in a log line.
 const QUOTE_LIMIT: usize = 200;
@@ -199,7 +204,7 @@ impl Http {
     ) -> Result<Reply, SendError> {
         let attempt = HttpAttempt::start(route.span_name, "GET", route.template, url, resend);
         let request = with_trace(self.agent.get(url))
-            .header("Accept", "application/json")
+            .header(ACCEPT, JSON)
             .config()
             .timeout_global(Some(self.timeout))
             .build();
@@ -217,8 +222,8 @@ impl Http {
     ) -> Result<Reply, SendError> {
         let attempt = HttpAttempt::start(route.span_name, "PUT", route.template, url, resend);
         let request = with_trace(self.agent.put(url))
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json")
+            .header(CONTENT_TYPE, JSON)
+            .header(ACCEPT, JSON)
             .config()
             .timeout_global(Some(self.timeout))
             .build();
@@ -240,9 +245,9 @@ impl Http {
     ) -> Result<Reply, SendError> {
         let attempt = HttpAttempt::start(route.span_name, "POST", route.template, url, resend);
         let request = with_trace(self.agent.post(url))
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json")
-            .header("Idempotency-Key", idempotency_key)
+            .header(CONTENT_TYPE, JSON)
+            .header(ACCEPT, JSON)
+            .header(IDEMPOTENCY_KEY, idempotency_key)
             .config()
             .timeout_send_request(Some(self.timeout))
             .timeout_send_body(Some(self.timeout))
@@ -274,6 +279,9 @@ impl Http {
 
 /// Adds the current trace's `traceparent` (and `tracestate`, `baggage`) headers.
 fn with_trace<B>(mut request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    if !crate::telemetry::instrument::active() {
+        return request;
+    }
     for (name, value) in propagation_headers() {
         request = request.header(name, value);
     }
