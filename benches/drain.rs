@@ -331,10 +331,8 @@ fn drain_with_faults(
     rng: &mut fastrand::Rng,
 ) -> Drained {
     let knobs = Knobs {
-        order_error_rate: rate,
-        stock_error_rate: rate,
         delay,
-        ..Knobs::default()
+        ..Knobs::failing(rate)
     };
     let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
     for wood in WOODS {

@@ -48,11 +48,7 @@ fn main() -> ExitCode {
     }
     // The worker's own lines at warn (retries, simulated failures); the demo prints the rest.
     logging::init(log::LevelFilter::Warn, None, logging::Format::Text);
-    let knobs = Knobs {
-        order_error_rate: args.service_error_rate,
-        stock_error_rate: args.service_error_rate,
-        ..Knobs::default()
-    };
+    let knobs = Knobs::failing(args.service_error_rate);
     let stack = match Stack::start(0, 0, knobs) {
         Ok(s) => s,
         Err(e) => {

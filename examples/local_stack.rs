@@ -38,11 +38,7 @@ fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
-    let knobs = Knobs {
-        order_error_rate: args.error_rate,
-        stock_error_rate: args.error_rate,
-        ..Knobs::default()
-    };
+    let knobs = Knobs::failing(args.error_rate);
     let stack = match Stack::start(args.order_port, args.stock_port, knobs) {
         Ok(stack) => stack,
         Err(e) => {

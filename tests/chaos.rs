@@ -190,21 +190,15 @@ fn assert_clean(f: &Figures) {
 
 #[test]
 fn killed_replicas_with_faulty_services_take_no_stock_twice() {
-    let knobs = Knobs {
-        order_error_rate: 0.3,
-        stock_error_rate: 0.3,
-        ..Knobs::default()
-    };
+    let knobs = Knobs::failing(0.3);
     assert_clean(&chaos("faults", knobs));
 }
 
 #[test]
 fn killed_replicas_with_500s_after_the_change_take_no_stock_twice() {
     let knobs = Knobs {
-        order_error_rate: 0.3,
-        stock_error_rate: 0.3,
         stock_fail_after_change_rate: 0.2,
-        ..Knobs::default()
+        ..Knobs::failing(0.3)
     };
     assert_clean(&chaos("after-change", knobs));
 }

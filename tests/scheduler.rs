@@ -24,11 +24,7 @@ fn config(orders: &str, stocks: &str) -> Config {
 
 #[test]
 fn a_drain_under_30_percent_faults_ends_with_every_order_in_a_correct_state() {
-    let knobs = Knobs {
-        order_error_rate: 0.3,
-        stock_error_rate: 0.3,
-        ..Knobs::default()
-    };
+    let knobs = Knobs::failing(0.3);
     let stack = Stack::start(0, 0, knobs).unwrap();
     for wood in WOODS {
         stack.add_stock(wood, 1_000_000);

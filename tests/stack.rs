@@ -91,11 +91,7 @@ fn five_hundred_orders_without_faults_end_ready_or_blocked_for_insufficient_stoc
 
 #[test]
 fn thirty_percent_faults_everywhere_lose_nothing_over_repeated_runs() {
-    let knobs = Knobs {
-        order_error_rate: 0.3,
-        stock_error_rate: 0.3,
-        ..Knobs::default()
-    };
+    let knobs = Knobs::failing(0.3);
     let stack = stack(150, 1_000_000, knobs);
     let mut runs = 0;
     while stack.count_by_status().contains_key("registered") {

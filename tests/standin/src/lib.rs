@@ -49,6 +49,17 @@ pub struct Knobs {
     pub delay: Duration,
 }
 
+impl Knobs {
+    /// Both services failing `rate` of their calls before any change, nothing else.
+    pub fn failing(rate: f64) -> Knobs {
+        Knobs {
+            order_error_rate: rate,
+            stock_error_rate: rate,
+            ..Knobs::default()
+        }
+    }
+}
+
 /// One decrease that took stock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEntry {
