@@ -279,9 +279,6 @@ impl Http {
 
 /// Adds the current trace's `traceparent` (and `tracestate`, `baggage`) headers.
 fn with_trace<B>(mut request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-    if !crate::telemetry::instrument::active() {
-        return request;
-    }
     for (name, value) in propagation_headers() {
         request = request.header(name, value);
     }

@@ -30,10 +30,14 @@ pub fn shard_attribute(shard: impl std::fmt::Display) -> KeyValue {
     KeyValue::new("ordermanagement.shard", shard.to_string())
 }
 
-/// Headers to add to a request so that the services continue the current trace.
+/// Headers to add to a request so that the services continue the current trace (none
+/// with the instrumentation off: no propagator is set then, and the global one is not
+/// even looked up).
 pub fn propagation_headers() -> HashMap<String, String> {
     let mut headers = HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject(&mut headers));
+    if active() {
+        opentelemetry::global::get_text_map_propagator(|p| p.inject(&mut headers));
+    }
     headers
 }
 
