@@ -187,6 +187,18 @@ pub struct CommonArgs {
     )]
     pub max_orders_per_cycle: String,
 
+    /// `once`: how long to go on trying the status updates of decided orders (their
+    /// stock already taken) once everything else is done, before exiting 1.
+    #[arg(
+        long,
+        global = true,
+        env = "PENDING_DEADLINE_SECONDS",
+        allow_negative_numbers = true,
+        default_value = defaults::PENDING_DEADLINE_TEXT,
+        value_name = "SECONDS"
+    )]
+    pub pending_deadline: String,
+
     /// Journal of the orders in flight, so a restart after a crash never takes stock
     /// twice (e.g. /var/lib/ordermanagement/state.jsonl on a volume). Off when empty.
     #[arg(
@@ -296,6 +308,7 @@ impl CommonArgs {
                 "DECREASE_TIMEOUT_SECONDS",
             )?,
             max_retries: config::max_retries(&self.max_retries)?,
+            pending_deadline: config::pending_deadline(&self.pending_deadline)?,
             page_size: config::page_size(&self.page_size)?,
             max_orders_per_cycle: config::max_orders_per_cycle(&self.max_orders_per_cycle)?,
             state_file: config::state_file(&self.state_file),

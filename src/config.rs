@@ -53,6 +53,13 @@ pub mod defaults {
         DECREASE_TIMEOUT_TEXT
     );
     default!(
+        /// `--pending-deadline`, in seconds: how long `once` goes on trying the status
+        /// updates of decided orders once everything else is done; long enough to ride
+        /// out a restart of the Order Service.
+        PENDING_DEADLINE_SECONDS: u64 = 300,
+        PENDING_DEADLINE_TEXT
+    );
+    default!(
         /// `--max-retries`.
         MAX_RETRIES: u32 = 3,
         MAX_RETRIES_TEXT
@@ -115,8 +122,12 @@ pub struct Config {
     /// Limit for a decrease's reply once the request is sent. Default
     /// [`defaults::DECREASE_TIMEOUT_SECONDS`].
     pub decrease_timeout: Duration,
-    /// Extra attempts for a transient failure of one call. Default [`defaults::MAX_RETRIES`].
+    /// Extra attempts for a transient failure of one call (a decided order's status
+    /// update is retried until it lands). Default [`defaults::MAX_RETRIES`].
     pub max_retries: u32,
+    /// How long `once` goes on trying pending status updates after its cycle. Default
+    /// [`defaults::PENDING_DEADLINE_SECONDS`].
+    pub pending_deadline: Duration,
     /// Orders asked for per list call. Default [`defaults::PAGE_SIZE`].
     pub page_size: u32,
     /// The most orders one cycle takes on; the rest stay registered for the next cycle
@@ -154,6 +165,7 @@ impl Default for Config {
             http_timeout: Duration::from_secs(defaults::HTTP_TIMEOUT_SECONDS),
             decrease_timeout: Duration::from_secs(defaults::DECREASE_TIMEOUT_SECONDS),
             max_retries: defaults::MAX_RETRIES,
+            pending_deadline: Duration::from_secs(defaults::PENDING_DEADLINE_SECONDS),
             page_size: defaults::PAGE_SIZE,
             max_orders_per_cycle: defaults::MAX_ORDERS_PER_CYCLE,
             dry_run: false,
@@ -395,6 +407,16 @@ pub fn interval(value: &str) -> Result<Duration, ConfigError> {
         value,
         "--interval",
         "INTERVAL_SECONDS",
+        "a positive number of seconds",
+    )
+}
+
+/// `--pending-deadline`: a positive number of seconds, at most a day.
+pub fn pending_deadline(value: &str) -> Result<Duration, ConfigError> {
+    seconds(
+        value,
+        "--pending-deadline",
+        "PENDING_DEADLINE_SECONDS",
         "a positive number of seconds",
     )
 }

@@ -101,7 +101,12 @@ pub enum CallError {
         status: Option<u16>,
     },
     /// The request was sent and no reply came: the outcome cannot be known. Never repeat.
-    InDoubt { detail: String },
+    InDoubt {
+        detail: String,
+        /// The status the service answered with (a `500` at its write); `None` when no
+        /// reply came.
+        status: Option<u16>,
+    },
     /// Something no retry will fix (a redirect, 401/403/415, a wrong route): stop the cycle.
     Fatal { detail: String },
 }
@@ -111,7 +116,7 @@ impl fmt::Display for CallError {
         match self {
             CallError::Rejected { status, reason } => write!(f, "rejected ({status}): {reason}"),
             CallError::Transient { detail, .. } => write!(f, "{detail}"),
-            CallError::InDoubt { detail } => write!(f, "in doubt: {detail}"),
+            CallError::InDoubt { detail, .. } => write!(f, "in doubt: {detail}"),
             CallError::Fatal { detail } => write!(f, "{detail}"),
         }
     }

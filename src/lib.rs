@@ -74,6 +74,7 @@ pub mod http;
 pub mod journal;
 pub mod logging;
 pub mod orders;
+pub mod outage;
 pub mod outcome;
 pub mod pager;
 pub mod process;

@@ -136,7 +136,7 @@ pub fn after_decrease(result: &Result<(), CallError>) -> Next {
         Err(CallError::Rejected { reason, .. }) => {
             Next::SetStatus(OrderStatus::Blocked, reason.clone())
         }
-        Err(CallError::InDoubt { detail }) => Next::SetStatus(
+        Err(CallError::InDoubt { detail, .. }) => Next::SetStatus(
             OrderStatus::Unknown,
             format!("{detail}; stock may have been taken, reconcile by hand"),
         ),
@@ -235,6 +235,7 @@ mod tests {
         );
         let in_doubt = Err(CallError::InDoubt {
             detail: "timed out".into(),
+            status: None,
         });
         assert!(matches!(
             after_decrease(&in_doubt),

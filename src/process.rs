@@ -15,8 +15,8 @@ use crate::orders::{Order, OrderStatus, OrdersClient, Page};
 use crate::outcome::{
     Deferral, Next, Outcome, SIMULATED_STOCK_FAILURE, after_decrease, after_status_update,
 };
-use crate::retry::{Attempts, RetryPolicy};
-use crate::schedule::{Service, Verdict};
+use crate::retry::{Attempts, RetryPolicy, pace};
+use crate::schedule::{Pace, Service, Verdict};
 use crate::stock::StockClient;
 use crate::telemetry::instrument::{self, OrderSpan};
 use opentelemetry::KeyValue;
@@ -178,15 +178,47 @@ pub enum StepEnd {
     Finished(Task, Outcome),
     /// The next step is due at once, at this service.
     Then(Task, Service),
-    /// The step failed transiently: again after the delay, at this service.
-    Again(Task, Service, Duration),
+    /// The step failed transiently: again at this service, after the delay or sooner as
+    /// the pace allows ([`crate::schedule::Scheduler::retry_at`]).
+    Again(Task, Service, Duration, Pace),
+}
+
+/// What one request told about the service it called.
+pub struct Call {
+    pub service: Service,
+    pub verdict: Verdict,
+    /// What went wrong, for the log lines; empty for a success.
+    pub detail: String,
+    /// The service answered (whatever the status); false when the connection was
+    /// refused or not made, or no reply came.
+    pub answered: bool,
+}
+
+impl Call {
+    pub fn of<T>(service: Service, result: &Result<T, CallError>) -> Call {
+        Call {
+            service,
+            verdict: verdict(result),
+            detail: detail(result),
+            answered: answered(result),
+        }
+    }
+}
+
+/// True when the service answered the call, whatever its status.
+pub fn answered<T>(result: &Result<T, CallError>) -> bool {
+    match result {
+        Ok(_) | Err(CallError::Rejected { .. } | CallError::Fatal { .. }) => true,
+        Err(CallError::Transient { status, .. }) => status.is_some(),
+        Err(CallError::InDoubt { status, .. }) => status.is_some(),
+    }
 }
 
 /// A step's end, and what its request told about the service it called (none for a
 /// step that sent nothing).
 pub struct Ran {
     pub end: StepEnd,
-    pub call: Option<(Service, Verdict, String)>,
+    pub call: Option<Call>,
 }
 
 /// The clients, the retry policy and the journal that carry orders through their steps.
@@ -338,7 +370,7 @@ impl Journey {
     fn decrease(&mut self, mut task: Task) -> Ran {
         let order = task.order;
         if task.attempts.made == 0 && self.simulated_stock_failure(&order) {
-            log::error!(
+            log::warn!(
                 "order {}: simulated failure at the stock step (ERROR_RATE {}), stock not touched",
                 order.id,
                 self.error_rate
@@ -370,8 +402,8 @@ impl Journey {
         let started = std::time::Instant::now();
         let result = self.stock.decrease(&order, task.sent);
         task.sent += 1;
-        let verdict = verdict(&result);
-        let call = Some((Service::Stock, verdict, detail(&result)));
+
+        let call = Some(Call::of(Service::Stock, &result));
         if result.is_ok() && instrument::active() {
             let wood = KeyValue::new("wood_type", order.wood_type.as_str());
             instrument::instruments()
@@ -392,7 +424,7 @@ impl Journey {
                 self.journal_finished(&order);
                 let error = result.expect_err("a retry follows a failure");
                 let end = match self.retry(&mut task, &error, "stock decrease", started) {
-                    Some(delay) => StepEnd::Again(task, Service::Stock, delay),
+                    Some(delay) => StepEnd::Again(task, Service::Stock, delay, pace(&error)),
                     None => StepEnd::Finished(
                         task,
                         Outcome::Deferred {
@@ -412,7 +444,7 @@ impl Journey {
         mut task: Task,
         status: OrderStatus,
         reason: String,
-        call: Option<(Service, Verdict, String)>,
+        call: Option<Call>,
     ) -> Ran {
         let recorded = match self.journal.decided_in(&task.order, status, &task.trace()) {
             Ok(()) => true,
@@ -438,56 +470,56 @@ impl Journey {
         }
     }
 
-    /// One attempt of the status update. A simulated failure (at ERROR_RATE) is an event
-    /// on the order's span and uses up one attempt, but the next attempt follows at
-    /// once: no service failed, so there is nothing to back off from.
+    /// One attempt of the status update of a decided order. It is never given up while
+    /// the process lives (the stock of a `ready` order is taken: a new run would take it
+    /// again): a failure schedules the next attempt, with a backoff capped at
+    /// `--retry-cap`'s few seconds, and the Order Service's health decides when calls go
+    /// (a service that is down hands the order back as pending, tried again later).
+    /// Only a refusal (`400`/`404`) or an answer no retry fixes ends it. A simulated
+    /// failure (at ERROR_RATE) is drawn on the step's first attempt only: it costs that
+    /// one attempt, an event on the order's span, and the next attempt follows at once.
     fn set_status(&mut self, mut task: Task, status: OrderStatus, reason: String) -> Ran {
         let order = task.order;
         let started = std::time::Instant::now();
-        let (result, call) = if self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
+        let first = task.attempts.made == 0 && task.sent == 0;
+        if first && self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
             instrument::event(
                 "simulated failure",
                 vec![KeyValue::new("ordermanagement.step", "status")],
             );
-            let error = CallError::Transient {
-                detail: format!(
-                    "simulated failure at the status step (ERROR_RATE {})",
-                    self.error_rate
-                ),
-                retry_after: None,
-                slow: false,
-                status: None,
+            task.attempts.made += 1;
+            log::warn!(
+                "order {}: simulated failure at the status step (ERROR_RATE {}); retrying at once",
+                order.id,
+                self.error_rate
+            );
+            return Ran {
+                end: StepEnd::Then(task, Service::Orders),
+                call: None,
             };
-            (Err(error), None)
-        } else {
-            let result = self.orders.set_status(order.id, status, task.sent);
-            task.sent += 1;
-            let call = Some((Service::Orders, verdict(&result), detail(&result)));
-            (result, call)
-        };
+        }
+        let result = self.orders.set_status(order.id, status, task.sent);
+        task.sent += 1;
+        let call = Some(Call::of(Service::Orders, &result));
         let end = match result {
             Ok(()) => {
                 self.journal_finished(&order);
                 StepEnd::Finished(task, after_status_update(status, reason, Ok(())))
             }
-            Err(error) if call.is_none() => {
-                task.attempts.made += 1;
-                if task.attempts.made > self.policy.max_retries {
-                    StepEnd::Finished(task, after_status_update(status, reason, Err(error)))
-                } else {
-                    log::warn!(
-                        "order {}: status update failed (attempt {} of {}): {error}; retrying at once",
-                        order.id,
-                        task.attempts.made,
-                        self.policy.max_retries + 1
-                    );
-                    StepEnd::Then(task, Service::Orders)
-                }
+            Err(error @ (CallError::Transient { .. } | CallError::InDoubt { .. })) => {
+                let attempt = task.attempts.made + 1;
+                let delay = self
+                    .policy
+                    .status_delay(&mut task.attempts, &error, fastrand::f64());
+                log::warn!(
+                    "order {}: status update failed (attempt {attempt}, after {} ms): {error}; \
+                     retried until it lands",
+                    order.id,
+                    started.elapsed().as_millis(),
+                );
+                StepEnd::Again(task, Service::Orders, delay, pace(&error))
             }
-            Err(error) => match self.retry(&mut task, &error, "status update", started) {
-                Some(delay) => StepEnd::Again(task, Service::Orders, delay),
-                None => StepEnd::Finished(task, after_status_update(status, reason, Err(error))),
-            },
+            Err(error) => StepEnd::Finished(task, after_status_update(status, reason, Err(error))),
         };
         Ran { end, call }
     }
@@ -505,11 +537,10 @@ impl Journey {
             .policy
             .after_failure(&mut task.attempts, error, fastrand::f64())?;
         log::warn!(
-            "order {}: {what} failed (attempt {attempt} of {}, after {} ms): {error}; retrying in {} ms",
+            "order {}: {what} failed (attempt {attempt} of {}, after {} ms): {error}; retrying",
             task.order.id,
             self.policy.max_retries + 1,
             started.elapsed().as_millis(),
-            delay.as_millis()
         );
         Some(delay)
     }
@@ -531,7 +562,7 @@ impl Journey {
         loop {
             match self.step(task).end {
                 StepEnd::Finished(_, outcome) => return outcome,
-                StepEnd::Then(next, _) | StepEnd::Again(next, _, _) => task = next,
+                StepEnd::Then(next, _) | StepEnd::Again(next, ..) => task = next,
             }
         }
     }
@@ -564,8 +595,13 @@ pub fn parse_trace_ref(text: &str) -> Option<SpanContext> {
 pub fn verdict<T>(result: &Result<T, CallError>) -> Verdict {
     match result {
         Ok(_) | Err(CallError::Rejected { .. }) => Verdict::Answered,
-        Err(CallError::Transient { slow: false, .. }) => Verdict::Failed,
-        Err(CallError::Transient { slow: true, .. } | CallError::InDoubt { .. }) => {
+        Err(
+            CallError::Transient { slow: false, .. }
+            | CallError::InDoubt {
+                status: Some(_), ..
+            },
+        ) => Verdict::Failed,
+        Err(CallError::Transient { slow: true, .. } | CallError::InDoubt { status: None, .. }) => {
             Verdict::Stalled
         }
         Err(CallError::Fatal { detail }) => Verdict::Broken(detail.clone()),
@@ -644,10 +680,13 @@ mod tests {
             (1_700..=2_300).contains(&failed),
             "{failed} of 20000 at rate 0.1"
         );
-        for id in 1..=200 {
+        // Another journey (a later run, a restart, another replica) draws the same.
+        let again = journey(0.1);
+        for id in 1..=20_000 {
             assert_eq!(
                 j.simulated_stock_failure(&order(id)),
-                j.simulated_stock_failure(&order(id))
+                again.simulated_stock_failure(&order(id)),
+                "order {id}"
             );
         }
         assert!(!(1..=1000).any(|id| journey(0.0).simulated_stock_failure(&order(id))));

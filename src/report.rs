@@ -24,6 +24,10 @@ pub struct CycleReport {
     pub skipped: u64,
     /// Orders only logged because of `--dry-run`.
     pub dry_run: u64,
+    /// Of the outcomes counted, those of orders carried over from an earlier cycle (a
+    /// retry that waited across the interval, a pending status update resumed), not
+    /// listed in this one.
+    pub carried: u64,
     /// The registered list could not be fetched (from the start, or part way).
     pub list_failed: bool,
     /// Why the cycle stopped taking orders before the end of the list, if it did.
@@ -40,6 +44,52 @@ impl CycleReport {
             && self.deferred == 0
             && self.pending == 0
             && self.skipped == 0
+    }
+
+    /// Adds the outcomes of a later round of the same run (`once`'s wait for pending
+    /// status updates) to this report.
+    pub fn absorb(&mut self, later: &CycleReport) {
+        self.ready += later.ready;
+        self.blocked += later.blocked;
+        self.unknown += later.unknown;
+        self.deferred += later.deferred;
+        self.skipped += later.skipped;
+        self.dry_run += later.dry_run;
+        self.carried += later.carried;
+    }
+
+    /// The counts in words, leaving out the zeros: `75 listed, 70 ready, 5 blocked; 3
+    /// of them carried over from earlier cycles`.
+    pub fn prose(&self) -> String {
+        let mut parts: Vec<String> = [
+            (self.fetched, "listed"),
+            (self.ready, "ready"),
+            (self.blocked, "blocked"),
+            (self.unknown, "unknown"),
+            (self.deferred, "deferred"),
+            (self.pending, "pending"),
+            (self.waiting, "waiting"),
+            (self.skipped, "skipped"),
+            (self.dry_run, "dry run"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if parts.is_empty() {
+            parts.push("nothing to do".into());
+        }
+        let mut text = parts.join(", ");
+        if self.carried > 0 {
+            text.push_str(&format!(
+                "; {} of the outcomes for orders carried over from earlier cycles",
+                self.carried
+            ));
+        }
+        if self.list_failed {
+            text.push_str(" (the order list could not be fetched)");
+        }
+        text
     }
 
     /// Counts one order's outcome.
@@ -59,6 +109,33 @@ impl CycleReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prose_says_each_count_once_and_leaves_out_the_zeros() {
+        assert_eq!(CycleReport::default().prose(), "nothing to do");
+        let r = CycleReport {
+            fetched: 0,
+            ready: 75,
+            carried: 75,
+            ..Default::default()
+        };
+        assert_eq!(
+            r.prose(),
+            "75 ready; 75 of the outcomes for orders carried over from earlier cycles"
+        );
+        let r = CycleReport {
+            fetched: 10,
+            ready: 7,
+            blocked: 2,
+            pending: 1,
+            list_failed: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            r.prose(),
+            "10 listed, 7 ready, 2 blocked, 1 pending (the order list could not be fetched)"
+        );
+    }
 
     #[test]
     fn only_a_clean_cycle_is_complete() {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::http::CallError;
+use crate::schedule::Pace;
 
 /// The retry policy of every call the worker makes.
 #[derive(Debug, Clone)]
@@ -69,33 +70,54 @@ impl RetryPolicy {
         Some(self.delay(retry, *retry_after, jitter))
     }
 
-    /// [`RetryPolicy::after_failure`] for the list of registered orders, whose retries
-    /// go at once after a quick error answer that does not ask for a wait (a `500` or
-    /// `502`, no `Retry-After`): the list is a read that changes nothing, the service
-    /// is up and answering, and the worker has no new order to go on with until the
-    /// list comes. The limit on attempts is the same, and a service failing most calls
-    /// is taken out by the health rules ([`crate::schedule`]). A service that did not
-    /// answer (refused, timed out), or answered `429` or `503` (slow down), waits as
-    /// the backoff says. Measured: at 30% faults, waiting 100-200 ms for the first
-    /// retry left the worker idle for a third of a 20,000-order drain, and the
-    /// 200-400 ms of the second idled it for a quarter of a 2,000-order drain once the
-    /// page had run out.
-    pub fn after_list_failure(
+    /// The delay before the next attempt of a decided order's status update, which is
+    /// never given up while the process lives: the backoff of `retry` (0 for the first
+    /// retry), capped at [`RetryPolicy::cap`], and a longer `Retry-After` honoured up to
+    /// the cap. `attempts` is updated with the failed attempt.
+    pub fn status_delay(
         &self,
         attempts: &mut Attempts,
         error: &CallError,
         jitter: f64,
-    ) -> Option<Duration> {
-        let delay = self.after_failure(attempts, error, jitter)?;
-        match error {
-            CallError::Transient {
-                retry_after: None,
-                slow: false,
-                status: Some(status),
-                ..
-            } if !matches!(status, 429 | 503) => Some(Duration::ZERO),
-            _ => Some(delay),
-        }
+    ) -> Duration {
+        let retry = attempts.made;
+        attempts.made = attempts.made.saturating_add(1);
+        let retry_after = match error {
+            CallError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        self.delay(retry, retry_after, jitter)
+    }
+}
+
+/// How soon a call that failed with `error` may go again (the scheduler decides with
+/// the service's health and retry budget, [`crate::schedule::Scheduler::retry_at`]):
+///
+/// - a quick error answer that does not ask for a wait (a `500` or `502`, no
+///   `Retry-After`) comes from a service that is up and answering: at once, within
+///   the budget. Measured: at 30% faults, waiting 100-200 ms for the first retry left
+///   the worker idle for a third of a 20,000-order drain, and the backoff of the last
+///   orders ruled a 2,000-order drain;
+/// - a call that failed only after the whole timeout (a stall) and was answered: at
+///   once, since the service has just had the timeout's rest, and the real Stock
+///   Service most often recovers at the end of a stall;
+/// - anything else (refused, timed out with no answer, `429`, `503`, `Retry-After`):
+///   after the backoff.
+pub fn pace(error: &CallError) -> Pace {
+    match error {
+        CallError::Transient {
+            retry_after: None,
+            slow: false,
+            status: Some(status),
+            ..
+        } if !matches!(status, 429 | 503) => Pace::Budgeted,
+        CallError::Transient {
+            retry_after: None,
+            slow: true,
+            status: Some(status),
+            ..
+        } if !matches!(status, 429 | 503) => Pace::AtOnce,
+        _ => Pace::Backoff,
     }
 }
 
@@ -186,6 +208,7 @@ mod tests {
             },
             CallError::InDoubt {
                 detail: "timeout".into(),
+                status: None,
             },
             CallError::Fatal {
                 detail: "415".into(),
@@ -196,60 +219,63 @@ mod tests {
     }
 
     #[test]
-    fn the_list_is_retried_at_once_after_a_quick_error_answer() {
-        let p = RetryPolicy {
-            max_retries: 3,
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(5),
-        };
-        let mut attempts = Attempts::default();
-        let e = transient(false);
-        for _ in 0..3 {
-            assert_eq!(
-                p.after_list_failure(&mut attempts, &e, 0.0),
-                Some(Duration::ZERO)
-            );
-        }
-        assert_eq!(p.after_list_failure(&mut attempts, &e, 0.0), None);
-        // A slow failure, or a service asking for a wait, is not retried at once.
-        let mut attempts = Attempts::default();
+    fn a_quick_error_answer_goes_at_once_in_the_budget_a_stall_at_once_the_rest_waits() {
+        assert_eq!(pace(&transient(false)), Pace::Budgeted);
+        assert_eq!(pace(&transient(true)), Pace::AtOnce);
+        // A service asking for a wait, or one that did not answer, or told to slow
+        // down, waits for the backoff.
         let asked = CallError::Transient {
             detail: "503".into(),
             retry_after: Some(Duration::from_secs(2)),
             slow: false,
             status: Some(503),
         };
-        assert_eq!(
-            p.after_list_failure(&mut attempts, &asked, 0.0),
-            Some(Duration::from_secs(2))
-        );
-        let mut attempts = Attempts::default();
-        assert_eq!(
-            p.after_list_failure(&mut attempts, &transient(true), 0.0),
-            Some(Duration::from_millis(100))
-        );
-        // Nor is a call the service did not answer, or told to slow down.
+        assert_eq!(pace(&asked), Pace::Backoff);
         for status in [None, Some(429), Some(503)] {
-            let mut attempts = Attempts::default();
-            let e = CallError::Transient {
-                detail: "refused or overloaded".into(),
-                retry_after: None,
-                slow: false,
-                status,
-            };
-            assert_eq!(
-                p.after_list_failure(&mut attempts, &e, 0.0),
-                Some(Duration::from_millis(100)),
-                "{status:?}"
-            );
+            for slow in [false, true] {
+                let e = CallError::Transient {
+                    detail: "refused or overloaded".into(),
+                    retry_after: None,
+                    slow,
+                    status,
+                };
+                assert_eq!(pace(&e), Pace::Backoff, "{status:?} slow {slow}");
+            }
         }
-        // The limit on attempts is the same.
+        let in_doubt = CallError::InDoubt {
+            detail: "no reply".into(),
+            status: None,
+        };
+        assert_eq!(pace(&in_doubt), Pace::Backoff);
+    }
+
+    #[test]
+    fn a_status_update_is_never_given_up_and_its_delay_is_capped() {
+        let p = RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+        };
         let mut attempts = Attempts::default();
-        let mut n = 1;
-        while p.after_list_failure(&mut attempts, &e, 0.5).is_some() {
-            n += 1;
-        }
-        assert_eq!(n, 4);
+        let delays: Vec<Duration> = (0..50)
+            .map(|_| p.status_delay(&mut attempts, &transient(false), 1.0))
+            .collect();
+        assert_eq!(attempts.made, 50);
+        assert_eq!(delays[0], Duration::from_millis(200));
+        assert_eq!(delays[1], Duration::from_millis(400));
+        assert!(delays.iter().all(|d| *d <= p.cap), "{delays:?}");
+        assert_eq!(delays[49], p.cap);
+        // A longer Retry-After is honoured up to the cap.
+        let asked = CallError::Transient {
+            detail: "503".into(),
+            retry_after: Some(Duration::from_secs(3)),
+            slow: false,
+            status: Some(503),
+        };
+        assert_eq!(
+            p.status_delay(&mut Attempts::default(), &asked, 0.0),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]

@@ -18,6 +18,12 @@
 //! new calls. One that is failing is *out* for a cool-down, then gets one probe call;
 //! after [`Rules::failed_probes`] failed probes in a row it is *down* for the rest of
 //! the cycle, and the orders that need it stay for the next cycle.
+//!
+//! A failed attempt waits for its backoff, except where waiting protects nothing
+//! ([`Scheduler::retry_at`]): a quick error answer (`500`, `502`) from a service that
+//! answers most of its calls is retried as soon as the worker reaches it again, behind
+//! what is already due, within a [`Budget`] of retries per recent calls; the attempt
+//! after a decrease that stalled goes at once too.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -79,6 +85,11 @@ pub struct Rules {
     pub cool_down_cap: Duration,
     /// Failed probes in a row after which the service is down for the cycle.
     pub failed_probes: u32,
+    /// Retries at once allowed per call to the service in the budget's window.
+    pub retry_budget: f64,
+    /// Retries at once allowed per second whatever the calls (so that a service with
+    /// few calls, such as the last orders of a drain, still gets them).
+    pub retry_floor_per_second: u32,
 }
 
 impl Rules {
@@ -91,8 +102,94 @@ impl Rules {
             cool_down: base.saturating_mul(4).min(cap),
             cool_down_cap: cap,
             failed_probes: 2,
+            retry_budget: RETRY_BUDGET,
+            retry_floor_per_second: RETRY_FLOOR_PER_SECOND,
         }
     }
+}
+
+/// Retries at once per call, over the last [`BUDGET_WINDOW`]: at most one retry for
+/// every call that was not a retry, so a service answering more than half of its calls
+/// gets its quick failures retried at once, and one failing more gets the backoff
+/// (then the health rules take it out). With one request in flight a retry takes the
+/// place of another order's call: it adds no load, it only decides which call goes
+/// next. Envoy's retry budgets, Finagle's `RetryBudget` and gRPC's retry throttling
+/// bound retries the same way, by a share of recent calls.
+pub const RETRY_BUDGET: f64 = 0.5;
+
+/// The budget's floor, as Finagle's `minRetriesPerSec` (its default, 10).
+pub const RETRY_FLOOR_PER_SECOND: u32 = 10;
+
+/// The window the budget counts calls and retries over, in one-second buckets.
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+const BUCKETS: usize = 10;
+
+/// Calls and retries at once of one service over the last [`BUDGET_WINDOW`].
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// Per bucket: (the second it counts, calls, retries at once).
+    buckets: [(u64, u32, u32); BUCKETS],
+    /// The instant seconds are counted from (set at the first use).
+    epoch: Option<Instant>,
+}
+
+impl Budget {
+    fn second(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_secs()
+    }
+
+    fn bucket(&mut self, now: Instant) -> &mut (u64, u32, u32) {
+        let second = self.second(now);
+        let slot = &mut self.buckets[(second % BUCKETS as u64) as usize];
+        if slot.0 != second {
+            *slot = (second, 0, 0);
+        }
+        slot
+    }
+
+    /// Counts one call.
+    pub fn call(&mut self, now: Instant) {
+        let slot = self.bucket(now);
+        slot.1 = slot.1.saturating_add(1);
+    }
+
+    /// (calls, retries at once) in the window.
+    pub fn counts(&mut self, now: Instant) -> (u64, u64) {
+        let second = self.second(now);
+        self.buckets
+            .iter()
+            .filter(|(s, _, _)| second.saturating_sub(*s) < BUCKETS as u64 && *s <= second)
+            .fold((0, 0), |(c, r), (_, calls, retries)| {
+                (c + u64::from(*calls), r + u64::from(*retries))
+            })
+    }
+
+    /// Takes one retry at once from the budget if there is one left.
+    pub fn try_spend(&mut self, rules: &Rules, now: Instant) -> bool {
+        let (calls, retries) = self.counts(now);
+        let floor = u64::from(rules.retry_floor_per_second) * BUDGET_WINDOW.as_secs();
+        let allowed = (calls as f64 * rules.retry_budget) as u64 + floor;
+        if retries >= allowed {
+            return false;
+        }
+        let slot = self.bucket(now);
+        slot.2 = slot.2.saturating_add(1);
+        true
+    }
+}
+
+/// How soon a failed attempt may go again, as the retry policy sees the failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// After the backoff.
+    Backoff,
+    /// A quick error answer from a service that answered: at once, within the budget.
+    Budgeted,
+    /// At once: the attempt took the whole timeout (a stall), so the service had a
+    /// long rest already.
+    AtOnce,
 }
 
 /// Where a service stands.
@@ -114,7 +211,10 @@ pub struct Health {
     recent: u64,
     seen: u32,
     failed_probes: u32,
+    /// The last call stalled.
+    stalled_last: bool,
     state: State,
+    budget: Budget,
 }
 
 impl Health {
@@ -124,7 +224,9 @@ impl Health {
             recent: 0,
             seen: 0,
             failed_probes: 0,
+            stalled_last: false,
             state: State::Up,
+            budget: Budget::default(),
         }
     }
 
@@ -162,6 +264,8 @@ impl Health {
     pub fn record(&mut self, rules: &Rules, now: Instant, verdict: Verdict, detail: &str) {
         let probe = matches!(self.state, State::Out { .. });
         let failed = verdict != Verdict::Answered;
+        self.budget.call(now);
+        let stalled_before = std::mem::replace(&mut self.stalled_last, verdict == Verdict::Stalled);
         let mask = (1u64 << rules.window.clamp(1, 63)) - 1;
         self.recent = ((self.recent << 1) | u64::from(failed)) & mask;
         self.seen = (self.seen + 1).min(rules.window);
@@ -177,15 +281,22 @@ impl Health {
             Verdict::Broken(why) => {
                 self.state = State::Down { why };
             }
-            // Measured on the real Stock Service: once a decrease has stalled (its pool
-            // of database connections used up), the next decrease stalled too in 51 runs
-            // of 51, whatever the pause; only a garbage collection, brought on by about
-            // ten further calls, frees the pool. Probing again within the cycle would
-            // cost 30 s a call: one stall takes it out until the next cycle.
+            // The real Stock Service stalls when its pool of database connections is
+            // used up, and a garbage collection in its process frees the pool. That
+            // collection is brought on by requests, most often at the end of a stalled
+            // one: the next decrease, sent at once, is when it most often recovers.
+            // A second stall in a row takes it out until the next cycle, so that a
+            // service stalling every call costs two stalls a cycle, not one per order.
+            Verdict::Stalled if self.service == Service::Stock && !stalled_before => {
+                log::warn!(
+                    "{name} stalled; the next decrease goes at once (a second stall in a row \
+                     leaves it alone until the next cycle); last: {detail}"
+                );
+            }
             Verdict::Stalled if self.service == Service::Stock => {
                 self.state = State::Down {
                     why: format!(
-                        "{name} stalled (its database pool is exhausted and stays so for several calls); \
+                        "{name} stalled twice in a row (its database pool is exhausted); \
                          it is called again next cycle; last: {detail}"
                     ),
                 };
@@ -355,6 +466,37 @@ impl<T> Scheduler<T> {
         self.health = [Health::new(Service::Orders), Health::new(Service::Stock)];
     }
 
+    /// When a failed attempt at `service` goes again: at once where [`Pace`] allows it
+    /// and the service is usable (a quick error answer only within its [`Budget`]),
+    /// after `backoff` otherwise. Behind what is already due either way: due now, it
+    /// runs after the tasks due earlier.
+    pub fn retry_at(
+        &mut self,
+        service: Service,
+        now: Instant,
+        backoff: Duration,
+        pace: Pace,
+    ) -> Instant {
+        let health = &mut self.health[service.index()];
+        let at_once = health.usable(now)
+            && match pace {
+                Pace::Backoff => false,
+                Pace::AtOnce => true,
+                Pace::Budgeted => health.budget.try_spend(&self.rules, now),
+            };
+        if at_once { now } else { now + backoff }
+    }
+
+    /// The waiting tasks of one service, earliest first.
+    pub fn drain_service(&mut self, service: Service) -> Vec<T> {
+        let mut all: Vec<Entry<T>> = self.waiting[service.index()]
+            .drain()
+            .map(|Reverse(e)| e)
+            .collect();
+        all.sort();
+        all.into_iter().map(|e| e.task).collect()
+    }
+
     /// Every waiting task, earliest first (for a stop request).
     pub fn drain(&mut self) -> Vec<T> {
         let mut all: Vec<Entry<T>> = self
@@ -452,6 +594,8 @@ mod tests {
             cool_down: 100 * MS,
             cool_down_cap: 1000 * MS,
             failed_probes: 2,
+            retry_budget: 0.5,
+            retry_floor_per_second: 1,
         }
     }
 
@@ -545,6 +689,16 @@ mod tests {
         assert_eq!(s.next(t0, open(false, None)), Next::Done);
         assert_eq!(s.next(t0, open(false, Some(t0))), Next::FetchPage);
         assert_eq!(s.next(t0, open(true, None)), Next::NewOrder);
+        // A task due a few nanoseconds from now: the sleep is rounded up, never zero.
+        s.wait(Service::Orders, t0 + Duration::from_nanos(10), 1);
+        assert_eq!(s.next(t0, open(false, None)), Next::Sleep(MS));
+        // A page fetch that waits for a service out of use sleeps until the cool-down.
+        let mut s: Scheduler<u8> = Scheduler::new(rules(), 4);
+        s.record(Service::Orders, t0, Verdict::Stalled, "timed out");
+        match s.next(t0, open(false, Some(t0))) {
+            Next::Sleep(d) => assert!(d > Duration::ZERO && d <= 100 * MS, "{d:?}"),
+            other => panic!("expected a sleep, got {other:?}"),
+        }
     }
 
     #[test]
@@ -588,12 +742,24 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_stock_service_is_down_for_the_cycle_at_once() {
+    fn one_stall_keeps_the_stock_service_up_and_a_second_in_a_row_takes_it_down() {
         let t0 = Instant::now();
         let mut s: Scheduler<u8> = Scheduler::new(rules(), 4);
+        // A stall, then an answer, then a stall: never two in a row, still up.
+        for verdict in [Verdict::Stalled, Verdict::Answered, Verdict::Stalled] {
+            s.record(Service::Stock, t0, verdict, "30 s, 500");
+            assert_eq!(s.health(Service::Stock).state(), &State::Up);
+        }
+        // The stalled order's next attempt goes at once.
+        assert_eq!(s.retry_at(Service::Stock, t0, 150 * MS, Pace::AtOnce), t0);
         s.wait(Service::Stock, t0, 1);
         s.record(Service::Stock, t0, Verdict::Stalled, "30 s, 500");
-        assert!(s.health(Service::Stock).down().unwrap().contains("stalled"));
+        assert!(
+            s.health(Service::Stock)
+                .down()
+                .unwrap()
+                .contains("stalled twice")
+        );
         assert_eq!(
             s.next(t0, open(true, None)),
             Next::Abandon(Service::Stock, vec![1])
@@ -656,6 +822,48 @@ mod tests {
             Next::EndList(Service::Orders)
         );
         assert_eq!(s.next(t0, open(true, None)), Next::EndList(Service::Orders));
+    }
+
+    #[test]
+    fn quick_failures_are_retried_at_once_within_the_budget_then_after_the_backoff() {
+        let t0 = Instant::now();
+        let mut s: Scheduler<u8> = Scheduler::new(rules(), 4);
+        let backoff = 150 * MS;
+        // 100 calls in the window: 50 retries at once, plus the floor of 1 a second
+        // over the 10 s window.
+        for _ in 0..100 {
+            s.record(Service::Stock, t0, Verdict::Answered, "");
+        }
+        let at_once = (0..100)
+            .filter(|_| s.retry_at(Service::Stock, t0, backoff, Pace::Budgeted) == t0)
+            .count();
+        assert_eq!(at_once, 60);
+        assert_eq!(
+            s.retry_at(Service::Stock, t0, backoff, Pace::Budgeted),
+            t0 + backoff
+        );
+        // The backoff pace never goes at once; a stall's does, budget or not.
+        assert_eq!(
+            s.retry_at(Service::Stock, t0, backoff, Pace::Backoff),
+            t0 + backoff
+        );
+        assert_eq!(s.retry_at(Service::Stock, t0, backoff, Pace::AtOnce), t0);
+        // Calls and retries older than the window no longer count.
+        let later = t0 + BUDGET_WINDOW + Duration::from_secs(1);
+        assert_eq!(
+            s.retry_at(Service::Stock, later, backoff, Pace::Budgeted),
+            later
+        );
+        // The other service has a budget of its own.
+        assert_eq!(s.retry_at(Service::Orders, t0, backoff, Pace::Budgeted), t0);
+        // A service out of use gets no retry at once.
+        for _ in 0..9 {
+            s.record(Service::Orders, t0, Verdict::Failed, "502");
+        }
+        assert_eq!(
+            s.retry_at(Service::Orders, t0, backoff, Pace::Budgeted),
+            t0 + backoff
+        );
     }
 
     #[test]

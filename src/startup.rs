@@ -188,22 +188,29 @@ impl Started {
         }
     }
 
-    /// Says what is left pending, then shuts telemetry down.
+    /// Names the orders whose status update is left pending, in one line.
     pub fn finish(self) {
         let pending = self.worker.pending();
         if pending == 0 {
             return;
         }
+        let orders = self.worker.pending_orders();
+        let why = match self.stop.signal() {
+            Some(signal) => format!("stopped by {signal}"),
+            None if self.stop.requested() => "stop requested".to_string(),
+            None => "the Order Service did not take them in time".to_string(),
+        };
         if self.state_file {
             log::warn!(
                 target: TARGET,
-                "exiting with {pending} status updates pending; the state file keeps them for the next run"
+                "exiting with {pending} status updates pending ({why}): orders {orders}; the state \
+                 file keeps them for the next run"
             );
         } else {
             log::error!(
                 target: TARGET,
-                "exiting with {pending} status updates pending and no --state-file: a new run will not know \
-                 their stock is taken; set those orders by hand"
+                "exiting with {pending} status updates pending ({why}) and no --state-file: orders \
+                 {orders}; a new run will not know their stock is taken: set those orders by hand"
             );
         }
     }

@@ -14,6 +14,13 @@ const DECREASE: Route = Route {
     template: "/stocks/decrease",
 };
 
+/// What the real Stock Service's `500` says when its write or commit failed, and the
+/// stock may be taken (`Unexpected error during stock decrease (update)`). Sending
+/// the decrease again could take it twice, so that answer leaves the order in doubt.
+/// This reading only ever adds caution: any other `500` is retried, as the contract's
+/// `500`s come before the change (the simulated one, and the stall's `(read)`).
+const AT_THE_WRITE: &str = "stock decrease (update)";
+
 /// Largest reply accepted for a decrease.
 const REPLY_LIMIT: u64 = 64 * 1024;
 
@@ -77,6 +84,7 @@ impl StockClient {
                         "Stock Service decrease sent, no reply after {} ms: {d}",
                         started.elapsed().as_millis()
                     ),
+                    status: None,
                 });
             }
         };
@@ -88,6 +96,15 @@ impl StockClient {
                 );
             }
             return Ok(());
+        }
+        if reply.status == 500 && reply.describe().contains(AT_THE_WRITE) {
+            return Err(CallError::InDoubt {
+                detail: format!(
+                    "Stock Service decrease failed at its write (500 {}): the stock may be taken",
+                    reply.describe()
+                ),
+                status: Some(reply.status),
+            });
         }
         Err(CallError::from_status(WHAT, &reply, slow, true))
     }
@@ -137,6 +154,43 @@ mod tests {
             matches!(e, CallError::Transient { slow: true, .. }),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_500_at_the_write_leaves_the_decrease_in_doubt_and_others_are_retried() {
+        // Against a stand-in answering as the real service does: its `500` bodies.
+        let server = httpmock::MockServer::start();
+        let stock = StockClient::new(
+            Http::new(Duration::from_secs(2)),
+            &server.base_url(),
+            Duration::from_secs(2),
+        );
+        let order = Order {
+            id: 1,
+            wood_type: crate::orders::WoodType::Oak,
+            quantity: 2,
+        };
+        let mut answer = server.mock(|when, then| {
+            when.path("/stocks/decrease");
+            then.status(500)
+                .body(r#"{"error": "Unexpected error during stock decrease (update)"}"#);
+        });
+        let e = stock.decrease(&order, 0).unwrap_err();
+        assert!(matches!(e, CallError::InDoubt { .. }), "{e:?}");
+        answer.delete();
+        for body in [
+            r#"{"error": "Simulated DB error during stock decrease"}"#,
+            r#"{"error": "Unexpected error during stock decrease (read)"}"#,
+            "<html>Internal Server Error</html>",
+        ] {
+            let mut answer = server.mock(|when, then| {
+                when.path("/stocks/decrease");
+                then.status(500).body(body);
+            });
+            let e = stock.decrease(&order, 0).unwrap_err();
+            assert!(matches!(e, CallError::Transient { .. }), "{body}: {e:?}");
+            answer.delete();
+        }
     }
 
     #[test]

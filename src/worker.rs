@@ -11,11 +11,12 @@ use crate::config::{Config, Shard};
 use crate::heartbeat::Heartbeat;
 use crate::http::CallError;
 use crate::orders::{Order, OrderStatus};
+use crate::outage::{Line, Outage};
 use crate::outcome::{Deferral, Outcome};
 use crate::pager::{PageEnd, Pager};
-use crate::process::{InFlight, Journal, Journey, NoJournal, StepEnd, Task, order_fields};
+use crate::process::{Call, InFlight, Journal, Journey, NoJournal, StepEnd, Task, order_fields};
 pub use crate::report::CycleReport;
-use crate::retry::Attempts;
+use crate::retry::{Attempts, pace};
 use crate::schedule::{Next, Rules, Scheduler, Service, Work};
 use crate::stop::Stop;
 use crate::telemetry::instrument::{self, Scope};
@@ -36,6 +37,14 @@ pub const PENDING_CAP: usize = 4096;
 /// only its status update again, never a second decrease. About 40 bytes each: 400 KB
 /// once full, whatever the backlog.
 pub const RECENT_DECISIONS: usize = 10_000;
+
+/// After a stop request, how long the status updates of decided orders still get to
+/// land before the worker exits (a second signal exits at once). It fits within the
+/// grace periods of `compose.yaml` and `deploy/kubernetes` (60 s), with room for the
+/// telemetry's bounded shutdown, and within Docker's default of 10 s in most cases: a
+/// healthy Order Service takes them in milliseconds, and one that is down is found so
+/// by the health rules in a few seconds.
+pub const STOP_GRACE: Duration = Duration::from_secs(8);
 
 /// An order whose fate is decided but whose status is not yet set.
 #[derive(Debug, Clone)]
@@ -81,12 +90,23 @@ pub struct Worker {
     /// Decided orders whose status is still to be set, by id. Survives cycles (and
     /// restarts, with a state file): an order here never has its stock decreased again.
     pending: BTreeMap<u64, PendingUpdate>,
-    /// Orders whose status update the Order Service refused (`400`/`404`): they may stay
-    /// `registered`, and are never handled again by this process.
-    refused: HashSet<u64>,
+    /// Orders whose status update the Order Service refused (`400`/`404`) after their
+    /// fate was decided (stock taken for `ready`): they may stay `registered`, are never
+    /// handled again by this process, stay in the state file, and are named at exit.
+    refused: BTreeMap<u64, OrderStatus>,
     recent: Recent,
     pending_cap: usize,
     max_orders_per_cycle: u64,
+    /// `once`: how long pending status updates are tried after the cycle.
+    pending_deadline: Duration,
+    /// Each service's outage, across cycles, so that one that stays unreachable is
+    /// logged once a minute, not at every call ([`crate::outage`]).
+    outages: [Outage; 2],
+    /// The last cycle found nothing to do: idle cycles are logged at debug.
+    idle: bool,
+    /// `once`: an order made `ready` is logged at debug (a big backlog's cron mail
+    /// holds only what went wrong and the summary).
+    quiet_success: bool,
     /// Rewritten as orders finish and after every cycle, for `healthcheck`.
     heartbeat: Option<Heartbeat>,
 }
@@ -115,6 +135,14 @@ struct Cycle {
     /// still waiting for a retry carry over (they run during the interval and into the
     /// next cycle). `once` waits for them.
     carry: bool,
+    /// A stop request gives the status updates in hand [`STOP_GRACE`] to land (not in
+    /// `once`'s wait for pending updates, which a stop ends at once).
+    grace: bool,
+    /// The cycle ends at this time, its tasks left as they are (`once`'s wait for
+    /// pending updates, bounded by `--pending-deadline`).
+    until: Option<Instant>,
+    /// Between two cycles of `run`: the outcomes reached now are of carried orders.
+    between: bool,
 }
 
 impl Cycle {
@@ -139,6 +167,8 @@ impl Cycle {
                 HashSet::new(),
             ),
         };
+        let mut report = report;
+        report.duration = Duration::ZERO;
         Cycle {
             scheduler,
             pager: Pager::default(),
@@ -151,15 +181,26 @@ impl Cycle {
             report,
             link,
             carry,
+            grace: true,
+            until: None,
+            between: false,
         }
     }
 
     /// No more new orders in this cycle; the rest stay registered.
     fn end_list(&mut self, why: String) {
+        self.end_list_at(why, log::Level::Error);
+    }
+
+    /// [`Cycle::end_list`], logged at `level` (debug during an outage already told).
+    fn end_list_at(&mut self, why: String, level: log::Level) {
         self.page.clear();
         self.next_page = None;
         if self.report.ended_early.is_none() {
-            log::error!("cycle ended early, the rest stays registered for the next cycle: {why}");
+            log::log!(
+                level,
+                "cycle ended early, the rest stays registered for the next cycle: {why}"
+            );
             self.report.ended_early = Some(why);
         }
     }
@@ -183,10 +224,14 @@ impl Worker {
             shard: config.shard,
             stop,
             pending: BTreeMap::new(),
-            refused: HashSet::new(),
+            refused: BTreeMap::new(),
             recent: Recent::default(),
             pending_cap: PENDING_CAP,
             max_orders_per_cycle: config.max_orders_per_cycle,
+            pending_deadline: config.pending_deadline,
+            outages: [Outage::default(), Outage::default()],
+            idle: false,
+            quiet_success: false,
             heartbeat: None,
         };
         for (order, state, trace) in recovered {
@@ -244,6 +289,40 @@ impl Worker {
         self.pending.len()
     }
 
+    /// The orders whose status update is pending, as a log line names them: `161
+    /// (ready), 170 (blocked)`, the first 20 and how many more.
+    pub fn pending_orders(&self) -> String {
+        const SHOWN: usize = 20;
+        let mut text = self
+            .pending
+            .values()
+            .take(SHOWN)
+            .map(|u| format!("{} ({})", u.order.id, u.status))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.pending.len() > SHOWN {
+            text.push_str(&format!(" and {} more", self.pending.len() - SHOWN));
+        }
+        text
+    }
+
+    /// The orders whose status update the Order Service refused after their fate was
+    /// decided, as a log line names them (as [`Worker::pending_orders`]); empty if none.
+    pub fn refused_orders(&self) -> (usize, String) {
+        const SHOWN: usize = 20;
+        let mut text = self
+            .refused
+            .iter()
+            .take(SHOWN)
+            .map(|(id, status)| format!("{id} ({status})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.refused.len() > SHOWN {
+            text.push_str(&format!(" and {} more", self.refused.len() - SHOWN));
+        }
+        (self.refused.len(), text)
+    }
+
     /// Runs cycles every `interval` (counted from the end of a cycle) until a stop is
     /// requested. Returns the last cycle's report.
     pub fn run_loop(&mut self, interval: Duration) -> CycleReport {
@@ -263,10 +342,64 @@ impl Worker {
         }
     }
 
-    /// One cycle: the pending status updates and every order registered at its start,
-    /// until nothing is left that can run.
+    /// One cycle (`once`): the pending status updates and every order registered at its
+    /// start, until nothing is left that can run; then the status updates still pending
+    /// are tried until they land, a stop is requested, or `--pending-deadline` passes.
     pub fn cycle(&mut self) -> CycleReport {
-        self.cycle_with(None, false).0
+        self.quiet_success = true;
+        let mut report = self.cycle_with(None, false).0;
+        if !self.pending.is_empty() && !self.stop.requested() {
+            self.settle(&mut report);
+        }
+        report
+    }
+
+    /// `once`'s wait for the status updates left pending by its cycle (their service
+    /// was down): rounds of attempts, a backoff apart (capped at `--retry-cap`), each
+    /// round respecting the Order Service's health, until they land, a stop is
+    /// requested, or the deadline passes. No new order is taken meanwhile. Without a
+    /// state file the process is the only record that their stock is taken: a new run
+    /// would take it again.
+    fn settle(&mut self, report: &mut CycleReport) {
+        let started = Instant::now();
+        let deadline = started + self.pending_deadline;
+        log::warn!(
+            "{} status updates pending: orders {}; trying them until they land, a stop, or \
+             --pending-deadline ({} s)",
+            self.pending.len(),
+            self.pending_orders(),
+            self.pending_deadline.as_secs_f64()
+        );
+        let mut round = 0;
+        while !self.pending.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let pause = self
+                .journey
+                .policy()
+                .delay(round, None, fastrand::f64())
+                .min(deadline - now);
+            if !self.stop.sleep(pause) {
+                break;
+            }
+            round = round.saturating_add(1);
+            let mut cycle = Cycle::new(self.rules.clone(), WAITING_CAP, None, None, false);
+            cycle.next_page = None;
+            cycle.grace = false;
+            cycle.until = Some(deadline);
+            self.resume_pending(&mut cycle);
+            self.run(&mut cycle);
+            report.absorb(&cycle.report);
+        }
+        report.pending = self.pending.len() as u64;
+        if self.pending.is_empty() {
+            log::info!(
+                "every pending status update landed, after {} ms",
+                started.elapsed().as_millis()
+            );
+        }
     }
 
     /// A cycle; with `carry`, it ends once the list is done and nothing is due, and the
@@ -287,7 +420,7 @@ impl Worker {
         report.pending = self.pending.len() as u64;
         report.waiting = cycle.scheduler.len() as u64;
         report.duration = started.elapsed();
-        log_summary(&report);
+        self.log_summary(&report);
         if let Some(heartbeat) = &mut self.heartbeat {
             heartbeat.cycle_ended(&report);
         }
@@ -328,9 +461,10 @@ impl Worker {
     fn between_cycles(&mut self, mut cycle: Cycle, interval: Duration) -> Option<Cycle> {
         let end = Instant::now() + interval;
         cycle.link = None;
+        cycle.between = true;
         loop {
             if self.stop.requested() {
-                self.abandon_all(&mut cycle);
+                self.wind_down(&mut cycle);
                 return None;
             }
             let work = Work {
@@ -354,8 +488,58 @@ impl Worker {
         }
     }
 
-    /// After a stop request: every waiting order is left as it is (nothing taken yet:
-    /// registered; decided: its status update pending).
+    /// After a stop request: orders with nothing taken are left registered, and the
+    /// status updates of decided orders (those in hand, and those pending from earlier
+    /// cycles) get [`STOP_GRACE`] to land, the Order Service's health respected. What
+    /// is left then stays pending.
+    fn wind_down(&mut self, cycle: &mut Cycle) {
+        for task in cycle.scheduler.drain_service(Service::Stock) {
+            let outcome = task.abandon("stop requested", Deferral::Stopped);
+            self.finish(cycle, task, outcome);
+        }
+        cycle.end_list("stop requested".into());
+        if !cycle.grace {
+            self.abandon_all(cycle);
+            return;
+        }
+        if !self.pending.is_empty() {
+            // Pending because the Order Service was down: give it a fresh start.
+            cycle.scheduler.reset_health();
+            self.resume_pending(cycle);
+        }
+        if cycle.scheduler.is_empty() {
+            return;
+        }
+        log::info!(
+            "stop requested: {} status updates of decided orders get up to {} s to land \
+             (a second signal exits at once)",
+            cycle.scheduler.len(),
+            STOP_GRACE.as_secs()
+        );
+        let until = Instant::now() + STOP_GRACE;
+        loop {
+            let now = Instant::now();
+            if cycle.scheduler.is_empty() || now >= until {
+                break;
+            }
+            let work = Work {
+                new_orders: false,
+                page_low: true,
+                next_page: None,
+            };
+            match cycle.scheduler.next(now, work) {
+                Next::Run(task) => self.run_task(cycle, task),
+                // The stop flag is set: a plain sleep (a second signal ends the process).
+                Next::Sleep(duration) => std::thread::sleep(duration.min(until - now)),
+                Next::Abandon(service, tasks) => self.abandon(cycle, service, tasks),
+                Next::NewOrder | Next::FetchPage | Next::EndList(_) | Next::Done => break,
+            }
+        }
+        self.abandon_all(cycle);
+    }
+
+    /// Every waiting order is left as it is (nothing taken yet: registered; decided:
+    /// its status update pending).
     fn abandon_all(&mut self, cycle: &mut Cycle) {
         for task in cycle.scheduler.drain() {
             let outcome = task.abandon("stop requested", Deferral::Stopped);
@@ -375,7 +559,41 @@ impl Worker {
             let outcome = task.abandon(&why, Deferral::Unavailable);
             self.finish(cycle, task, outcome);
         }
-        cycle.end_list(why);
+        let level = self.outage_level(log::Level::Error);
+        cycle.end_list_at(why, level);
+    }
+
+    /// `level`, or debug while a service's outage has been told already.
+    fn outage_level(&self, level: log::Level) -> log::Level {
+        if self.outages.iter().any(Outage::ongoing) {
+            log::Level::Debug
+        } else {
+            level
+        }
+    }
+
+    /// Records whether a call was answered, for its service's outage lines.
+    fn outage(&mut self, call: &Call) {
+        let now = Instant::now();
+        let name = call.service.name();
+        let outage = &mut self.outages[match call.service {
+            Service::Orders => 0,
+            Service::Stock => 1,
+        }];
+        let line = if call.answered {
+            outage.answered(name, now)
+        } else {
+            outage.failed(name, now)
+        };
+        match line {
+            Line::Quiet => {}
+            Line::Down => log::error!(
+                "{name} unreachable: {}; while it stays so, this is logged once a minute",
+                call.detail
+            ),
+            Line::Still(text) => log::warn!("{text}"),
+            Line::Back(text) => log::info!("{text}"),
+        }
     }
 
     fn shard_attribute(&self) -> Vec<KeyValue> {
@@ -406,8 +624,11 @@ impl Worker {
     fn run(&mut self, cycle: &mut Cycle) {
         loop {
             if self.stop.requested() {
+                self.wind_down(cycle);
+                return;
+            }
+            if cycle.until.is_some_and(|until| Instant::now() >= until) {
                 self.abandon_all(cycle);
-                cycle.end_list("stop requested".into());
                 return;
             }
             if self.pending.len() >= self.pending_cap
@@ -442,7 +663,11 @@ impl Worker {
                     return;
                 }
                 Next::Sleep(duration) => {
-                    self.stop.sleep(duration);
+                    let left = cycle
+                        .until
+                        .map_or(duration, |u| u.saturating_duration_since(Instant::now()));
+                    self.stop
+                        .sleep(duration.min(left).max(Duration::from_millis(1)));
                 }
                 Next::Abandon(service, tasks) => self.abandon(cycle, service, tasks),
                 Next::EndList(service) => {
@@ -452,7 +677,8 @@ impl Worker {
                         .down()
                         .unwrap_or(service.name())
                         .to_string();
-                    cycle.end_list(why);
+                    let level = self.outage_level(log::Level::Error);
+                    cycle.end_list_at(why, level);
                 }
                 Next::Done => return,
             }
@@ -464,10 +690,11 @@ impl Worker {
     fn run_task(&mut self, cycle: &mut Cycle, mut task: Task) {
         loop {
             let ran = self.journey.step(task);
-            if let Some((service, verdict, detail)) = ran.call {
+            if let Some(call) = ran.call {
+                self.outage(&call);
                 cycle
                     .scheduler
-                    .record(service, Instant::now(), verdict, &detail);
+                    .record(call.service, Instant::now(), call.verdict, &call.detail);
             }
             match ran.end {
                 StepEnd::Finished(task, outcome) => {
@@ -483,13 +710,17 @@ impl Worker {
                     cycle.scheduler.wait(service, Instant::now(), next);
                     return;
                 }
-                StepEnd::Again(task, service, delay) => {
-                    if self.stop.requested() {
-                        let outcome = task.abandon("stop requested", Deferral::Stopped);
-                        self.finish(cycle, task, outcome);
-                    } else {
-                        cycle.scheduler.wait(service, Instant::now() + delay, task);
-                    }
+                // After a stop request, a decrease is not tried again; a status update is,
+                // within the stop's grace ([`Worker::wind_down`]).
+                StepEnd::Again(task, Service::Stock, _, _) if self.stop.requested() => {
+                    let outcome = task.abandon("stop requested", Deferral::Stopped);
+                    self.finish(cycle, task, outcome);
+                    return;
+                }
+                StepEnd::Again(task, service, delay, pace) => {
+                    let now = Instant::now();
+                    let due = cycle.scheduler.retry_at(service, now, delay, pace);
+                    cycle.scheduler.wait(service, due, task);
                     return;
                 }
             }
@@ -502,36 +733,56 @@ impl Worker {
         let skip = cycle.pager.skip();
         let refill = !cycle.page.is_empty();
         cycle.no_refill = false;
+        // At most a page held, and never more than --max-orders-per-cycle in the cycle.
+        let left = self
+            .max_orders_per_cycle
+            .saturating_sub(cycle.report.fetched + cycle.page.len() as u64);
         let limit = self
             .page_size
             .saturating_sub(cycle.page.len() as u32)
+            .min(u32::try_from(left).unwrap_or(u32::MAX))
             .max(1);
         let started = Instant::now();
         let result = self.journey.list(skip, limit, cycle.page_attempts.made);
-        let (verdict, detail) = (
-            crate::process::verdict(&result),
-            crate::process::detail(&result),
-        );
+        let call = Call::of(Service::Orders, &result);
+        self.outage(&call);
         cycle
             .scheduler
-            .record(Service::Orders, Instant::now(), verdict, &detail);
+            .record(Service::Orders, Instant::now(), call.verdict, &call.detail);
+        let told = self.outages[0].ongoing();
         let entries = match result {
             Ok(entries) => entries,
             Err(e) => {
                 let attempt = cycle.page_attempts.made + 1;
                 let policy = self.journey.policy();
-                match policy.after_list_failure(&mut cycle.page_attempts, &e, fastrand::f64()) {
+                match policy.after_failure(&mut cycle.page_attempts, &e, fastrand::f64()) {
                     Some(delay) => {
-                        log::warn!(
+                        let now = Instant::now();
+                        let due = cycle
+                            .scheduler
+                            .retry_at(Service::Orders, now, delay, pace(&e));
+                        log::log!(
+                            if told {
+                                log::Level::Debug
+                            } else {
+                                log::Level::Warn
+                            },
                             "fetching registered orders failed (attempt {attempt} of {}, after {} ms): {e}; retrying in {} ms",
                             policy.max_retries + 1,
                             started.elapsed().as_millis(),
-                            delay.as_millis()
+                            (due - now).as_millis()
                         );
-                        cycle.next_page = Some(Instant::now() + delay);
+                        cycle.next_page = Some(due);
                     }
                     None => {
-                        log::error!("could not fetch registered orders (skip {skip}): {e}");
+                        log::log!(
+                            if told {
+                                log::Level::Debug
+                            } else {
+                                log::Level::Error
+                            },
+                            "could not fetch registered orders (skip {skip}): {e}"
+                        );
                         cycle.report.list_failed = true;
                         cycle.next_page = None;
                         if let CallError::Fatal { .. } = e {
@@ -616,10 +867,14 @@ impl Worker {
                 return;
             }
         };
-        if cycle.resumed.contains(&order.id) || self.refused.contains(&order.id) {
+        if cycle.resumed.contains(&order.id) || self.refused.contains_key(&order.id) {
             // Stock already decided: only its status update is retried (or, refused by
             // the Order Service, left alone).
             cycle.report.fetched += 1;
+            return;
+        }
+        if cycle.report.fetched + cycle.page.len() as u64 >= self.max_orders_per_cycle {
+            // More than was asked for (a service ignoring `limit`): left registered.
             return;
         }
         if let Some((decided, status)) = self.recent.get(order.id) {
@@ -652,7 +907,15 @@ impl Worker {
         let order = *task.order();
         {
             let _entered = task.enter();
-            log_outcome(&order, &outcome);
+            let quiet = match &outcome {
+                Outcome::Ready | Outcome::DryRun => self.quiet_success,
+                Outcome::Deferred {
+                    cause: Deferral::Unavailable,
+                    ..
+                } => self.outages.iter().any(Outage::ongoing),
+                _ => false,
+            };
+            log_outcome(&order, &outcome, quiet);
         }
         if instrument::active() {
             let mut attributes = vec![KeyValue::new("outcome", outcome.name())];
@@ -699,8 +962,8 @@ impl Worker {
                     },
                 );
             }
-            Outcome::StatusRefused { .. } => {
-                self.refused.insert(order.id);
+            Outcome::StatusRefused { status, .. } => {
+                self.refused.insert(order.id, *status);
             }
             Outcome::Deferred {
                 cause: Deferral::Fatal,
@@ -713,14 +976,19 @@ impl Worker {
         // counts as its outcome).
         if !(resumed && matches!(outcome, Outcome::Pending { .. })) {
             cycle.report.count(&outcome);
+            if resumed || cycle.between {
+                cycle.report.carried += 1;
+            }
         }
         task.finish(&outcome);
     }
 }
 
-/// The one line per order outcome (the order's fields come from its guard).
-fn log_outcome(order: &Order, outcome: &Outcome) {
+/// The one line per order outcome (the order's fields come from its guard); with
+/// `quiet`, at debug.
+fn log_outcome(order: &Order, outcome: &Outcome, quiet: bool) {
     let level = match outcome {
+        _ if quiet => log::Level::Debug,
         Outcome::Unknown { .. } | Outcome::StatusRefused { .. } => log::Level::Error,
         Outcome::Pending {
             status: OrderStatus::Ready,
@@ -743,19 +1011,37 @@ fn log_outcome(order: &Order, outcome: &Outcome) {
     );
 }
 
-fn log_summary(r: &CycleReport) {
-    let level = if r.complete() {
-        log::Level::Info
-    } else {
-        log::Level::Warn
-    };
-    log::log!(
-        level,
-        fetched = r.fetched, ready = r.ready, blocked = r.blocked, unknown = r.unknown,
-        deferred = r.deferred, pending = r.pending, waiting = r.waiting, skipped = r.skipped,
-        dry_run = r.dry_run, duration_ms = r.duration.as_millis() as u64;
-        "cycle done in {} ms{}",
-        r.duration.as_millis(),
-        if r.list_failed { " (order list could not be fetched)" } else { "" }
-    );
+impl Worker {
+    /// The cycle's summary: at info (warn when work is left); an idle cycle (nothing
+    /// listed, waiting or pending) at debug, with one info line when work resumes; a
+    /// cycle during an outage already told, at debug.
+    fn log_summary(&mut self, r: &CycleReport) {
+        let idle =
+            r.fetched == 0 && r.carried == 0 && r.waiting == 0 && r.pending == 0 && r.complete();
+        let level = if idle
+            || (!r.complete() && self.outage_level(log::Level::Warn) == log::Level::Debug)
+        {
+            log::Level::Debug
+        } else if r.complete() {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        if self.idle && !idle {
+            log::info!("work resumed: orders registered again");
+        }
+        if idle && !self.idle {
+            log::info!("no registered orders; idle cycles are logged at debug");
+        }
+        self.idle = idle;
+        log::log!(
+            level,
+            fetched = r.fetched, carried = r.carried, ready = r.ready, blocked = r.blocked,
+            unknown = r.unknown, deferred = r.deferred, pending = r.pending, waiting = r.waiting,
+            skipped = r.skipped, dry_run = r.dry_run, duration_ms = r.duration.as_millis() as u64;
+            "cycle done in {} ms: {}",
+            r.duration.as_millis(),
+            r.prose()
+        );
+    }
 }

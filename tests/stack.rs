@@ -131,8 +131,13 @@ fn a_500_after_the_stock_was_taken_never_takes_it_twice() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stack.count_by_status().get("ready").copied(), Some(200));
-    // Retried decreases carried the same key, so the stand-in took each order once.
+    // The stand-in takes stock on every decrease, whatever the key, as the real one
+    // does: an order answered `500 ... (update)` is in doubt (`unknown`), never sent
+    // again; the others are `ready`. Each order's stock was taken exactly once.
+    let counts = stack.count_by_status();
+    let (ready, unknown) = (counts["ready"], counts["unknown"]);
+    assert_eq!(ready + unknown, 200, "{counts:?}");
+    assert!((30..=90).contains(&unknown), "{counts:?}");
     assert_eq!(stack.ledger().len(), 200);
     assert_invariants(&stack);
 }

@@ -44,7 +44,7 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
             "OTEL_RESOURCE_ATTRIBUTES",
             "service.namespace=keeper,deployment.environment.name=local",
         )
-        .env("LOG_LEVEL", "info")
+        .env("LOG_LEVEL", "debug") // `once` logs its ready orders at debug
         .arg("once")
         .output()
         .unwrap();
@@ -213,7 +213,8 @@ fn a_collector_that_is_down_neither_slows_cycles_nor_delays_shutdown() {
         worker(&stack)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
-            .env("LOG_LEVEL", "info"),
+            // Idle cycles are logged at debug.
+            .env("LOG_LEVEL", "debug"),
         Duration::from_millis(2000),
         "the collector down",
     );
@@ -323,8 +324,10 @@ fn demo_worker(stack: &Stack, endpoint: &str, edit: impl Fn(&str) -> String) -> 
         };
         cmd.env(key, value);
     }
+    // Every order's line: `once` logs its ready orders at debug.
     cmd.env("OTEL_BSP_SCHEDULE_DELAY", "50")
         .env("OTEL_BLRP_SCHEDULE_DELAY", "50")
+        .env("LOG_LEVEL", "debug")
         .arg("once");
     cmd
 }

@@ -26,6 +26,8 @@ pub struct Request {
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the whole request had arrived.
+    pub at: Instant,
 }
 
 impl Request {
@@ -274,6 +276,7 @@ fn read_request(reader: &mut BufReader<TcpStream>, stopped: &AtomicBool) -> Opti
         target,
         headers,
         body,
+        at: Instant::now(),
     })
 }
 

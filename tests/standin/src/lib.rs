@@ -2,8 +2,11 @@
 //! `shared/api-contract.md`: same paths, methods, bodies, status codes and rough edges
 //! (`limit` defaults to 10, `415` without a JSON content type, `308` for `POST /orders`,
 //! HTML error pages, each service's own error rate), plus knobs for tests: a stock `500`
-//! after the change, a delay, a stalled reply. Unlike the real Stock Service, a decrease
-//! honours `Idempotency-Key`, and every decrease is written to a ledger.
+//! after the change, a delay, a stalled reply. As the real Stock Service does, a decrease
+//! takes stock every time, whatever its `Idempotency-Key`; every decrease that took
+//! stock is written to a ledger with its key, so that a second decrease for one order
+//! shows. Honouring the key is a knob ([`Knobs::honour_idempotency_key`]), off by
+//! default, for the one test that is about it.
 //!
 //! Multi-threaded and keep-alive (tiny_http), so that a benchmark measures the client.
 
@@ -47,6 +50,9 @@ pub struct Knobs {
     pub stall: Duration,
     /// Added to every reply of both services.
     pub delay: Duration,
+    /// A second decrease with a key already seen is answered as the first one and takes
+    /// nothing. The real Stock Service ignores the header: off by default.
+    pub honour_idempotency_key: bool,
 }
 
 impl Knobs {
@@ -653,7 +659,7 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
             let Some(&left) = shop.stock.get(&wood) else {
                 return Reply::error(404, "Stock not found");
             };
-            if key.as_ref().is_some_and(|k| shop.keys.contains(k)) {
+            if knobs.honour_idempotency_key && key.as_ref().is_some_and(|k| shop.keys.contains(k)) {
                 // Already done for this key: answer as the first time, take nothing.
                 return Reply::json(200, json!({"wood_type": wood, "quantity": left}));
             }
