@@ -155,14 +155,24 @@ fn main() {
     ]
     .into_iter()
     .map(|(n, delay)| {
-        let fault_free = drain_with_faults(n, 0.0, delay, &mut rng);
+        let fault_free = drain_with_faults(n, 0.0, delay, false, &mut rng);
         let faults = [0.1, 0.3]
             .into_iter()
-            .map(|rate| (rate, drain_with_faults(n, rate, delay, &mut rng)))
+            .map(|rate| (rate, drain_with_faults(n, rate, delay, false, &mut rng)))
             .collect();
         (n, delay, fault_free, faults)
     })
     .collect();
+    // The same 2,000 orders with instant replies, drained by `once` repeated as cron
+    // runs it with no state file: the ledger, order by order.
+    let cron_free = drain_with_faults(FAULT_ORDERS, 0.0, Duration::ZERO, true, &mut rng);
+    let cron_faults: Vec<(f64, Drained)> = [0.1, 0.3]
+        .into_iter()
+        .map(|rate| {
+            let d = drain_with_faults(FAULT_ORDERS, rate, Duration::ZERO, true, &mut rng);
+            (rate, d)
+        })
+        .collect();
 
     println!();
     println!(
@@ -271,16 +281,39 @@ fn main() {
         for (rate, d) in faults {
             let r = *n as f64 / d.wall.as_secs_f64();
             println!(
-                "{:<28} {:>10.0} orders/s {:>8.2} x fault-free   (drained in {:.2} s; ledger violations {}; ready {}, blocked {})",
+                "{:<28} {:>10.0} orders/s {:>8.2} x fault-free   (drained in {:.2} s; ledger violations {}; ready {}, blocked {}, decreases {})",
                 format!("{:.0}% faults", rate * 100.0),
                 r,
                 r / free_rate,
                 d.wall.as_secs_f64(),
                 d.violations,
                 d.ready,
-                d.blocked
+                d.blocked,
+                d.decreases
             );
         }
+    }
+    println!();
+    println!(
+        "under failure: {FAULT_ORDERS} orders drained by `once` run again and again with no state file (as cron runs it), replies at once:"
+    );
+    let free_rate = FAULT_ORDERS as f64 / cron_free.wall.as_secs_f64();
+    for (name, d) in std::iter::once(("no faults".to_string(), &cron_free)).chain(
+        cron_faults
+            .iter()
+            .map(|(rate, d)| (format!("{:.0}% faults", rate * 100.0), d)),
+    ) {
+        let r = FAULT_ORDERS as f64 / d.wall.as_secs_f64();
+        println!(
+            "{name:<28} {r:>10.0} orders/s {:>8.2} x fault-free   ({} runs, {:.2} s; ledger violations {}; ready {}, blocked {}, decreases {})",
+            r / free_rate,
+            d.runs,
+            d.wall.as_secs_f64(),
+            d.violations,
+            d.ready,
+            d.blocked,
+            d.decreases
+        );
     }
 }
 
@@ -319,15 +352,21 @@ struct Drained {
     violations: usize,
     ready: usize,
     blocked: usize,
+    /// Decreases that took stock (the stand-in takes stock on every one).
+    decreases: usize,
+    /// `once` runs it took (0 for `run`).
+    runs: usize,
 }
 
-/// `run` drains `orders` orders from services failing `rate` of their calls (the
-/// worker's own ERROR_RATE the same) and taking `delay` per reply; the time until none
-/// is registered.
+/// `run` (or, with `cron`, `once` started again and again with no state file) drains
+/// `orders` orders from services failing `rate` of their calls (the worker's own
+/// ERROR_RATE the same) and taking `delay` per reply; the time until none is
+/// registered.
 fn drain_with_faults(
     orders: usize,
     rate: f64,
     delay: Duration,
+    cron: bool,
     rng: &mut fastrand::Rng,
 ) -> Drained {
     let knobs = Knobs {
@@ -340,29 +379,49 @@ fn drain_with_faults(
     }
     stack.seed_orders(orders, rng);
     let started = Instant::now();
-    let mut child = worker_command(&stack)
-        .env("ERROR_RATE", rate.to_string())
-        .env("LOG_LEVEL", "error")
-        .args(["run", "--interval", "0.1"])
-        .spawn()
-        .expect("start the worker");
-    while stack.count_by_status().contains_key("registered") {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "not drained in 10 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    let mut runs = 0;
+    if cron {
+        // `once` again and again, as cron runs it, with no state file.
+        while stack.count_by_status().contains_key("registered") {
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "not drained in 10 minutes"
+            );
+            runs += 1;
+            worker_command(&stack)
+                .env("ERROR_RATE", rate.to_string())
+                .env("LOG_LEVEL", "off")
+                .arg("once")
+                .status()
+                .expect("run once");
+        }
+    } else {
+        let mut child = worker_command(&stack)
+            .env("ERROR_RATE", rate.to_string())
+            .env("LOG_LEVEL", "error")
+            .args(["run", "--interval", "0.1"])
+            .spawn()
+            .expect("start the worker");
+        while stack.count_by_status().contains_key("registered") {
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "not drained in 10 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait().expect("wait for the worker");
     }
     let wall = started.elapsed();
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    child.wait().expect("wait for the worker");
     let by_status = stack.count_by_status();
     Drained {
         wall,
         violations: stack.violations().len(),
         ready: by_status.get("ready").copied().unwrap_or(0),
         blocked: by_status.get("blocked").copied().unwrap_or(0),
+        decreases: stack.ledger().len(),
+        runs,
     }
 }
 
