@@ -188,8 +188,23 @@ impl Started {
         }
     }
 
-    /// Names the orders whose status update is left pending, in one line.
+    /// Names the orders whose status update is left pending, in one line, and those
+    /// whose status update the Order Service refused after their fate was decided.
     pub fn finish(self) {
+        let (refused, orders) = self.worker.refused_orders();
+        if refused > 0 {
+            log::error!(
+                target: TARGET,
+                "{refused} orders decided but their status update refused by the Order Service \
+                 (400/404): orders {orders}; the stock of the ready ones is taken and they may \
+                 still be registered{}: check each order and set it by hand",
+                if self.state_file {
+                    ""
+                } else {
+                    " (a new run without --state-file would take it again)"
+                }
+            );
+        }
         let pending = self.worker.pending();
         if pending == 0 {
             return;

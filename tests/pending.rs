@@ -319,3 +319,74 @@ fn a_decrease_that_stalls_once_is_retried_at_once() {
     );
     assert_eq!(server.calls("PUT", "/orders/1").len(), 1);
 }
+
+#[test]
+fn a_status_update_refused_after_the_decrease_is_named_at_exit_and_kept_in_the_state_file() {
+    // The Order Service refuses every status update (400) and so keeps listing the
+    // orders as registered.
+    let server = ScriptServer::start(|r| match (r.method.as_str(), r.path()) {
+        ("GET", _) if r.query("skip") == Some(0) => reply(
+            200,
+            serde_json::json!([order_json(1, "oak", 2), order_json(2, "elm", 3)]).to_string(),
+        ),
+        ("GET", _) => reply(200, "[]"),
+        ("POST", "/stocks/decrease") => reply(200, r#"{"wood_type": "oak", "quantity": 5}"#),
+        _ => reply(400, r#"{"error": "Invalid order status"}"#),
+    });
+    let dir = std::env::temp_dir().join(format!("om-refused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.jsonl");
+    for run in 1..=3 {
+        let out = Running::start(
+            common::worker_at(&server.url(), &server.url())
+                .env("ERROR_RATE", "0")
+                .env("STATE_FILE", &state)
+                .arg("once"),
+        )
+        .wait_for(Duration::from_secs(30))
+        .expect("once ends");
+        assert_eq!(out.status.code(), Some(1), "run {run}: {}", stderr(&out));
+        let text = stderr(&out);
+        let line = text
+            .lines()
+            .find(|l| l.contains("orders decided but their status update refused"))
+            .unwrap_or_else(|| panic!("run {run}: no line names them: {text}"));
+        assert!(
+            line.contains("ERROR") && line.contains("2 orders"),
+            "{line}"
+        );
+        assert!(line.contains("1 (ready), 2 (ready)"), "{line}");
+    }
+    // The state file kept the decisions: later runs only sent the status again.
+    assert_eq!(
+        server.decreases_per_order(),
+        std::collections::BTreeMap::from([(1, 1), (2, 1)])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_stopped_by_sigterm_again_and_again_without_a_state_file_takes_no_stock_twice() {
+    // 30% faults on every endpoint; each run is stopped part way, as a deployment that
+    // restarts the worker often would: the status updates in hand land within the
+    // stop's grace.
+    let stack = stack(300, 21, Knobs::failing(0.3));
+    let mut rng = fastrand::Rng::with_seed(21);
+    let mut stops = 0;
+    while stack.count_by_status().contains_key("registered") {
+        stops += 1;
+        assert!(stops <= 60, "not drained: {:?}", stack.count_by_status());
+        let mut child = Running::start(&mut worker(&stack, "0", &["run", "--interval", "0.1"]));
+        std::thread::sleep(Duration::from_millis(rng.u64(50..300)));
+        child.signal(libc::SIGTERM);
+        let out = child
+            .wait_for(Duration::from_secs(12))
+            .expect("stopped within the grace");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_ledger(&stack);
+    }
+    assert_eq!(stack.count_by_status().get("ready").copied(), Some(300));
+    assert_eq!(stack.ledger().len(), 300);
+    println!("drained over {stops} stopped runs");
+}

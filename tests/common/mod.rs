@@ -338,7 +338,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 /// (API_URL_ORDERS, RUST_LOG, http_proxy, OTEL_*, ...) cannot leak in, and no heartbeat
 /// file left in /tmp (a test that wants one sets HEARTBEAT_FILE itself).
 pub fn worker_command() -> Command {
-    let mut cmd = Command::new(BIN);
+    // Another build of the worker may be put through the same checks, to compare.
+    let bin = std::env::var_os("ORDERMANAGEMENT_TEST_BIN").unwrap_or_else(|| BIN.into());
+    let mut cmd = Command::new(bin);
     cmd.env_clear().env("HEARTBEAT_FILE", "");
     cmd
 }
