@@ -230,7 +230,8 @@ impl Worker {
             max_orders_per_cycle: config.max_orders_per_cycle,
             pending_deadline: config.pending_deadline,
             outages: [Outage::default(), Outage::default()],
-            idle: false,
+            // Start-up has said enough: a first cycle with nothing to do says no more.
+            idle: true,
             quiet_success: false,
             heartbeat: None,
         };
@@ -1016,9 +1017,10 @@ impl Worker {
     /// listed, waiting or pending) at debug, with one info line when work resumes; a
     /// cycle during an outage already told, at debug.
     fn log_summary(&mut self, r: &CycleReport) {
-        let idle =
-            r.fetched == 0 && r.carried == 0 && r.waiting == 0 && r.pending == 0 && r.complete();
-        let level = if idle
+        // Nothing handled: an idle cycle, or one whose list failed during an outage (the
+        // outage has lines of its own).
+        let idle = r.fetched == 0 && r.carried == 0 && r.waiting == 0 && r.pending == 0;
+        let level = if (idle && r.complete())
             || (!r.complete() && self.outage_level(log::Level::Warn) == log::Level::Debug)
         {
             log::Level::Debug
@@ -1027,11 +1029,11 @@ impl Worker {
         } else {
             log::Level::Warn
         };
-        if self.idle && !idle {
-            log::info!("work resumed: orders registered again");
+        if self.idle && !idle && !self.quiet_success {
+            log::info!("orders to handle: cycles are logged again");
         }
         if idle && !self.idle {
-            log::info!("no registered orders; idle cycles are logged at debug");
+            log::info!("no registered orders left; idle cycles are logged at debug");
         }
         self.idle = idle;
         log::log!(
