@@ -116,6 +116,11 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
         None => Worker::new(config, stop.clone()),
         Some(path) => match FileJournal::open(path) {
             Ok(journal) => Worker::with_journal(config, stop.clone(), Box::new(journal)),
+            // An overlapping run (cron): normal, one line, a code of its own.
+            Err(e @ journal::JournalError::Locked(..)) => {
+                log::warn!(target: TARGET, "{e}");
+                return Err(Exit::Busy);
+            }
             Err(e) => return Err(fail_at_start(config, &e.to_string())),
         },
     };
