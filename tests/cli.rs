@@ -852,6 +852,19 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
     assert_exit(&out, 0);
     // The mock lists the same order every cycle: one decrease per cycle.
     assert!(oak.decrease.calls() >= 1);
+    // Stopped: unhealthy at once, however fresh the last beat.
+    let out = healthcheck(&beat, &[]);
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stdout).starts_with("unhealthy: stopped at "),
+        "{out:?}"
+    );
+    // The judgement of a beat that just ages: the stop taken out of the file.
+    let mut last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&beat).expect("the last beat")).expect("JSON");
+    assert_eq!(last["stopped"]["signal"], "SIGTERM", "{last}");
+    last.as_object_mut().expect("an object").remove("stopped");
+    std::fs::write(&beat, last.to_string()).expect("rewrite the beat");
     thread::sleep(Duration::from_millis(1_200));
     let out = healthcheck(&beat, &["--max-age", "1"]);
     assert_exit(&out, 1);
@@ -872,6 +885,53 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
         text(&out.stdout).contains("Order Service silent for 1 s"),
         "{out:?}"
     );
+}
+
+#[test]
+fn healthcheck_after_a_clean_stop_says_when_and_on_which_signal_and_exits_1() {
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let dir = TempDir::new(&format!("healthcheck-stop-{name}"));
+        let beat = dir.0.join("beat");
+        let server = MockServer::start();
+        let list = first_page_mock(&server, &json!([]));
+        let url = server.base_url();
+        let mut child = Running::start(
+            with_services(&url, &url)
+                .env("HEARTBEAT_FILE", &beat)
+                .args(["run", "--interval", "30"]),
+        );
+        let deadline = Instant::now() + RUN_LIMIT;
+        while list.calls() == 0 {
+            assert!(Instant::now() < deadline, "no cycle within {RUN_LIMIT:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Healthy while it runs (the first cycle's beat may still be on its way).
+        while healthcheck(&beat, &[]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "never healthy");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let before = std::time::SystemTime::now();
+        child.signal(signal);
+        let out = child.wait_for(STOP_LIMIT).expect("stopped");
+        assert_exit(&out, 0);
+        let out = healthcheck(&beat, &[]);
+        assert_exit(&out, 1);
+        let line = text(&out.stdout);
+        // "unhealthy: stopped at 2026-12-05T06:40:01.123Z (SIGINT): last beat 0 s ago ..."
+        let at = line
+            .strip_prefix("unhealthy: stopped at ")
+            .and_then(|rest| rest.split_once(' '))
+            .map(|(at, rest)| (at.to_string(), rest.to_string()));
+        let Some((at, rest)) = at else {
+            panic!("{line}")
+        };
+        assert!(rest.starts_with(&format!("({name}): last beat ")), "{line}");
+        let earliest = ordermanagement::logging::rfc3339_millis(before - Duration::from_millis(1));
+        assert!(
+            at.len() == 24 && at.ends_with('Z') && at >= earliest,
+            "{line}"
+        );
+    }
 }
 
 #[test]
