@@ -3,8 +3,6 @@
 //! files opened; then, once the worker has run, what is left said and telemetry shut
 //! down. Also the `healthcheck` command, which needs none of that.
 
-use clap::Parser;
-
 use crate::cli::Cli;
 use crate::config::{Config, HealthcheckConfig, Invocation, Mode};
 use crate::exit::Exit;
@@ -21,7 +19,7 @@ const TARGET: &str = "ordermanagement";
 /// and `--version` with 0; their text may quote a value (the help shows each
 /// variable's value), so it is printed redacted. A bad setting is one line, exit 2.
 pub fn command_line() -> Result<Invocation, Exit> {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_env() {
         Ok(cli) => cli,
         Err(e) => {
             let text = e.render().to_string();

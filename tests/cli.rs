@@ -184,6 +184,102 @@ fn help_lists_every_variable_and_the_exit_codes() {
     assert!(text(&out.stdout).contains("Exit codes:"));
 }
 
+#[test]
+fn help_has_headings_examples_and_the_otel_variables_and_fits_the_width() {
+    let out = run(cmd().env("COLUMNS", "80").arg("--help"));
+    assert_exit(&out, 0);
+    let help = text(&out.stdout);
+    for heading in [
+        "\nServices:\n",
+        "\nCycle:\n",
+        "\nFiles:\n",
+        "\nLogging:\n",
+        "\nTelemetry (environment only",
+        "\nExamples:\n",
+        "\nExit codes:\n",
+        "  3  another run holds the state file",
+    ] {
+        assert!(help.contains(heading), "--help lacks {heading:?}:\n{help}");
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_SDK_DISABLED",
+    ] {
+        assert!(help.contains(var), "--help lacks {var}:\n{help}");
+    }
+    // Wrapped to the terminal's width (COLUMNS when there is no terminal), at most 100.
+    let widest = |help: &str| help.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    assert!(widest(&help) <= 80, "{help}");
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["healthcheck", "--help"],
+    ] {
+        let out = run(cmd().args(args));
+        assert!(widest(&text(&out.stdout)) <= 100, "{args:?}: {out:?}");
+    }
+    // No variable is set here: no `[env: NAME=]` that looks like a broken value.
+    assert!(!help.contains("=]"), "{help}");
+    assert!(help.contains("[env: API_URL_ORDERS]"), "{help}");
+    // A variable that is set shows its value (redacted).
+    let out = run(cmd()
+        .env("API_URL_ORDERS", "http://u:secret@order:5000")
+        .arg("--help"));
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("API_URL_ORDERS=http://REDACTED:REDACTED@order:5000]"),
+        "{help}"
+    );
+    assert!(!help.contains("secret"), "{help}");
+}
+
+#[test]
+fn healthcheck_help_shows_only_its_own_options() {
+    let out = run(cmd().args(["healthcheck", "--help"]));
+    assert_exit(&out, 0);
+    let help = text(&out.stdout);
+    for own in [
+        "--max-age",
+        "--max-cut-off",
+        "--heartbeat-file",
+        "Exit codes:",
+    ] {
+        assert!(help.contains(own), "{own} missing:\n{help}");
+    }
+    for worker in [
+        "--orders-url",
+        "--error-rate",
+        "--interval",
+        "--state-file",
+        "--log-level",
+        "--dry-run",
+    ] {
+        assert!(!help.contains(worker), "{worker} shown:\n{help}");
+    }
+    // `once` does not show `--interval`, which only `run` reads.
+    let out = run(cmd().args(["once", "--help"]));
+    assert!(!text(&out.stdout).contains("--interval"), "{out:?}");
+}
+
+#[test]
+fn a_typo_gets_a_suggestion() {
+    for (args, tip) in [
+        (&["onec"][..], "a similar subcommand exists: 'once'"),
+        (
+            &["--eror-rate", "1", "once"],
+            "a similar argument exists: '--error-rate'",
+        ),
+    ] {
+        let out = run(cmd().args(args));
+        assert_exit(&out, 2);
+        assert!(text(&out.stderr).contains(tip), "{args:?}: {out:?}");
+    }
+}
+
 // ---------------------------------------------------------------- configuration errors
 
 const URL: &str = "an http:// or https:// URL with a host, such as http://order:5000";
@@ -643,6 +739,25 @@ fn options_may_stand_before_the_command() {
         .args(["--timeout", "2", "--decrease-timeout", "2", "once"]));
     assert_exit(&out, 0);
     oak.assert_one_cycle();
+}
+
+#[test]
+fn interval_may_stand_before_run_too() {
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    let mut child = Running::start(with_services(&url, &url).args(["--interval", "0.2", "run"]));
+    let deadline = Instant::now() + RUN_LIMIT;
+    // A cycle every 0.2 s, not every 5 s (the default).
+    while list.calls() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 3 cycles in {RUN_LIMIT:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.signal(libc::SIGTERM);
+    assert_exit(&child.wait_for(STOP_LIMIT).expect("stopped"), 0);
 }
 
 #[test]
