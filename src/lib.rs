@@ -2,7 +2,8 @@
 //!
 //! It pages through the Order Service's `registered` orders, decreases the Stock
 //! Service's stock for each, and sets the order `ready`, `blocked` or `unknown`; see
-//! README.md for the outcomes, timeouts and exit codes.
+//! README.md for the settings and exit codes, docs/how-it-works.md for the cycle and
+//! its timeouts, docs/telemetry.md for the outcomes.
 //!
 //! # Map
 //!
