@@ -418,6 +418,21 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_with_its_hidden_copies_is_well_formed() {
+        // clap's own checks (ids, names, headings), with the copies added to
+        // `healthcheck` and `once` that the derive does not know about.
+        Cli::command_line().debug_assert();
+        let cmd = Cli::command_line();
+        let healthcheck = cmd.find_subcommand("healthcheck").unwrap();
+        let shown: Vec<&str> = healthcheck
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert_eq!(shown, ["max-age", "max-cut-off"], "{shown:?}");
+    }
+
+    #[test]
     fn defaults_match_the_documented_ones() {
         let (mode, c) = parse(&["once"]).unwrap();
         assert!(matches!(mode, Mode::Once));
