@@ -337,6 +337,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
 pub fn worker_command() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear().env("HEARTBEAT_FILE", "");
+    // Under `.ci/coverage` the binary writes its profile where cargo-llvm-cov says, so
+    // that what the child processes run is counted too.
+    if let Some(profile) = std::env::var_os("LLVM_PROFILE_FILE") {
+        cmd.env("LLVM_PROFILE_FILE", profile);
+    }
     cmd
 }
 
