@@ -4,16 +4,55 @@
 //! [`Cli::into_invocation`], each through its rule in [`crate::config`], so that a bad
 //! value is reported in one place with the setting's flag and variable names.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError, HealthcheckConfig, Invocation, Mode, defaults};
+
+/// The help's headings, in the order they are shown.
+const SERVICES: &str = "Services";
+const CYCLE: &str = "Cycle";
+const FILES: &str = "Files";
+const LOGGING: &str = "Logging";
+
+/// The OpenTelemetry variables that matter here, after the options of the main help
+/// (docs/telemetry.md has the rest).
+pub const TELEMETRY_HELP: &str = "\
+Telemetry (environment only; export is off while no endpoint is set):
+  OTEL_EXPORTER_OTLP_ENDPOINT  collector base URL, e.g. http://otel-collector:4318
+  OTEL_EXPORTER_OTLP_PROTOCOL  http/protobuf, the only protocol of this build
+  OTEL_SERVICE_NAME            service.name (default: ordermanagement)
+  OTEL_RESOURCE_ATTRIBUTES     more resource attributes, key=value,...
+  OTEL_EXPORTER_OTLP_HEADERS   headers of every export (never printed)
+  OTEL_SDK_DISABLED            true: no telemetry at all
+  OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER, OTEL_LOGS_EXPORTER
+                               none: that signal off
+  OTEL_PROPAGATORS             tracecontext always; baggage unless left out";
+
+/// Examples, after the options of the main help.
+pub const EXAMPLES_HELP: &str = "\
+Examples:
+  ordermanagement run --interval 2     a cycle every 2 s until stopped
+  ordermanagement once                 one cycle, then exit (cron: see README)
+  ordermanagement --dry-run once       log what would be done, change nothing
+  API_URL_ORDERS=http://order:5000 API_URL_STOCKS=http://stock:5001 \\
+    STATE_FILE=/var/lib/ordermanagement/state.jsonl ordermanagement run
+  ordermanagement healthcheck          exit 0 while the worker makes progress";
+
+/// The exit codes of `healthcheck`.
+pub const HEALTHCHECK_EXIT_HELP: &str = "\
+Exit codes:
+  0  healthy: the worker's last beat is recent enough
+  1  unhealthy: no recent beat, no heartbeat file, a worker stopped by a signal,
+     or (with --max-cut-off) an Order Service silent for too long
+  2  usage or configuration error in healthcheck's own settings";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ordermanagement",
     version,
     about = "Takes stock for registered orders of the wood-shop demo and sets them ready or blocked",
-    after_help = crate::exit::HELP
+    after_help = format!("{TELEMETRY_HELP}\n\n{EXAMPLES_HELP}\n\n{}", crate::exit::HELP),
+    max_term_width = 100
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -27,12 +66,13 @@ pub struct Cli {
 pub enum Command {
     /// Loop: run a cycle, sleep INTERVAL seconds, repeat until SIGTERM, SIGINT, SIGHUP or SIGQUIT.
     #[command(after_help = crate::exit::HELP)]
-    Run(RunArgs),
+    Run,
     /// Run a single cycle and exit (for cron); see the exit codes below.
     #[command(after_help = crate::exit::HELP)]
     Once,
     /// Exit 0 while the worker using the same --heartbeat-file makes progress, 1 when it
-    /// is stuck (for a container HEALTHCHECK or a liveness probe); prints one line.
+    /// is stuck or stopped (for a container HEALTHCHECK or a liveness probe); prints one line.
+    #[command(after_help = HEALTHCHECK_EXIT_HELP)]
     Healthcheck(HealthcheckArgs),
 }
 
@@ -63,19 +103,6 @@ pub struct HealthcheckArgs {
     pub max_cut_off: String,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Seconds between the end of one cycle and the start of the next; decimals allowed (0.5).
-    #[arg(
-        long,
-        env = "INTERVAL_SECONDS",
-        allow_negative_numbers = true,
-        default_value = defaults::INTERVAL_TEXT,
-        value_name = "SECONDS"
-    )]
-    pub interval: String,
-}
-
 /// Options shared by every command; they may stand before or after the command.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
@@ -83,6 +110,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = SERVICES,
         env = "API_URL_ORDERS",
         default_value = defaults::ORDERS_URL,
         value_name = "URL"
@@ -93,16 +121,31 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = SERVICES,
         env = "API_URL_STOCKS",
         default_value = defaults::STOCKS_URL,
         value_name = "URL"
     )]
     pub stocks_url: String,
 
+    /// `run`: seconds from the end of one cycle to the start of the next; decimals
+    /// allowed (0.5).
+    #[arg(
+        long,
+        global = true,
+        help_heading = CYCLE,
+        env = "INTERVAL_SECONDS",
+        allow_negative_numbers = true,
+        default_value = defaults::INTERVAL_TEXT,
+        value_name = "SECONDS"
+    )]
+    pub interval: String,
+
     /// Share of simulated failures, 0.0..=1.0 (at the stock step and at the status step).
     #[arg(
         long,
         global = true,
+        help_heading = CYCLE,
         env = "ERROR_RATE",
         allow_negative_numbers = true,
         default_value = defaults::ERROR_RATE_TEXT,
@@ -110,31 +153,11 @@ pub struct CommonArgs {
     )]
     pub error_rate: String,
 
-    /// error, warn, info, debug or trace (RUST_LOG, when set, wins and allows per-module filters).
-    #[arg(
-        long,
-        global = true,
-        env = "LOG_LEVEL",
-        default_value = defaults::LOG_LEVEL_TEXT,
-        value_name = "LEVEL"
-    )]
-    pub log_level: String,
-
-    /// text (human-readable) or json (one JSON object per line, with trace_id and span_id;
-    /// also the body of the logs exported over OTLP).
-    #[arg(
-        long,
-        global = true,
-        env = "LOG_FORMAT",
-        default_value = defaults::LOG_FORMAT_TEXT,
-        value_name = "FORMAT"
-    )]
-    pub log_format: String,
-
     /// Limit in seconds for one call to the Order Service, and for connecting to either service.
     #[arg(
         long,
         global = true,
+        help_heading = SERVICES,
         env = "HTTP_TIMEOUT_SECONDS",
         allow_negative_numbers = true,
         default_value = defaults::HTTP_TIMEOUT_TEXT,
@@ -147,6 +170,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = SERVICES,
         env = "DECREASE_TIMEOUT_SECONDS",
         allow_negative_numbers = true,
         default_value = defaults::DECREASE_TIMEOUT_TEXT,
@@ -158,6 +182,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = CYCLE,
         env = "MAX_RETRIES",
         allow_negative_numbers = true,
         default_value = defaults::MAX_RETRIES_TEXT,
@@ -169,6 +194,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = CYCLE,
         env = "PAGE_SIZE",
         allow_negative_numbers = true,
         default_value = defaults::PAGE_SIZE_TEXT,
@@ -180,6 +206,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = CYCLE,
         env = "MAX_ORDERS_PER_CYCLE",
         allow_negative_numbers = true,
         default_value = defaults::MAX_ORDERS_PER_CYCLE_TEXT,
@@ -187,11 +214,12 @@ pub struct CommonArgs {
     )]
     pub max_orders_per_cycle: String,
 
-    /// `once`: how long to go on trying the status updates of decided orders (their
-    /// stock already taken) once everything else is done, before exiting 1.
+    /// `once`: how long to keep trying the status updates of decided orders (stock
+    /// taken) after the cycle, before naming them and exiting 1.
     #[arg(
         long,
         global = true,
+        help_heading = CYCLE,
         env = "PENDING_DEADLINE_SECONDS",
         allow_negative_numbers = true,
         default_value = defaults::PENDING_DEADLINE_TEXT,
@@ -204,6 +232,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = FILES,
         env = "STATE_FILE",
         value_name = "PATH",
         default_value = "",
@@ -216,6 +245,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = FILES,
         env = "HEARTBEAT_FILE",
         value_name = "PATH",
         default_value = defaults::HEARTBEAT_FILE
@@ -226,6 +256,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = CYCLE,
         env = "SHARD",
         value_name = "INDEX/COUNT",
         default_value = "",
@@ -237,6 +268,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = CYCLE,
         env = "SHARD_INDEX",
         value_name = "INDEX",
         default_value = "",
@@ -248,6 +280,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         global = true,
+        help_heading = CYCLE,
         env = "SHARD_COUNT",
         value_name = "COUNT",
         default_value = "",
@@ -256,19 +289,68 @@ pub struct CommonArgs {
     pub shard_count: String,
 
     /// Fetch and log what would be done; change nothing (`--dry-run`, or DRY_RUN=true|false).
-    #[arg(long, global = true, env = "DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true,
-          default_value = "false", default_missing_value = "true", hide_default_value = true)]
+    #[arg(long, global = true, help_heading = CYCLE, env = "DRY_RUN", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true", hide_default_value = true)]
     pub dry_run: String,
+
+    /// error, warn, info, debug or trace (RUST_LOG, when set, wins and allows per-module filters).
+    #[arg(
+        long,
+        global = true,
+        help_heading = LOGGING,
+        env = "LOG_LEVEL",
+        default_value = defaults::LOG_LEVEL_TEXT,
+        value_name = "LEVEL"
+    )]
+    pub log_level: String,
+
+    /// text (human-readable) or json (one JSON object per line, with trace_id and span_id;
+    /// also the body of the logs exported over OTLP).
+    #[arg(
+        long,
+        global = true,
+        help_heading = LOGGING,
+        env = "LOG_FORMAT",
+        default_value = defaults::LOG_FORMAT_TEXT,
+        value_name = "FORMAT"
+    )]
+    pub log_format: String,
 }
 
 impl Cli {
+    /// Parses the process's arguments and environment (see [`Cli::command_line`]).
+    pub fn parse_env() -> Result<Cli, clap::Error> {
+        Cli::from_arg_matches(&Cli::command_line().try_get_matches()?)
+    }
+
+    /// The command line as clap parses it: the derived one, with what the derive cannot
+    /// say. Each command's help shows only what it reads: `healthcheck` its own options
+    /// and `--heartbeat-file`, `once` no `--interval` (the others are still accepted and
+    /// ignored there, as their variables are). A variable's value is shown only when it
+    /// is set: `[env: API_URL_ORDERS]`, or `[env: API_URL_ORDERS=http://order:5000]`.
+    pub fn command_line() -> clap::Command {
+        let cmd = Cli::command().mut_args(show_env_value_when_set);
+        let hidden = |sc: clap::Command, keep: &dyn Fn(&str) -> bool| {
+            let copies: Vec<clap::Arg> = Cli::command()
+                .get_arguments()
+                .filter(|a| a.is_global_set() && !keep(a.get_id().as_str()))
+                .map(|a| a.clone().global(false).hide(true))
+                .collect();
+            sc.args(copies)
+        };
+        cmd.mut_subcommand("healthcheck", |sc| {
+            hidden(sc, &|id| id == "heartbeat_file").mut_args(show_env_value_when_set)
+        })
+        .mut_subcommand("once", |sc| hidden(sc, &|id| id != "interval"))
+    }
+
     /// Validates the command line into what to do. `run` and `once` read every worker
     /// setting; `healthcheck` reads only its own (a bad worker setting is no reason for
     /// a probe to fail).
     pub fn into_invocation(self) -> Result<Invocation, ConfigError> {
         let mode = match &self.command {
-            Command::Run(run) => Mode::Run {
-                interval: config::interval(&run.interval)?,
+            Command::Run => Mode::Run {
+                interval: config::interval(&self.common.interval)?,
             },
             Command::Once => Mode::Once,
             Command::Healthcheck(h) => {
@@ -289,6 +371,16 @@ impl Cli {
         };
         Ok(Invocation::Work(mode, self.common.to_config()?))
     }
+}
+
+/// `[env: NAME=value]` in the help only when the variable is set and not empty: an
+/// empty `[env: NAME=]` looks broken.
+fn show_env_value_when_set(arg: clap::Arg) -> clap::Arg {
+    let set = arg
+        .get_env()
+        .and_then(std::env::var_os)
+        .is_some_and(|value| !value.is_empty());
+    arg.hide_env_values(!set)
 }
 
 impl CommonArgs {
@@ -337,6 +429,21 @@ mod tests {
             Invocation::Work(mode, config) => Ok((mode, config)),
             Invocation::Healthcheck(_) => panic!("{args:?} is not a worker command"),
         }
+    }
+
+    #[test]
+    fn the_command_line_with_its_hidden_copies_is_well_formed() {
+        // clap's own checks (ids, names, headings), with the copies added to
+        // `healthcheck` and `once` that the derive does not know about.
+        Cli::command_line().debug_assert();
+        let cmd = Cli::command_line();
+        let healthcheck = cmd.find_subcommand("healthcheck").unwrap();
+        let shown: Vec<&str> = healthcheck
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert_eq!(shown, ["max-age", "max-cut-off"], "{shown:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ Exit codes:
   1  work left: the order list could not be fetched, or orders were left
      registered for a later cycle, or status updates are still pending
   2  usage or configuration error (nothing was sent)
+  3  another run holds the state file (--state-file): nothing was done
   128 + N  a second stop signal N cut a stop short (143 SIGTERM, 130 SIGINT,
      129 SIGHUP, 131 SIGQUIT)";
 
@@ -28,6 +29,9 @@ pub enum Exit {
     /// damaged or in use, a heartbeat file refused, the signal handlers not installed):
     /// nothing was sent.
     Usage,
+    /// Exit 3: another process holds the state file's lock (an overlapping cron run):
+    /// nothing was done. Not a configuration error: the next run goes ahead.
+    Busy,
     /// Exit 128 + N: a second stop signal N cut a stop short (the signal handler exits with it).
     SecondSignal(i32),
 }
@@ -39,6 +43,7 @@ impl Exit {
             Exit::Success => 0,
             Exit::WorkLeft | Exit::Unhealthy => 1,
             Exit::Usage => 2,
+            Exit::Busy => 3,
             Exit::SecondSignal(signal) => 128 + signal,
         }
     }
@@ -61,6 +66,7 @@ mod tests {
         assert_eq!(Exit::WorkLeft.code(), 1);
         assert_eq!(Exit::Unhealthy.code(), 1);
         assert_eq!(Exit::Usage.code(), 2);
+        assert_eq!(Exit::Busy.code(), 3);
         assert_eq!(Exit::SecondSignal(libc::SIGTERM).code(), 143);
         assert_eq!(Exit::SecondSignal(libc::SIGINT).code(), 130);
         assert_eq!(Exit::SecondSignal(libc::SIGHUP).code(), 129);
@@ -69,7 +75,7 @@ mod tests {
 
     #[test]
     fn the_help_names_every_code() {
-        for code in [Exit::Success, Exit::WorkLeft, Exit::Usage] {
+        for code in [Exit::Success, Exit::WorkLeft, Exit::Usage, Exit::Busy] {
             assert!(
                 HELP.contains(&format!("\n  {}  ", code.code())),
                 "{code:?} missing from:\n{HELP}"

@@ -43,6 +43,19 @@ pub struct Beat {
     pub orders_answered_ms: Option<u64>,
     /// The last complete cycle, if one ran.
     pub last_cycle: Option<CycleBeat>,
+    /// Written once when the worker stopped on a signal: it is not coming back by
+    /// itself, whatever the beat's age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Stopped>,
+}
+
+/// A clean stop, as the heartbeat records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stopped {
+    /// When the worker stopped (Unix milliseconds).
+    pub at_ms: u64,
+    /// The signal that stopped it (`SIGINT`, `SIGTERM`, ...).
+    pub signal: String,
 }
 
 /// A cycle's counts as the heartbeat keeps them.
@@ -94,9 +107,7 @@ impl Heartbeat {
         // Never rename over a device, a FIFO, a directory or a symbolic link
         // (HEARTBEAT_FILE=/dev/null as root).
         crate::files::check_regular_or_absent(path)?;
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".{}.tmp", std::process::id()));
-        let tmp = path.with_file_name(name);
+        let tmp = tmp_path(path);
         // As PID 1 in a container every run has the same temporary name: one left by a
         // killed run is removed if it is a regular file, refused otherwise.
         crate::files::remove_stale(&tmp)?;
@@ -111,6 +122,7 @@ impl Heartbeat {
                 stale_after_s: stale_after.as_secs().max(1),
                 orders_answered_ms: None,
                 last_cycle: None,
+                stopped: None,
             },
             written: Instant::now(),
             failing: false,
@@ -161,26 +173,53 @@ impl Heartbeat {
         }
     }
 
-    /// Writes the beat to a temporary file created new (`O_EXCL`, never through a
-    /// symbolic link or a file put there) and renames it over the heartbeat.
     fn write(&self) -> io::Result<()> {
-        let mut text = serde_json::to_vec(&self.beat).map_err(io::Error::other)?;
-        text.push(b'\n');
-        let mut file = match crate::files::create_new(&self.tmp) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                crate::files::remove_stale(&self.tmp)?;
-                crate::files::create_new(&self.tmp)?
-            }
-            other => other?,
-        };
-        let written = file
-            .write_all(&text)
-            .and_then(|()| fs::rename(&self.tmp, &self.path));
-        if written.is_err() {
-            let _ = crate::files::remove_stale(&self.tmp);
-        }
-        written
+        write_beat(&self.path, &self.tmp, &self.beat)
     }
+}
+
+/// The worker stopped on `signal` (its beats are over): the last beat this process
+/// wrote at `path` says so, and `healthcheck` reports it stopped (exit 1) instead of
+/// healthy until the beat would have aged out. A beat of another process is left alone.
+pub fn mark_stopped(path: &Path, signal: &str) -> io::Result<()> {
+    let text = crate::files::read_regular(path, MAX_BEAT_BYTES)?;
+    let mut beat: Beat = serde_json::from_slice(&text).map_err(io::Error::other)?;
+    if beat.pid != std::process::id() {
+        return Ok(());
+    }
+    let now = now_ms();
+    beat.at_ms = now;
+    beat.stopped = Some(Stopped {
+        at_ms: now,
+        signal: signal.to_string(),
+    });
+    write_beat(path, &tmp_path(path), &beat)
+}
+
+/// `PATH.PID.tmp`: the temporary file a beat is written to before its rename.
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `beat` to `tmp`, created new (`O_EXCL`, never through a symbolic link or a
+/// file put there), and renames it over `path`.
+fn write_beat(path: &Path, tmp: &Path, beat: &Beat) -> io::Result<()> {
+    let mut text = serde_json::to_vec(beat).map_err(io::Error::other)?;
+    text.push(b'\n');
+    let mut file = match crate::files::create_new(tmp) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            crate::files::remove_stale(tmp)?;
+            crate::files::create_new(tmp)?
+        }
+        other => other?,
+    };
+    let written = file.write_all(&text).and_then(|()| fs::rename(tmp, path));
+    if written.is_err() {
+        let _ = crate::files::remove_stale(tmp);
+    }
+    written
 }
 
 /// The healthcheck's verdict: the line to print, and whether the worker is healthy.
@@ -287,6 +326,13 @@ pub fn judge(
         }
     };
     let mut problems = Vec::new();
+    if let Some(stopped) = &beat.stopped {
+        problems.push(format!(
+            "stopped at {} ({})",
+            crate::logging::rfc3339_millis(UNIX_EPOCH + Duration::from_millis(stopped.at_ms)),
+            stopped.signal
+        ));
+    }
     if age > max_age {
         problems.push(format!("no progress for {}", secs(age)));
     }
@@ -336,7 +382,25 @@ mod tests {
             stale_after_s: 60,
             orders_answered_ms: Some(2_000),
             last_cycle: None,
+            stopped: None,
         }
+    }
+
+    #[test]
+    fn a_worker_stopped_by_a_signal_is_not_healthy_however_fresh_its_beat() {
+        let mut b = beat(10_000);
+        b.stopped = Some(Stopped {
+            at_ms: 1_795_533_451_478,
+            signal: "SIGINT".into(),
+        });
+        let v = judge(&b, None, None, 11_000);
+        assert!(!v.healthy, "{v}");
+        assert!(
+            v.line.starts_with(
+                "unhealthy: stopped at 2026-11-24T15:17:31.478Z (SIGINT): last beat 1 s ago"
+            ),
+            "{v}"
+        );
     }
 
     #[test]
@@ -457,6 +521,11 @@ mod tests {
         assert!(v.healthy, "{v}");
         assert!(v.line.contains("(max 90 s"), "{v}");
         assert!(v.line.contains("fetched 2, ready 2"), "{v}");
+        mark_stopped(&path, "SIGTERM").unwrap();
+        let v = check(&path, None, None, now_ms());
+        assert!(!v.healthy, "{v}");
+        assert!(v.line.starts_with("unhealthy: stopped at 20"), "{v}");
+        assert!(v.line.contains("(SIGTERM): last beat 0 s ago"), "{v}");
         let v = check(&dir.join("none"), None, None, now_ms());
         assert!(!v.healthy);
         assert!(v.line.starts_with("unhealthy: no heartbeat at"), "{v}");

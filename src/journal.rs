@@ -101,8 +101,9 @@ impl Record {
 /// Why a journal cannot be used; the worker must not start then.
 #[derive(Debug)]
 pub enum JournalError {
-    /// Another process holds the lock.
-    Locked(PathBuf),
+    /// Another process holds the lock: the state file's path, and the process id the
+    /// holder wrote into `PATH.lock` when it could be read.
+    Locked(PathBuf, Option<u32>),
     /// A line other than the last cannot be read: refusing is safer than guessing.
     Corrupt {
         path: PathBuf,
@@ -124,8 +125,15 @@ pub enum JournalError {
 impl fmt::Display for JournalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JournalError::Locked(p) => {
-                write!(f, "state file {} is in use by another worker", p.display())
+            JournalError::Locked(p, Some(pid)) => {
+                write!(
+                    f,
+                    "another run (pid {pid}) holds {}; nothing done",
+                    p.display()
+                )
+            }
+            JournalError::Locked(p, None) => {
+                write!(f, "another run holds {}; nothing done", p.display())
             }
             JournalError::Corrupt { path, line, detail } => {
                 write!(
@@ -200,7 +208,7 @@ impl FileJournal {
     /// Locks, replays and compacts the journal at `path` (created if missing).
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
         let [_, lock_path, tmp] = companion_paths(path);
-        let locked = || JournalError::Locked(path.to_path_buf());
+        let locked = || JournalError::Locked(path.to_path_buf(), holder(&lock_path));
         for at in [path, &lock_path, &tmp] {
             crate::files::check_regular_or_absent(at).map_err(|e| io_at(at, e))?;
         }
@@ -210,6 +218,10 @@ impl FileJournal {
         )
         .map_err(|e| io_at(&lock_path, e))?;
         try_lock(&lock).map_err(|e| e.map_or_else(locked, |e| io_at(&lock_path, e)))?;
+        // The holder's pid, for the message a second run prints; the lock works without it.
+        let _ = lock
+            .set_len(0)
+            .and_then(|()| lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0));
         let file = crate::files::open_regular(
             path,
             OpenOptions::new()
@@ -384,6 +396,12 @@ fn io_at(at: &Path, error: io::Error) -> JournalError {
 
 fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
     a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// The process id written in a held `PATH.lock`, if it can be read.
+fn holder(lock_path: &Path) -> Option<u32> {
+    let text = crate::files::read_regular(lock_path, 64).ok()?;
+    std::str::from_utf8(&text).ok()?.trim().parse().ok()
 }
 
 /// Takes the file's exclusive lock without waiting: `Err(None)` when another process
@@ -807,10 +825,20 @@ mod tests {
         let dir = temp_dir("lock");
         let path = dir.join("state.jsonl");
         let _first = FileJournal::open(&path).unwrap();
-        assert!(matches!(
-            FileJournal::open(&path),
-            Err(JournalError::Locked(_))
-        ));
+        // The holder wrote its pid into the lock file; the refusal names it.
+        let e = FileJournal::open(&path).err().expect("refused");
+        assert!(
+            matches!(e, JournalError::Locked(_, Some(pid)) if pid == std::process::id()),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "another run (pid {}) holds {}; nothing done",
+                std::process::id(),
+                path.display()
+            )
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -884,7 +912,7 @@ mod tests {
         assert!(!files_same(&path, &other));
         assert!(matches!(
             FileJournal::open(&other),
-            Err(JournalError::Locked(_))
+            Err(JournalError::Locked(..))
         ));
         drop(first);
         fs::remove_dir_all(dir).unwrap();
@@ -903,7 +931,7 @@ mod tests {
         let _first = FileJournal::open(&dir.join("state.jsonl")).unwrap();
         assert!(matches!(
             FileJournal::open(&alias.join("state.jsonl")),
-            Err(JournalError::Locked(_))
+            Err(JournalError::Locked(..))
         ));
         fs::remove_file(alias).unwrap();
         fs::remove_dir_all(dir).unwrap();

@@ -2,7 +2,8 @@
 //!
 //! It pages through the Order Service's `registered` orders, decreases the Stock
 //! Service's stock for each, and sets the order `ready`, `blocked` or `unknown`; see
-//! README.md for the outcomes, timeouts and exit codes.
+//! README.md for the settings and exit codes, docs/how-it-works.md for the cycle and
+//! its timeouts, docs/telemetry.md for the outcomes.
 //!
 //! # Map
 //!
@@ -14,7 +15,7 @@
 //! | `main.rs` (the binary) | wiring only: command line, start-up, `run` or `once`, finish, exit code |
 //! | [`startup`] | reading the command line, logging and telemetry set up, signal handlers, the start-up line, the state and heartbeat files opened, what is left said at the end; the `healthcheck` command |
 //! | [`exit`] | the exit codes, with their `--help` text |
-//! | [`cli`] | clap: commands and flags, each with its variable, turned into an [`Invocation`] |
+//! | [`cli`] | clap: commands and flags, each with its variable and help heading, the help's examples and OTEL list, turned into an [`Invocation`] |
 //! | [`config`] | the validated [`Config`]: each setting's rule and default ([`config::defaults`]), the heartbeat's staleness limit |
 //! | [`worker`] | the cycle and the loop: pages, new orders, retries due, sleeping, stopping |
 //! | [`pager`] | which `skip` the next list call asks for as orders leave the list |
@@ -41,7 +42,8 @@
 //! worker  -> process, pager, schedule, report, outcome, retry, heartbeat, telemetry::instrument
 //! process -> orders, stock, outcome, retry, schedule, logging, telemetry::instrument
 //! orders, stock -> http -> resolve, telemetry::instrument
-//! telemetry -> logging (installs its export); heartbeat -> report; journal -> process (its trait)
+//! telemetry -> logging (installs its export); heartbeat -> report, logging (its timestamps);
+//! journal -> process (its trait)
 //! ```
 //!
 //! The [`Config`] travels down as a value (worker and process read it); no module

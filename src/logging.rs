@@ -1,7 +1,9 @@
 //! Log lines on stderr, in one of two formats:
 //!
-//! - `text`: human-readable, with each record's key-values (`order_id=17 wood_type=oak
-//!   ...`) after the message, and the replica's shard on every line when it has one;
+//! - `text`: human-readable, each fact said once: after the message, the record's
+//!   key-values that the message does not already say (`order 17 (oak x3): ready`
+//!   carries no `order_id=17`), empty ones left out, and the replica's shard on every
+//!   line when it has one;
 //! - `json`: one JSON object per line, `timestamp`, `level`, `logger`, `message`,
 //!   `trace_id`, `span_id`, then the record's key-values as fields of their own (and
 //!   `shard`). Exported over OTLP, that same text is the log record's body, so a Grafana
@@ -175,9 +177,7 @@ pub fn init(level: log::LevelFilter, shard: Option<String>, format: Format) {
                     record.target(),
                     record.args()
                 )?;
-                let mut pairs = Pairs(String::new());
-                let _ = WithOrder(record.key_values()).visit(&mut pairs);
-                buf.write_all(pairs.0.as_bytes())?;
+                buf.write_all(text_pairs(record).as_bytes())?;
                 if let Some(shard) = &shard {
                     write!(buf, " shard={shard}")?;
                 }
@@ -359,16 +359,69 @@ fn quoted(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// ` key=value` for each pair; a value with spaces (or none) is quoted.
-struct Pairs(String);
+/// What a text line adds after its message: ` key=value` for each of the record's
+/// key-values (the current order's included) that is not empty and that the message
+/// does not already say (see [`said`]).
+fn text_pairs(record: &Record) -> String {
+    let message = record.args().to_string();
+    let mut pairs = Pairs {
+        out: String::new(),
+        message: &message,
+    };
+    let _ = WithOrder(record.key_values()).visit(&mut pairs);
+    pairs.out
+}
 
-impl<'kvs> VisitSource<'kvs> for Pairs {
+/// How a message says a numeric field, `{}` standing for its value: the worker's lines
+/// name an order `order 17 (oak x3)` and a duration `41 ms`. Other numbers (counts) are
+/// never taken as said: a `0` in the prose is not `fetched=0`.
+const NUMBER_PHRASES: [(&str, &str, &str); 3] = [
+    ("order_id", "order ", ""),
+    ("quantity", "x", ""),
+    ("duration_ms", "", " ms"),
+];
+
+/// True when `message` already says `key`'s `value`: a number in its phrase
+/// ([`NUMBER_PHRASES`]), any other value as a whole word or words.
+fn said(message: &str, key: &str, value: &str) -> bool {
+    if value.parse::<f64>().is_ok() {
+        NUMBER_PHRASES
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .is_some_and(|(_, before, after)| {
+                has_words(message, &format!("{before}{value}{after}"))
+            })
+    } else {
+        has_words(message, value)
+    }
+}
+
+/// `needle` in `haystack`, not as part of a longer word or number.
+fn has_words(haystack: &str, needle: &str) -> bool {
+    let part_of_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    haystack.match_indices(needle).any(|(at, _)| {
+        !part_of_word(haystack[..at].chars().next_back())
+            && !part_of_word(haystack[at + needle.len()..].chars().next())
+    })
+}
+
+/// ` key=value` for each pair not empty and not said in `message`; a value with spaces
+/// or quotes is quoted.
+struct Pairs<'m> {
+    out: String,
+    message: &'m str,
+}
+
+impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
         let text = value.to_string();
-        if text.is_empty() || text.contains(char::is_whitespace) || text.contains('"') {
-            self.0.push_str(&format!(" {key}={text:?}"));
+        if text.is_empty() || said(self.message, key.as_str(), &text) {
+            return Ok(());
+        }
+        if text.contains(char::is_whitespace) || text.contains('"') {
+            self.out.push_str(&format!(" {key}={text:?}"));
         } else {
-            self.0.push_str(&format!(" {key}={text}"));
+            self.out.push_str(&format!(" {key}={text}"));
         }
         Ok(())
     }
@@ -453,6 +506,91 @@ mod tests {
         assert_eq!(v["kv_message"], "collides");
         assert_eq!(v["ok"], true);
         assert_eq!(v["shard"], "1/3");
+    }
+
+    /// The text line's key-values after `message`, for `kvs`.
+    fn pairs(message: &str, kvs: &[(&str, Value)]) -> String {
+        text_pairs(
+            &Record::builder()
+                .args(format_args!("{message}"))
+                .key_values(&kvs)
+                .build(),
+        )
+    }
+
+    #[test]
+    fn text_lines_say_each_fact_once_and_leave_empty_fields_out() {
+        // An outcome line: the prose says every field.
+        let outcome = [
+            ("outcome", Value::from("ready")),
+            ("reason", Value::from("")),
+            ("order_id", Value::from(1u64)),
+            ("wood_type", Value::from("birch")),
+            ("quantity", Value::from(3u32)),
+        ];
+        assert_eq!(pairs("order 1 (birch x3): ready", &outcome), "");
+        let blocked = [
+            ("outcome", Value::from("blocked")),
+            ("reason", Value::from("insufficient stock")),
+            ("order_id", Value::from(12u64)),
+        ];
+        assert_eq!(
+            pairs("order 12 (oak x30): blocked: insufficient stock", &blocked),
+            ""
+        );
+        // The summary: the duration is in the prose, the counts are not (a 0 or a 1 in
+        // the prose is not a count).
+        let summary = [
+            ("fetched", Value::from(0u64)),
+            ("ready", Value::from(1u64)),
+            ("duration_ms", Value::from(1u64)),
+        ];
+        assert_eq!(pairs("cycle done in 1 ms", &summary), " fetched=0 ready=1");
+        // Values with spaces or quotes are quoted.
+        assert_eq!(
+            pairs("summary", &[("reason", Value::from("a \"b\" c"))]),
+            r#" reason="a \"b\" c""#
+        );
+        // A line about an order that names only its id keeps the rest; a different id
+        // or a word inside a longer one is not the same fact.
+        let _order = order_fields(OrderFields {
+            id: 9,
+            wood_type: "elm",
+            quantity: 4,
+        });
+        assert_eq!(
+            pairs(
+                "order 9: status update failed (attempt 1 of 4); retrying",
+                &[]
+            ),
+            " wood_type=elm quantity=4"
+        );
+        assert_eq!(
+            pairs("order 90: elmwood", &[]),
+            " order_id=9 wood_type=elm quantity=4"
+        );
+    }
+
+    #[test]
+    fn json_lines_keep_every_field_even_the_said_and_empty_ones() {
+        let kvs = [
+            ("outcome", Value::from("ready")),
+            ("reason", Value::from("")),
+            ("order_id", Value::from(1u64)),
+        ];
+        let line = json_line(
+            &Record::builder()
+                .args(format_args!("order 1 (birch x3): ready"))
+                .key_values(&kvs)
+                .build(),
+            None,
+            UNIX_EPOCH,
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (&v["outcome"], &v["reason"], &v["order_id"]),
+            (&"ready".into(), &"".into(), &1.into())
+        );
     }
 
     #[test]

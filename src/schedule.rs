@@ -69,7 +69,7 @@ pub enum Verdict {
     Broken(String),
 }
 
-/// The thresholds of [`Health`]. See README.md, "When a service fails".
+/// The thresholds of [`Health`]. See docs/how-it-works.md, "When a service fails".
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
     /// Recent calls remembered per service.

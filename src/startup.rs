@@ -3,8 +3,6 @@
 //! files opened; then, once the worker has run, what is left said and telemetry shut
 //! down. Also the `healthcheck` command, which needs none of that.
 
-use clap::Parser;
-
 use crate::cli::Cli;
 use crate::config::{Config, HealthcheckConfig, Invocation, Mode};
 use crate::exit::Exit;
@@ -21,7 +19,7 @@ const TARGET: &str = "ordermanagement";
 /// and `--version` with 0; their text may quote a value (the help shows each
 /// variable's value), so it is printed redacted. A bad setting is one line, exit 2.
 pub fn command_line() -> Result<Invocation, Exit> {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_env() {
         Ok(cli) => cli,
         Err(e) => {
             let text = e.render().to_string();
@@ -67,6 +65,8 @@ pub struct Started {
     worker: Worker,
     stop: Stop,
     state_file: bool,
+    /// The heartbeat this worker writes, if it could start one.
+    heartbeat: Option<std::path::PathBuf>,
     _telemetry: Telemetry,
 }
 
@@ -116,12 +116,21 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
         None => Worker::new(config, stop.clone()),
         Some(path) => match FileJournal::open(path) {
             Ok(journal) => Worker::with_journal(config, stop.clone(), Box::new(journal)),
+            // An overlapping run (cron): normal, one line, a code of its own.
+            Err(e @ journal::JournalError::Locked(..)) => {
+                log::warn!(target: TARGET, "{e}");
+                return Err(Exit::Busy);
+            }
             Err(e) => return Err(fail_at_start(config, &e.to_string())),
         },
     };
+    let mut beating = None;
     if let Some(path) = &config.heartbeat_file {
         match heartbeat::Heartbeat::start(path, config.stale_after(mode)) {
-            Ok(beat) => worker.set_heartbeat(beat),
+            Ok(beat) => {
+                worker.set_heartbeat(beat);
+                beating = Some(path.clone());
+            }
             Err(e) if config.heartbeat_chosen => {
                 let e = format!(
                     "invalid --heartbeat-file (HEARTBEAT_FILE) {:?}: cannot write it: {e}",
@@ -143,6 +152,7 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
         worker,
         stop,
         state_file: config.state_file.is_some(),
+        heartbeat: beating,
         _telemetry: telemetry,
     })
 }
@@ -176,15 +186,32 @@ impl Started {
         if let Some(signal) = self.stop.signal() {
             log::info!(target: TARGET, "stopped by {signal}");
         }
+        self.mark_stopped();
         Exit::Success
     }
 
     /// `once`: one cycle; exit 0 when it completed, 1 when work is left.
     pub fn once(&mut self) -> Exit {
-        if self.worker.cycle().complete() {
+        let complete = self.worker.cycle().complete();
+        self.mark_stopped();
+        if complete {
             Exit::Success
         } else {
             Exit::WorkLeft
+        }
+    }
+
+    /// After a stop signal, the heartbeat's last beat says so: `healthcheck` then reports
+    /// "stopped at T (SIGNAL)" and exits 1 instead of calling a stopped worker healthy.
+    fn mark_stopped(&self) {
+        if let (Some(signal), Some(path)) = (self.stop.signal(), &self.heartbeat)
+            && let Err(e) = heartbeat::mark_stopped(path, signal)
+        {
+            log::warn!(
+                target: TARGET,
+                "cannot record the stop in the heartbeat file {}: {e}",
+                path.display()
+            );
         }
     }
 

@@ -184,6 +184,103 @@ fn help_lists_every_variable_and_the_exit_codes() {
     assert!(text(&out.stdout).contains("Exit codes:"));
 }
 
+#[test]
+fn help_has_headings_examples_and_the_otel_variables_and_fits_the_width() {
+    let out = run(cmd().env("COLUMNS", "80").arg("--help"));
+    assert_exit(&out, 0);
+    let help = text(&out.stdout);
+    for heading in [
+        "\nServices:\n",
+        "\nCycle:\n",
+        "\nFiles:\n",
+        "\nLogging:\n",
+        "\nTelemetry (environment only",
+        "\nExamples:\n",
+        "\nExit codes:\n",
+        "  3  another run holds the state file",
+    ] {
+        assert!(help.contains(heading), "--help lacks {heading:?}:\n{help}");
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_SDK_DISABLED",
+    ] {
+        assert!(help.contains(var), "--help lacks {var}:\n{help}");
+    }
+    // Wrapped to the terminal's width (COLUMNS when there is no terminal), at most 100.
+    let widest = |help: &str| help.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    assert!(widest(&help) <= 80, "{help}");
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["healthcheck", "--help"],
+    ] {
+        let out = run(cmd().args(args));
+        assert!(widest(&text(&out.stdout)) <= 100, "{args:?}: {out:?}");
+    }
+    // No variable is set here: no `[env: NAME=]` that looks like a broken value.
+    assert!(!help.contains("=]"), "{help}");
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("[env: API_URL_ORDERS]"), "{help}");
+    // A variable that is set shows its value (redacted).
+    let out = run(cmd()
+        .env("API_URL_ORDERS", "http://u:secret@order:5000")
+        .arg("--help"));
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("API_URL_ORDERS=http://REDACTED:REDACTED@order:5000]"),
+        "{help}"
+    );
+    assert!(!help.contains("secret"), "{help}");
+}
+
+#[test]
+fn healthcheck_help_shows_only_its_own_options() {
+    let out = run(cmd().args(["healthcheck", "--help"]));
+    assert_exit(&out, 0);
+    let help = text(&out.stdout);
+    for own in [
+        "--max-age",
+        "--max-cut-off",
+        "--heartbeat-file",
+        "Exit codes:",
+    ] {
+        assert!(help.contains(own), "{own} missing:\n{help}");
+    }
+    for worker in [
+        "--orders-url",
+        "--error-rate",
+        "--interval",
+        "--state-file",
+        "--log-level",
+        "--dry-run",
+    ] {
+        assert!(!help.contains(worker), "{worker} shown:\n{help}");
+    }
+    // `once` does not show `--interval`, which only `run` reads.
+    let out = run(cmd().args(["once", "--help"]));
+    assert!(!text(&out.stdout).contains("--interval"), "{out:?}");
+}
+
+#[test]
+fn a_typo_gets_a_suggestion() {
+    for (args, tip) in [
+        (&["onec"][..], "a similar subcommand exists: 'once'"),
+        (
+            &["--eror-rate", "1", "once"],
+            "a similar argument exists: '--error-rate'",
+        ),
+    ] {
+        let out = run(cmd().args(args));
+        assert_exit(&out, 2);
+        assert!(text(&out.stderr).contains(tip), "{args:?}: {out:?}");
+    }
+}
+
 // ---------------------------------------------------------------- configuration errors
 
 const URL: &str = "an http:// or https:// URL with a host, such as http://order:5000";
@@ -646,6 +743,25 @@ fn options_may_stand_before_the_command() {
 }
 
 #[test]
+fn interval_may_stand_before_run_too() {
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    let mut child = Running::start(with_services(&url, &url).args(["--interval", "0.2", "run"]));
+    let deadline = Instant::now() + RUN_LIMIT;
+    // A cycle every 0.2 s, not every 5 s (the default).
+    while list.calls() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 3 cycles in {RUN_LIMIT:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.signal(libc::SIGTERM);
+    assert_exit(&child.wait_for(STOP_LIMIT).expect("stopped"), 0);
+}
+
+#[test]
 fn an_option_before_the_command_is_applied_not_just_accepted() {
     // ERROR_RATE 1: every stock step fails by simulation, so nothing reaches the Stock
     // Service (at the default 0.1, this order's decrease would be sent); the status
@@ -854,6 +970,19 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
     // The mock lists the same order every cycle; the worker remembers its decision:
     // one decrease in all, its status sent again in later cycles.
     assert_eq!(oak.decrease.calls(), 1);
+    // Stopped: unhealthy at once, however fresh the last beat.
+    let out = healthcheck(&beat, &[]);
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stdout).starts_with("unhealthy: stopped at "),
+        "{out:?}"
+    );
+    // The judgement of a beat that just ages: the stop taken out of the file.
+    let mut last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&beat).expect("the last beat")).expect("JSON");
+    assert_eq!(last["stopped"]["signal"], "SIGTERM", "{last}");
+    last.as_object_mut().expect("an object").remove("stopped");
+    std::fs::write(&beat, last.to_string()).expect("rewrite the beat");
     thread::sleep(Duration::from_millis(1_200));
     let out = healthcheck(&beat, &["--max-age", "1"]);
     assert_exit(&out, 1);
@@ -874,6 +1003,53 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
         text(&out.stdout).contains("Order Service silent for 1 s"),
         "{out:?}"
     );
+}
+
+#[test]
+fn healthcheck_after_a_clean_stop_says_when_and_on_which_signal_and_exits_1() {
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let dir = TempDir::new(&format!("healthcheck-stop-{name}"));
+        let beat = dir.0.join("beat");
+        let server = MockServer::start();
+        let list = first_page_mock(&server, &json!([]));
+        let url = server.base_url();
+        let mut child = Running::start(
+            with_services(&url, &url)
+                .env("HEARTBEAT_FILE", &beat)
+                .args(["run", "--interval", "30"]),
+        );
+        let deadline = Instant::now() + RUN_LIMIT;
+        while list.calls() == 0 {
+            assert!(Instant::now() < deadline, "no cycle within {RUN_LIMIT:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Healthy while it runs (the first cycle's beat may still be on its way).
+        while healthcheck(&beat, &[]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "never healthy");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let before = std::time::SystemTime::now();
+        child.signal(signal);
+        let out = child.wait_for(STOP_LIMIT).expect("stopped");
+        assert_exit(&out, 0);
+        let out = healthcheck(&beat, &[]);
+        assert_exit(&out, 1);
+        let line = text(&out.stdout);
+        // "unhealthy: stopped at 2026-12-05T06:40:01.123Z (SIGINT): last beat 0 s ago ..."
+        let at = line
+            .strip_prefix("unhealthy: stopped at ")
+            .and_then(|rest| rest.split_once(' '))
+            .map(|(at, rest)| (at.to_string(), rest.to_string()));
+        let Some((at, rest)) = at else {
+            panic!("{line}")
+        };
+        assert!(rest.starts_with(&format!("({name}): last beat ")), "{line}");
+        let earliest = ordermanagement::logging::rfc3339_millis(before - Duration::from_millis(1));
+        assert!(
+            at.len() == 24 && at.ends_with('Z') && at >= earliest,
+            "{line}"
+        );
+    }
 }
 
 #[test]

@@ -964,7 +964,11 @@ fn variables_the_worker_reads() -> BTreeSet<String> {
             .args(["help", command])
             .output()
             .expect("the binary's help");
-        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The help is wrapped: `[env:` and its name may stand on two lines.
+        let help = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         for part in help.split("[env: ").skip(1) {
             let name: String = part
                 .chars()

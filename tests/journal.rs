@@ -167,10 +167,29 @@ fn a_second_worker_on_the_same_state_file_refuses_to_start() {
     let dir = temp_dir("lock");
     let state = dir.join("state.jsonl");
     let server = shop();
-    let _first = running_worker(&server, &state);
+    let first = running_worker(&server, &state);
+    let requests = server.requests().len();
     let second = run(worker(&server, &state).arg("once"));
-    assert_eq!(second.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another worker"));
+    // An overlap (a cron run still going) is no configuration error: exit 3, one line
+    // naming the holder, nothing sent.
+    assert_eq!(second.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let says = format!(
+        "another run (pid {}) holds {}; nothing done",
+        first.child.id(),
+        state.display()
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("another run"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].ends_with(&says), "{stderr}");
+    assert_eq!(
+        server.requests().len(),
+        requests,
+        "the second run sent nothing"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -191,11 +210,12 @@ fn a_second_name_for_a_running_workers_state_file_lets_no_second_worker_in() {
     std::os::unix::fs::symlink(&dir, &alias).unwrap();
     for (path, says) in [
         (hard.clone(), "hard links"),
-        (alias.join("state.jsonl"), "in use by another worker"),
+        (alias.join("state.jsonl"), "holds"),
     ] {
         let second = run(worker(&server, &path).arg("once"));
         let stderr = String::from_utf8_lossy(&second.stderr);
-        assert_eq!(second.status.code(), Some(2), "{path:?}: {stderr}");
+        let code = if says == "holds" { 3 } else { 2 };
+        assert_eq!(second.status.code(), Some(code), "{path:?}: {stderr}");
         assert!(stderr.contains(says), "{path:?}: {stderr}");
     }
     assert_eq!(

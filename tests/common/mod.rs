@@ -342,6 +342,11 @@ pub fn worker_command() -> Command {
     let bin = std::env::var_os("ORDERMANAGEMENT_TEST_BIN").unwrap_or_else(|| BIN.into());
     let mut cmd = Command::new(bin);
     cmd.env_clear().env("HEARTBEAT_FILE", "");
+    // Under `.ci/coverage` the binary writes its profile where cargo-llvm-cov says, so
+    // that what the child processes run is counted too.
+    if let Some(profile) = std::env::var_os("LLVM_PROFILE_FILE") {
+        cmd.env("LLVM_PROFILE_FILE", profile);
+    }
     cmd
 }
 
