@@ -18,7 +18,7 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
 };
 
-use crate::resolve::Resolver;
+use crate::resolve::{Resolver, before_sending, unsent_cause};
 use crate::telemetry::instrument::{HttpAttempt, propagation_headers};
 
 /// The headers every call sends, made once (not parsed again for every request).
@@ -75,6 +75,10 @@ pub enum SendError {
     /// The request may have reached the server, but no reply came (timeout while
     /// waiting, connection dropped). Whether a non-idempotent request took effect is unknown.
     NoReply(String),
+    /// Nothing was sent because the process ran out of a resource (file descriptors,
+    /// memory, threads) before the request could leave: no call will work until some
+    /// are freed, so the cycle stops taking orders.
+    NoResources(String),
 }
 
 impl fmt::Display for SendError {
@@ -82,6 +86,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::NotSent(d) => write!(f, "not sent: {d}"),
             SendError::NoReply(d) => write!(f, "no reply: {d}"),
+            SendError::NoResources(d) => write!(f, "not sent: {d}"),
         }
     }
 }
@@ -172,7 +177,7 @@ impl Http {
             .user_agent(concat!("ordermanagement/", env!("CARGO_PKG_VERSION")))
             .build();
         let resolver = Resolver::new();
-        let connector = DefaultConnector::new().chain(SteadyTimeouts);
+        let connector = BeforeSending(DefaultConnector::new()).chain(SteadyTimeouts);
         let agent = Agent::with_parts(config, connector, resolver.clone());
         Http {
             agent,
@@ -267,7 +272,7 @@ impl Http {
         attempt: HttpAttempt,
     ) -> Result<Reply, SendError> {
         let reply = read_reply(result, limit, attempt);
-        if let Err(SendError::NotSent(_)) = &reply
+        if let Err(SendError::NotSent(_) | SendError::NoResources(_)) = &reply
             && let Ok(uri) = url.parse::<ureq::http::Uri>()
             && let Some(host) = uri.host()
         {
@@ -383,11 +388,23 @@ fn error_type(error: &ureq::Error) -> &'static str {
 
 /// Tells a request that never reached the server from one that may have: failures to
 /// resolve, connect (TLS handshake and proxy included) or finish sending the request.
-/// Anything else after the connection was made may have reached the server.
+/// Anything else after the connection was made may have reached the server. An I/O
+/// error met before the connection was made (marked by [`BeforeSending`] and the
+/// resolver) is not sent whatever its kind; one that says the process is out of file
+/// descriptors, memory or threads is [`SendError::NoResources`].
 fn classify(error: &ureq::Error) -> SendError {
     use ureq::Error as E;
     use ureq::Timeout as T;
     let detail = error.to_string();
+    if let E::Io(e) = error
+        && let Some(cause) = unsent_cause(e)
+    {
+        return if out_of_resources(cause) {
+            SendError::NoResources(detail)
+        } else {
+            SendError::NotSent(detail)
+        };
+    }
     match error {
         // The request never fully left: the server cannot have a complete request.
         E::Timeout(T::Resolve | T::Connect | T::SendRequest | T::SendBody) => {
@@ -407,6 +424,38 @@ fn classify(error: &ureq::Error) -> SendError {
         | E::TlsRequired => SendError::NotSent(detail),
         E::Io(e) if not_connected(e.kind()) => SendError::NotSent(detail),
         _ => SendError::NoReply(detail),
+    }
+}
+
+/// An error that says the process (or the system) is out of file descriptors, memory,
+/// threads or buffers: `EMFILE`, `ENFILE`, `ENOMEM`, `EAGAIN` (a thread or a socket
+/// that could not be made), `ENOBUFS`.
+fn out_of_resources(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::ENOBUFS)
+    ) || error.kind() == io::ErrorKind::OutOfMemory
+}
+
+/// The first connector of the chain: ureq's own (a TCP connection, TLS on it), whose
+/// I/O errors are marked as met before the request was sent ([`before_sending`]), so
+/// that a socket that could not be opened (`EMFILE`) is not taken for a request that
+/// got no reply.
+#[derive(Debug)]
+struct BeforeSending(DefaultConnector);
+
+impl Connector<()> for BeforeSending {
+    type Out = Box<dyn Transport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<()>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        self.0.connect(details, chained).map_err(|e| match e {
+            ureq::Error::Io(e) => ureq::Error::Io(before_sending(e)),
+            other => other,
+        })
     }
 }
 
@@ -594,6 +643,34 @@ mod tests {
         ];
         for e in &no_reply {
             assert!(matches!(classify(e), SendError::NoReply(_)), "{e:?}");
+        }
+        // Before the connection was made, any I/O error is not sent; running out of
+        // descriptors, memory or threads is said apart. After it, the same is no reply.
+        let os = |errno| E::Io(before_sending(io::Error::from_raw_os_error(errno)));
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EAGAIN,
+            libc::ENOBUFS,
+        ] {
+            assert!(
+                matches!(classify(&os(errno)), SendError::NoResources(_)),
+                "{errno}"
+            );
+            let after = E::Io(io::Error::from_raw_os_error(errno));
+            assert!(matches!(classify(&after), SendError::NoReply(_)), "{errno}");
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::EACCES,
+            libc::EINVAL,
+            libc::ECONNRESET,
+        ] {
+            assert!(
+                matches!(classify(&os(errno)), SendError::NotSent(_)),
+                "{errno}"
+            );
         }
     }
 

@@ -577,8 +577,14 @@ impl OrdersClient {
         self.http.slow_since(started)
     }
 
-    /// Every Order Service call is safe to repeat, so even a lost reply is transient.
+    /// Every Order Service call is safe to repeat, so even a lost reply is transient;
+    /// a process out of resources stops the cycle.
     fn send_failed(&self, what: &str, error: SendError, started: Instant) -> CallError {
+        if let SendError::NoResources(_) = error {
+            return CallError::Fatal {
+                detail: format!("{what} {error}"),
+            };
+        }
         CallError::Transient {
             detail: format!("{what} {error}"),
             retry_after: None,

@@ -71,6 +71,11 @@ impl StockClient {
                     status: None,
                 });
             }
+            Err(SendError::NoResources(d)) => {
+                return Err(CallError::Fatal {
+                    detail: format!("Stock Service decrease not sent: {d}"),
+                });
+            }
             Err(SendError::NoReply(d)) => {
                 return Err(CallError::InDoubt {
                     detail: format!(

@@ -154,3 +154,142 @@ fn one_unreadable_entry_among_twenty_is_skipped_alone() {
         assert!(!stderr.contains("panicked"), "{case}:\n{stderr}");
     }
 }
+
+// ------------------------------------------------------------- out of descriptors
+
+/// Both services on scripted servers of their own (a connection each), holding orders
+/// 1 to 3 of oak; decreases answer 200, status updates are kept.
+struct Shop {
+    orders: ScriptServer,
+    stock: ScriptServer,
+    statuses: Arc<Mutex<BTreeMap<u64, String>>>,
+}
+
+impl Shop {
+    fn start() -> Shop {
+        let statuses: Arc<Mutex<BTreeMap<u64, String>>> = Arc::new(Mutex::new(
+            (1..=3).map(|id| (id, "registered".to_string())).collect(),
+        ));
+        let s = statuses.clone();
+        let orders = ScriptServer::start(move |r: &Request| match r.method.as_str() {
+            "GET" => common::registered_page(r, &s.lock().unwrap(), |_| "oak"),
+            "PUT" => {
+                let id: u64 = r.path()["/orders/".len()..].parse().unwrap();
+                let status = r.json()["order_status"].as_str().unwrap().to_string();
+                s.lock().unwrap().insert(id, status);
+                reply(200, "{}")
+            }
+            _ => reply(404, "<html>not found</html>"),
+        });
+        let stock =
+            ScriptServer::start(|_: &Request| reply(200, r#"{"wood_type": "oak", "quantity": 1}"#));
+        Shop {
+            orders,
+            stock,
+            statuses,
+        }
+    }
+
+    fn lists(&self) -> usize {
+        self.orders.calls("GET", "/orders/status/registered").len()
+    }
+
+    fn registered(&self) -> usize {
+        self.statuses
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| *s == "registered")
+            .count()
+    }
+}
+
+/// The worker with `args`, run by a shell that first lowers its descriptor limit to `n`.
+fn with_descriptors(n: u32, shop: &Shop, args: &[&str]) -> Command {
+    let mut cmd = worker(&shop.orders.url(), &shop.stock.url());
+    cmd.env("LOG_LEVEL", "debug");
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(args)
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    sh
+}
+
+/// The smallest descriptor limit under which the worker fetches the list but cannot
+/// open a connection to the Stock Service, found by trying (a few descriptors more or
+/// less, depending on what the runtime opens at start).
+fn limit_that_starves_the_decrease() -> u32 {
+    for n in 4..=32 {
+        let shop = Shop::start();
+        let out = run(&mut with_descriptors(n, &shop, &["once"]));
+        if shop.lists() == 0 {
+            continue; // too few even for the list
+        }
+        assert!(
+            !shop.stock.requests().is_empty() || out.status.code() == Some(1),
+            "limit {n}: {}",
+            text(&out.stderr)
+        );
+        if shop.stock.requests().is_empty() {
+            return n;
+        }
+        panic!(
+            "limit {n}: the list and the decreases went through; no limit between starves the decrease"
+        );
+    }
+    panic!("no descriptor limit up to 32 let the list through");
+}
+
+#[test]
+fn out_of_descriptors_nothing_is_called_sent_and_every_order_stays_registered() {
+    let n = limit_that_starves_the_decrease();
+    let shop = Shop::start();
+    let out = run(&mut with_descriptors(n, &shop, &["once"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "limit {n}:\n{stderr}");
+    assert!(
+        shop.stock.requests().is_empty(),
+        "limit {n}: nothing reached the Stock Service"
+    );
+    assert_eq!(
+        shop.registered(),
+        3,
+        "limit {n}: no order left registered:\n{stderr}"
+    );
+    assert!(
+        shop.orders.calls("PUT", "/orders/1").is_empty(),
+        "limit {n}: no status set (no unknown):\n{stderr}"
+    );
+    assert!(!stderr.contains("sent, no reply"), "limit {n}:\n{stderr}");
+    assert!(
+        !stderr.contains("unknown outcome") && !stderr.contains(": unknown"),
+        "limit {n}:\n{stderr}"
+    );
+    let ended: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("cycle ended early"))
+        .collect();
+    assert_eq!(
+        ended.len(),
+        1,
+        "limit {n}: one line ends the cycle:\n{stderr}"
+    );
+    assert!(ended[0].contains("open files"), "limit {n}: {}", ended[0]);
+
+    // `run` goes on to the next cycle, and still sends nothing.
+    let shop = Shop::start();
+    let mut child = Running::start(&mut with_descriptors(n, &shop, &["run", "--interval", "1"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shop.lists() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(RUN_LIMIT).expect("run stops on SIGTERM");
+    let stderr = text(&out.stderr);
+    assert!(shop.lists() >= 3, "limit {n}: a cycle a second:\n{stderr}");
+    assert!(shop.stock.requests().is_empty(), "limit {n}:\n{stderr}");
+    assert_eq!(shop.registered(), 3, "limit {n}:\n{stderr}");
+}
