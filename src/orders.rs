@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::de::{MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::http::{CallError, Http, Route, SendError};
+use crate::http::{Call, CallError, Http, Route, SendError, Target};
 
 /// Largest reply accepted for a status update.
 const SMALL_REPLY_LIMIT: u64 = 64 * 1024;
@@ -449,6 +449,20 @@ const LIST: Route = Route {
     template: "/orders/status/{status}",
 };
 
+/// The Order Service, in error messages.
+pub const ORDER_SERVICE: Target = Target {
+    service: "Order Service",
+    variable: "API_URL_ORDERS (--orders-url)",
+};
+
+/// The `error` texts with which the Order Service refuses a status update (`400`:
+/// missing or invalid status; `404`: no such order).
+const STATUS_REFUSALS: [&str; 3] = [
+    "Missing 'order_status' in request body",
+    "Invalid order status",
+    "Order not found",
+];
+
 /// The status update's route, in telemetry.
 const STATUS_UPDATE: Route = Route {
     span_name: "PUT /orders/{id}",
@@ -480,20 +494,16 @@ impl OrdersClient {
             self.base
         );
         let what = "Order Service list";
+        // A list call refused means a wrong URL, not a refused order.
+        let call = self.call(what, &url, &[]);
         let started = Instant::now();
         let byte_limit = SMALL_REPLY_LIMIT + u64::from(limit) * BYTES_PER_LISTED_ORDER;
         let reply = self
             .http
             .get(&url, LIST, resend, byte_limit)
-            .map_err(|e| self.send_failed(what, e, started))?;
+            .map_err(|e| self.send_failed(&call, e, started))?;
         if reply.status != 200 {
-            // A list call refused means a wrong URL, not a refused order.
-            return Err(CallError::from_status(
-                what,
-                &reply,
-                self.slow(started),
-                false,
-            ));
+            return Err(call.from_status(&reply, self.slow(started)));
         }
         let bad = |detail: String| CallError::Transient {
             detail: format!("{what} answered 200 with {detail}"),
@@ -543,6 +553,7 @@ impl OrdersClient {
         let url = format!("{}/orders/{id}", self.base);
         let body = format!(r#"{{"order_status":"{}"}}"#, status.as_str());
         let what = "Order Service status update";
+        let call = self.call(what, &url, &STATUS_REFUSALS);
         let started = Instant::now();
         let reply = self
             .http
@@ -553,7 +564,7 @@ impl OrdersClient {
                 body.as_bytes(),
                 SMALL_REPLY_LIMIT,
             )
-            .map_err(|e| self.send_failed(what, e, started))?;
+            .map_err(|e| self.send_failed(&call, e, started))?;
         match reply.status {
             // The status is set whatever the body says; a bad body is only worth a line.
             200..=299 => {
@@ -564,12 +575,17 @@ impl OrdersClient {
                 }
                 Ok(())
             }
-            _ => Err(CallError::from_status(
-                what,
-                &reply,
-                self.slow(started),
-                true,
-            )),
+            _ => Err(call.from_status(&reply, self.slow(started))),
+        }
+    }
+
+    /// A call to `url`, for what its failures say.
+    fn call<'a>(&self, what: &'a str, url: &'a str, refusals: &'a [&'a str]) -> Call<'a> {
+        Call {
+            what,
+            target: ORDER_SERVICE,
+            url,
+            refusals,
         }
     }
 
@@ -579,18 +595,8 @@ impl OrdersClient {
 
     /// Every Order Service call is safe to repeat, so even a lost reply is transient;
     /// a process out of resources stops the cycle.
-    fn send_failed(&self, what: &str, error: SendError, started: Instant) -> CallError {
-        if let SendError::NoResources(_) = error {
-            return CallError::Fatal {
-                detail: format!("{what} {error}"),
-            };
-        }
-        CallError::Transient {
-            detail: format!("{what} {error}"),
-            retry_after: None,
-            slow: self.slow(started),
-            status: None,
-        }
+    fn send_failed(&self, call: &Call, error: SendError, started: Instant) -> CallError {
+        call.send_failed(error, self.slow(started), true, started.elapsed())
     }
 }
 
@@ -933,14 +939,19 @@ mod tests {
         assert_eq!(log.summary(), None, "nothing to sum up");
     }
 
+    /// A status update of order 1 at `http://h:1`, for the mapping's tests.
+    fn update() -> Call<'static> {
+        Call {
+            what: "Order Service status update",
+            target: ORDER_SERVICE,
+            url: "http://u:secret@h:1/orders/1",
+            refusals: &STATUS_REFUSALS,
+        }
+    }
+
     #[test]
     fn statuses_map_to_what_the_caller_does_next() {
-        let r = CallError::from_status(
-            "x",
-            &reply(404, r#"{"error": "Order not found"}"#),
-            false,
-            true,
-        );
+        let r = update().from_status(&reply(404, r#"{"error": "Order not found"}"#), false);
         assert_eq!(
             r,
             CallError::Rejected {
@@ -948,14 +959,18 @@ mod tests {
                 reason: "Order not found".into()
             }
         );
+        let list = Call {
+            refusals: &[],
+            ..update()
+        };
         assert!(matches!(
-            CallError::from_status("x", &reply(404, "<html>"), false, false),
+            list.from_status(&reply(404, r#"{"error": "Order not found"}"#), false),
             CallError::Fatal { .. }
         ));
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(
                 matches!(
-                    CallError::from_status("x", &reply(s, ""), false, true),
+                    update().from_status(&reply(s, ""), false),
                     CallError::Transient { .. }
                 ),
                 "{s}"
@@ -964,11 +979,76 @@ mod tests {
         for s in [301, 308, 401, 403, 405, 415] {
             assert!(
                 matches!(
-                    CallError::from_status("x", &reply(s, ""), false, true),
+                    update().from_status(&reply(s, ""), false),
                     CallError::Fatal { .. }
                 ),
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn a_404_or_400_the_contract_does_not_know_asks_whether_the_url_is_right() {
+        let html = "<!doctype html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1><p>The requested URL was not found on the server.</p></body></html>";
+        for (status, body) in [
+            (404, html),
+            (404, r#"{"error": "Not found"}"#),
+            (404, r#"{"detail": "Order not found"}"#),
+            (400, "<h1>Bad Request</h1>"),
+            (400, r#"{"error": "Insufficient stock"}"#),
+            (404, ""),
+        ] {
+            let CallError::Fatal { detail } = update().from_status(&reply(status, body), false)
+            else {
+                panic!("{status} {body}: not fatal");
+            };
+            assert!(
+                detail.starts_with(&format!(
+                    "Order Service status update answered {status} at http://REDACTED:REDACTED@h:1/orders/1: "
+                )),
+                "{detail}"
+            );
+            assert!(
+                detail.ends_with(
+                    "; the Order Service gives no such answer there: \
+                     is API_URL_ORDERS (--orders-url) the Order Service's base URL?"
+                ),
+                "{detail}"
+            );
+            assert!(
+                detail.chars().count() < 300,
+                "an HTML page is cut short: {detail}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_network_error_names_the_service_the_url_what_happened_and_what_to_check() {
+        let e = update().send_failed(
+            SendError::NotSent("connection refused".into()),
+            false,
+            true,
+            Duration::ZERO,
+        );
+        assert_eq!(
+            e.to_string(),
+            "Order Service status update not sent to http://REDACTED:REDACTED@h:1/orders/1: \
+             connection refused; is the Order Service running there? check API_URL_ORDERS (--orders-url)"
+        );
+        let e = update().send_failed(
+            SendError::NoReply("no reply within 5 s (--timeout)".into()),
+            true,
+            true,
+            Duration::from_secs(5),
+        );
+        assert!(
+            matches!(e, CallError::Transient { slow: true, .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "Order Service status update sent to http://REDACTED:REDACTED@h:1/orders/1, no reply: \
+             no reply within 5 s (--timeout); is the Order Service overloaded? it is tried again"
+        );
     }
 }

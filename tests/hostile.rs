@@ -293,3 +293,141 @@ fn out_of_descriptors_nothing_is_called_sent_and_every_order_stays_registered() 
     assert!(shop.stock.requests().is_empty(), "limit {n}:\n{stderr}");
     assert_eq!(shop.registered(), 3, "limit {n}:\n{stderr}");
 }
+
+// ------------------------------------------------------------------ a wrong base URL
+
+#[test]
+fn a_wrong_stock_url_blocks_no_order_and_asks_whether_it_is_the_right_service() {
+    use standin::{Knobs, Stack};
+    let stack = Stack::start(0, 0, Knobs::default()).expect("stand-ins");
+    stack.add_stock("oak", 1_000);
+    for _ in 0..20 {
+        stack.add_order("oak", 1);
+    }
+    let orders = stack.orders_url();
+    let cases = [
+        ("a /v1 prefix", format!("{}/v1", stack.stocks_url())),
+        // The Order Service's port where the Stock Service's should be.
+        ("the Order Service's port", orders.clone()),
+    ];
+    for (case, stocks) in &cases {
+        let out = run(worker(&orders, stocks).arg("once"));
+        let stderr = text(&out.stderr);
+        // Exit 1: the cycle ended early and orders stay registered for the next run.
+        assert_eq!(out.status.code(), Some(1), "{case}:\n{stderr}");
+        assert!(stack.ledger().is_empty(), "{case}: no stock taken");
+        assert_eq!(
+            stack.count_by_status().get("registered"),
+            Some(&20),
+            "{case}: no order blocked:\n{stderr}"
+        );
+        let ended: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.contains("cycle ended early"))
+            .collect();
+        assert_eq!(ended.len(), 1, "{case}:\n{stderr}");
+        assert!(
+            ended[0].contains(&format!("answered 404 at {stocks}/stocks/decrease"))
+                && ended[0].contains(
+                    "the Stock Service gives no such answer there: \
+                     is API_URL_STOCKS (--stocks-url) the Stock Service's base URL?"
+                ),
+            "{case}: {}",
+            ended[0]
+        );
+    }
+    // The order URL aimed at the Stock Service: the list itself says so.
+    let out = run(worker(&stack.stocks_url(), &stack.stocks_url()).arg("once"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the Order Service gives no such answer there: \
+             is API_URL_ORDERS (--orders-url) the Order Service's base URL?"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stack.count_by_status().get("registered"), Some(&20));
+}
+
+// ------------------------------------------------------------ errors say what to do
+
+#[test]
+fn network_errors_name_the_service_the_url_what_happened_and_what_to_check() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let refused = format!("http://127.0.0.1:{closed}");
+    let out = run(worker(&refused, &refused).arg("once"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Order Service list not sent to {refused}/orders/status/registered?skip=0&limit=500: \
+             connection refused; is the Order Service running there? check API_URL_ORDERS (--orders-url)"
+        )),
+        "{stderr}"
+    );
+
+    // A service that takes the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let out = run(worker(&url, &url)
+        .env("HTTP_TIMEOUT_SECONDS", "0.5")
+        .arg("once"));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "Order Service list sent to {url}/orders/status/registered?skip=0&limit=500, no reply: \
+             no reply within 0.5 s (--timeout); is the Order Service overloaded?"
+        )),
+        "{stderr}"
+    );
+
+    let nowhere = "http://no-such-host.invalid:5000";
+    let out = run(worker(nowhere, nowhere).arg("once"));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "Order Service list not sent to {nowhere}/orders/status/registered?skip=0&limit=500: \
+             the host name was not found; is the Order Service running there? check API_URL_ORDERS"
+        )),
+        "{stderr}"
+    );
+}
+
+/// `https://` against a plain-HTTP port fails at once and says to use `http://`.
+#[cfg(feature = "tls")]
+#[test]
+fn https_against_a_plain_http_port_says_to_use_http() {
+    // A plain-HTTP server that answers what it cannot read with 400 and closes, as
+    // Python's http.server (and so Werkzeug) does with a TLS ClientHello.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut stream, _)) = plain.accept() {
+            let mut hello = [0u8; 512];
+            let _ = stream.read(&mut hello);
+            let _ = stream.write_all(
+                b"HTTP/1.0 400 Bad request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+    });
+    let url = format!("https://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let out = run(worker(&url, &url).arg("once"));
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        stderr.contains(&format!(
+            "Order Service list not sent to {url}/orders/status/registered?skip=0&limit=500: \
+             the server does not speak TLS (a plain-HTTP port?): use http:// instead of https://"
+        )),
+        "{stderr}"
+    );
+    server.join().unwrap();
+}
