@@ -275,6 +275,16 @@ impl Http {
     /// Names are resolved by [`Resolver`]: once per [`crate::resolve::NAME_TTL`], not on
     /// a thread per request as ureq's own resolver does when bounded by a timeout.
     pub fn new(timeout: Duration) -> Http {
+        Http::with_resolver(timeout, Resolver::new())
+    }
+
+    /// [`Http::new`] with names kept for `ttl` instead of [`crate::resolve::NAME_TTL`],
+    /// and so connections reused for as long at most (for tests).
+    pub fn with_name_ttl(timeout: Duration, ttl: Duration) -> Http {
+        Http::with_resolver(timeout, Resolver::with_ttl(ttl))
+    }
+
+    fn with_resolver(timeout: Duration, resolver: Resolver) -> Http {
         let config = Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -287,8 +297,9 @@ impl Http {
             .max_idle_age(Duration::from_secs(1))
             .user_agent(concat!("ordermanagement/", env!("CARGO_PKG_VERSION")))
             .build();
-        let resolver = Resolver::new();
-        let connector = BeforeSending(DefaultConnector::new()).chain(SteadyTimeouts);
+        let connector = BeforeSending(DefaultConnector::new()).chain(SteadyTimeouts {
+            resolver: resolver.clone(),
+        });
         let agent = Agent::with_parts(config, connector, resolver.clone());
         Http {
             agent,
@@ -716,24 +727,42 @@ const TIMEOUT_GRID: Duration = Duration::from_millis(10);
 /// grid, the time left is the same for every call that takes less than 10 ms, and
 /// ureq (which keeps the value last set) skips the system call. A timeout may so fire
 /// up to 10 ms early; never later than the call's deadline.
+///
+/// It also gives each connection its end of life: a keep-alive connection is reused
+/// only until the address it was opened to may have moved, when the answer the
+/// resolver keeps for its host expires (or, for an IP address or an answer already
+/// gone, the resolver's time to keep answers after the connection was opened; 30 s).
+/// Past that the pool drops it, and the next request looks the name up again, so that a
+/// name that moves is followed within about 30 s even while the old server keeps the
+/// connection alive.
 #[derive(Debug)]
-struct SteadyTimeouts;
+struct SteadyTimeouts {
+    resolver: Resolver,
+}
 
 impl Connector<Box<dyn Transport>> for SteadyTimeouts {
     type Out = Steady;
 
     fn connect(
         &self,
-        _: &ConnectionDetails,
+        details: &ConnectionDetails,
         chained: Option<Box<dyn Transport>>,
     ) -> Result<Option<Steady>, ureq::Error> {
-        Ok(chained.map(Steady))
+        let opened = std::time::Instant::now();
+        let until = self
+            .resolver
+            .expires(details.uri)
+            .map_or(opened + self.resolver.ttl(), |expires| {
+                expires.min(opened + self.resolver.ttl())
+            });
+        Ok(chained.map(|transport| Steady(transport, until)))
     }
 }
 
-/// A connection whose timeouts are rounded by [`steady`].
+/// A connection whose timeouts are rounded by [`steady`], reused until the instant it
+/// holds (see [`SteadyTimeouts`]).
 #[derive(Debug)]
-struct Steady(Box<dyn Transport>);
+struct Steady(Box<dyn Transport>, std::time::Instant);
 
 impl Transport for Steady {
     fn buffers(&mut self) -> &mut dyn Buffers {
@@ -748,8 +777,9 @@ impl Transport for Steady {
         self.0.await_input(steady(timeout))
     }
 
+    /// Closed for the pool once past its end of life, so it is not reused.
     fn is_open(&mut self) -> bool {
-        self.0.is_open()
+        std::time::Instant::now() < self.1 && self.0.is_open()
     }
 
     fn is_tls(&self) -> bool {
@@ -774,6 +804,8 @@ fn steady(mut timeout: NextTimeout) -> NextTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn a_call_cut_by_the_rounded_timeout_still_counts_as_slow() {
@@ -944,6 +976,73 @@ mod tests {
                 matches!(classify(&os(errno), WAITS), SendError::NotSent(_)),
                 "{errno}"
             );
+        }
+    }
+
+    /// A keep-alive HTTP server answering `[]` to every request; counts connections.
+    fn keep_alive_server() -> (u16, Arc<AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    // Ends when the client closes the connection.
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => {
+                                let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]";
+                                if writer.write_all(reply).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[test]
+    fn a_kept_alive_connection_is_not_reused_past_the_names_lifetime() {
+        let root = Route {
+            span_name: "GET /",
+            template: "/",
+        };
+        // Requests every 40 ms for 1 s: never idle long enough to be dropped as idle.
+        let connections = |http: &Http, host: &str| {
+            let (port, accepted) = keep_alive_server();
+            let url = format!("http://{host}:{port}/");
+            let end = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < end {
+                let reply = http.get(&url, root, 0, 100).expect("an answer");
+                assert_eq!(reply.status, 200);
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            accepted.load(Ordering::SeqCst)
+        };
+        let kept = Http::new(Duration::from_secs(2));
+        assert_eq!(
+            connections(&kept, "127.0.0.1"),
+            1,
+            "one connection throughout"
+        );
+        // Names kept 300 ms: a new connection about every 300 ms, by address or name.
+        let short = Http::with_name_ttl(Duration::from_secs(2), Duration::from_millis(300));
+        for host in ["127.0.0.1", "localhost"] {
+            let n = connections(&short, host);
+            assert!((3..=5).contains(&n), "{host}: {n} connections in 1 s");
         }
     }
 

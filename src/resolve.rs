@@ -112,6 +112,26 @@ impl Resolver {
         Resolver::default()
     }
 
+    /// The system resolver keeping answers for `ttl` instead (for tests).
+    pub fn with_ttl(ttl: Duration) -> Resolver {
+        Resolver::with_lookup(ttl, |host_port| Ok(host_port.to_socket_addrs()?.collect()))
+    }
+
+    /// How long answers are kept.
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// When the answer kept for `uri`'s host expires, if one is kept (never for an IP
+    /// address, which is not looked up).
+    pub fn expires(&self, uri: &Uri) -> Option<Instant> {
+        let host_port = DefaultResolver::host_and_port(uri.scheme()?, uri.authority()?)?;
+        self.shared
+            .names()
+            .get(&host_port)
+            .map(|entry| entry.expires)
+    }
+
     /// A resolver with its own lookup and time to keep answers.
     fn with_lookup(
         ttl: Duration,
