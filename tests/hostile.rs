@@ -431,3 +431,54 @@ fn https_against_a_plain_http_port_says_to_use_http() {
     );
     server.join().unwrap();
 }
+
+// ------------------------------------------------------ telemetry delays of zero
+
+/// CPU time (user + system) the process `pid` has used so far, from /proc/<pid>/stat.
+fn cpu_time(pid: libc::pid_t) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // The fields after the command name (which may hold spaces, in parentheses).
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[test]
+fn telemetry_delays_of_zero_are_raised_and_cost_no_core() {
+    use standin::{Knobs, OtlpSink, Stack};
+    let stack = Stack::start(0, 0, Knobs::default()).expect("stand-ins");
+    let sink = OtlpSink::start().expect("OTLP receiver");
+    let mut child = Running::start(
+        worker(&stack.orders_url(), &stack.stocks_url())
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+            .env("OTEL_BSP_SCHEDULE_DELAY", "0")
+            .env("OTEL_BLRP_SCHEDULE_DELAY", "0")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "0")
+            .args(["run", "--interval", "1"]),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_time(child.pid());
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(RUN_LIMIT).expect("run stops on SIGTERM");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Before the floors: 3.0 CPU-seconds in 3 s (a core), 1.2-1.5 for the metrics alone.
+    assert!(
+        used < Duration::from_millis(500),
+        "{used:?} of CPU in 3 s:\n{stderr}"
+    );
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("OTEL_BSP_SCHEDULE_DELAY=0 taken as 100"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("OTEL_METRIC_EXPORT_INTERVAL=0 taken as 1000")
+            && warnings[0].contains("OTEL_BLRP_SCHEDULE_DELAY=0 taken as 100"),
+        "{}",
+        warnings[0]
+    );
+    eprintln!("CPU used in 3 s with the three delays at 0: {used:?}");
+}
