@@ -237,11 +237,11 @@ impl Call<'_> {
 /// The `error` field of a JSON reply body, if it has one.
 fn refusal(reply: &Reply) -> Option<String> {
     let bytes = reply.body.as_ref().ok()?;
-    match serde_json::from_slice::<serde_json::Value>(bytes).ok()? {
-        serde_json::Value::Object(mut map) => match map.remove("error")? {
-            serde_json::Value::String(e) => Some(e),
-            _ => None,
-        },
+    match serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()?
+        .get("error")?
+    {
+        serde_json::Value::String(e) => Some(e.clone()),
         _ => None,
     }
 }
