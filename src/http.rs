@@ -211,6 +211,16 @@ impl Call<'_> {
             status: None,
         };
         match error {
+            // The handshake is part of connecting: a plain-HTTP server that waits for a
+            // request line never answers a TLS hello.
+            SendError::NotSent(words)
+                if self.url.starts_with("https://") && words.starts_with("no connection") =>
+            {
+                transient(format!(
+                    "{what} not sent to {url}: {words}, or no TLS handshake: is it a plain-HTTP \
+                     port (then use http://)? is the {service} running there? check {variable}"
+                ))
+            }
             SendError::NotSent(words) => transient(format!(
                 "{what} not sent to {url}: {words}; is the {service} running there? check {variable}"
             )),
@@ -663,6 +673,9 @@ impl Connector<()> for BeforeSending {
     ) -> Result<Option<Self::Out>, ureq::Error> {
         self.0.connect(details, chained).map_err(|e| match e {
             ureq::Error::Io(e) => ureq::Error::Io(before_sending(e)),
+            // Whichever deadline it met (the call's own, for a GET), a connection or a TLS
+            // handshake that took too long sent nothing.
+            ureq::Error::Timeout(_) => ureq::Error::Timeout(ureq::Timeout::Connect),
             other => other,
         })
     }

@@ -482,3 +482,29 @@ fn telemetry_delays_of_zero_are_raised_and_cost_no_core() {
     );
     eprintln!("CPU used in 3 s with the three delays at 0: {used:?}");
 }
+
+/// `https://` against a port that takes the connection and waits for a request line
+/// (as a plain-HTTP server does) ends at the timeout, not sent, and says it may be one.
+#[cfg(feature = "tls")]
+#[test]
+fn https_against_a_silent_port_says_it_may_be_plain_http() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = run(worker(&url, &url)
+        .env("HTTP_TIMEOUT_SECONDS", "0.5")
+        .arg("once"));
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        stderr.contains(&format!(
+            "Order Service list not sent to {url}/orders/status/registered?skip=0&limit=500: \
+             no connection within 0.5 s (--timeout), or no TLS handshake: is it a plain-HTTP \
+             port (then use http://)?"
+        )),
+        "{stderr}"
+    );
+    drop(silent);
+}
