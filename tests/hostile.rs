@@ -508,3 +508,72 @@ fn https_against_a_silent_port_says_it_may_be_plain_http() {
     );
     drop(silent);
 }
+
+// ------------------------------------------------------ a state file at the cap
+
+/// The process's peak resident memory so far (`VmHWM` in /proc/<pid>/status).
+fn peak_rss(pid: libc::pid_t) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+#[test]
+fn a_state_file_near_the_cap_is_read_within_the_manifests_memory_limit() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("om-hostile-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.jsonl");
+    // 63 MiB of orders sent and finished (a file left uncompacted for long), then one
+    // order still in flight.
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&state).unwrap());
+    let (mut size, mut id) = (0usize, 1_000u64);
+    while size < 63 * 1024 * 1024 {
+        let lines = format!(
+            "{{\"op\":\"sending\",\"id\":{id},\"wood_type\":\"oak\",\"quantity\":3}}{:60}\n\
+             {{\"op\":\"finished\",\"id\":{id},\"wood_type\":\"oak\",\"quantity\":3}}\n",
+            ""
+        );
+        file.write_all(lines.as_bytes()).unwrap();
+        size += lines.len();
+        id += 1;
+    }
+    file.write_all(b"{\"op\":\"decided\",\"id\":1,\"wood_type\":\"oak\",\"quantity\":3,\"status\":\"ready\"}\n")
+        .unwrap();
+    drop(file);
+    let shop = Shop::start();
+    let mut child = Running::start(
+        worker(&shop.orders.url(), &shop.stock.url())
+            .env("STATE_FILE", &state)
+            .args(["run", "--interval", "30"]),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while shop.lists() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first cycle within 60 s"
+        );
+        assert!(child.child.try_wait().unwrap().is_none(), "exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peak = peak_rss(child.pid());
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(RUN_LIMIT).expect("run stops on SIGTERM");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Before the file was read as a stream: 80 MB (release build), 85 MB (debug).
+    assert!(
+        peak < 32 * 1024 * 1024,
+        "peak RSS {} MiB for a 63 MiB state file",
+        peak / 1024 / 1024
+    );
+    // The order left in flight had its status set; the file is compacted.
+    assert_eq!(shop.orders.calls("PUT", "/orders/1").len(), 1, "{stderr}");
+    assert!(std::fs::metadata(&state).unwrap().len() < 1024);
+    eprintln!("peak RSS for a 63 MiB state file: {} KiB", peak / 1024);
+    std::fs::remove_dir_all(dir).unwrap();
+}
