@@ -6,6 +6,10 @@
 //!   `trace_id`, `span_id`, then the record's key-values as fields of their own (and
 //!   `shard`). Exported over OTLP, that same text is the log record's body, so a Grafana
 //!   derived field reading `"trace_id"` from the body links the line to its trace.
+//!
+//! Whatever the filters ask, the HTTP, TLS and OpenTelemetry crates' debug and trace
+//! lines are never written (they print request headers, credentials included); see
+//! [`CAP_NOTE`].
 
 use std::io::Write;
 use std::sync::RwLock;
