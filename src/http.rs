@@ -6,7 +6,7 @@
 //!
 //! The clients in [`crate::orders`] and [`crate::stock`] decide what a reply means for
 //! their calls, turning its status into a [`CallError`] through
-//! [`CallError::from_status`], the one mapping both share.
+//! [`Call::from_status`], the one mapping both share.
 
 use std::fmt;
 use std::io;
@@ -18,7 +18,7 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
 };
 
-use crate::resolve::Resolver;
+use crate::resolve::{Resolver, before_sending, unsent_cause};
 use crate::telemetry::instrument::{HttpAttempt, propagation_headers};
 
 /// The headers every call sends, made once (not parsed again for every request).
@@ -75,6 +75,10 @@ pub enum SendError {
     /// The request may have reached the server, but no reply came (timeout while
     /// waiting, connection dropped). Whether a non-idempotent request took effect is unknown.
     NoReply(String),
+    /// Nothing was sent because the process ran out of a resource (file descriptors,
+    /// memory, threads) before the request could leave: no call will work until some
+    /// are freed, so the cycle stops taking orders.
+    NoResources(String),
 }
 
 impl fmt::Display for SendError {
@@ -82,6 +86,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::NotSent(d) => write!(f, "not sent: {d}"),
             SendError::NoReply(d) => write!(f, "no reply: {d}"),
+            SendError::NoResources(d) => write!(f, "not sent: {d}"),
         }
     }
 }
@@ -122,18 +127,56 @@ impl fmt::Display for CallError {
     }
 }
 
-impl CallError {
-    /// What a non-2xx reply means, for both services: `400`/`404` refuse this request
-    /// (when `rejectable`: insufficient stock, no such order...), the usual overload
-    /// statuses are transient, anything else (a redirect, `401`, `403`, `415`, other
-    /// `5xx`) is a misconfiguration that no retry fixes. `500` is transient: the Stock
-    /// Service answers it before changing anything (but at a failed commit), and the
-    /// idempotency key makes a repeat safe on a service that honours it.
-    pub fn from_status(what: &str, reply: &Reply, slow: bool, rejectable: bool) -> CallError {
+/// A service as error messages name it: its name, and the variable (and flag) that
+/// sets its base URL.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub service: &'static str,
+    pub variable: &'static str,
+}
+
+/// One call, as its failures are told: what it is, the service, the URL it went to,
+/// and the `error` texts with which the contract's service refuses a request on this
+/// route (`400`/`404` JSON `{"error": ...}`): only those refuse the request; any other
+/// `400` or `404` (an HTML page, another body) comes from something else than the
+/// service's route, so the base URL is wrong.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub what: &'a str,
+    pub target: Target,
+    pub url: &'a str,
+    pub refusals: &'a [&'a str],
+}
+
+impl Call<'_> {
+    /// What a non-2xx reply means: a `400`/`404` with one of the route's
+    /// [`refusals`](Call::refusals) refuses this request; the usual overload statuses
+    /// are transient; anything else (an unknown `400`/`404`, a redirect, `401`, `403`,
+    /// `415`, other `5xx`) is a misconfiguration that no retry fixes, said with the URL
+    /// and what to check. `500` is transient: the Stock Service answers it before
+    /// changing anything (but at a failed commit), and the idempotency key makes a
+    /// repeat safe on a service that honours it.
+    pub fn from_status(&self, reply: &Reply, slow: bool) -> CallError {
+        let Call {
+            what,
+            target: Target { service, variable },
+            ..
+        } = *self;
+        let url = crate::redact::url(self.url);
         match reply.status {
-            400 | 404 if rejectable => CallError::Rejected {
-                status: reply.status,
-                reason: reply.describe(),
+            400 | 404 if refusal(reply).is_some_and(|e| self.refusals.contains(&e.as_str())) => {
+                CallError::Rejected {
+                    status: reply.status,
+                    reason: reply.describe(),
+                }
+            }
+            400 | 404 => CallError::Fatal {
+                detail: format!(
+                    "{what} answered {} at {url}: {}; the {service} gives no such answer there: \
+                     is {variable} the {service}'s base URL?",
+                    reply.status,
+                    short_body(reply)
+                ),
             },
             408 | 429 | 500 | 502 | 503 | 504 => CallError::Transient {
                 detail: format!("{what} answered {}: {}", reply.status, reply.describe()),
@@ -142,11 +185,95 @@ impl CallError {
                 status: Some(reply.status),
             },
             status => CallError::Fatal {
-                detail: format!("{what} answered {status}: {}", reply.describe()),
+                detail: format!(
+                    "{what} answered {status} at {url}: {}; no retry fixes that: check {variable}",
+                    short_body(reply)
+                ),
+            },
+        }
+    }
+
+    /// What a request that got no reply means: not sent is transient (with the next
+    /// step to take), out of resources stops the cycle, and a lost reply is transient
+    /// for a call that is safe to repeat, else in doubt (`elapsed`: how long it waited).
+    pub fn send_failed(
+        &self,
+        error: SendError,
+        slow: bool,
+        repeatable: bool,
+        elapsed: Duration,
+    ) -> CallError {
+        let Call {
+            what,
+            target: Target { service, variable },
+            ..
+        } = *self;
+        let url = crate::redact::url(self.url);
+        let transient = |detail| CallError::Transient {
+            detail,
+            retry_after: None,
+            slow,
+            status: None,
+        };
+        match error {
+            // The handshake is part of connecting: a plain-HTTP server that waits for a
+            // request line never answers a TLS hello.
+            SendError::NotSent(words)
+                if self.url.starts_with("https://") && words.starts_with("no connection") =>
+            {
+                transient(format!(
+                    "{what} not sent to {url}: {words}, or no TLS handshake: is it a plain-HTTP \
+                     port (then use http://)? is the {service} running there? check {variable}"
+                ))
+            }
+            SendError::NotSent(words) => transient(format!(
+                "{what} not sent to {url}: {words}; is the {service} running there? check {variable}"
+            )),
+            SendError::NoResources(words) => CallError::Fatal {
+                detail: format!(
+                    "{what} not sent to {url}: {words}; the worker is out of resources: \
+                     free some or raise its limits"
+                ),
+            },
+            SendError::NoReply(words) if repeatable => transient(format!(
+                "{what} sent to {url}, no reply: {words}; is the {service} overloaded? \
+                 it is tried again"
+            )),
+            SendError::NoReply(words) => CallError::InDoubt {
+                detail: format!(
+                    "{what} sent to {url}, no reply after {} ms: {words}",
+                    elapsed.as_millis()
+                ),
+                status: None,
             },
         }
     }
 }
+
+/// The `error` field of a JSON reply body, if it has one.
+fn refusal(reply: &Reply) -> Option<String> {
+    let bytes = reply.body.as_ref().ok()?;
+    match serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()?
+        .get("error")?
+    {
+        serde_json::Value::String(e) => Some(e.clone()),
+        _ => None,
+    }
+}
+
+/// A reply's body for a message about a wrong URL: its start only (an HTML error page
+/// says little past its title).
+fn short_body(reply: &Reply) -> String {
+    let described = reply.describe();
+    match described.char_indices().nth(SHORT_QUOTE) {
+        Some((at, _)) => format!("{}…", &described[..at]),
+        None => described,
+    }
+}
+
+/// Longest piece of a body quoted in a message about a wrong URL.
+const SHORT_QUOTE: usize = 80;
 
 /// The agent and the timeouts, shared by both clients (cloning is cheap).
 #[derive(Clone)]
@@ -164,6 +291,16 @@ impl Http {
     /// Names are resolved by [`Resolver`]: once per [`crate::resolve::NAME_TTL`], not on
     /// a thread per request as ureq's own resolver does when bounded by a timeout.
     pub fn new(timeout: Duration) -> Http {
+        Http::with_resolver(timeout, Resolver::new())
+    }
+
+    /// [`Http::new`] with names kept for `ttl` instead of [`crate::resolve::NAME_TTL`],
+    /// and so connections reused for as long at most (for tests).
+    pub fn with_name_ttl(timeout: Duration, ttl: Duration) -> Http {
+        Http::with_resolver(timeout, Resolver::with_ttl(ttl))
+    }
+
+    fn with_resolver(timeout: Duration, resolver: Resolver) -> Http {
         let config = Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -176,8 +313,9 @@ impl Http {
             .max_idle_age(Duration::from_secs(1))
             .user_agent(concat!("ordermanagement/", env!("CARGO_PKG_VERSION")))
             .build();
-        let resolver = Resolver::new();
-        let connector = DefaultConnector::new().chain(SteadyTimeouts);
+        let connector = BeforeSending(DefaultConnector::new()).chain(SteadyTimeouts {
+            resolver: resolver.clone(),
+        });
         let agent = Agent::with_parts(config, connector, resolver.clone());
         Http {
             agent,
@@ -213,7 +351,7 @@ impl Http {
             .config()
             .timeout_global(Some(self.timeout))
             .build();
-        self.reply(url, request.call(), limit, attempt)
+        self.reply(url, request.call(), limit, attempt, self.waits(None))
     }
 
     /// `PUT url` with a JSON body, the whole call bounded by the HTTP timeout.
@@ -232,7 +370,7 @@ impl Http {
             .config()
             .timeout_global(Some(self.timeout))
             .build();
-        self.reply(url, request.send(body), limit, attempt)
+        self.reply(url, request.send(body), limit, attempt, self.waits(None))
     }
 
     /// `POST url` with a JSON body and an idempotency key. Connecting and sending are
@@ -259,7 +397,16 @@ impl Http {
             .timeout_recv_response(Some(reply_timeout))
             .timeout_recv_body(Some(self.timeout))
             .build();
-        self.reply(url, request.send(body), limit, attempt)
+        let waits = self.waits(Some(reply_timeout));
+        self.reply(url, request.send(body), limit, attempt, waits)
+    }
+
+    /// The limits a call runs under, for what its errors say.
+    fn waits(&self, reply: Option<Duration>) -> Waits {
+        Waits {
+            call: self.timeout,
+            reply,
+        }
     }
 
     /// The reply to a call to `url`. When the request could not be sent, the address its
@@ -270,9 +417,10 @@ impl Http {
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
         limit: u64,
         attempt: HttpAttempt,
+        waits: Waits,
     ) -> Result<Reply, SendError> {
-        let reply = read_reply(result, limit, attempt);
-        if let Err(SendError::NotSent(_)) = &reply
+        let reply = read_reply(result, limit, attempt, waits);
+        if let Err(SendError::NotSent(_) | SendError::NoResources(_)) = &reply
             && let Ok(uri) = url.parse::<ureq::http::Uri>()
             && let Some(host) = uri.host()
         {
@@ -290,16 +438,25 @@ fn with_trace<B>(mut request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B
     request
 }
 
+/// The limits a call ran under: the HTTP timeout (`--timeout`), and for a decrease the
+/// wait for its reply (`--decrease-timeout`).
+#[derive(Debug, Clone, Copy)]
+struct Waits {
+    call: Duration,
+    reply: Option<Duration>,
+}
+
 fn read_reply(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     limit: u64,
     attempt: HttpAttempt,
+    waits: Waits,
 ) -> Result<Reply, SendError> {
     let mut response = match result {
         Ok(response) => response,
         Err(e) => {
             attempt.finish(None, Some(error_type(&e)));
-            return Err(classify(&e));
+            return Err(classify(&e, waits));
         }
     };
     let status = response.status().as_u16();
@@ -388,11 +545,23 @@ fn error_type(error: &ureq::Error) -> &'static str {
 
 /// Tells a request that never reached the server from one that may have: failures to
 /// resolve, connect (TLS handshake and proxy included) or finish sending the request.
-/// Anything else after the connection was made may have reached the server.
-fn classify(error: &ureq::Error) -> SendError {
+/// Anything else after the connection was made may have reached the server. An I/O
+/// error met before the connection was made (marked by [`BeforeSending`] and the
+/// resolver) is not sent whatever its kind; one that says the process is out of file
+/// descriptors, memory or threads is [`SendError::NoResources`].
+fn classify(error: &ureq::Error, waits: Waits) -> SendError {
     use ureq::Error as E;
     use ureq::Timeout as T;
-    let detail = error.to_string();
+    let detail = in_words(error, waits);
+    if let E::Io(e) = error
+        && let Some(cause) = unsent_cause(e)
+    {
+        return if out_of_resources(cause) {
+            SendError::NoResources(detail)
+        } else {
+            SendError::NotSent(detail)
+        };
+    }
     match error {
         // The request never fully left: the server cannot have a complete request.
         E::Timeout(T::Resolve | T::Connect | T::SendRequest | T::SendBody) => {
@@ -412,6 +581,109 @@ fn classify(error: &ureq::Error) -> SendError {
         | E::TlsRequired => SendError::NotSent(detail),
         E::Io(e) if not_connected(e.kind()) => SendError::NotSent(detail),
         _ => SendError::NoReply(detail),
+    }
+}
+
+/// What happened to a request that got no reply, in words, with the setting whose
+/// limit ran out: "connection refused", "no reply within 5 s (--timeout)".
+fn in_words(error: &ureq::Error, waits: Waits) -> String {
+    use ureq::Error as E;
+    use ureq::Timeout as T;
+    let secs = |d: Duration| format!("{} s", d.as_secs_f64());
+    let call = secs(waits.call);
+    match error {
+        E::Timeout(T::Resolve) => format!("the name was not resolved within {call} (--timeout)"),
+        E::Timeout(T::Connect) => format!("no connection within {call} (--timeout)"),
+        E::Timeout(T::SendRequest | T::SendBody) => {
+            format!("the request could not be sent within {call} (--timeout)")
+        }
+        E::Timeout(T::RecvResponse) if let Some(reply) = waits.reply => {
+            format!("no reply within {} (--decrease-timeout)", secs(reply))
+        }
+        E::Timeout(T::RecvBody) => {
+            format!("the reply's body did not come within {call} (--timeout)")
+        }
+        E::Timeout(_) => format!("no reply within {call} (--timeout)"),
+        E::HostNotFound => "the host name was not found".into(),
+        E::Io(e) => io_in_words(unsent_cause(e).unwrap_or(e)),
+        E::Protocol(e) => format!("the reply is not HTTP/1.1 ({e})"),
+        #[cfg(feature = "tls")]
+        E::Rustls(e) => {
+            let text = e.to_string();
+            not_tls(&text).unwrap_or_else(|| format!("the TLS handshake failed ({text})"))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What a TLS handshake answered with something that is not TLS means (rustls:
+/// "received corrupt message of type InvalidContentType", as an I/O error of kind
+/// `InvalidData` from the connect): a plain-HTTP port behind an `https://` URL.
+fn not_tls(text: &str) -> Option<String> {
+    text.contains("InvalidContentType").then(|| {
+        "the server does not speak TLS (a plain-HTTP port?): use http:// instead of https://".into()
+    })
+}
+
+/// An I/O error in words; the system's own text for the rare ones.
+fn io_in_words(error: &io::Error) -> String {
+    use io::ErrorKind as K;
+    let words = match error.raw_os_error() {
+        Some(libc::EMFILE) => "too many open files (EMFILE: the process's limit, ulimit -n)",
+        Some(libc::ENFILE) => "too many open files in the system (ENFILE)",
+        Some(libc::ENOMEM) => "out of memory (ENOMEM)",
+        Some(libc::EAGAIN) => "out of resources (EAGAIN: a thread or socket could not be made)",
+        Some(libc::ENOBUFS) => "out of buffer space (ENOBUFS)",
+        _ => match error.kind() {
+            K::ConnectionRefused => "connection refused",
+            K::ConnectionReset => "connection reset by the server",
+            K::ConnectionAborted => "connection aborted",
+            K::UnexpectedEof | K::BrokenPipe => "connection closed by the server",
+            K::HostUnreachable => "host unreachable",
+            K::NetworkUnreachable => "network unreachable",
+            K::NetworkDown => "network down",
+            K::AddrNotAvailable => "address not available",
+            _ => {
+                let text = error.to_string();
+                return not_tls(&text).unwrap_or(text);
+            }
+        },
+    };
+    words.into()
+}
+
+/// An error that says the process (or the system) is out of file descriptors, memory,
+/// threads or buffers: `EMFILE`, `ENFILE`, `ENOMEM`, `EAGAIN` (a thread or a socket
+/// that could not be made), `ENOBUFS`.
+fn out_of_resources(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::ENOBUFS)
+    ) || error.kind() == io::ErrorKind::OutOfMemory
+}
+
+/// The first connector of the chain: ureq's own (a TCP connection, TLS on it), whose
+/// I/O errors are marked as met before the request was sent ([`before_sending`]), so
+/// that a socket that could not be opened (`EMFILE`) is not taken for a request that
+/// got no reply.
+#[derive(Debug)]
+struct BeforeSending(DefaultConnector);
+
+impl Connector<()> for BeforeSending {
+    type Out = Box<dyn Transport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<()>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        self.0.connect(details, chained).map_err(|e| match e {
+            ureq::Error::Io(e) => ureq::Error::Io(before_sending(e)),
+            // Whichever deadline it met (the call's own, for a GET), a connection or a TLS
+            // handshake that took too long sent nothing.
+            ureq::Error::Timeout(_) => ureq::Error::Timeout(ureq::Timeout::Connect),
+            other => other,
+        })
     }
 }
 
@@ -474,24 +746,42 @@ const TIMEOUT_GRID: Duration = Duration::from_millis(10);
 /// grid, the time left is the same for every call that takes less than 10 ms, and
 /// ureq (which keeps the value last set) skips the system call. A timeout may so fire
 /// up to 10 ms early; never later than the call's deadline.
+///
+/// It also gives each connection its end of life: a keep-alive connection is reused
+/// only until the address it was opened to may have moved, when the answer the
+/// resolver keeps for its host expires (or, for an IP address or an answer already
+/// gone, the resolver's time to keep answers after the connection was opened; 30 s).
+/// Past that the pool drops it, and the next request looks the name up again, so that a
+/// name that moves is followed within about 30 s even while the old server keeps the
+/// connection alive.
 #[derive(Debug)]
-struct SteadyTimeouts;
+struct SteadyTimeouts {
+    resolver: Resolver,
+}
 
 impl Connector<Box<dyn Transport>> for SteadyTimeouts {
     type Out = Steady;
 
     fn connect(
         &self,
-        _: &ConnectionDetails,
+        details: &ConnectionDetails,
         chained: Option<Box<dyn Transport>>,
     ) -> Result<Option<Steady>, ureq::Error> {
-        Ok(chained.map(Steady))
+        let opened = std::time::Instant::now();
+        let until = self
+            .resolver
+            .expires(details.uri)
+            .map_or(opened + self.resolver.ttl(), |expires| {
+                expires.min(opened + self.resolver.ttl())
+            });
+        Ok(chained.map(|transport| Steady(transport, until)))
     }
 }
 
-/// A connection whose timeouts are rounded by [`steady`].
+/// A connection whose timeouts are rounded by [`steady`], reused until the instant it
+/// holds (see [`SteadyTimeouts`]).
 #[derive(Debug)]
-struct Steady(Box<dyn Transport>);
+struct Steady(Box<dyn Transport>, std::time::Instant);
 
 impl Transport for Steady {
     fn buffers(&mut self) -> &mut dyn Buffers {
@@ -506,8 +796,9 @@ impl Transport for Steady {
         self.0.await_input(steady(timeout))
     }
 
+    /// Closed for the pool once past its end of life, so it is not reused.
     fn is_open(&mut self) -> bool {
-        self.0.is_open()
+        std::time::Instant::now() < self.1 && self.0.is_open()
     }
 
     fn is_tls(&self) -> bool {
@@ -532,6 +823,8 @@ fn steady(mut timeout: NextTimeout) -> NextTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn a_call_cut_by_the_rounded_timeout_still_counts_as_slow() {
@@ -568,6 +861,78 @@ mod tests {
         assert_eq!(after(steady(NextTimeout::default())), None);
     }
 
+    const WAITS: Waits = Waits {
+        call: Duration::from_secs(5),
+        reply: None,
+    };
+
+    #[test]
+    fn what_happened_is_said_in_words_with_the_limit_that_ran_out() {
+        use ureq::Error as E;
+        use ureq::Timeout as T;
+        let decrease = Waits {
+            call: Duration::from_millis(500),
+            reply: Some(Duration::from_secs(35)),
+        };
+        let io = |kind| E::Io(io::Error::from(kind));
+        let cases = [
+            (
+                io(io::ErrorKind::ConnectionRefused),
+                WAITS,
+                "connection refused",
+            ),
+            (
+                E::Io(before_sending(io::Error::from(
+                    io::ErrorKind::ConnectionRefused,
+                ))),
+                WAITS,
+                "connection refused",
+            ),
+            (
+                E::Io(before_sending(io::Error::from_raw_os_error(libc::EMFILE))),
+                WAITS,
+                "too many open files (EMFILE: the process's limit, ulimit -n)",
+            ),
+            (
+                io(io::ErrorKind::UnexpectedEof),
+                WAITS,
+                "connection closed by the server",
+            ),
+            (E::HostNotFound, WAITS, "the host name was not found"),
+            (
+                E::Timeout(T::Connect),
+                WAITS,
+                "no connection within 5 s (--timeout)",
+            ),
+            (
+                E::Timeout(T::Global),
+                WAITS,
+                "no reply within 5 s (--timeout)",
+            ),
+            (
+                E::Timeout(T::Connect),
+                decrease,
+                "no connection within 0.5 s (--timeout)",
+            ),
+            (
+                E::Timeout(T::RecvResponse),
+                decrease,
+                "no reply within 35 s (--decrease-timeout)",
+            ),
+        ];
+        for (error, waits, words) in cases {
+            assert_eq!(in_words(&error, waits), words, "{error:?}");
+        }
+        let handshake = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received corrupt message of type InvalidContentType",
+        );
+        assert_eq!(
+            in_words(&E::Io(before_sending(handshake)), WAITS),
+            "the server does not speak TLS (a plain-HTTP port?): use http:// instead of https://"
+        );
+    }
+
     #[test]
     fn only_errors_before_the_request_left_are_not_sent() {
         use ureq::Error as E;
@@ -587,7 +952,7 @@ mod tests {
             E::TlsRequired,
         ];
         for e in &not_sent {
-            assert!(matches!(classify(e), SendError::NotSent(_)), "{e:?}");
+            assert!(matches!(classify(e, WAITS), SendError::NotSent(_)), "{e:?}");
         }
         let no_reply = [
             io(io::ErrorKind::ConnectionReset),
@@ -598,7 +963,105 @@ mod tests {
             E::Timeout(T::Global),
         ];
         for e in &no_reply {
-            assert!(matches!(classify(e), SendError::NoReply(_)), "{e:?}");
+            assert!(matches!(classify(e, WAITS), SendError::NoReply(_)), "{e:?}");
+        }
+        // Before the connection was made, any I/O error is not sent; running out of
+        // descriptors, memory or threads is said apart. After it, the same is no reply.
+        let os = |errno| E::Io(before_sending(io::Error::from_raw_os_error(errno)));
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EAGAIN,
+            libc::ENOBUFS,
+        ] {
+            assert!(
+                matches!(classify(&os(errno), WAITS), SendError::NoResources(_)),
+                "{errno}"
+            );
+            let after = E::Io(io::Error::from_raw_os_error(errno));
+            assert!(
+                matches!(classify(&after, WAITS), SendError::NoReply(_)),
+                "{errno}"
+            );
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::EACCES,
+            libc::EINVAL,
+            libc::ECONNRESET,
+        ] {
+            assert!(
+                matches!(classify(&os(errno), WAITS), SendError::NotSent(_)),
+                "{errno}"
+            );
+        }
+    }
+
+    /// A keep-alive HTTP server answering `[]` to every request; counts connections.
+    fn keep_alive_server() -> (u16, Arc<AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    // Ends when the client closes the connection.
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => {
+                                let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]";
+                                if writer.write_all(reply).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[test]
+    fn a_kept_alive_connection_is_not_reused_past_the_names_lifetime() {
+        let root = Route {
+            span_name: "GET /",
+            template: "/",
+        };
+        // Requests every 40 ms for 1 s: never idle long enough to be dropped as idle.
+        let connections = |http: &Http, host: &str| {
+            let (port, accepted) = keep_alive_server();
+            let url = format!("http://{host}:{port}/");
+            let end = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < end {
+                let reply = http.get(&url, root, 0, 100).expect("an answer");
+                assert_eq!(reply.status, 200);
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            accepted.load(Ordering::SeqCst)
+        };
+        let kept = Http::new(Duration::from_secs(2));
+        assert_eq!(
+            connections(&kept, "127.0.0.1"),
+            1,
+            "one connection throughout"
+        );
+        // Names kept 300 ms: a new connection about every 300 ms, by address or name.
+        let short = Http::with_name_ttl(Duration::from_secs(2), Duration::from_millis(300));
+        for host in ["127.0.0.1", "localhost"] {
+            let n = connections(&short, host);
+            assert!((3..=5).contains(&n), "{host}: {n} connections in 1 s");
         }
     }
 

@@ -42,10 +42,21 @@ use crate::process::{InFlight, Journal};
 /// Appended lines allowed beyond twice the live orders before a compaction.
 const COMPACT_SLACK: usize = 256;
 
-/// The largest state file read at start (a compacted file holds about 100 bytes per
-/// order in flight, so this is hundreds of thousands of them): a larger one is refused
-/// rather than read into memory.
+/// The largest state file read at start: a larger one is refused unread. The file is
+/// read as a stream, a line at a time, keeping only the orders in flight, so its size
+/// costs no memory; [`MAX_IN_FLIGHT`] bounds what is kept.
 pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The most orders in flight a state file may hold at any point of its replay: 4 x the
+/// worker's cap on pending status updates, which with a page of new orders bounds what
+/// a run leaves in flight. Each costs about 1 KB once the worker holds it as a pending
+/// update, so this keeps a start within the manifests' 64Mi; a file holding more was not
+/// written by these rules and is refused, untouched, rather than read into memory.
+pub const MAX_IN_FLIGHT: usize = 16_384;
+
+/// The longest line read from a state file (a record is about 150 bytes): a longer one
+/// is damage, and is not read whole into memory.
+const MAX_LINE_BYTES: u64 = 4096;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -204,6 +215,19 @@ pub fn companion_paths(path: &Path) -> [PathBuf; 3] {
     ]
 }
 
+/// The orders in flight in the journal at `path`, read without locking, creating or
+/// rewriting anything (for `--dry-run`); none when the file does not exist.
+pub fn read_only(path: &Path) -> Result<Vec<(Order, InFlight)>, JournalError> {
+    crate::files::check_regular_or_absent(path).map_err(|e| io_at(path, e))?;
+    let file = match crate::files::open_regular(path, OpenOptions::new().read(true)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_at(path, e)),
+    };
+    let (live, _) = replay(path, &file)?;
+    Ok(live.into_values().collect())
+}
+
 impl FileJournal {
     /// Locks, replays and compacts the journal at `path` (created if missing).
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
@@ -250,9 +274,13 @@ impl FileJournal {
             _ => return Err(locked()),
         }
         // Refused unread above the cap.
-        let bytes =
-            crate::files::read_capped(&file, MAX_STATE_FILE_BYTES).map_err(|e| io_at(path, e))?;
-        let (live, traces) = replay(path, &bytes)?;
+        if meta.len() > MAX_STATE_FILE_BYTES {
+            return Err(JournalError::Unusable {
+                path: path.to_path_buf(),
+                detail: format!("it is larger than {MAX_STATE_FILE_BYTES} bytes"),
+            });
+        }
+        let (live, traces) = replay(path, &file)?;
         // Only the holder of the lock writes the temporary file: one there is a crash's.
         crate::files::remove_stale(&tmp).map_err(|e| io_at(&tmp, e))?;
         let (file, end, slots) =
@@ -571,17 +599,39 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Applies the journal's lines in order; the last line may be torn (cut before its
-/// newline by a crash).
-fn replay(path: &Path, bytes: &[u8]) -> Result<(Live, Traces), JournalError> {
+/// Applies the journal's lines in order, read from `file` one at a time (only the
+/// orders in flight are kept); the last line may be torn (cut before its newline by a
+/// crash).
+fn replay(path: &Path, file: &File) -> Result<(Live, Traces), JournalError> {
+    use std::io::{BufRead, Read};
     let mut live = BTreeMap::new();
     let mut traces = Traces::new();
-    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-    // split leaves an empty piece after a final newline.
-    let terminated = bytes.ends_with(b"\n") || bytes.is_empty();
-    let count = lines.len() - usize::from(terminated);
-    for (i, line) in lines.iter().take(count).enumerate() {
-        let parsed = serde_json::from_slice::<Record>(line)
+    let mut reader = io::BufReader::new(file);
+    let mut line = Vec::new();
+    let damage = |number: usize, detail: String| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        line: number,
+        detail,
+    };
+    for number in 1.. {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| io_at(path, e))?;
+        if read == 0 {
+            break;
+        }
+        let terminated = line.last() == Some(&b'\n');
+        if !terminated && line.len() as u64 > MAX_LINE_BYTES {
+            return Err(damage(
+                number,
+                format!("a line longer than {MAX_LINE_BYTES} bytes"),
+            ));
+        }
+        // Without its newline, the line is the file's last: read_until stops only there.
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let parsed = serde_json::from_slice::<Record>(text)
             .map_err(|e| e.to_string())
             .and_then(|r| {
                 let order = r.order().ok_or("not a valid order")?;
@@ -608,19 +658,23 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<(Live, Traces), JournalError> {
             }
             // Only a last line without its newline is torn; a complete line that cannot
             // be read is damage wherever it is.
-            Err(detail) if i + 1 == count && !terminated => {
+            Err(detail) if !terminated => {
                 log::warn!(
                     "state file {}: last record is torn (a crash while writing it?) and is ignored: {detail}",
                     path.display()
                 );
             }
-            Err(detail) => {
-                return Err(JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    detail,
-                });
-            }
+            Err(detail) => return Err(damage(number, detail)),
+        }
+        if live.len() > MAX_IN_FLIGHT {
+            return Err(JournalError::Unusable {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "it holds more than {MAX_IN_FLIGHT} orders in flight (at line {number}), more \
+                     than a run of this worker leaves; it is left untouched: reconcile its orders \
+                     by hand, or split it into files of fewer and run on each"
+                ),
+            });
         }
     }
     traces.retain(|id, _| live.contains_key(id));
@@ -946,6 +1000,66 @@ mod tests {
         drop(file);
         let e = unusable(FileJournal::open(&path));
         assert!(e.contains("larger than 67108864 bytes"), "{e}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_cap_on_orders_in_flight_is_four_times_the_pending_cap() {
+        assert_eq!(MAX_IN_FLIGHT, 4 * crate::worker::PENDING_CAP);
+    }
+
+    #[test]
+    fn a_file_is_read_a_line_at_a_time_keeping_only_the_orders_in_flight() {
+        let dir = temp_dir("stream");
+        let path = dir.join("state.jsonl");
+        // Far more finished orders than may be in flight at once: read, not kept.
+        let mut text = String::new();
+        for id in 1..=(MAX_IN_FLIGHT as u64 + 1_000) {
+            for op in ["sending", "finished"] {
+                text.push_str(&format!(
+                    "{{\"op\":\"{op}\",\"id\":{id},\"wood_type\":\"oak\",\"quantity\":2}}\n"
+                ));
+            }
+        }
+        text.push_str("{\"op\":\"sending\",\"id\":7,\"wood_type\":\"oak\",\"quantity\":2}\n");
+        fs::write(&path, &text).unwrap();
+        assert_eq!(FileJournal::open(&path).unwrap().in_flight().len(), 1);
+        // Compacted: only the order in flight is left.
+        assert!(fs::metadata(&path).unwrap().len() < 200);
+
+        // More in flight than a run leaves: refused, and the file left as it was.
+        let mut text = String::new();
+        for id in 1..=(MAX_IN_FLIGHT as u64 + 1) {
+            text.push_str(&format!(
+                "{{\"op\":\"sending\",\"id\":{id},\"wood_type\":\"oak\",\"quantity\":2}}\n"
+            ));
+        }
+        fs::write(&path, &text).unwrap();
+        let e = unusable(FileJournal::open(&path));
+        assert!(
+            e.contains(&format!("more than {MAX_IN_FLIGHT} orders in flight")),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+
+        // A line longer than any record is damage, not read whole.
+        let long = format!("{}\n", "x".repeat(10 * MAX_LINE_BYTES as usize));
+        fs::write(
+            &path,
+            format!(
+                "{text_first}{long}",
+                text_first = &text[..text.find('\n').unwrap() + 1]
+            ),
+        )
+        .unwrap();
+        match FileJournal::open(&path) {
+            Err(JournalError::Corrupt {
+                line: 2, detail, ..
+            }) => {
+                assert!(detail.contains("longer than 4096 bytes"), "{detail}")
+            }
+            other => panic!("expected damage at line 2, got {:?}", other.err()),
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 

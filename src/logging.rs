@@ -8,6 +8,10 @@
 //!   `trace_id`, `span_id`, then the record's key-values as fields of their own (and
 //!   `shard`). Exported over OTLP, that same text is the log record's body, so a Grafana
 //!   derived field reading `"trace_id"` from the body links the line to its trace.
+//!
+//! Whatever the filters ask, the HTTP, TLS and OpenTelemetry crates' debug and trace
+//! lines are never written (they print request headers, credentials included); see
+//! [`CAP_NOTE`].
 
 use std::io::Write;
 use std::sync::RwLock;
@@ -62,11 +66,11 @@ struct Tee {
 
 impl Log for Tee {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        self.stderr.enabled(metadata)
+        !capped(metadata) && self.stderr.enabled(metadata)
     }
 
     fn log(&self, record: &Record) {
-        if !self.stderr.matches(record) {
+        if capped(record.metadata()) || !self.stderr.matches(record) {
             return;
         }
         // Credentials in a URL never reach a line, whoever logs it.
@@ -152,6 +156,42 @@ pub fn remove_export() {
 /// Crates whose own chatter stays at warn unless `RUST_LOG` asks for it.
 const QUIET: [&str; 3] = ["ureq", "ureq_proto", "rustls"];
 
+/// Crates whose lines never go above [`CAP`], whatever `RUST_LOG` or `LOG_LEVEL` asks:
+/// at debug, ureq prints every request's headers (`authorization: Basic ...`, the
+/// base64 of a URL's credentials, and the OTLP exporter's `OTEL_EXPORTER_OTLP_HEADERS`,
+/// sent through the same client) and ureq_proto every header row at trace; the TLS and
+/// OpenTelemetry crates are held the same way, as they share those requests. The cap
+/// is applied to each record's target by the logger itself, so no filter (a more
+/// specific module such as `ureq_proto::client=trace` included) can lift it; redacting
+/// instead would mean recognising every form a secret can take in a dependency's
+/// debug output.
+const CAPPED: [&str; 8] = [
+    "ureq",
+    "ureq_proto",
+    "rustls",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+    "opentelemetry_http",
+    "opentelemetry_appender_log",
+];
+
+/// The most verbose level a [`CAPPED`] crate's lines may have.
+const CAP: log::Level = log::Level::Info;
+
+/// Whether a record comes from a [`CAPPED`] crate at a level above [`CAP`].
+fn capped(metadata: &Metadata) -> bool {
+    metadata.level() > CAP && {
+        let krate = metadata.target().split("::").next().unwrap_or_default();
+        CAPPED.contains(&krate)
+    }
+}
+
+/// The line said at start when the filters ask for lines the cap holds back.
+pub const CAP_NOTE: &str = "debug and trace lines of ureq, ureq_proto, rustls and the \
+     OpenTelemetry crates are not written, whatever RUST_LOG or LOG_LEVEL asks: at those \
+     levels they print request headers, credentials included";
+
 /// Sets up logging: `RUST_LOG`, when set, wins (per-module filters allowed);
 /// otherwise `level` applies to the worker.
 pub fn init(level: log::LevelFilter, shard: Option<String>, format: Format) {
@@ -194,9 +234,37 @@ pub fn init(level: log::LevelFilter, shard: Option<String>, format: Format) {
         format,
         shard,
     };
+    let asked_above_cap = CAPPED.iter().any(|krate| {
+        let asked = Metadata::builder()
+            .level(log::Level::Debug)
+            .target(krate)
+            .build();
+        // A module of the crate may be asked for on its own (`ureq_proto::client=trace`).
+        tee.stderr.enabled(&asked) || filters_name(krate)
+    });
     if log::set_boxed_logger(Box::new(tee)).is_ok() {
         log::set_max_level(max);
+        if asked_above_cap {
+            log::warn!(target: "ordermanagement", "{CAP_NOTE}");
+        }
     }
+}
+
+/// Whether `RUST_LOG` names a module of `krate` at debug or trace.
+fn filters_name(krate: &str) -> bool {
+    let Ok(filters) = std::env::var("RUST_LOG") else {
+        return false;
+    };
+    filters.split(',').any(|directive| {
+        let (module, level) = directive.split_once('=').unwrap_or((directive, ""));
+        let module = module.trim();
+        (module == krate || module.starts_with(&format!("{krate}::")))
+            && (level.is_empty()
+                || matches!(
+                    level.trim().to_ascii_lowercase().as_str(),
+                    "debug" | "trace"
+                ))
+    })
 }
 
 /// `2026-11-24T15:27:31.478Z`: RFC 3339, UTC, milliseconds.
@@ -591,6 +659,33 @@ mod tests {
             (&v["outcome"], &v["reason"], &v["order_id"]),
             (&"ready".into(), &"".into(), &1.into())
         );
+    }
+
+    #[test]
+    fn the_http_and_telemetry_crates_never_log_above_info() {
+        let capped_at =
+            |target: &str, level| capped(&Metadata::builder().target(target).level(level).build());
+        for target in [
+            "ureq",
+            "ureq::run",
+            "ureq_proto::util",
+            "rustls::client::hs",
+            "opentelemetry_otlp",
+            "opentelemetry_sdk::trace",
+        ] {
+            assert!(capped_at(target, log::Level::Debug), "{target}");
+            assert!(capped_at(target, log::Level::Trace), "{target}");
+            assert!(!capped_at(target, log::Level::Info), "{target}");
+            assert!(!capped_at(target, log::Level::Warn), "{target}");
+        }
+        for target in [
+            "ordermanagement",
+            "ordermanagement::worker",
+            "ureqx",
+            "my_ureq",
+        ] {
+            assert!(!capped_at(target, log::Level::Trace), "{target}");
+        }
     }
 
     #[test]

@@ -5,10 +5,10 @@ use std::fmt;
 use std::ops::Deref;
 use std::time::Instant;
 
-use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde::de::{MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::http::{CallError, Http, Route, SendError};
+use crate::http::{Call, CallError, Http, Route, SendError, Target};
 
 /// Largest reply accepted for a status update.
 const SMALL_REPLY_LIMIT: u64 = 64 * 1024;
@@ -236,54 +236,140 @@ impl Drop for InvalidLog {
     }
 }
 
-/// Reads a list reply's array entry by entry: the first `limit` entries are validated,
-/// the rest only counted (each dropped as soon as it is read), and a non-object fails
-/// the page.
-struct PageReader {
-    limit: usize,
+/// A list reply's array, split into its top-level entries without parsing them.
+struct SplitPage<'a> {
+    /// The first `limit` entries, each its bytes (surrounding white space trimmed).
+    entries: Vec<&'a [u8]>,
+    /// Entries beyond `limit`: counted only.
+    beyond: u64,
 }
 
-/// What [`PageReader`] found.
-struct ReadPage {
-    page: Page,
-    /// The first entry that is not a JSON object, described.
-    non_object: Option<String>,
-}
-
-impl<'de> DeserializeSeed<'de> for PageReader {
-    type Value = ReadPage;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<ReadPage, D::Error> {
-        d.deserialize_seq(self)
+/// Splits a JSON array into its top-level entries with a scanner that follows strings,
+/// escapes and bracket depth (a counter, so no nesting is too deep for it), without
+/// reading the entries themselves: each is then parsed alone ([`parse_entry`]), and an
+/// entry that is not valid JSON costs only itself. A body that is not one array
+/// (another value, text, an array cut off or followed by more) is an error for the page.
+fn split_array(body: &[u8], limit: usize) -> Result<SplitPage<'_>, String> {
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut i = body.iter().position(|b| !ws(b)).unwrap_or(body.len());
+    if body.get(i) != Some(&b'[') {
+        return Err("not a JSON array".into());
     }
-}
-
-impl<'de> Visitor<'de> for PageReader {
-    type Value = ReadPage;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON array of orders")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ReadPage, A::Error> {
-        let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.limit));
-        let mut non_object = None;
-        while entries.len() < self.limit && non_object.is_none() {
-            match seq.next_element::<Value>()? {
-                Some(entry) if entry.is_object() => entries.push(validate(&entry)),
-                Some(entry) => non_object = Some(short(&entry)),
-                None => break,
+    i += 1;
+    let mut page = SplitPage {
+        entries: Vec::new(),
+        beyond: 0,
+    };
+    let mut first = true;
+    loop {
+        let start = i;
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        let (end, last) = loop {
+            let Some(&b) = body.get(i) else {
+                return Err("the array is cut off (no closing ])".into());
+            };
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+            } else {
+                match b {
+                    b'"' => in_string = true,
+                    b'[' | b'{' => depth += 1,
+                    b']' if depth == 0 => break (i, true),
+                    b'}' if depth == 0 => return Err("an unbalanced } in the array".into()),
+                    b']' | b'}' => depth -= 1,
+                    b',' if depth == 0 => break (i, false),
+                    _ => {}
+                }
+            }
+            i += 1;
+        };
+        let mut entry = &body[start..end];
+        while let [b, rest @ ..] = entry
+            && ws(b)
+        {
+            entry = rest;
+        }
+        while let [rest @ .., b] = entry
+            && ws(b)
+        {
+            entry = rest;
+        }
+        // `[]`, or `[ ]`: no entry at all.
+        if !(first && last && entry.is_empty()) {
+            if page.entries.len() < limit {
+                page.entries.push(entry);
+            } else {
+                page.beyond += 1;
             }
         }
-        // Read one at a time and dropped at once: never kept.
-        let mut dropped = 0;
-        while seq.next_element::<Value>()?.is_some() {
-            dropped += 1;
+        first = false;
+        i = end + 1;
+        if last {
+            break;
         }
-        Ok(ReadPage {
-            page: Page { entries, dropped },
-            non_object,
-        })
+    }
+    if body[i..].iter().all(ws) {
+        Ok(page)
+    } else {
+        Err("more after the array's end".into())
+    }
+}
+
+/// One entry of a list, parsed alone: a JSON object with no key twice, or why it is
+/// not one. `Ok(Err(value))`: valid JSON, but not an object.
+fn parse_entry(entry: &[u8]) -> Result<Result<Value, Value>, String> {
+    let value: Value = serde_json::from_slice(entry).map_err(|e| {
+        format!(
+            "not valid JSON ({e}): {}",
+            crate::http::describe_body(entry)
+        )
+    })?;
+    if !value.is_object() {
+        return Ok(Err(value));
+    }
+    // The value kept the last of a repeated key: which one the service meant is unknown.
+    serde_json::from_slice::<UniqueKeys>(entry).map_err(|e| {
+        format!(
+            "{e}, so which value holds is unknown: {}",
+            crate::http::describe_body(entry)
+        )
+    })?;
+    Ok(Ok(value))
+}
+
+/// Reads a JSON object's keys (values skipped) and fails on the first one found twice.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UniqueKeys, D::Error> {
+        d.deserialize_map(UniqueKeys)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} is there twice"
+                )));
+            }
+            seen.push(key);
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(UniqueKeys)
     }
 }
 
@@ -363,6 +449,20 @@ const LIST: Route = Route {
     template: "/orders/status/{status}",
 };
 
+/// The Order Service, in error messages.
+pub const ORDER_SERVICE: Target = Target {
+    service: "Order Service",
+    variable: "API_URL_ORDERS (--orders-url)",
+};
+
+/// The `error` texts with which the Order Service refuses a status update (`400`:
+/// missing or invalid status; `404`: no such order).
+const STATUS_REFUSALS: [&str; 3] = [
+    "Missing 'order_status' in request body",
+    "Invalid order status",
+    "Order not found",
+];
+
 /// The status update's route, in telemetry.
 const STATUS_UPDATE: Route = Route {
     span_name: "PUT /orders/{id}",
@@ -394,20 +494,16 @@ impl OrdersClient {
             self.base
         );
         let what = "Order Service list";
+        // A list call refused means a wrong URL, not a refused order.
+        let call = self.call(what, &url, &[]);
         let started = Instant::now();
         let byte_limit = SMALL_REPLY_LIMIT + u64::from(limit) * BYTES_PER_LISTED_ORDER;
         let reply = self
             .http
             .get(&url, LIST, resend, byte_limit)
-            .map_err(|e| self.send_failed(what, e, started))?;
+            .map_err(|e| self.send_failed(&call, e, started))?;
         if reply.status != 200 {
-            // A list call refused means a wrong URL, not a refused order.
-            return Err(CallError::from_status(
-                what,
-                &reply,
-                self.slow(started),
-                false,
-            ));
+            return Err(call.from_status(&reply, self.slow(started)));
         }
         let bad = |detail: String| CallError::Transient {
             detail: format!("{what} answered 200 with {detail}"),
@@ -419,30 +515,37 @@ impl OrdersClient {
             .body
             .as_ref()
             .map_err(|e| bad(format!("a body that could not be read: {e}")))?;
-        let reader = PageReader {
-            limit: limit as usize,
-        };
-        let mut json = serde_json::Deserializer::from_slice(body);
-        let read = reader
-            .deserialize(&mut json)
-            .and_then(|read| json.end().map(|()| read))
-            .map_err(|e| {
-                bad(format!(
-                    "a body that is not a JSON array of orders ({e}): {}",
-                    reply.describe()
-                ))
-            })?;
-        if let Some(entry) = read.non_object {
-            return Err(bad(format!("an array holding a non-object: {entry}")));
+        let split = split_array(body, limit as usize).map_err(|e| {
+            bad(format!(
+                "a body that is not a JSON array of orders ({e}): {}",
+                reply.describe()
+            ))
+        })?;
+        let mut entries = Vec::with_capacity(split.entries.len());
+        for entry in split.entries {
+            match parse_entry(entry) {
+                Ok(Ok(object)) => entries.push(validate(&object)),
+                Ok(Err(other)) => {
+                    return Err(bad(format!(
+                        "an array holding a non-object: {}",
+                        short(&other)
+                    )));
+                }
+                Err(problem) => entries.push(Err(InvalidOrder { id: None, problem })),
+            }
         }
-        if read.page.dropped > 0 {
+        let read = Page {
+            entries,
+            dropped: split.beyond,
+        };
+        if read.dropped > 0 {
             log::warn!(
                 "{what} answered {} entries beyond the {limit} asked for (skip {skip}); \
                  they are dropped, later pages or cycles reach them",
-                read.page.dropped
+                read.dropped
             );
         }
-        Ok(read.page)
+        Ok(read)
     }
 
     /// `PUT /orders/<id>` with the new status; `resend` is the attempt's number.
@@ -450,6 +553,7 @@ impl OrdersClient {
         let url = format!("{}/orders/{id}", self.base);
         let body = format!(r#"{{"order_status":"{}"}}"#, status.as_str());
         let what = "Order Service status update";
+        let call = self.call(what, &url, &STATUS_REFUSALS);
         let started = Instant::now();
         let reply = self
             .http
@@ -460,7 +564,7 @@ impl OrdersClient {
                 body.as_bytes(),
                 SMALL_REPLY_LIMIT,
             )
-            .map_err(|e| self.send_failed(what, e, started))?;
+            .map_err(|e| self.send_failed(&call, e, started))?;
         match reply.status {
             // The status is set whatever the body says; a bad body is only worth a line.
             200..=299 => {
@@ -471,12 +575,17 @@ impl OrdersClient {
                 }
                 Ok(())
             }
-            _ => Err(CallError::from_status(
-                what,
-                &reply,
-                self.slow(started),
-                true,
-            )),
+            _ => Err(call.from_status(&reply, self.slow(started))),
+        }
+    }
+
+    /// A call to `url`, for what its failures say.
+    fn call<'a>(&self, what: &'a str, url: &'a str, refusals: &'a [&'a str]) -> Call<'a> {
+        Call {
+            what,
+            target: ORDER_SERVICE,
+            url,
+            refusals,
         }
     }
 
@@ -484,14 +593,10 @@ impl OrdersClient {
         self.http.slow_since(started)
     }
 
-    /// Every Order Service call is safe to repeat, so even a lost reply is transient.
-    fn send_failed(&self, what: &str, error: SendError, started: Instant) -> CallError {
-        CallError::Transient {
-            detail: format!("{what} {error}"),
-            retry_after: None,
-            slow: self.slow(started),
-            status: None,
-        }
+    /// Every Order Service call is safe to repeat, so even a lost reply is transient;
+    /// a process out of resources stops the cycle.
+    fn send_failed(&self, call: &Call, error: SendError, started: Instant) -> CallError {
+        call.send_failed(error, self.slow(started), true, started.elapsed())
     }
 }
 
@@ -614,6 +719,11 @@ mod tests {
 
     /// `list_registered(0, limit)` against a server answering `body`.
     fn list(limit: u32, body: String) -> Result<Page, CallError> {
+        list_bytes(limit, body.into_bytes())
+    }
+
+    /// [`list`], with a body that need not be text.
+    fn list_bytes(limit: u32, body: Vec<u8>) -> Result<Page, CallError> {
         let server = httpmock::MockServer::start();
         server.mock(|when, then| {
             when.method(httpmock::Method::GET)
@@ -673,6 +783,127 @@ mod tests {
         }
     }
 
+    /// The entries `split_array` finds, as text.
+    fn split(body: &str, limit: usize) -> Result<(Vec<String>, u64), String> {
+        let page = split_array(body.as_bytes(), limit)?;
+        let entries = page
+            .entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect();
+        Ok((entries, page.beyond))
+    }
+
+    #[test]
+    fn a_page_is_split_into_its_top_level_entries_unread() {
+        assert_eq!(split("[]", 10), Ok((vec![], 0)));
+        assert_eq!(split(" \n[ \t]\r\n", 10), Ok((vec![], 0)));
+        let (entries, beyond) = split(
+            r#"[ {"a": "],}\"[{"} , [1, {"b": [2]}], 1e400,"x\\",
+            {"deep": [[[[]]]]} ]"#,
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            entries,
+            [
+                r#"{"a": "],}\"[{"}"#,
+                r#"[1, {"b": [2]}]"#,
+                "1e400",
+                r#""x\\""#,
+                r#"{"deep": [[[[]]]]}"#
+            ]
+        );
+        assert_eq!(beyond, 0);
+        // An empty entry is an entry (that will not parse), not the end.
+        assert_eq!(
+            split("[1,,2,]", 10),
+            Ok((vec!["1".into(), "".into(), "2".into(), "".into()], 0))
+        );
+        // Beyond the limit: counted, not kept.
+        assert_eq!(
+            split(r#"[1,2,3,{"a":[]}]"#, 2),
+            Ok((vec!["1".into(), "2".into()], 2))
+        );
+        // Nesting far beyond any parser's recursion limit: one entry, no stack used.
+        let deep = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(split(&deep, 10).unwrap().0.len(), 1);
+        for not_an_array in [
+            "",
+            "{}",
+            r#"{"orders": []}"#,
+            "<html>oops</html>",
+            "[1, 2",
+            r#"[{"a": "]"#,
+            "[1] trailing",
+            "[1]]",
+            "[1}",
+        ] {
+            assert!(split(not_an_array, 10).is_err(), "{not_an_array}");
+        }
+    }
+
+    #[test]
+    fn one_unreadable_entry_among_twenty_costs_only_itself() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let hostile: [(&[u8], &str); 7] = [
+            (deep.as_bytes(), "recursion limit"),
+            (
+                br#"{"id": 9, "wood_type": "oak", "quantity": 1e400, "order_status": "registered"}"#,
+                "number out of range",
+            ),
+            (
+                b"{\"id\": 9, \"wood_type\": \"oak\xff\", \"quantity\": 1, \"order_status\": \"registered\"}",
+                "invalid unicode",
+            ),
+            (
+                b"{\"id\": 9, \"wood_type\": \"o\x01ak\", \"quantity\": 1, \"order_status\": \"registered\"}",
+                "control character",
+            ),
+            (
+                br#"{"id": 9, "wood_type": "\uZZZZ", "quantity": 1, "order_status": "registered"}"#,
+                "escape",
+            ),
+            (
+                br#"{"id": 9, "wood_type": "oak", "quantity": 1, "order_status": "registered", "id": 10}"#,
+                r#"the key "id" is there twice"#,
+            ),
+            (
+                br#"{"id": 9, "wood_type": "oak", "quantity": 1, "order_status": "registered", "\u0069d": 10}"#,
+                r#"the key "id" is there twice"#,
+            ),
+        ];
+        for (entry, word) in hostile {
+            let mut body = b"[".to_vec();
+            for id in 1..=20u64 {
+                if id > 1 {
+                    body.push(b',');
+                }
+                if id == 9 {
+                    body.extend_from_slice(entry);
+                } else {
+                    body.extend_from_slice(order_entry(id).to_string().as_bytes());
+                }
+            }
+            body.push(b']');
+            let page = list_bytes(20, body).unwrap();
+            let case = String::from_utf8_lossy(entry);
+            assert_eq!((page.len(), page.invalid()), (20, 1), "{case}");
+            let bad = page[8].as_ref().unwrap_err();
+            assert!(bad.problem.contains(word), "{case}: {}", bad.problem);
+            let good: Vec<u64> = page
+                .iter()
+                .filter_map(|e| e.as_ref().ok())
+                .map(|o| o.id)
+                .collect();
+            assert_eq!(
+                good,
+                (1..=20).filter(|id| *id != 9).collect::<Vec<_>>(),
+                "{case}"
+            );
+        }
+    }
+
     #[test]
     fn bad_entries_are_kept_for_the_caller_with_their_problem() {
         let body = json!([order_entry(1), {"id": 2, "wood_type": "teak"}, order_entry(3)]);
@@ -708,14 +939,19 @@ mod tests {
         assert_eq!(log.summary(), None, "nothing to sum up");
     }
 
+    /// A status update of order 1 at `http://h:1`, for the mapping's tests.
+    fn update() -> Call<'static> {
+        Call {
+            what: "Order Service status update",
+            target: ORDER_SERVICE,
+            url: "http://u:secret@h:1/orders/1",
+            refusals: &STATUS_REFUSALS,
+        }
+    }
+
     #[test]
     fn statuses_map_to_what_the_caller_does_next() {
-        let r = CallError::from_status(
-            "x",
-            &reply(404, r#"{"error": "Order not found"}"#),
-            false,
-            true,
-        );
+        let r = update().from_status(&reply(404, r#"{"error": "Order not found"}"#), false);
         assert_eq!(
             r,
             CallError::Rejected {
@@ -723,14 +959,18 @@ mod tests {
                 reason: "Order not found".into()
             }
         );
+        let list = Call {
+            refusals: &[],
+            ..update()
+        };
         assert!(matches!(
-            CallError::from_status("x", &reply(404, "<html>"), false, false),
+            list.from_status(&reply(404, r#"{"error": "Order not found"}"#), false),
             CallError::Fatal { .. }
         ));
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(
                 matches!(
-                    CallError::from_status("x", &reply(s, ""), false, true),
+                    update().from_status(&reply(s, ""), false),
                     CallError::Transient { .. }
                 ),
                 "{s}"
@@ -739,11 +979,76 @@ mod tests {
         for s in [301, 308, 401, 403, 405, 415] {
             assert!(
                 matches!(
-                    CallError::from_status("x", &reply(s, ""), false, true),
+                    update().from_status(&reply(s, ""), false),
                     CallError::Fatal { .. }
                 ),
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn a_404_or_400_the_contract_does_not_know_asks_whether_the_url_is_right() {
+        let html = "<!doctype html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1><p>The requested URL was not found on the server.</p></body></html>";
+        for (status, body) in [
+            (404, html),
+            (404, r#"{"error": "Not found"}"#),
+            (404, r#"{"detail": "Order not found"}"#),
+            (400, "<h1>Bad Request</h1>"),
+            (400, r#"{"error": "Insufficient stock"}"#),
+            (404, ""),
+        ] {
+            let CallError::Fatal { detail } = update().from_status(&reply(status, body), false)
+            else {
+                panic!("{status} {body}: not fatal");
+            };
+            assert!(
+                detail.starts_with(&format!(
+                    "Order Service status update answered {status} at http://REDACTED:REDACTED@h:1/orders/1: "
+                )),
+                "{detail}"
+            );
+            assert!(
+                detail.ends_with(
+                    "; the Order Service gives no such answer there: \
+                     is API_URL_ORDERS (--orders-url) the Order Service's base URL?"
+                ),
+                "{detail}"
+            );
+            assert!(
+                detail.chars().count() < 300,
+                "an HTML page is cut short: {detail}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_network_error_names_the_service_the_url_what_happened_and_what_to_check() {
+        let e = update().send_failed(
+            SendError::NotSent("connection refused".into()),
+            false,
+            true,
+            Duration::ZERO,
+        );
+        assert_eq!(
+            e.to_string(),
+            "Order Service status update not sent to http://REDACTED:REDACTED@h:1/orders/1: \
+             connection refused; is the Order Service running there? check API_URL_ORDERS (--orders-url)"
+        );
+        let e = update().send_failed(
+            SendError::NoReply("no reply within 5 s (--timeout)".into()),
+            true,
+            true,
+            Duration::from_secs(5),
+        );
+        assert!(
+            matches!(e, CallError::Transient { slow: true, .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "Order Service status update sent to http://REDACTED:REDACTED@h:1/orders/1, no reply: \
+             no reply within 5 s (--timeout); is the Order Service overloaded? it is tried again"
+        );
     }
 }

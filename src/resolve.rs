@@ -32,6 +32,38 @@ use ureq::{Error, Timeout};
 /// ([`Resolver::forget`]).
 pub const NAME_TTL: Duration = Duration::from_secs(30);
 
+/// An I/O error met before any byte of a request left (the lookup's thread could not
+/// be made, a socket could not be opened, the connection could not be made): whatever
+/// its kind, the request was not sent. The transport tells it apart from an error after
+/// the connection was made by this wrapper ([`before_sending`], [`unsent_cause`]).
+#[derive(Debug)]
+struct BeforeSending(io::Error);
+
+impl fmt::Display for BeforeSending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BeforeSending {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// `error`, marked as met before the request was sent (its kind kept).
+pub fn before_sending(error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), BeforeSending(error))
+}
+
+/// The error itself, when `error` was marked by [`before_sending`].
+pub fn unsent_cause(error: &io::Error) -> Option<&io::Error> {
+    error
+        .get_ref()?
+        .downcast_ref::<BeforeSending>()
+        .map(|b| &b.0)
+}
+
 /// A name lookup: `"host:port"` to its addresses.
 type Lookup = dyn Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync;
 
@@ -78,6 +110,26 @@ impl Resolver {
     /// The system resolver ([`ToSocketAddrs`]: `/etc/hosts`, then DNS) with [`NAME_TTL`].
     pub fn new() -> Resolver {
         Resolver::default()
+    }
+
+    /// The system resolver keeping answers for `ttl` instead (for tests).
+    pub fn with_ttl(ttl: Duration) -> Resolver {
+        Resolver::with_lookup(ttl, |host_port| Ok(host_port.to_socket_addrs()?.collect()))
+    }
+
+    /// How long answers are kept.
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// When the answer kept for `uri`'s host expires, if one is kept (never for an IP
+    /// address, which is not looked up).
+    pub fn expires(&self, uri: &Uri) -> Option<Instant> {
+        let host_port = DefaultResolver::host_and_port(uri.scheme()?, uri.authority()?)?;
+        self.shared
+            .names()
+            .get(&host_port)
+            .map(|entry| entry.expires)
     }
 
     /// A resolver with its own lookup and time to keep answers.
@@ -128,7 +180,8 @@ impl Resolver {
                         // The caller may have stopped waiting: nobody to tell, but the
                         // answer is kept for the next request all the same.
                         let _ = tx.send(shared.look_up(&name, now));
-                    })?;
+                    })
+                    .map_err(|e| Error::Io(before_sending(e)))?;
                 match rx.recv_timeout(timeout) {
                     Ok(found) => found,
                     // Whichever budget ran out (resolve, or the whole call's), the

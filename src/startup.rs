@@ -114,6 +114,15 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
     }
     let mut worker = match &config.state_file {
         None => Worker::new(config, stop.clone()),
+        // A dry run reads the state file and says what a real run would do with it; it
+        // never locks, rewrites or acts on it.
+        Some(path) if config.dry_run => match journal::read_only(path) {
+            Ok(in_flight) => {
+                dry_run_in_flight(path, &in_flight);
+                Worker::new(config, stop.clone())
+            }
+            Err(e) => return Err(fail_at_start(config, &e.to_string())),
+        },
         Some(path) => match FileJournal::open(path) {
             Ok(journal) => Worker::with_journal(config, stop.clone(), Box::new(journal)),
             // An overlapping run (cron): normal, one line, a code of its own.
@@ -167,6 +176,32 @@ fn start_telemetry(config: &Config) -> Telemetry {
     }
     let shard = config.shard.map(instrument::shard_attribute);
     Telemetry::init(&settings, shard.into_iter().collect())
+}
+
+/// `--dry-run` with a state file: what a real run would do with the orders a previous
+/// run left in flight.
+fn dry_run_in_flight(path: &std::path::Path, in_flight: &[(crate::Order, crate::InFlight)]) {
+    if in_flight.is_empty() {
+        return;
+    }
+    let orders = in_flight
+        .iter()
+        .map(|(order, state)| match state {
+            crate::InFlight::Decided(status) => format!("{} (set {status})", order.id),
+            crate::InFlight::Sent => format!(
+                "{} (decrease sent, outcome not known: set unknown)",
+                order.id
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    log::warn!(
+        target: TARGET,
+        "dry run: the state file {} holds {} orders in flight; a real run would only set their \
+         status: {orders}. Nothing is sent and the file is left as it is",
+        path.display(),
+        in_flight.len()
+    );
 }
 
 /// A problem with a setting found once logging is up: logged (in JSON mode only there,

@@ -2,11 +2,21 @@
 
 use std::time::{Duration, Instant};
 
-use crate::http::{CallError, Http, Route, SendError};
+use crate::http::{Call, CallError, Http, Route, Target};
 use crate::orders::Order;
 
 /// The call, in log lines.
 const WHAT: &str = "Stock Service decrease";
+
+/// The Stock Service, in error messages.
+pub const STOCK_SERVICE: Target = Target {
+    service: "Stock Service",
+    variable: "API_URL_STOCKS (--stocks-url)",
+};
+
+/// The `error` texts with which the Stock Service refuses a decrease: `400` not enough
+/// left or a bad body, `404` no stock row for the wood type. Only these block an order.
+const REFUSALS: [&str; 3] = ["Insufficient stock", "Invalid input", "Stock not found"];
 
 /// The decrease's route, in telemetry.
 const DECREASE: Route = Route {
@@ -68,26 +78,14 @@ impl StockClient {
             REPLY_LIMIT,
         );
         let slow = self.http.slow_since(started);
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(SendError::NotSent(d)) => {
-                return Err(CallError::Transient {
-                    detail: format!("Stock Service decrease not sent: {d}"),
-                    retry_after: None,
-                    slow,
-                    status: None,
-                });
-            }
-            Err(SendError::NoReply(d)) => {
-                return Err(CallError::InDoubt {
-                    detail: format!(
-                        "Stock Service decrease sent, no reply after {} ms: {d}",
-                        started.elapsed().as_millis()
-                    ),
-                    status: None,
-                });
-            }
+        let call = Call {
+            what: WHAT,
+            target: STOCK_SERVICE,
+            url: &url,
+            refusals: &REFUSALS,
         };
+        // A decrease is not safe to repeat: a lost reply leaves it in doubt.
+        let reply = result.map_err(|e| call.send_failed(e, slow, false, started.elapsed()))?;
         if (200..300).contains(&reply.status) {
             if let Err(e) = &reply.body {
                 log::warn!(
@@ -106,41 +104,69 @@ impl StockClient {
                 status: Some(reply.status),
             });
         }
-        Err(CallError::from_status(WHAT, &reply, slow, true))
+        Err(call.from_status(&reply, slow))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::reply;
+    use crate::http::{SendError, reply};
+
+    fn decrease() -> Call<'static> {
+        Call {
+            what: WHAT,
+            target: STOCK_SERVICE,
+            url: "http://stock:5001/v1/stocks/decrease",
+            refusals: &REFUSALS,
+        }
+    }
 
     #[test]
     fn business_refusals_carry_the_reason() {
-        assert_eq!(
-            CallError::from_status(
-                WHAT,
-                &reply(400, r#"{"error": "Insufficient stock"}"#),
-                false,
-                true
+        for (status, reason) in [
+            (400, "Insufficient stock"),
+            (400, "Invalid input"),
+            (404, "Stock not found"),
+        ] {
+            let body = format!(r#"{{"error": "{reason}"}}"#);
+            assert_eq!(
+                decrease().from_status(&reply(status, &body), false),
+                CallError::Rejected {
+                    status,
+                    reason: reason.into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_404_page_from_a_wrong_url_blocks_nothing_and_names_the_url() {
+        for (status, body) in [
+            (
+                404,
+                "<!doctype html><title>404 Not Found</title><h1>Not Found</h1>",
             ),
-            CallError::Rejected {
-                status: 400,
-                reason: "Insufficient stock".into()
-            }
-        );
-        assert_eq!(
-            CallError::from_status(
-                WHAT,
-                &reply(404, r#"{"error": "Stock not found"}"#),
-                false,
-                true
+            (404, r#"{"error": "Order not found"}"#),
+            (404, r#"{"message": "Stock not found"}"#),
+            (400, "<h1>Bad Request</h1>"),
+            (
+                400,
+                r#"{"error": "Missing 'order_status' in request body"}"#,
             ),
-            CallError::Rejected {
-                status: 404,
-                reason: "Stock not found".into()
-            }
-        );
+        ] {
+            let e = decrease().from_status(&reply(status, body), false);
+            let CallError::Fatal { detail } = &e else {
+                panic!("{status} {body}: {e:?}");
+            };
+            assert!(
+                detail.contains("at http://stock:5001/v1/stocks/decrease")
+                    && detail.ends_with(
+                        "is API_URL_STOCKS (--stocks-url) the Stock Service's base URL?"
+                    ),
+                "{detail}"
+            );
+        }
     }
 
     #[test]
@@ -149,7 +175,7 @@ mod tests {
             500,
             r#"{"error": "Unexpected error during stock decrease (read)"}"#,
         );
-        let e = CallError::from_status(WHAT, &stalled, true, true);
+        let e = decrease().from_status(&stalled, true);
         assert!(
             matches!(e, CallError::Transient { slow: true, .. }),
             "{e:?}"
@@ -195,13 +221,38 @@ mod tests {
 
     #[test]
     fn a_refused_content_type_stops_the_cycle() {
-        assert!(matches!(
-            CallError::from_status(WHAT, &reply(415, "<!doctype html>"), false, true),
-            CallError::Fatal { .. }
-        ));
-        assert!(matches!(
-            CallError::from_status(WHAT, &reply(308, ""), false, true),
-            CallError::Fatal { .. }
+        for (status, body) in [(415, "<!doctype html>"), (308, "")] {
+            let e = decrease().from_status(&reply(status, body), false);
+            assert!(matches!(e, CallError::Fatal { .. }), "{status}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_lost_reply_is_in_doubt_and_says_so() {
+        let e = decrease().send_failed(
+            SendError::NoReply("no reply within 35 s (--decrease-timeout)".into()),
+            true,
+            false,
+            std::time::Duration::from_millis(35_002),
+        );
+        assert_eq!(
+            e,
+            CallError::InDoubt {
+                detail: "Stock Service decrease sent to http://stock:5001/v1/stocks/decrease, \
+                         no reply after 35002 ms: no reply within 35 s (--decrease-timeout)"
+                    .into(),
+                status: None,
+            }
+        );
+        let e = decrease().send_failed(
+            SendError::NotSent("connection refused".into()),
+            false,
+            false,
+            std::time::Duration::ZERO,
+        );
+        assert!(matches!(e, CallError::Transient { .. }), "{e:?}");
+        assert!(e.to_string().ends_with(
+            "connection refused; is the Stock Service running there? check API_URL_STOCKS (--stocks-url)"
         ));
     }
 }

@@ -498,7 +498,8 @@ impl Worker {
             let outcome = task.abandon("stop requested", Deferral::Stopped);
             self.finish(cycle, task, outcome);
         }
-        cycle.end_list("stop requested".into());
+        // A stop is no error: the rest stays registered for the next run.
+        cycle.end_list_at("stop requested".into(), log::Level::Info);
         if !cycle.grace {
             self.abandon_all(cycle);
             return;

@@ -390,3 +390,55 @@ fn run_stopped_by_sigterm_again_and_again_without_a_state_file_takes_no_stock_tw
     assert_eq!(stack.ledger().len(), 300);
     println!("drained over {stops} stopped runs");
 }
+
+#[test]
+fn a_dry_run_with_a_state_file_left_by_a_crash_sends_nothing_and_leaves_the_file() {
+    use ordermanagement::orders::WoodType;
+    use ordermanagement::{Journal, Order, OrderStatus};
+    let dir = std::env::temp_dir().join(format!("om-dry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.jsonl");
+    {
+        let mut journal = ordermanagement::journal::FileJournal::open(&state).unwrap();
+        let order = |id| Order {
+            id,
+            wood_type: WoodType::Oak,
+            quantity: 2,
+        };
+        journal.sending(&order(7)).unwrap();
+        journal.sending(&order(8)).unwrap();
+        journal.decided(&order(8), OrderStatus::Ready).unwrap();
+    }
+    let before = std::fs::read(&state).unwrap();
+    let server = ScriptServer::start(|r| match r.method.as_str() {
+        "GET" => reply(200, serde_json::json!([order_json(9, "elm", 1)]).to_string()),
+        _ => reply(200, "{}"),
+    });
+    for command in ["once", "run"] {
+        let mut child = Running::start(
+            common::worker_at(&server.url(), &server.url())
+                .env("STATE_FILE", &state)
+                .env("DRY_RUN", "true")
+                .args([command, "--interval", "0.2"]),
+        );
+        if command == "run" {
+            std::thread::sleep(Duration::from_millis(700));
+            child.signal(libc::SIGTERM);
+        }
+        let out = child.wait_for(Duration::from_secs(10)).expect("ends");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let text = stderr(&out);
+        assert!(
+            text.contains("holds 2 orders in flight; a real run would only set their status: 7 (decrease sent, outcome not known: set unknown), 8 (set ready)"),
+            "{text}"
+        );
+    }
+    assert!(
+        server.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        server.requests()
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), before, "the file is left as it is");
+    let _ = std::fs::remove_dir_all(&dir);
+}

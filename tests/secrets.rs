@@ -43,10 +43,63 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-/// Neither secret in the output or in any OTLP body.
+/// Standard base64 (with padding), as HTTP basic authentication encodes `user:password`.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The secrets searched for: the password, the OTLP header's secret, and the
+/// `Authorization: Basic` value a URL's credentials become (the password does not show
+/// in it as text).
+fn secrets() -> [String; 3] {
+    [
+        PASSWORD.to_string(),
+        HEADER_SECRET.to_string(),
+        base64(format!("user:{PASSWORD}").as_bytes()),
+    ]
+}
+
+/// The bytes of every hex dump in `text` (ureq_proto's trace rows, `4745 5420 2f6f ...
+/// GET./o`, 16 bytes a row), joined: a secret split across two rows shows whole here.
+fn dumped_bytes(text: &[u8]) -> Vec<u8> {
+    let row = regex::Regex::new(r"((?:[0-9a-f-]{4} ){8}) ").unwrap();
+    let mut bytes = Vec::new();
+    for caps in row.captures_iter(&String::from_utf8_lossy(text)) {
+        for group in caps[1].split_whitespace() {
+            for pair in [&group[..2], &group[2..]] {
+                if let Ok(b) = u8::from_str_radix(pair, 16) {
+                    bytes.push(b);
+                }
+            }
+        }
+    }
+    bytes
+}
+
+/// Neither secret in the output (hex dumps included) or in any OTLP body.
 fn assert_clean(case: &str, out: &Output, sink: Option<&OtlpSink>) {
-    for (name, bytes) in [("stderr", &out.stderr), ("stdout", &out.stdout)] {
-        for secret in [PASSWORD, HEADER_SECRET] {
+    let dumped = dumped_bytes(&out.stderr);
+    for (name, bytes) in [
+        ("stderr", &out.stderr),
+        ("stdout", &out.stdout),
+        ("stderr's hex dumps", &dumped),
+    ] {
+        for secret in &secrets() {
             assert!(
                 !contains(bytes, secret),
                 "{case}: {name} shows a secret:\n{}",
@@ -57,7 +110,7 @@ fn assert_clean(case: &str, out: &Output, sink: Option<&OtlpSink>) {
     if let Some(sink) = sink {
         for path in ["/v1/traces", "/v1/metrics", "/v1/logs"] {
             for body in sink.bodies(path) {
-                for secret in [PASSWORD, HEADER_SECRET] {
+                for secret in &secrets() {
                     assert!(!contains(&body, secret), "{case}: {path} exports a secret");
                 }
             }
@@ -121,6 +174,58 @@ fn a_working_run_shows_and_exports_no_password() {
                     "{case}: url.full {url}"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn base64_and_hex_dumps_are_read_as_the_headers_carry_them() {
+    assert_eq!(base64(b"ouser:URLPASS1"), "b3VzZXI6VVJMUEFTUzE=");
+    assert_eq!(base64(b"ab"), "YWI=");
+    assert_eq!(base64(b"a"), "YQ==");
+    // Two rows as ureq_proto writes them, the value split between them.
+    let rows =
+        b"[t TRACE ureq_proto::util] 3a20 4261 7369 6320 6233 567a 5a58 4936  :.Basic.b3VzZXI6\n\
+        [t TRACE ureq_proto::util] 5656 4a4d 5545 4654 557a 453d 0d0a ----  VVJMUEFTUzE=....\n";
+    assert!(contains(&dumped_bytes(rows), "Basic b3VzZXI6VVJMUEFTUzE="));
+}
+
+/// Every log filter that asks the HTTP, TLS and OpenTelemetry crates for their trace
+/// lines, module by module.
+const EVERY_DEPENDENCY_AT_TRACE: &str = "trace,ureq=trace,ureq_proto=trace,\
+    ureq_proto::client=trace,ureq::run=trace,rustls=trace,opentelemetry=trace,\
+    opentelemetry_sdk=trace,opentelemetry_otlp=trace,opentelemetry_http=trace";
+
+#[test]
+fn dependencies_asked_for_trace_lines_print_no_header() {
+    for format in ["text", "json"] {
+        for rust_log in [EVERY_DEPENDENCY_AT_TRACE, "ureq_proto=trace"] {
+            let case = format!("LOG_FORMAT={format} RUST_LOG={rust_log}");
+            let stack = Stack::start(0, 0, Knobs::default()).expect("stand-ins");
+            stack.add_stock("oak", 100);
+            stack.add_order("oak", 3);
+            let sink = OtlpSink::start().expect("OTLP receiver");
+            let out = run(cmd()
+                .env("API_URL_ORDERS", with_credentials(&stack.orders_url()))
+                .env("API_URL_STOCKS", with_credentials(&stack.stocks_url()))
+                .env("LOG_FORMAT", format)
+                .env("RUST_LOG", rust_log)
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+                .env(
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    format!("authorization=Bearer {HEADER_SECRET}"),
+                )
+                .arg("once"));
+            assert_eq!(out.status.code(), Some(0), "{case}: {out:?}");
+            assert_eq!(stack.ledger().len(), 1, "{case}: the run did its work");
+            drop(stack);
+            assert_clean(&case, &out, Some(&sink));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let notes = stderr
+                .lines()
+                .filter(|l| l.contains("are not written, whatever RUST_LOG or LOG_LEVEL asks"))
+                .count();
+            assert_eq!(notes, 1, "{case}: one line says so at start:\n{stderr}");
         }
     }
 }

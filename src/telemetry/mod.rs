@@ -126,6 +126,50 @@ fn clamp_batch_sizes(
     (clamped, line)
 }
 
+/// Shortest `OTEL_BSP_SCHEDULE_DELAY` / `OTEL_BLRP_SCHEDULE_DELAY` used, in ms: at 0 the
+/// batch processor's thread wakes without pause and spends a whole core.
+pub const MIN_SCHEDULE_DELAY_MS: u64 = 100;
+/// Shortest `OTEL_METRIC_EXPORT_INTERVAL` used, in ms: at 0 the periodic reader
+/// collects and exports without pause (more than a core's third, measured).
+pub const MIN_METRIC_EXPORT_INTERVAL_MS: u64 = 1_000;
+
+/// The delays and intervals below their floor, of the signals that are on, each with
+/// its floor, and the one warning line that says so.
+fn floor_intervals(
+    get: impl Fn(&str) -> Option<String>,
+    on: [bool; 3],
+) -> (Vec<(&'static str, String)>, Option<String>) {
+    let mut raised = Vec::new();
+    let mut said = Vec::new();
+    for (name, floor, signal_on) in [
+        ("OTEL_BSP_SCHEDULE_DELAY", MIN_SCHEDULE_DELAY_MS, on[0]),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            MIN_METRIC_EXPORT_INTERVAL_MS,
+            on[1],
+        ),
+        ("OTEL_BLRP_SCHEDULE_DELAY", MIN_SCHEDULE_DELAY_MS, on[2]),
+    ] {
+        // A value that is not a number is ignored by the SDK too (its default applies).
+        let Some(ms) = get(name).and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        if signal_on && ms < floor {
+            raised.push((name, floor.to_string()));
+            said.push(format!("{name}={ms} taken as {floor}"));
+        }
+    }
+    let line = (!said.is_empty()).then(|| {
+        format!(
+            "{}: the batch processors' delays are at least {MIN_SCHEDULE_DELAY_MS} ms and the \
+             metric export interval at least {MIN_METRIC_EXPORT_INTERVAL_MS} ms (below that \
+             their threads spin)",
+            said.join(", ")
+        )
+    });
+    (raised, line)
+}
+
 impl Settings {
     /// Reads the standard variables through `var` (the process environment in main).
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Settings {
@@ -234,11 +278,16 @@ impl Settings {
             ));
         }
         // Only the batch processors of traces and logs read these sizes.
-        let (clamped, line) = if on[0] || on[2] {
+        let (mut clamped, line) = if on[0] || on[2] {
             clamp_batch_sizes(get)
         } else {
             (Vec::new(), None)
         };
+        if let Some(line) = line {
+            notes.push((log::Level::Warn, line));
+        }
+        let (raised, line) = floor_intervals(get, on);
+        clamped.extend(raised);
         if let Some(line) = line {
             notes.push((log::Level::Warn, line));
         }
@@ -643,6 +692,48 @@ mod tests {
         assert!(propagators("")); // the specification's default: tracecontext,baggage
         assert!(propagators("baggage, tracecontext"));
         assert!(!propagators("tracecontext"));
+    }
+
+    #[test]
+    fn delays_and_intervals_below_their_floor_are_raised_with_one_warning() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "5"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+        ]);
+        assert_eq!(
+            s.clamped,
+            vec![
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()),
+                ("OTEL_BLRP_SCHEDULE_DELAY", "100".to_string()),
+            ]
+        );
+        let warnings: Vec<&String> = s
+            .notes
+            .iter()
+            .filter(|(level, _)| *level == log::Level::Warn)
+            .map(|(_, note)| note)
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "OTEL_BSP_SCHEDULE_DELAY=0 taken as 100, OTEL_METRIC_EXPORT_INTERVAL=0 taken as 1000, \
+                 OTEL_BLRP_SCHEDULE_DELAY=5 taken as 100: "
+            ),
+            "{}",
+            warnings[0]
+        );
+        // At or above the floor, not a number, or the signal off: nothing said.
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "soon"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+        ]);
+        assert!(s.clamped.is_empty() && s.notes.is_empty(), "{s:?}");
     }
 
     #[test]
