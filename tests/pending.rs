@@ -40,6 +40,16 @@ fn stderr(out: &Output) -> String {
 /// Runs `once` again and again, as cron would, with no state file, until no order is
 /// registered (at most `limit` runs, each bounded by two minutes). Returns the runs.
 fn cron(stack: &Stack, error_rate: &str, limit: usize) -> usize {
+    cron_with(stack, error_rate, limit, None)
+}
+
+/// [`cron`], with `STATE_FILE` when given.
+fn cron_with(
+    stack: &Stack,
+    error_rate: &str,
+    limit: usize,
+    state: Option<&std::path::Path>,
+) -> usize {
     let mut runs = 0;
     while stack.count_by_status().contains_key("registered") {
         runs += 1;
@@ -48,7 +58,11 @@ fn cron(stack: &Stack, error_rate: &str, limit: usize) -> usize {
             "orders still registered after {limit} runs: {:?}",
             stack.count_by_status()
         );
-        let out = Running::start(&mut worker(stack, error_rate, &["once"]))
+        let mut cmd = worker(stack, error_rate, &["once"]);
+        if let Some(state) = state {
+            cmd.env("STATE_FILE", state);
+        }
+        let out = Running::start(&mut cmd)
             .wait_for(Duration::from_secs(120))
             .expect("once hung and was killed after 120 s");
         assert!(
@@ -92,6 +106,20 @@ fn thirty_percent_faults_on_every_endpoint_never_take_stock_twice_over_cron_runs
         );
         println!("seed {seed}: drained in {runs} runs");
     }
+}
+
+#[test]
+fn thirty_percent_faults_over_cron_runs_with_a_state_file_take_no_stock_twice() {
+    let dir = std::env::temp_dir().join(format!("om-cron-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stack = stack(300, 4, Knobs::failing(0.3));
+    cron_with(&stack, "0.3", 30, Some(&dir.join("state.jsonl")));
+    assert_ledger(&stack);
+    let counts = stack.count_by_status();
+    assert_eq!(counts["ready"] + counts["blocked"], 300, "{counts:?}");
+    assert_eq!(stack.ledger().len(), counts["ready"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -311,10 +339,10 @@ fn a_decrease_that_stalls_once_is_retried_at_once() {
     let decreases = stock.calls("POST", "/stocks/decrease");
     assert_eq!(decreases.len(), 2, "{}", stderr(&out));
     // The second went as soon as the first's reply came (800 ms after it arrived), not
-    // after the 100-200 ms of the first backoff.
+    // after the 100-200 ms of the first backoff (the default --retry-base of 200 ms).
     let gap = decreases[1].at - decreases[0].at;
     assert!(
-        gap >= Duration::from_millis(800) && gap < Duration::from_millis(880),
+        gap >= Duration::from_millis(800) && gap < Duration::from_millis(895),
         "{gap:?}"
     );
     assert_eq!(server.calls("PUT", "/orders/1").len(), 1);
@@ -412,7 +440,10 @@ fn a_dry_run_with_a_state_file_left_by_a_crash_sends_nothing_and_leaves_the_file
     }
     let before = std::fs::read(&state).unwrap();
     let server = ScriptServer::start(|r| match r.method.as_str() {
-        "GET" => reply(200, serde_json::json!([order_json(9, "elm", 1)]).to_string()),
+        "GET" => reply(
+            200,
+            serde_json::json!([order_json(9, "elm", 1)]).to_string(),
+        ),
         _ => reply(200, "{}"),
     });
     for command in ["once", "run"] {
@@ -439,6 +470,10 @@ fn a_dry_run_with_a_state_file_left_by_a_crash_sends_nothing_and_leaves_the_file
         "{:?}",
         server.requests()
     );
-    assert_eq!(std::fs::read(&state).unwrap(), before, "the file is left as it is");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        before,
+        "the file is left as it is"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

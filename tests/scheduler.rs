@@ -177,8 +177,6 @@ fn a_stalling_stock_service_ends_the_cycle_in_bounded_time_while_status_updates_
         .filter(|&i| requests[i].method == "POST")
         .collect();
     assert_eq!(posts.len(), 2, "{requests:?}");
-    let gap = requests[posts[1]].at - requests[posts[0]].at;
-    assert!(gap < Duration::from_millis(850), "{gap:?}");
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
     // Status updates went on after the Stock Service stalled, not only before.
     let puts_after = requests[posts[0]..]

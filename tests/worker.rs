@@ -286,10 +286,7 @@ fn a_stall_that_ends_in_500_within_the_decrease_timeout_is_never_unknown() {
     let mut worker = Worker::new(&config(&server.url(), &server.url()), Stop::new());
     let first = worker.cycle();
     assert_eq!((first.ready, first.unknown), (1, 0), "{first:?}");
-    let posts = server.calls("POST", "/stocks/decrease");
-    assert_eq!(posts.len(), 2);
-    let gap = posts[1].at - posts[0].at;
-    assert!(gap < Duration::from_millis(880), "retried at once: {gap:?}");
+    assert_eq!(server.calls("POST", "/stocks/decrease").len(), 2);
 }
 
 #[test]
