@@ -737,10 +737,10 @@ fn never_answering(trickle: bool) -> (Raw, Arc<Mutex<Vec<Duration>>>) {
         let mut buf = [0u8; 4096];
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             if trickle {
-                if let Some(b) = settings.next() {
-                    if socket.write_all(&[b]).is_err() {
-                        break;
-                    }
+                if let Some(b) = settings.next()
+                    && socket.write_all(&[b]).is_err()
+                {
+                    break;
                 }
                 thread::sleep(Duration::from_millis(30));
             }
