@@ -36,6 +36,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use standin::{Knobs, Stack, WOODS};
+use tonic::codec::CompressionEncoding::Gzip;
 use tonic::transport::Server;
 use tonic::{Code, Status};
 
@@ -154,9 +155,11 @@ impl Collector {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 let _ = tune(Server::builder())
-                    .add_service(TraceServiceServer::new(services.clone()))
-                    .add_service(MetricsServiceServer::new(services.clone()))
-                    .add_service(LogsServiceServer::new(services))
+                    .add_service(TraceServiceServer::new(services.clone()).accept_compressed(Gzip))
+                    .add_service(
+                        MetricsServiceServer::new(services.clone()).accept_compressed(Gzip),
+                    )
+                    .add_service(LogsServiceServer::new(services).accept_compressed(Gzip))
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
                     })
@@ -793,5 +796,25 @@ fn a_collector_that_never_answers_or_trickles_costs_an_export_its_timeout() {
             finished.iter().all(|d| **d < Duration::from_millis(1300)),
             "trickle {trickle}: {lifetimes:?}"
         );
+    }
+}
+
+#[test]
+fn gzip_compressed_exports_arrive() {
+    let stack = stack(5);
+    let collector = Collector::on_loopback(|s| s);
+    let (_, stderr) = run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+    );
+    assert!(!stderr.contains("export failed"), "{stderr}");
+    assert_eq!(spans_named(&traces(&collector), "order"), 5);
+    let calls = collector.shared.calls.lock().unwrap();
+    let signals: HashSet<&str> = calls.iter().map(|c| c.signal).collect();
+    assert_eq!(signals, HashSet::from(["traces", "metrics", "logs"]));
+    for call in calls.iter() {
+        assert_eq!(call.metadata["grpc-encoding"], "gzip", "{}", call.signal);
     }
 }
