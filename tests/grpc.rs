@@ -818,3 +818,53 @@ fn gzip_compressed_exports_arrive() {
         assert_eq!(call.metadata["grpc-encoding"], "gzip", "{}", call.signal);
     }
 }
+
+/// TLS with ALPN h2, against tonic with the test certificate of tests/data/tls (a CA of
+/// its own and a server certificate for localhost and 127.0.0.1, made with openssl for
+/// these tests only).
+#[cfg(feature = "tls")]
+#[test]
+fn tls_with_alpn_h2_checks_the_server_against_the_given_certificate() {
+    use tonic::transport::{Identity, ServerTlsConfig};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
+    let read = |name: &str| std::fs::read(format!("{dir}/{name}")).unwrap();
+    let identity = Identity::from_pem(read("server.pem"), read("server.key"));
+    let collector = Collector::on_loopback(move |s| {
+        s.tls_config(ServerTlsConfig::new().identity(identity))
+            .unwrap()
+    });
+    let endpoint = format!("https://localhost:{}", collector.addr.port());
+    let stack = stack(3);
+    let (_, stderr) = run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", format!("{dir}/ca.pem")),
+    );
+    assert!(!stderr.contains("export failed"), "{stderr}");
+    assert_eq!(spans_named(&traces(&collector), "order"), 3);
+    let signals: HashSet<&str> = collector
+        .shared
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.signal)
+        .collect();
+    assert_eq!(signals, HashSet::from(["traces", "metrics", "logs"]));
+
+    // Without it, the bundled roots do not know the test CA: nothing is sent.
+    let before = collector.shared.calls.lock().unwrap().len();
+    let (_, stderr) = run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none"),
+    );
+    assert!(
+        stderr.contains("traces export failed") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    assert_eq!(collector.shared.calls.lock().unwrap().len(), before);
+}

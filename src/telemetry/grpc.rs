@@ -21,8 +21,9 @@
 //! deadline.
 
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Mutex, mpsc};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use opentelemetry_http::{Bytes, HttpError, Request, Response};
@@ -98,6 +99,8 @@ pub struct GrpcClient {
     target: Target,
     authority: String,
     timeout: Duration,
+    /// The TLS client configuration, for https://.
+    tls: Option<tls::Config>,
     connection: Mutex<Option<Connection<Box<dyn Io>>>>,
     errors: ErrorLog,
 }
@@ -109,15 +112,27 @@ impl<S: Io> std::fmt::Debug for Connection<S> {
 }
 
 impl GrpcClient {
-    pub fn new(signal: Signal, target: Target, timeout: Duration) -> GrpcClient {
-        GrpcClient {
+    /// The client of `signal`; for https://, the server's certificate is checked
+    /// against the PEM file `certificate` if given, the bundled roots otherwise.
+    pub fn new(
+        signal: Signal,
+        target: Target,
+        certificate: Option<&str>,
+        timeout: Duration,
+    ) -> Result<GrpcClient, String> {
+        let tls = match target.tls {
+            true => Some(tls::config(certificate)?),
+            false => None,
+        };
+        Ok(GrpcClient {
             signal,
             authority: target.authority(),
             target,
             timeout,
+            tls,
             connection: Mutex::new(None),
             errors: ErrorLog::new(signal),
-        }
+        })
     }
 
     pub fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
@@ -190,7 +205,7 @@ impl GrpcClient {
     }
 
     fn connect(&self, deadline: Instant) -> Result<Connection<Box<dyn Io>>, h2::Error> {
-        let addrs = (self.target.host.as_str(), self.target.port).to_socket_addrs()?;
+        let addrs = lookup(&self.target.host, self.target.port, deadline)?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -200,10 +215,9 @@ impl GrpcClient {
             match TcpStream::connect_timeout(&addr, left.min(CONNECT_TIMEOUT)) {
                 Ok(tcp) => {
                     let _ = tcp.set_nodelay(true);
-                    let io: Box<dyn Io> = if self.target.tls {
-                        tls::connect(tcp, &self.target.host, deadline)?
-                    } else {
-                        Box::new(tcp)
+                    let io: Box<dyn Io> = match &self.tls {
+                        Some(config) => tls::connect(tcp, &self.target.host, config, deadline)?,
+                        None => Box::new(tcp),
                     };
                     return Connection::handshake(io, deadline);
                 }
@@ -297,6 +311,25 @@ impl GrpcClient {
             .body(Bytes::new())
             .expect("a status")
     }
+}
+
+/// The addresses of `host`: an IP address as it is; a name looked up on a helper
+/// thread, so that a resolver that does not answer costs no more than the deadline
+/// (a lookup runs only when a connection is opened).
+fn lookup(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = mpsc::channel();
+    let name = format!("{host}:{port}");
+    thread::Builder::new()
+        .name("otlp-grpc-lookup".into())
+        .spawn(move || {
+            let _ = tx.send(name.to_socket_addrs().map(Vec::from_iter));
+        })?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    rx.recv_timeout(left)
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name lookup timed out"))?
 }
 
 /// The server said it did not take the stream: safe to send again.
@@ -474,10 +507,11 @@ fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
 mod tls {
     use std::io::{self, Read, Write};
     use std::net::TcpStream;
-    use std::sync::{Arc, OnceLock};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use rustls::pki_types::ServerName;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
     use super::super::h2::{Error, Io};
@@ -505,36 +539,51 @@ mod tls {
         }
     }
 
-    /// The client configuration: rustls with ring and the bundled roots (as ureq's),
-    /// offering only h2.
-    fn config() -> Arc<ClientConfig> {
-        static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-        CONFIG
-            .get_or_init(|| {
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let roots = RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                };
-                let mut config = ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .expect("the provider's protocol versions")
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                config.alpn_protocols = vec![b"h2".to_vec()];
-                Arc::new(config)
-            })
-            .clone()
+    pub type Config = Arc<ClientConfig>;
+
+    /// The client configuration: rustls with ring (as ureq's), offering only h2, with
+    /// the roots of the PEM file `certificate`, or the bundled ones.
+    pub fn config(certificate: Option<&str>) -> Result<Config, String> {
+        let roots = match certificate {
+            None => RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("OTLP certificate {path}: {e}"))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| format!("OTLP certificate {path}: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("OTLP certificate {path}: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("OTLP certificate {path}: no certificate in it"));
+                }
+                roots
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// A TLS session on `tcp`, its handshake done by `deadline`, with h2 agreed.
     pub fn connect(
         mut tcp: TcpStream,
         host: &str,
+        config: &Config,
         deadline: Instant,
     ) -> Result<Box<dyn Io>, Error> {
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| Error::Protocol("not a TLS server name"))?;
-        let mut session = ClientConnection::new(config(), name)
+        let mut session = ClientConnection::new(config.clone(), name)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         while session.is_handshaking() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -560,8 +609,15 @@ mod tls {
 
     use super::super::h2::{Error, Io};
 
+    pub type Config = ();
+
     /// Never called: [`super::Target::parse`] refuses https:// without TLS.
-    pub fn connect(_: TcpStream, _: &str, _: Instant) -> Result<Box<dyn Io>, Error> {
+    pub fn config(_: Option<&str>) -> Result<Config, String> {
+        Err("https:// needs the tls feature, which this build lacks".into())
+    }
+
+    /// Never called, as [`config`].
+    pub fn connect(_: TcpStream, _: &str, _: &Config, _: Instant) -> Result<Box<dyn Io>, Error> {
         Err(Error::Protocol("https:// needs the tls feature"))
     }
 }

@@ -66,8 +66,13 @@ impl Signal {
 pub enum Transport {
     /// OTLP/HTTP with protobuf bodies; the exporter reads the endpoint itself.
     Http,
-    /// OTLP/gRPC to this endpoint, used as it is.
-    Grpc(String),
+    /// OTLP/gRPC to this endpoint, used as it is; for https://, the server's certificate
+    /// is checked against this PEM file when OTEL_EXPORTER_OTLP_(signal_)CERTIFICATE
+    /// names one, against the bundled roots otherwise.
+    Grpc {
+        endpoint: String,
+        certificate: Option<String>,
+    },
 }
 
 /// What to export, decided from the environment at start.
@@ -234,7 +239,15 @@ impl Settings {
                     ));
                     continue;
                 }
-                transports[i] = Transport::Grpc(endpoint);
+                let certificate = get(&format!(
+                    "OTEL_EXPORTER_OTLP_{}_CERTIFICATE",
+                    signal.upper()
+                ))
+                .or_else(|| get("OTEL_EXPORTER_OTLP_CERTIFICATE"));
+                transports[i] = Transport::Grpc {
+                    endpoint,
+                    certificate,
+                };
             }
             on[i] = true;
         }
@@ -381,16 +394,20 @@ enum Client {
 }
 
 impl Client {
-    fn new(signal: Signal, settings: &Settings) -> Client {
+    fn new(signal: Signal, settings: &Settings) -> Result<Client, String> {
         let i = Signal::ALL.iter().position(|s| *s == signal).unwrap_or(0);
         let timeout = settings.timeout(signal);
-        match &settings.transports[i] {
+        Ok(match &settings.transports[i] {
             Transport::Http => Client::Http(UreqClient::new(signal, timeout)),
-            Transport::Grpc(endpoint) => {
-                let target = grpc::Target::parse(endpoint).expect("checked in Settings");
-                Client::Grpc(grpc::GrpcClient::new(signal, target, timeout))
+            Transport::Grpc {
+                endpoint,
+                certificate,
+            } => {
+                let target = grpc::Target::parse(endpoint)?;
+                let client = grpc::GrpcClient::new(signal, target, certificate.as_deref(), timeout);
+                Client::Grpc(client?)
             }
-        }
+        })
     }
 }
 
@@ -445,13 +462,16 @@ impl Telemetry {
         }
         let resource = resource.with_attributes(extra).build();
         let client = |signal| Client::new(signal, settings);
+        let build = |e: opentelemetry_otlp::ExporterBuildError| e.to_string();
         if settings.traces {
-            match http_export(
-                opentelemetry_otlp::SpanExporter::builder().with_http(),
-                client(Signal::Traces),
-            )
-            .build()
-            {
+            match client(Signal::Traces).and_then(|client| {
+                http_export(
+                    opentelemetry_otlp::SpanExporter::builder().with_http(),
+                    client,
+                )
+                .build()
+                .map_err(build)
+            }) {
                 Ok(exporter) => {
                     let provider = SdkTracerProvider::builder()
                         .with_batch_exporter(exporter)
@@ -464,12 +484,14 @@ impl Telemetry {
             }
         }
         if settings.metrics {
-            match http_export(
-                opentelemetry_otlp::MetricExporter::builder().with_http(),
-                client(Signal::Metrics),
-            )
-            .build()
-            {
+            match client(Signal::Metrics).and_then(|client| {
+                http_export(
+                    opentelemetry_otlp::MetricExporter::builder().with_http(),
+                    client,
+                )
+                .build()
+                .map_err(build)
+            }) {
                 Ok(exporter) => {
                     let provider = SdkMeterProvider::builder()
                         .with_periodic_exporter(exporter)
@@ -482,12 +504,14 @@ impl Telemetry {
             }
         }
         if settings.logs {
-            match http_export(
-                opentelemetry_otlp::LogExporter::builder().with_http(),
-                client(Signal::Logs),
-            )
-            .build()
-            {
+            match client(Signal::Logs).and_then(|client| {
+                http_export(
+                    opentelemetry_otlp::LogExporter::builder().with_http(),
+                    client,
+                )
+                .build()
+                .map_err(build)
+            }) {
                 Ok(exporter) => {
                     let provider = SdkLoggerProvider::builder()
                         .with_batch_exporter(exporter)
@@ -513,7 +537,7 @@ impl Telemetry {
         let grpc: Vec<&str> = Signal::ALL
             .iter()
             .zip(&settings.transports)
-            .filter(|(_, t)| matches!(t, Transport::Grpc(_)))
+            .filter(|(_, t)| matches!(t, Transport::Grpc { .. }))
             .map(|(s, _)| s.name())
             .filter(|name| on.contains(name))
             .collect();
@@ -677,7 +701,10 @@ mod tests {
 
     #[test]
     fn grpc_when_the_protocol_says_so_or_none_is_set_and_the_port_is_4317() {
-        let grpc = |endpoint: &str| Transport::Grpc(endpoint.to_string());
+        let grpc = |endpoint: &str| Transport::Grpc {
+            endpoint: endpoint.to_string(),
+            certificate: None,
+        };
         // The demo's block: no protocol, port 4317.
         let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317")]);
         assert!(s.traces && s.metrics && s.logs);
@@ -710,6 +737,21 @@ mod tests {
         assert_eq!(
             s.transports,
             [Transport::Http, Transport::Http, grpc("http://c:9000/x")]
+        );
+        // The certificate for TLS: the signal's own, or the shared one.
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/metrics-ca.pem"),
+        ]);
+        let certificates = s.transports.clone().map(|t| match t {
+            Transport::Grpc { certificate, .. } => certificate,
+            Transport::Http => None,
+        });
+        assert_eq!(
+            certificates,
+            [Some("/ca.pem"), Some("/metrics-ca.pem"), Some("/ca.pem")]
+                .map(|c| c.map(String::from))
         );
         // Anything else is http/protobuf, said once.
         let s = settings(&[
