@@ -105,12 +105,6 @@ pub struct GrpcClient {
     errors: ErrorLog,
 }
 
-impl<S: Io> std::fmt::Debug for Connection<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Connection")
-    }
-}
-
 impl GrpcClient {
     /// The client of `signal`; for https://, the server's certificate is checked
     /// against the PEM file `certificate` if given, the bundled roots otherwise.

@@ -163,6 +163,16 @@ pub struct Connection<S: Io> {
     broken: bool,
 }
 
+impl<S: Io> std::fmt::Debug for Connection<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("next_stream", &self.next_stream)
+            .field("going_away", &self.going_away)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The state of the one stream open.
 struct Stream {
     id: u32,
@@ -516,6 +526,11 @@ impl<S: Io> Connection<S> {
         let flags = head[4];
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
         if len > MAX_FRAME {
+            if self.read_buf.starts_with(b"HTTP/1.") {
+                return Err(Error::Protocol(
+                    "the server answered in HTTP/1.1: not an OTLP/gRPC endpoint (4318 is OTLP/HTTP's port)",
+                ));
+            }
             return Err(Error::Protocol(
                 "a frame larger than SETTINGS_MAX_FRAME_SIZE",
             ));
@@ -880,6 +895,20 @@ mod tests {
             Err(Error::Protocol(_))
         ));
         assert!(!conn.usable());
+    }
+
+    #[test]
+    fn an_http1_server_is_named_as_such() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let io = Scripted {
+            incoming: io::Cursor::new(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()),
+            written,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let Err(Error::Protocol(what)) = Connection::handshake(io, deadline) else {
+            panic!("not a protocol error");
+        };
+        assert!(what.contains("HTTP/1.1"), "{what}");
     }
 
     #[test]
