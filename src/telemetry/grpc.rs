@@ -22,7 +22,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Mutex, mpsc};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -314,16 +314,29 @@ fn lookup(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAddr
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let (tx, rx) = mpsc::channel();
     let name = format!("{host}:{port}");
-    thread::Builder::new()
+    let caller = thread::current();
+    let lookup = thread::Builder::new()
         .name("otlp-grpc-lookup".into())
         .spawn(move || {
-            let _ = tx.send(name.to_socket_addrs().map(Vec::from_iter));
+            let addrs = name.to_socket_addrs().map(Vec::from_iter);
+            caller.unpark();
+            addrs
         })?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    rx.recv_timeout(left)
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name lookup timed out"))?
+    while !lookup.is_finished() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // Left to finish on its own.
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "name lookup timed out",
+            ));
+        }
+        thread::park_timeout(left);
+    }
+    lookup
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("name lookup failed")))
 }
 
 /// The server said it did not take the stream: safe to send again.
@@ -504,7 +517,6 @@ mod tls {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
@@ -544,12 +556,12 @@ mod tls {
             },
             Some(path) => {
                 let mut roots = RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(path)
+                let pem = std::fs::read_to_string(path)
                     .map_err(|e| format!("OTLP certificate {path}: {e}"))?;
-                for cert in certs {
-                    let cert = cert.map_err(|e| format!("OTLP certificate {path}: {e}"))?;
+                for der in pem_certificates(&pem) {
+                    let der = der.ok_or_else(|| format!("OTLP certificate {path}: bad PEM"))?;
                     roots
-                        .add(cert)
+                        .add(CertificateDer::from(der))
                         .map_err(|e| format!("OTLP certificate {path}: {e}"))?;
                 }
                 if roots.is_empty() {
@@ -566,6 +578,18 @@ mod tls {
             .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// The DER of each CERTIFICATE block of a PEM text (None for one that does not
+    /// decode); other blocks are skipped.
+    fn pem_certificates(pem: &str) -> impl Iterator<Item = Option<Vec<u8>>> + '_ {
+        pem.split("-----BEGIN CERTIFICATE-----")
+            .skip(1)
+            .map(|block| {
+                let body = block.split("-----END CERTIFICATE-----").next()?;
+                let text: Vec<u8> = body.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                super::base64_decode(&text)
+            })
     }
 
     /// A TLS session on `tcp`, its handshake done by `deadline`, with h2 agreed.
