@@ -835,33 +835,57 @@ fn tls_with_alpn_h2_checks_the_server_against_the_given_certificate() {
     });
     let endpoint = format!("https://localhost:{}", collector.addr.port());
     let stack = stack(3);
-    let (_, stderr) = run_once(
+    // `run` until all three signals have arrived (a TLS handshake in this debug build,
+    // on a busy machine, may not fit in the exit's flush).
+    let mut child = Running::start(
         worker(&stack)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", format!("{dir}/ca.pem")),
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", format!("{dir}/ca.pem"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+            .args(["run", "--interval", "0.2"]),
     );
+    let signals = || -> HashSet<&'static str> {
+        let calls = collector.shared.calls.lock().unwrap();
+        calls.iter().map(|c| c.signal).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while signals().len() < 3 || spans_named(&traces(&collector), "order") < 3 {
+        if Instant::now() >= deadline {
+            child.signal(libc::SIGTERM);
+            let out = child.wait_for(Duration::from_secs(5)).expect("stopped");
+            panic!(
+                "in 20 s only {:?}, {} order spans:\n{}",
+                signals(),
+                spans_named(&traces(&collector), "order"),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(Duration::from_secs(5)).expect("stopped");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("export failed"), "{stderr}");
     assert_eq!(spans_named(&traces(&collector), "order"), 3);
-    let signals: HashSet<&str> = collector
-        .shared
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| c.signal)
-        .collect();
-    assert_eq!(signals, HashSet::from(["traces", "metrics", "logs"]));
 
     // Without it, the bundled roots do not know the test CA: nothing is sent.
     let before = collector.shared.calls.lock().unwrap().len();
-    let (_, stderr) = run_once(
+    let mut child = Running::start(
         worker(&stack)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
             .env("OTEL_METRICS_EXPORTER", "none")
-            .env("OTEL_LOGS_EXPORTER", "none"),
+            .env("OTEL_LOGS_EXPORTER", "none")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .args(["run", "--interval", "0.2"]),
     );
+    thread::sleep(Duration::from_secs(3));
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(Duration::from_secs(5)).expect("stopped");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("traces export failed") && stderr.contains("certificate"),
         "{stderr}"
