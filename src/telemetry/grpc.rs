@@ -12,13 +12,23 @@
 //! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS) are 503, and
 //! RESOURCE_EXHAUSTED is 429 when the server sends a RetryInfo (both with its delay
 //! as `retry-after`, in whole seconds rounded up); every other code is 400, dropped.
-//! A failure is logged on stderr now and then (never a header value).
+//! RST_STREAM is mapped as gRPC maps it (REFUSED_STREAM to UNAVAILABLE, and so on).
+//! The exporter's retry policy (one retry after about 100 ms, or after the server's
+//! delay; all within the export timeout) does the retrying. With gzip
+//! (`OTEL_EXPORTER_OTLP_COMPRESSION`), the exporter compresses the message and this
+//! client sets the compressed flag and `grpc-encoding: gzip`. A failure is logged on
+//! stderr now and then (never a header value).
 //!
 //! One connection per signal is kept open and reused; after GOAWAY, a broken
 //! connection or a protocol error, the next call opens a new one. A request the
 //! server did not process (GOAWAY before its stream), or one that finds a reused
 //! connection closed, is sent once more at once on a new connection, within the same
-//! deadline.
+//! deadline. Everything, from the name lookup to the last byte of the reply, runs
+//! against one deadline: the signal's export timeout.
+//!
+//! `https://` endpoints: TLS by rustls (ring) with ALPN `h2`, the server checked
+//! against the bundled roots, or against the PEM file `OTEL_EXPORTER_OTLP_CERTIFICATE`
+//! (or the per-signal variable) names.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
