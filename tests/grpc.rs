@@ -647,13 +647,22 @@ fn read_all(socket: &mut TcpStream, buf: &mut [u8], stop: &std::sync::atomic::At
 /// A request stream the scripted server read whole: connection, stream id, gRPC body.
 type Streams = Arc<Mutex<Vec<(usize, u32, Vec<u8>)>>>;
 
-#[test]
-fn rst_stream_is_retried_on_the_same_connection_and_a_trailers_only_ok_is_success() {
+/// The trailers-only `:status 200, grpc-status 0` of stream `id`.
+fn trailers_only_ok(id: u32) -> Vec<u8> {
+    let mut block = vec![0x88, 0x00, 11];
+    block.extend(b"grpc-status");
+    block.extend([1, b'0']);
+    frame(0x1, 0x5, id, &block)
+}
+
+/// HTTP/2 by hand: SETTINGS, then each request answered once its END_STREAM is read,
+/// by `answer(n, id)` for the n-th request overall (stream `id`): the bytes to write,
+/// and whether to keep the connection open after them. The requests read are kept.
+fn h2_server(
+    answer: impl Fn(usize, u32) -> (Vec<u8>, bool) + Send + Sync + 'static,
+) -> (Raw, Streams) {
     let streams: Streams = Arc::default();
     let seen = streams.clone();
-    // HTTP/2 by hand: SETTINGS, then each request answered once its END_STREAM is read:
-    // the first with RST_STREAM(REFUSED_STREAM), the others with a trailers-only
-    // `:status 200, grpc-status 0`.
     let server = Raw::start(move |n, mut socket, stop| {
         let mut preface = [0u8; 24];
         if !read_all(&mut socket, &mut preface, stop) || preface != PREFACE {
@@ -680,20 +689,28 @@ fn rst_stream_is_retried_on_the_same_connection_and_a_trailers_only_ok_is_succes
             }
             if matches!(kind, 0x0 | 0x1) && flags & 0x1 != 0 {
                 let body = bodies.remove(&id).unwrap_or_default();
-                let first = seen.lock().unwrap().is_empty();
-                seen.lock().unwrap().push((n, id, body));
-                if first {
-                    socket
-                        .write_all(&frame(0x3, 0, id, &7u32.to_be_bytes()))
-                        .unwrap();
-                } else {
-                    let mut block = vec![0x88, 0x00, 11];
-                    block.extend(b"grpc-status");
-                    block.extend([1, b'0']);
-                    socket.write_all(&frame(0x1, 0x5, id, &block)).unwrap();
+                let index = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((n, id, body));
+                    seen.len() - 1
+                };
+                let (bytes, keep) = answer(index, id);
+                socket.write_all(&bytes).unwrap();
+                if !keep {
+                    return;
                 }
             }
         }
+    });
+    (server, streams)
+}
+
+#[test]
+fn rst_stream_is_retried_on_the_same_connection_and_a_trailers_only_ok_is_success() {
+    // The first request reset with REFUSED_STREAM, the others a trailers-only OK.
+    let (server, streams) = h2_server(|n, id| match n {
+        0 => (frame(0x3, 0, id, &7u32.to_be_bytes()), true),
+        _ => (trailers_only_ok(id), true),
     });
     let stack = stack(3);
     let (_, stderr) = run_once(
@@ -891,4 +908,45 @@ fn tls_with_alpn_h2_checks_the_server_against_the_given_certificate() {
         "{stderr}"
     );
     assert_eq!(collector.shared.calls.lock().unwrap().len(), before);
+}
+
+#[test]
+fn a_collector_that_closes_mid_reply_costs_one_retry_on_a_new_connection() {
+    // The first reply stops after its HEADERS and half a message, and the connection
+    // closes; the next connection answers.
+    let (server, streams) = h2_server(|n, id| match n {
+        0 => {
+            let mut bytes = frame(0x1, 0x4, id, &[0x88]);
+            bytes.extend(frame(0x0, 0, id, &[0, 0, 0, 0, 9, 1, 2]));
+            (bytes, false)
+        }
+        _ => (trailers_only_ok(id), true),
+    });
+    let stack = stack(3);
+    let started = Instant::now();
+    let (_, stderr) = run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", server.url())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none"),
+    );
+    let took = started.elapsed();
+    drop(server);
+    let streams = streams.lock().unwrap();
+    assert!(streams.len() >= 2, "{stderr}");
+    assert_eq!(
+        (streams[0].0, streams[1].0),
+        (0, 1),
+        "sent again on a new connection"
+    );
+    assert_eq!(streams[0].2, streams[1].2, "the same batch");
+    let request = ExportTraceServiceRequest::decode(&streams[1].2[5..]).unwrap();
+    assert_eq!(spans_named(&[request], "order"), 3);
+    assert!(
+        stderr.contains("traces export failed (1 so far)"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(stack.count_by_status().get("ready").copied(), Some(3));
 }
