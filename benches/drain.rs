@@ -1,8 +1,9 @@
 //! Drains a backlog on the in-memory stand-in services and prints a table: the floor
 //! (a bare keep-alive ureq loop doing exactly one order's calls, in a process of its
 //! own like the worker, and for comparison in the bench's process), the worker binary
-//! draining 20,000 orders in one `once` cycle without and with telemetry exported (the
-//! medians of three rounds), its CPU time per order, the threads it spawned, and its
+//! draining 20,000 orders in one `once` cycle without and with telemetry exported, over
+//! OTLP/HTTP and over OTLP/gRPC (to a tonic collector in the bench's process; the medians
+//! of three rounds), its CPU time per order, the threads it spawned, and its
 //! peak RSS at 1,000 and 20,000 orders; then 2,000 and 20,000 orders
 //! drained by `run` with the services failing at the demo's default rates and at 30%,
 //! each as a ratio of a fault-free drain in the same run, with replies at once and
@@ -18,7 +19,12 @@ use std::time::{Duration, Instant};
 
 use standin::{Knobs, OtlpSink, Stack, WOODS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ordermanagement");
+/// The worker binary cargo built, unless DRAIN_BENCH_BIN names another (a copy of a
+/// build kept aside, when the target directory is shared with other builds).
+fn bin() -> String {
+    std::env::var("DRAIN_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ordermanagement").to_string())
+}
 const BACKLOG: usize = 20_000;
 /// The worker's default page size, for the floor and every worker row.
 const PAGE: usize = 500;
@@ -57,7 +63,9 @@ fn main() {
     let mut floor_cpu = Vec::new();
     let mut worker_runs = Vec::new();
     let mut traced_runs = Vec::new();
+    let mut grpc_runs = Vec::new();
     let (mut exported, mut traces, mut largest_trace) = (0, 0, 0);
+    let mut grpc_exported = 0;
     for _ in 0..ROUNDS {
         stack.seed_orders(BACKLOG, &mut rng);
         let (orders, time, cpu) = floor_process(&stack);
@@ -69,17 +77,23 @@ fn main() {
 
         let sink = OtlpSink::start().expect("start the OTLP sink");
         stack.seed_orders(BACKLOG, &mut rng);
-        traced_runs.push(run_worker(&stack, Some(&sink)));
+        traced_runs.push(run_worker(&stack, Some((sink.url(), false))));
         exported = ["/v1/traces", "/v1/metrics", "/v1/logs"]
             .iter()
             .map(|p| sink.bodies(p).len())
             .sum();
         (traces, largest_trace) = trace_sizes(&sink);
+
+        let collector = GrpcSink::start();
+        stack.seed_orders(BACKLOG, &mut rng);
+        grpc_runs.push(run_worker(&stack, Some((collector.url(), true))));
+        grpc_exported = collector.requests();
     }
     let rate = |run: &Run| BACKLOG as f64 / run.wall.as_secs_f64();
     let floor_rate = median(floor_runs.clone());
     let worker_rate = median(worker_runs.iter().map(rate).collect());
     let traced_rate = median(traced_runs.iter().map(rate).collect());
+    let grpc_rate = median(grpc_runs.iter().map(rate).collect());
     let cpu_per_order = |runs: &[Run]| {
         median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect()) * 1000.0 / BACKLOG as f64
     };
@@ -91,6 +105,10 @@ fn main() {
         .iter()
         .max_by_key(|r| r.max_rss_kib)
         .expect("a traced run");
+    let over_grpc = grpc_runs
+        .iter()
+        .max_by_key(|r| r.max_rss_kib)
+        .expect("a gRPC run");
     let pids: i64 = worker_runs.iter().map(|r| r.pids).sum();
 
     // For comparison, the floor in the bench's process, sharing it with the services.
@@ -208,6 +226,13 @@ fn main() {
         traced.max_rss_kib
     );
     println!(
+        "{:<44} {:>12.0} {:>10.2} {:>9} KiB",
+        "worker: `once`, 20,000, telemetry over gRPC",
+        grpc_rate,
+        grpc_rate / floor_rate,
+        over_grpc.max_rss_kib
+    );
+    println!(
         "{:<44} {:>12} {:>10} {:>9} KiB",
         "worker: `once`, 1,000 orders", "-", "-", small.max_rss_kib
     );
@@ -221,16 +246,22 @@ fn main() {
             .join(" ")
     };
     println!(
-        "medians of {ROUNDS} rounds; each round vs the floor's median: floor {}, worker {}, with telemetry {}",
+        "medians of {ROUNDS} rounds; each round vs the floor's median: floor {}, worker {}, with telemetry {}, over gRPC {}",
         rounds(&floor_runs),
         rounds(&worker_runs.iter().map(rate).collect::<Vec<_>>()),
         rounds(&traced_runs.iter().map(rate).collect::<Vec<_>>()),
+        rounds(&grpc_runs.iter().map(rate).collect::<Vec<_>>()),
     );
     println!(
-        "CPU (user + system) per order: floor {:.3} ms, worker {:.3} ms, {:.3} ms with telemetry exported",
+        "telemetry over gRPC vs over HTTP: {:.2}x the rate (OTLP/gRPC calls of the last drain over gRPC: {grpc_exported})",
+        grpc_rate / traced_rate
+    );
+    println!(
+        "CPU (user + system) per order: floor {:.3} ms, worker {:.3} ms, {:.3} ms with telemetry exported, {:.3} ms over gRPC",
         median(floor_cpu),
         cpu_per_order(&worker_runs),
         cpu_per_order(&traced_runs),
+        cpu_per_order(&grpc_runs),
     );
     println!(
         "PIDs allocated on the machine while the worker drained 20,000 orders {ROUNDS} times (its threads, plus any other process started meanwhile): {pids} ({:.4} per order)",
@@ -243,6 +274,7 @@ fn main() {
         worker_runs
             .iter()
             .chain(&traced_runs)
+            .chain(&grpc_runs)
             .map(|r| r.exit_code)
             .collect::<Vec<_>>()
     );
@@ -314,6 +346,134 @@ fn main() {
             d.blocked,
             d.decreases
         );
+    }
+}
+
+/// An OTLP/gRPC collector on loopback (tonic, the three services, on a tokio runtime
+/// of its own thread) that counts the calls and answers OK.
+struct GrpcSink {
+    url: String,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct Counter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Counter {
+    fn count(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+mod collector {
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsService;
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+    };
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
+    use opentelemetry_proto::tonic::collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use tonic::{Request, Response, Status};
+
+    use super::Counter;
+
+    #[tonic::async_trait]
+    impl TraceService for Counter {
+        async fn export(
+            &self,
+            _: Request<ExportTraceServiceRequest>,
+        ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            self.count();
+            Ok(Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl MetricsService for Counter {
+        async fn export(
+            &self,
+            _: Request<ExportMetricsServiceRequest>,
+        ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+            self.count();
+            Ok(Response::new(ExportMetricsServiceResponse::default()))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl LogsService for Counter {
+        async fn export(
+            &self,
+            _: Request<ExportLogsServiceRequest>,
+        ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+            self.count();
+            Ok(Response::new(ExportLogsServiceResponse::default()))
+        }
+    }
+}
+
+impl GrpcSink {
+    fn start() -> GrpcSink {
+        use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer;
+        use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the collector");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let url = format!("http://{}", listener.local_addr().expect("its address"));
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Counter(calls.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("the listener");
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                let _ = tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(counter.clone()))
+                    .add_service(MetricsServiceServer::new(counter.clone()))
+                    .add_service(LogsServiceServer::new(counter))
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        GrpcSink {
+            url,
+            calls,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn requests(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for GrpcSink {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -531,11 +691,16 @@ struct Run {
 /// 10 ms until it exits). Not `wait4`'s `ru_maxrss`: a child spawned with
 /// `posix_spawn` shares this process's memory until exec, and its maximum carries
 /// that (this process holds the services) into the figure.
-fn run_worker(stack: &Stack, otlp: Option<&OtlpSink>) -> Run {
+/// The worker's `once` drain, exporting telemetry to `otlp` (its URL, and whether
+/// over gRPC) if given.
+fn run_worker(stack: &Stack, otlp: Option<(String, bool)>) -> Run {
     let started = Instant::now();
     let mut command = worker_command(stack);
-    if let Some(sink) = otlp {
-        command.env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url());
+    if let Some((url, grpc)) = otlp {
+        command.env("OTEL_EXPORTER_OTLP_ENDPOINT", url);
+        if grpc {
+            command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        }
     }
     // Reaped by wait4 below, which also gives its rusage.
     #[allow(clippy::zombie_processes)]
@@ -581,7 +746,7 @@ fn run_worker(stack: &Stack, otlp: Option<&OtlpSink>) -> Run {
 
 /// The worker binary against the stack, error rate 0.
 fn worker_command(stack: &Stack) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.env_clear()
         .env("API_URL_ORDERS", stack.orders_url())
         .env("API_URL_STOCKS", stack.stocks_url())

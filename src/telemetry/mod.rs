@@ -1,5 +1,6 @@
 //! Everything OpenTelemetry SDK: settings from the standard environment variables, an
-//! OTLP/HTTP client built on the worker's own ureq (no async runtime), one provider per
+//! OTLP/HTTP client built on the worker's own ureq and an OTLP/gRPC one on a small
+//! HTTP/2 client ([`grpc`], [`h2`]; no async runtime either way), one provider per
 //! signal with the SDK's batch processors and periodic reader on their own threads, the
 //! OTLP logs bridge handed to [`crate::logging`], and a guard that flushes and shuts
 //! them down on every exit path. Only [`crate::startup`] uses these items.
@@ -7,6 +8,8 @@
 //! The worker, its steps and the HTTP transport use only the `opentelemetry` API,
 //! through [`instrument`]; with export off, those calls go to no-op providers.
 
+pub mod grpc;
+pub mod h2;
 pub mod instrument;
 
 use std::future::Future;
@@ -58,12 +61,29 @@ impl Signal {
     }
 }
 
+/// How a signal is exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// OTLP/HTTP with protobuf bodies; the exporter reads the endpoint itself.
+    Http,
+    /// OTLP/gRPC to this endpoint, used as it is; for https://, the server's certificate
+    /// is checked against this PEM file when OTEL_EXPORTER_OTLP_(signal_)CERTIFICATE
+    /// names one, against the bundled roots otherwise.
+    Grpc {
+        endpoint: String,
+        certificate: Option<String>,
+    },
+}
+
 /// What to export, decided from the environment at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub traces: bool,
     pub metrics: bool,
     pub logs: bool,
+    /// The transport of each signal (traces, metrics, logs): gRPC when its protocol
+    /// variable says `grpc`, or none is set and its endpoint's port is 4317.
+    pub transports: [Transport; 3],
     /// Lines to log once telemetry is set up (why something is off, how to turn it on).
     pub notes: Vec<(log::Level, String)>,
     /// OTEL_EXPORTER_OTLP_TIMEOUT, for the HTTP client.
@@ -199,6 +219,7 @@ impl Settings {
             traces: false,
             metrics: false,
             logs: false,
+            transports: [Transport::Http, Transport::Http, Transport::Http],
             notes,
             export_timeout,
             signal_timeouts,
@@ -215,7 +236,7 @@ impl Settings {
         }
         let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         let mut on = [false; 3];
-        let mut grpc_port = None;
+        let mut transports = [Transport::Http, Transport::Http, Transport::Http];
         for (i, signal) in Signal::ALL.into_iter().enumerate() {
             let exporter =
                 get(&format!("OTEL_{}_EXPORTER", signal.upper())).unwrap_or_else(|| "otlp".into());
@@ -237,32 +258,44 @@ impl Settings {
                 }
             }
             let Some(endpoint) = endpoint else { continue };
-            if port_of(&endpoint) == Some(4317) {
-                grpc_port = Some(endpoint);
-                continue;
+            let protocol_var = format!("OTEL_EXPORTER_OTLP_{}_PROTOCOL", signal.upper());
+            let protocol = get(&protocol_var).or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL"));
+            let grpc = match protocol.as_deref() {
+                Some("grpc") => true,
+                Some("http/protobuf") => false,
+                // No protocol: the collector's gRPC port means gRPC, as the demo's other
+                // services (whose SDKs default to grpc) send it there.
+                None => port_of(&endpoint) == Some(4317),
+                Some(other) => {
+                    let line = format!(
+                        "OTLP protocol {other} is not supported (grpc or http/protobuf): \
+                         http/protobuf is used"
+                    );
+                    notes.push((log::Level::Warn, line));
+                    false
+                }
+            };
+            if grpc {
+                if let Err(e) = grpc::Target::parse(&endpoint) {
+                    notes.push((
+                        log::Level::Warn,
+                        format!("{} export off: OTLP/gRPC endpoint {e}", signal.name()),
+                    ));
+                    continue;
+                }
+                let certificate = get(&format!(
+                    "OTEL_EXPORTER_OTLP_{}_CERTIFICATE",
+                    signal.upper()
+                ))
+                .or_else(|| get("OTEL_EXPORTER_OTLP_CERTIFICATE"));
+                transports[i] = Transport::Grpc {
+                    endpoint,
+                    certificate,
+                };
             }
             on[i] = true;
         }
-        if let Some(endpoint) = grpc_port {
-            notes.push((
-                log::Level::Warn,
-                format!(
-                    "telemetry export off for {endpoint}: port 4317 is OTLP/gRPC and this build speaks OTLP/HTTP; \
-                     set OTEL_EXPORTER_OTLP_ENDPOINT to the collector's port 4318 (e.g. http://otel-collector:4318) \
-                     and OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-                ),
-            ));
-        }
-        let protocol = get("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_default();
-        if on.iter().any(|o| *o) && !protocol.is_empty() && protocol != "http/protobuf" {
-            notes.push((
-                log::Level::Warn,
-                format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is ignored: this build exports OTLP over http/protobuf \
-                     (the collector's port 4318)"
-                ),
-            ));
-        }
+        notes.dedup();
         if !on.iter().any(|o| *o) && notes.is_empty() && base.is_some() {
             notes.push((
                 log::Level::Info,
@@ -272,8 +305,8 @@ impl Settings {
         if !on.iter().any(|o| *o) && notes.is_empty() {
             notes.push((
                 log::Level::Info,
-                "telemetry export off: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318) to send \
-                 traces, metrics and logs over OTLP/HTTP"
+                "telemetry export off: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4317 for \
+                 OTLP/gRPC, http://localhost:4318 for OTLP/HTTP) to send traces, metrics and logs"
                     .into(),
             ));
         }
@@ -295,6 +328,7 @@ impl Settings {
             traces: on[0],
             metrics: on[1],
             logs: on[2],
+            transports,
             clamped,
             ..off(notes)
         }
@@ -316,13 +350,47 @@ fn port_of(endpoint: &str) -> Option<u16> {
     uri.port_u16()
 }
 
+/// Export failures of one signal, logged on stderr now and then.
+#[derive(Debug)]
+struct ErrorLog {
+    signal: Signal,
+    errors: Mutex<(Option<Instant>, u64)>,
+}
+
+impl ErrorLog {
+    fn new(signal: Signal) -> ErrorLog {
+        ErrorLog {
+            signal,
+            errors: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Logs an export failure on stderr only (its target is kept out of OTLP), at most
+    /// once a minute per signal.
+    fn note(&self, what: &str) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.1 += 1;
+        if errors
+            .0
+            .is_none_or(|last| last.elapsed() >= ERROR_LOG_EVERY)
+        {
+            log::warn!(
+                target: EXPORT_LOG_TARGET,
+                "{} export failed ({} so far): {what}; the worker goes on, next report in a minute at most",
+                self.signal.name(),
+                errors.1
+            );
+            errors.0 = Some(Instant::now());
+        }
+    }
+}
+
 /// The OTLP/HTTP client: the worker's ureq, with a short connect timeout so that a
 /// collector that is down costs milliseconds, and export errors logged now and then.
 #[derive(Debug)]
 struct UreqClient {
     agent: ureq::Agent,
-    signal: Signal,
-    errors: Mutex<(Option<Instant>, u64)>,
+    errors: ErrorLog,
 }
 
 impl UreqClient {
@@ -336,8 +404,7 @@ impl UreqClient {
             .new_agent();
         UreqClient {
             agent,
-            signal,
-            errors: Mutex::new((None, 0)),
+            errors: ErrorLog::new(signal),
         }
     }
 
@@ -358,33 +425,42 @@ impl UreqClient {
         });
         match &result {
             Ok(r) if r.status().is_success() => {}
-            Ok(r) => self.note_error(&format!("collector answered {}", r.status())),
-            Err(e) => self.note_error(&e.to_string()),
+            Ok(r) => self
+                .errors
+                .note(&format!("collector answered {}", r.status())),
+            Err(e) => self.errors.note(&e.to_string()),
         }
         result.map_err(Into::into)
     }
+}
 
-    /// Logs an export failure on stderr only (its target is kept out of OTLP), at most
-    /// once a minute per signal.
-    fn note_error(&self, what: &str) {
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        errors.1 += 1;
-        if errors
-            .0
-            .is_none_or(|last| last.elapsed() >= ERROR_LOG_EVERY)
-        {
-            log::warn!(
-                target: EXPORT_LOG_TARGET,
-                "{} export failed ({} so far): {what}; the worker goes on, next report in a minute at most",
-                self.signal.name(),
-                errors.1
-            );
-            errors.0 = Some(Instant::now());
-        }
+/// The client the OTLP exporter sends its requests with: ureq for OTLP/HTTP, or the
+/// gRPC client, which sends them as gRPC calls.
+#[derive(Debug)]
+enum Client {
+    Http(UreqClient),
+    Grpc(grpc::GrpcClient),
+}
+
+impl Client {
+    fn new(signal: Signal, settings: &Settings) -> Result<Client, String> {
+        let i = Signal::ALL.iter().position(|s| *s == signal).unwrap_or(0);
+        let timeout = settings.timeout(signal);
+        Ok(match &settings.transports[i] {
+            Transport::Http => Client::Http(UreqClient::new(signal, timeout)),
+            Transport::Grpc {
+                endpoint,
+                certificate,
+            } => {
+                let target = grpc::Target::parse(endpoint)?;
+                let client = grpc::GrpcClient::new(signal, target, certificate.as_deref(), timeout);
+                Client::Grpc(client?)
+            }
+        })
     }
 }
 
-impl HttpClient for UreqClient {
+impl HttpClient for Client {
     fn send_bytes<'a, 'b>(
         &'a self,
         request: Request<Bytes>,
@@ -394,7 +470,12 @@ impl HttpClient for UreqClient {
         Self: 'b,
     {
         // Called from the SDK's own export threads, which block on this future.
-        Box::pin(async move { self.send(request) })
+        Box::pin(async move {
+            match self {
+                Client::Http(client) => client.send(request),
+                Client::Grpc(client) => client.send(request),
+            }
+        })
     }
 }
 
@@ -429,14 +510,17 @@ impl Telemetry {
                 .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))]);
         }
         let resource = resource.with_attributes(extra).build();
-        let client = |signal| UreqClient::new(signal, settings.timeout(signal));
+        let client = |signal| Client::new(signal, settings);
+        let build = |e: opentelemetry_otlp::ExporterBuildError| e.to_string();
         if settings.traces {
-            match http_export(
-                opentelemetry_otlp::SpanExporter::builder().with_http(),
-                client(Signal::Traces),
-            )
-            .build()
-            {
+            match client(Signal::Traces).and_then(|client| {
+                http_export(
+                    opentelemetry_otlp::SpanExporter::builder().with_http(),
+                    client,
+                )
+                .build()
+                .map_err(build)
+            }) {
                 Ok(exporter) => {
                     let provider = SdkTracerProvider::builder()
                         .with_batch_exporter(exporter)
@@ -449,12 +533,14 @@ impl Telemetry {
             }
         }
         if settings.metrics {
-            match http_export(
-                opentelemetry_otlp::MetricExporter::builder().with_http(),
-                client(Signal::Metrics),
-            )
-            .build()
-            {
+            match client(Signal::Metrics).and_then(|client| {
+                http_export(
+                    opentelemetry_otlp::MetricExporter::builder().with_http(),
+                    client,
+                )
+                .build()
+                .map_err(build)
+            }) {
                 Ok(exporter) => {
                     let provider = SdkMeterProvider::builder()
                         .with_periodic_exporter(exporter)
@@ -467,12 +553,14 @@ impl Telemetry {
             }
         }
         if settings.logs {
-            match http_export(
-                opentelemetry_otlp::LogExporter::builder().with_http(),
-                client(Signal::Logs),
-            )
-            .build()
-            {
+            match client(Signal::Logs).and_then(|client| {
+                http_export(
+                    opentelemetry_otlp::LogExporter::builder().with_http(),
+                    client,
+                )
+                .build()
+                .map_err(build)
+            }) {
                 Ok(exporter) => {
                     let provider = SdkLoggerProvider::builder()
                         .with_batch_exporter(exporter)
@@ -495,7 +583,20 @@ impl Telemetry {
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
-        log::info!("telemetry: exporting {} over OTLP/HTTP", on.join(", "));
+        let grpc: Vec<&str> = Signal::ALL
+            .iter()
+            .zip(&settings.transports)
+            .filter(|(_, t)| matches!(t, Transport::Grpc { .. }))
+            .map(|(s, _)| s.name())
+            .filter(|name| on.contains(name))
+            .collect();
+        let http: Vec<&str> = on.iter().filter(|n| !grpc.contains(n)).copied().collect();
+        let over = [(http, "OTLP/HTTP"), (grpc, "OTLP/gRPC")]
+            .into_iter()
+            .filter(|(names, _)| !names.is_empty())
+            .map(|(names, how)| format!("{} over {how}", names.join(", ")))
+            .collect::<Vec<_>>();
+        log::info!("telemetry: exporting {}", over.join("; "));
         telemetry
     }
 
@@ -574,7 +675,7 @@ impl Drop for Telemetry {
 }
 
 /// The same OTLP/HTTP settings for every signal's exporter.
-fn http_export<B: WithHttpConfig + WithExportConfig>(builder: B, client: UreqClient) -> B {
+fn http_export<B: WithHttpConfig + WithExportConfig>(builder: B, client: Client) -> B {
     builder
         .with_http_client(client)
         .with_protocol(Protocol::HttpBinary)
@@ -648,17 +749,67 @@ mod tests {
     }
 
     #[test]
-    fn the_grpc_port_gets_one_clear_line_and_no_export() {
+    fn grpc_when_the_protocol_says_so_or_none_is_set_and_the_port_is_4317() {
+        let grpc = |endpoint: &str| Transport::Grpc {
+            endpoint: endpoint.to_string(),
+            certificate: None,
+        };
+        // The demo's block: no protocol, port 4317.
+        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317")]);
+        assert!(s.traces && s.metrics && s.logs);
+        assert_eq!(
+            s.transports,
+            [0; 3].map(|_| grpc("http://otel-collector:4317"))
+        );
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        // An explicit protocol wins over the port, both ways.
         let s = settings(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(s.transports, [0; 3].map(|_| Transport::Http));
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c.example:443"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ]);
-        assert!(!s.any());
-        assert!(
-            s.notes
-                .iter()
-                .all(|(level, note)| *level == log::Level::Warn && note.contains("4318"))
+        if cfg!(feature = "tls") {
+            assert_eq!(s.transports, [0; 3].map(|_| grpc("https://c.example:443")));
+        } else {
+            assert!(!s.any() && s.notes.iter().all(|n| n.1.contains("tls")));
+        }
+        // Per signal: its own protocol and endpoint, the endpoint used as it is.
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:9000/x"),
+        ]);
+        assert_eq!(
+            s.transports,
+            [Transport::Http, Transport::Http, grpc("http://c:9000/x")]
         );
+        // The certificate for TLS: the signal's own, or the shared one.
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/metrics-ca.pem"),
+        ]);
+        let certificates = s.transports.clone().map(|t| match t {
+            Transport::Grpc { certificate, .. } => certificate,
+            Transport::Http => None,
+        });
+        assert_eq!(
+            certificates,
+            [Some("/ca.pem"), Some("/metrics-ca.pem"), Some("/ca.pem")]
+                .map(|c| c.map(String::from))
+        );
+        // Anything else is http/protobuf, said once.
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]);
+        assert!(s.traces && s.transports == [0; 3].map(|_| Transport::Http));
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(s.notes[0].1.contains("http/json"));
     }
 
     #[test]

@@ -1,0 +1,743 @@
+//! OTLP/gRPC without an async runtime: the OTLP exporter's HTTP client, swapped for one
+//! that sends each http/protobuf request it is given as a gRPC unary call over the
+//! HTTP/2 client of [`super::h2`], on the SDK's export thread.
+//!
+//! The exporter builds the same protobuf message as for OTLP/HTTP and hands it over
+//! with its headers (`OTEL_EXPORTER_OTLP_HEADERS` and the per-signal ones, and the
+//! user agent); this client frames it (the 5-byte gRPC prefix), sends it to the
+//! signal's `Export` method with `content-type: application/grpc`, `te: trailers`,
+//! `grpc-timeout` and those headers as metadata, and turns the `grpc-status` back into
+//! an HTTP status the exporter's retry policy understands, as the OTLP specification
+//! sorts them: OK is 200 with the reply's message; the retryable codes (CANCELLED,
+//! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS) are 503, and
+//! RESOURCE_EXHAUSTED is 429 when the server sends a RetryInfo (both with its delay
+//! as `retry-after`, in whole seconds rounded up); every other code is 400, dropped.
+//! RST_STREAM is mapped as gRPC maps it (REFUSED_STREAM to UNAVAILABLE, and so on).
+//! The exporter's retry policy (one retry after about 100 ms, or after the server's
+//! delay; all within the export timeout) does the retrying. With gzip
+//! (`OTEL_EXPORTER_OTLP_COMPRESSION`), the exporter compresses the message and this
+//! client sets the compressed flag and `grpc-encoding: gzip`. A failure is logged on
+//! stderr now and then (never a header value).
+//!
+//! One connection per signal is kept open and reused; after GOAWAY, a broken
+//! connection or a protocol error, the next call opens a new one. A request the
+//! server did not process (GOAWAY before its stream), or one that finds a reused
+//! connection closed, is sent once more at once on a new connection, within the same
+//! deadline. Everything, from the name lookup to the last byte of the reply, runs
+//! against one deadline: the signal's export timeout.
+//!
+//! `https://` endpoints: TLS by rustls (ring) with ALPN `h2`, the server checked
+//! against the bundled roots, or against the PEM file `OTEL_EXPORTER_OTLP_CERTIFICATE`
+//! (or the per-signal variable) names.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use opentelemetry_http::{Bytes, HttpError, Request, Response};
+
+use super::h2::{self, Connection, Io};
+use super::{ErrorLog, Signal};
+
+/// How long a connection attempt may take: a collector that is down costs
+/// milliseconds, as for OTLP/HTTP.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where the calls go: `http://host:port` (cleartext HTTP/2 with prior knowledge) or
+/// `https://host:port` (TLS, ALPN h2). The endpoint's path is not used: with gRPC the
+/// method names the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub fn parse(endpoint: &str) -> Result<Target, String> {
+        let uri: ureq::http::Uri = endpoint
+            .parse()
+            .map_err(|_| format!("{endpoint} is not a URL"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") | None => false,
+            Some(other) => return Err(format!("{other}:// is not supported (http or https)")),
+        };
+        if tls && !cfg!(feature = "tls") {
+            return Err("https:// needs the tls feature, which this build lacks".into());
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{endpoint} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Target { tls, host, port })
+    }
+
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The gRPC method of each signal's collector service.
+fn method(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    }
+}
+
+impl Io for Box<dyn Io> {
+    fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+        (**self).set_timeout(timeout)
+    }
+}
+
+/// The OTLP/gRPC client of one signal.
+#[derive(Debug)]
+pub struct GrpcClient {
+    signal: Signal,
+    target: Target,
+    authority: String,
+    timeout: Duration,
+    /// The TLS client configuration, for https://.
+    tls: Option<tls::Config>,
+    connection: Mutex<Option<Connection<Box<dyn Io>>>>,
+    errors: ErrorLog,
+}
+
+impl GrpcClient {
+    /// The client of `signal`; for https://, the server's certificate is checked
+    /// against the PEM file `certificate` if given, the bundled roots otherwise.
+    pub fn new(
+        signal: Signal,
+        target: Target,
+        certificate: Option<&str>,
+        timeout: Duration,
+    ) -> Result<GrpcClient, String> {
+        let tls = match target.tls {
+            true => Some(tls::config(certificate)?),
+            false => None,
+        };
+        Ok(GrpcClient {
+            signal,
+            authority: target.authority(),
+            target,
+            timeout,
+            tls,
+            connection: Mutex::new(None),
+            errors: ErrorLog::new(signal),
+        })
+    }
+
+    pub fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let deadline = Instant::now() + self.timeout;
+        let (parts, body) = request.into_parts();
+        // The exporter compresses the body when OTEL_EXPORTER_OTLP_COMPRESSION asks.
+        let gzip = parts
+            .headers
+            .get("content-encoding")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let mut message = Vec::with_capacity(body.len() + 5);
+        message.push(u8::from(gzip));
+        message.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        message.extend_from_slice(&body);
+        let grpc_timeout = format!("{}m", self.timeout.as_millis().clamp(1, 99_999_999));
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            ("content-type", b"application/grpc"),
+            ("te", b"trailers"),
+            ("grpc-timeout", grpc_timeout.as_bytes()),
+        ];
+        if gzip {
+            headers.push(("grpc-encoding", b"gzip"));
+        }
+        for (name, value) in &parts.headers {
+            match name.as_str() {
+                // Said above, or not allowed in HTTP/2.
+                "content-type" | "content-encoding" | "content-length" | "te" | "grpc-timeout"
+                | "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "host" => {}
+                name => headers.push((name, value.as_bytes())),
+            }
+        }
+        let request = h2::Request {
+            scheme: if self.target.tls { "https" } else { "http" },
+            authority: &self.authority,
+            path: method(self.signal),
+            headers: &headers,
+            body: &message,
+        };
+        match self.call(&request, deadline) {
+            Ok(response) => Ok(self.reply(response)),
+            Err(h2::Error::Reset(code)) => Ok(self.reset(code)),
+            Err(e) => {
+                let what = format!("{}: {e}", self.authority);
+                self.errors.note(&what);
+                Err(what.into())
+            }
+        }
+    }
+
+    /// Sends `request` on the open connection, or on a new one.
+    fn call(&self, request: &h2::Request, deadline: Instant) -> Result<h2::Response, h2::Error> {
+        let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let mut again = true;
+        loop {
+            let reused = slot.as_ref().is_some_and(Connection::usable);
+            if !reused {
+                *slot = None;
+                *slot = Some(self.connect(deadline)?);
+            }
+            let connection = slot.as_mut().expect("a connection");
+            let result = connection.request(request, deadline);
+            if !connection.usable() {
+                *slot = None;
+            }
+            match result {
+                Err(e) if again && (not_processed(&e) || reused && closed(&e)) => again = false,
+                result => return result,
+            }
+        }
+    }
+
+    fn connect(&self, deadline: Instant) -> Result<Connection<Box<dyn Io>>, h2::Error> {
+        let addrs = lookup(&self.target.host, self.target.port, deadline)?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for addr in addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::from(io::ErrorKind::TimedOut).into());
+            }
+            match TcpStream::connect_timeout(&addr, left.min(CONNECT_TIMEOUT)) {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    let io: Box<dyn Io> = match &self.tls {
+                        Some(config) => tls::connect(tcp, &self.target.host, config, deadline)?,
+                        None => Box::new(tcp),
+                    };
+                    return Connection::handshake(io, deadline);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last.into())
+    }
+
+    /// The exporter's view of a gRPC reply.
+    fn reply(&self, response: h2::Response) -> Response<Bytes> {
+        let http = |status: u16, body: Vec<u8>| {
+            Response::builder()
+                .status(status)
+                .body(Bytes::from(body))
+                .expect("a status and a body")
+        };
+        if response.status != 200 {
+            // Not a gRPC server's answer (a proxy's); 429, 502, 503 and 504 are retried
+            // by the exporter, as gRPC maps them to UNAVAILABLE.
+            self.errors.note(&format!(
+                "{} answered HTTP {} to a gRPC call",
+                self.authority, response.status
+            ));
+            return http(response.status, Vec::new());
+        }
+        let Some(code) = response
+            .field("grpc-status")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
+            self.errors
+                .note(&format!("{} answered without grpc-status", self.authority));
+            return http(500, Vec::new());
+        };
+        if code == 0 {
+            // The reply's message (partial success), unless compressed: we never ask
+            // for that, and the exporter only reads it for its log.
+            let body = match response.body.get(..5) {
+                Some([0, ..]) => response.body[5..].to_vec(),
+                _ => Vec::new(),
+            };
+            return http(200, body);
+        }
+        let delay = response
+            .field("grpc-status-details-bin")
+            .and_then(retry_delay);
+        let status = match (code, delay) {
+            (1 | 4 | 10 | 11 | 14 | 15, _) => 503,
+            (8, Some(_)) => 429,
+            _ => 400,
+        };
+        let message = response
+            .field("grpc-message")
+            .map(percent_decode)
+            .unwrap_or_default();
+        self.errors.note(&format!(
+            "{} answered {} ({code}){}{}",
+            self.authority,
+            code_name(code),
+            if message.is_empty() { "" } else { ": " },
+            message
+        ));
+        let mut reply = http(status, Vec::new());
+        if let Some(delay) = delay.filter(|_| status != 400) {
+            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            reply
+                .headers_mut()
+                .insert("retry-after", seconds.to_string().parse().expect("digits"));
+        }
+        reply
+    }
+
+    /// RST_STREAM, as gRPC maps its error codes: REFUSED_STREAM is UNAVAILABLE and
+    /// CANCEL is CANCELLED (both retried), ENHANCE_YOUR_CALM is RESOURCE_EXHAUSTED and
+    /// the rest INTERNAL (dropped).
+    fn reset(&self, code: u32) -> Response<Bytes> {
+        let (grpc, status) = match code {
+            0x7 => (14, 503),
+            0x8 => (1, 503),
+            0xb => (8, 400),
+            _ => (13, 400),
+        };
+        self.errors.note(&format!(
+            "{} reset the stream (HTTP/2 error {code}): {}",
+            self.authority,
+            code_name(grpc)
+        ));
+        Response::builder()
+            .status(status)
+            .body(Bytes::new())
+            .expect("a status")
+    }
+}
+
+/// The addresses of `host`: an IP address as it is; a name looked up on a helper
+/// thread, so that a resolver that does not answer costs no more than the deadline
+/// (a lookup runs only when a connection is opened).
+fn lookup(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let name = format!("{host}:{port}");
+    let caller = thread::current();
+    let answer: Arc<Mutex<Option<io::Result<Vec<SocketAddr>>>>> = Arc::default();
+    let told = answer.clone();
+    thread::Builder::new()
+        .name("otlp-grpc-lookup".into())
+        .spawn(move || {
+            let addrs = name.to_socket_addrs().map(Vec::from_iter);
+            *told.lock().unwrap_or_else(|e| e.into_inner()) = Some(addrs);
+            caller.unpark();
+        })?;
+    loop {
+        if let Some(addrs) = answer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return addrs;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // Left to finish on its own.
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "name lookup timed out",
+            ));
+        }
+        thread::park_timeout(left);
+    }
+}
+
+/// The server said it did not take the stream: safe to send again.
+fn not_processed(e: &h2::Error) -> bool {
+    matches!(e, h2::Error::Refused { .. })
+}
+
+/// The connection was found closed (a reused one the server had let go).
+fn closed(e: &h2::Error) -> bool {
+    matches!(e, h2::Error::Io(e) if matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    ))
+}
+
+fn code_name(code: u32) -> &'static str {
+    [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ]
+    .get(code as usize)
+    .copied()
+    .unwrap_or("an unknown code")
+}
+
+/// grpc-message is percent-encoded; control characters are dropped and its length
+/// is bounded, for one log line.
+fn percent_decode(value: &[u8]) -> String {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() && out.len() < 300 {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (value[i], value.get(i + 1), value.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
+                i += 3;
+            }
+            (b, ..) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+/// The delay of the RetryInfo in a `grpc-status-details-bin` (a base64
+/// google.rpc.Status whose details hold google.rpc.RetryInfo), if any.
+fn retry_delay(value: &[u8]) -> Option<Duration> {
+    let status = base64_decode(value)?;
+    for detail in protobuf_fields(&status)? {
+        let (3, Field::Bytes(any)) = detail else {
+            continue;
+        };
+        let any = protobuf_fields(any)?;
+        let is_retry_info = any.iter().any(
+            |f| matches!(f, (1, Field::Bytes(url)) if url.ends_with(b"/google.rpc.RetryInfo")),
+        );
+        if !is_retry_info {
+            continue;
+        }
+        let info = any.iter().find_map(|f| match f {
+            (2, Field::Bytes(info)) => Some(*info),
+            _ => None,
+        })?;
+        let Some((1, Field::Bytes(duration))) =
+            protobuf_fields(info)?.into_iter().find(|f| f.0 == 1)
+        else {
+            return Some(Duration::ZERO);
+        };
+        let (mut seconds, mut nanos) = (0, 0);
+        for field in protobuf_fields(duration)? {
+            match field {
+                (1, Field::Varint(s)) => seconds = s,
+                (2, Field::Varint(n)) => nanos = n,
+                _ => {}
+            }
+        }
+        let delay =
+            Duration::from_secs(seconds.min(3600)) + Duration::from_nanos(nanos % 1_000_000_000);
+        return Some(delay);
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// The fields of one protobuf message (numbers and values), or None if malformed.
+fn protobuf_fields(mut bytes: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut fields = Vec::new();
+    while !bytes.is_empty() {
+        let key = varint(&mut bytes)?;
+        let value = match key & 7 {
+            0 => Field::Varint(varint(&mut bytes)?),
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                bytes = bytes.get(n..)?;
+                Field::Fixed
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut bytes)?).ok()?;
+                let (value, rest) = (bytes.get(..len)?, bytes.get(len..)?);
+                bytes = rest;
+                Field::Bytes(value)
+            }
+            _ => return None,
+        };
+        fields.push((key >> 3, value));
+    }
+    Some(fields)
+}
+
+/// Standard base64, padded or not (gRPC sends `-bin` values unpadded).
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in text.iter().filter(|c| **c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::io::{self, Read, Write};
+    use std::net::TcpStream;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+    use super::super::h2::{Error, Io};
+
+    struct Tls(StreamOwned<ClientConnection, TcpStream>);
+
+    impl Read for Tls {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for Tls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+
+    impl Io for Tls {
+        fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+            self.0.sock.set_timeout(timeout)
+        }
+    }
+
+    pub type Config = Arc<ClientConfig>;
+
+    /// The client configuration: rustls with ring (as ureq's), offering only h2, with
+    /// the roots of the PEM file `certificate`, or the bundled ones.
+    pub fn config(certificate: Option<&str>) -> Result<Config, String> {
+        let roots = match certificate {
+            None => RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("OTLP certificate {path}: {e}"))?;
+                for der in pem_certificates(&pem) {
+                    let der = der.ok_or_else(|| format!("OTLP certificate {path}: bad PEM"))?;
+                    roots
+                        .add(CertificateDer::from(der))
+                        .map_err(|e| format!("OTLP certificate {path}: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("OTLP certificate {path}: no certificate in it"));
+                }
+                roots
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The DER of each CERTIFICATE block of a PEM text (None for one that does not
+    /// decode); other blocks are skipped.
+    fn pem_certificates(pem: &str) -> impl Iterator<Item = Option<Vec<u8>>> + '_ {
+        pem.split("-----BEGIN CERTIFICATE-----")
+            .skip(1)
+            .map(|block| {
+                let body = block.split("-----END CERTIFICATE-----").next()?;
+                let text: Vec<u8> = body.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                super::base64_decode(&text)
+            })
+    }
+
+    /// A TLS session on `tcp`, its handshake done by `deadline`, with h2 agreed.
+    pub fn connect(
+        mut tcp: TcpStream,
+        host: &str,
+        config: &Config,
+        deadline: Instant,
+    ) -> Result<Box<dyn Io>, Error> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| Error::Protocol("not a TLS server name"))?;
+        let mut session = ClientConnection::new(config.clone(), name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        while session.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::from(io::ErrorKind::TimedOut).into());
+            }
+            tcp.set_timeout(left)?;
+            session.complete_io(&mut tcp).map_err(super::timed_out)?;
+        }
+        if session.alpn_protocol() != Some(b"h2") {
+            return Err(Error::Protocol(
+                "the server did not agree to h2 over TLS (ALPN)",
+            ));
+        }
+        Ok(Box::new(Tls(StreamOwned::new(session, tcp))))
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+mod tls {
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use super::super::h2::{Error, Io};
+
+    pub type Config = ();
+
+    /// Never called: [`super::Target::parse`] refuses https:// without TLS.
+    pub fn config(_: Option<&str>) -> Result<Config, String> {
+        Err("https:// needs the tls feature, which this build lacks".into())
+    }
+
+    /// Never called, as [`config`].
+    pub fn connect(_: TcpStream, _: &str, _: &Config, _: Instant) -> Result<Box<dyn Io>, Error> {
+        Err(Error::Protocol("https:// needs the tls feature"))
+    }
+}
+
+/// A socket timeout reads as WouldBlock on Unix: say TimedOut.
+#[cfg(feature = "tls")]
+fn timed_out(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::from(io::ErrorKind::TimedOut)
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("http://otel-collector:4317").unwrap();
+        assert_eq!(
+            t,
+            Target {
+                tls: false,
+                host: "otel-collector".into(),
+                port: 4317
+            }
+        );
+        assert_eq!(t.authority(), "otel-collector:4317");
+        let t = Target::parse("http://[::1]:4317/v1/traces").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 4317));
+        assert_eq!(t.authority(), "[::1]:4317");
+        assert!(Target::parse("ftp://c:4317").is_err());
+        if cfg!(feature = "tls") {
+            assert_eq!(Target::parse("https://c").unwrap().port, 443);
+        }
+    }
+
+    #[test]
+    fn a_name_is_looked_up_within_the_deadline_and_an_address_as_it_is() {
+        // Many times: the answer must not be missed, whichever thread runs first.
+        for _ in 0..20 {
+            let started = Instant::now();
+            let addrs = lookup("localhost", 4317, started + Duration::from_secs(5)).unwrap();
+            assert!(!addrs.is_empty());
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        let addrs = lookup("127.0.0.1", 4317, Instant::now()).unwrap();
+        assert_eq!(addrs, vec![SocketAddr::from(([127, 0, 0, 1], 4317))]);
+    }
+
+    #[test]
+    fn retry_info_and_messages_are_read() {
+        // google.rpc.Status{code: 14, details: [Any{RetryInfo{retry_delay: 1.5 s}}]}
+        let duration = [0x08, 0x01, 0x10, 0x80, 0xca, 0xb5, 0xee, 0x01];
+        let mut info = vec![0x0a, duration.len() as u8];
+        info.extend(duration);
+        let url = b"type.googleapis.com/google.rpc.RetryInfo";
+        let mut any = vec![0x0a, url.len() as u8];
+        any.extend(url);
+        any.extend([0x12, info.len() as u8]);
+        any.extend(&info);
+        let mut status = vec![0x08, 14, 0x1a, any.len() as u8];
+        status.extend(&any);
+        let encoded = base64(&status);
+        assert_eq!(
+            retry_delay(encoded.as_bytes()),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(retry_delay(b"CA4"), None, "a Status without details");
+        assert_eq!(retry_delay(b"!!"), None);
+        assert_eq!(percent_decode(b"try%20later%0A"), "try later");
+        assert_eq!(code_name(14), "UNAVAILABLE");
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
