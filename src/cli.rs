@@ -18,8 +18,10 @@ const LOGGING: &str = "Logging";
 /// (docs/telemetry.md has the rest).
 pub const TELEMETRY_HELP: &str = "\
 Telemetry (environment only; export is off while no endpoint is set):
-  OTEL_EXPORTER_OTLP_ENDPOINT  collector base URL, e.g. http://otel-collector:4318
-  OTEL_EXPORTER_OTLP_PROTOCOL  http/protobuf, the only protocol of this build
+  OTEL_EXPORTER_OTLP_ENDPOINT  collector base URL, e.g. http://otel-collector:4317
+  OTEL_EXPORTER_OTLP_PROTOCOL  grpc or http/protobuf; unset: grpc on port 4317,
+                               else http/protobuf
+  OTEL_EXPORTER_OTLP_COMPRESSION  gzip, or none
   OTEL_SERVICE_NAME            service.name (default: ordermanagement)
   OTEL_RESOURCE_ATTRIBUTES     more resource attributes, key=value,...
   OTEL_EXPORTER_OTLP_HEADERS   headers of every export (never printed)
@@ -293,7 +295,8 @@ pub struct CommonArgs {
           require_equals = true, default_value = "false", default_missing_value = "true", hide_default_value = true)]
     pub dry_run: String,
 
-    /// error, warn, info, debug or trace (RUST_LOG, when set, wins and allows per-module filters).
+    /// error, warn, info, debug or trace (RUST_LOG, when set, wins and allows per-module
+    /// filters; the HTTP, TLS and OpenTelemetry libraries never log below warn).
     #[arg(
         long,
         global = true,

@@ -7,11 +7,13 @@ Exit codes:
   0  done: the cycle completed and every fetched order reached a final state
      (run: stopped by SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2)
   1  work left: the order list could not be fetched, or orders were left
-     registered for a later cycle, or status updates are still pending
+     registered for a later cycle (a transient failure, bad data, a wrong URL,
+     out of resources), or status updates are pending or were refused (the
+     orders are named in one error line)
   2  usage or configuration error (nothing was sent)
   3  another run holds the state file (--state-file): nothing was done
   128 + N  a second stop signal N cut a stop short (143 SIGTERM, 130 SIGINT,
-     129 SIGHUP, 131 SIGQUIT)";
+     129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1, 140 SIGUSR2)";
 
 /// How the process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +23,7 @@ pub enum Exit {
     /// `--help`, `--version`.
     Success,
     /// Exit 1: `once`: work is left: the order list could not be fetched, orders stay
-    /// `registered`, or status updates are still pending.
+    /// `registered`, or status updates are pending or were refused.
     WorkLeft,
     /// Exit 1: `healthcheck`: the worker makes no progress (or its heartbeat cannot be read).
     Unhealthy,

@@ -231,6 +231,18 @@ pub fn read_only(path: &Path) -> Result<Vec<(Order, InFlight)>, JournalError> {
 impl FileJournal {
     /// Locks, replays and compacts the journal at `path` (created if missing).
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
+        // Said in the words of the path given, not of the lock file beside it.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(JournalError::Unusable {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "directory {} does not exist: create it (on a volume that outlives the run)",
+                    dir.display()
+                ),
+            });
+        }
         let [_, lock_path, tmp] = companion_paths(path);
         let locked = || JournalError::Locked(path.to_path_buf(), holder(&lock_path));
         for at in [path, &lock_path, &tmp] {

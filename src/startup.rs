@@ -204,12 +204,15 @@ fn dry_run_in_flight(path: &std::path::Path, in_flight: &[(crate::Order, crate::
     );
 }
 
-/// A problem with a setting found once logging is up: logged (in JSON mode only there,
-/// so that every line on stderr stays JSON), exit code 2.
+/// A problem with a setting found once logging is up, said once, exit code 2: in text as
+/// the command line's own errors (`ordermanagement: error: ...`), in JSON as a JSON line
+/// (so that every line on stderr stays JSON).
 fn fail_at_start(config: &Config, message: &str) -> Exit {
-    log::error!(target: TARGET, "{message}");
+    // Once: as the command line's own errors are in text, as a JSON line in JSON.
     if config.log_format == logging::Format::Text {
         eprintln!("ordermanagement: error: {message}");
+    } else {
+        log::error!(target: TARGET, "{message}");
     }
     Exit::Usage
 }

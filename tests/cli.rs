@@ -1204,3 +1204,24 @@ fn json_log_lines_stay_valid_json_whatever_the_services_answer() {
     }
     assert!(stderr.lines().count() >= 6, "{stderr}");
 }
+
+#[test]
+fn a_state_file_in_a_missing_directory_is_named_as_given_once() {
+    let out = run(with_services("http://127.0.0.1:9", "http://127.0.0.1:9")
+        .env("STATE_FILE", "/nonexistent-om-dir/state.jsonl")
+        .arg("once"));
+    assert_exit(&out, 2);
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("/nonexistent-om-dir"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "ordermanagement: error: state file /nonexistent-om-dir/state.jsonl: directory \
+             /nonexistent-om-dir does not exist: create it (on a volume that outlives the run)"
+        ],
+        "{stderr}"
+    );
+}

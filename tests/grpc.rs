@@ -375,13 +375,15 @@ fn the_demo_block_as_it_is_exports_traces_metrics_and_logs_over_grpc() {
         .flat_map(|sl| &sl.log_records)
         .collect();
     assert!(!records.is_empty(), "no log records arrived");
-    let ready = records
+    // A `once` logs its ready orders at debug (the demo's block asks for info): the
+    // cycle's summary arrives. (Order lines linked to their traces: tests/telemetry.rs.)
+    let summaries = records
         .iter()
-        .filter(|r| text(&r.body).contains(": ready") && r.trace_id.len() == 16)
+        .filter(|r| text(&r.body).contains("5 listed, 5 ready"))
         .count();
     assert_eq!(
-        ready,
-        5,
+        summaries,
+        1,
         "{:?}",
         records.iter().map(|r| text(&r.body)).collect::<Vec<_>>()
     );
@@ -461,7 +463,7 @@ fn run_for(cmd: &mut Command, run_for: Duration) -> String {
     let mut child = Running::start(
         cmd.env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
-            .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
             .args(["run", "--interval", "0.2"]),
     );
     thread::sleep(run_for);
@@ -484,17 +486,19 @@ fn goaway_mid_run_the_next_exports_land_on_a_new_connection() {
         s.max_connection_age(Duration::from_millis(400))
             .max_connection_age_grace(Duration::from_millis(200))
     });
+    // Metrics every second (the floor of OTEL_METRIC_EXPORT_INTERVAL), spans every
+    // 100 ms: exports on connections GOAWAY keeps closing.
     let stderr = run_for(
         worker(&stack)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        Duration::from_millis(2500),
+        Duration::from_millis(4500),
     );
     let metrics = collector.calls("metrics");
     let connections: HashSet<SocketAddr> = metrics.iter().filter_map(|c| c.peer).collect();
     assert!(
-        metrics.len() >= 8,
-        "{} metrics exports in 2.5 s:\n{stderr}",
+        metrics.len() >= 4,
+        "{} metrics exports in 4.5 s:\n{stderr}",
         metrics.len()
     );
     assert!(
@@ -790,7 +794,8 @@ fn a_collector_that_never_answers_or_trickles_costs_an_export_its_timeout() {
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", server.url())
                 .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
                 .env("OTEL_EXPORTER_OTLP_TIMEOUT", "700")
-                .env("LOG_LEVEL", "info"),
+                // Idle cycles are logged at debug.
+                .env("LOG_LEVEL", "debug"),
             Duration::from_millis(2500),
         );
         // The worker is unaffected: its cycles run and every order is handled.

@@ -130,6 +130,10 @@ fn a_stalling_stock_service_ends_the_cycle_in_bounded_time_while_status_updates_
     let mut c = config(&shop.server.url(), &shop.server.url());
     c.max_retries = 1;
     c.pending_deadline = Duration::from_millis(100);
+    // A status update's retry after a 503 is due 150-300 ms later: while the first
+    // decrease stalls, whatever the machine's load.
+    c.retry_base = Duration::from_millis(300);
+    c.retry_cap = Duration::from_secs(2);
     let mut worker = Worker::new(&c, Stop::new());
     let first = worker.cycle();
     let taken: Vec<u64> = shop
