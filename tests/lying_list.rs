@@ -130,7 +130,9 @@ fn a_list_that_never_ends_stops_at_the_cycle_bound() {
     let mut c = config(&liar.server.url());
     c.max_orders_per_cycle = 55;
     let report = Worker::new(&c, Stop::new()).cycle();
-    assert!(report.fetched <= 60, "{report:?}");
+    // Exactly the bound, though every page holds ten (the list ignores `limit`).
+    assert_eq!(report.fetched, 55, "{report:?}");
+    assert_eq!(liar.decreases().len(), 55);
     assert!(
         report
             .ended_early
@@ -138,5 +140,27 @@ fn a_list_that_never_ends_stops_at_the_cycle_bound() {
             .is_some_and(|why| why.contains("max-orders-per-cycle")),
         "{report:?}"
     );
+    assert!(liar.decreases().values().all(|n| *n == 1));
+}
+
+#[test]
+fn max_orders_per_cycle_is_exact_whatever_the_page_size() {
+    // 1,000 orders, page size 500: a cycle takes 5, then 600.
+    let liar = Liar::start(true, |skip, _, statuses| {
+        registered(statuses, 1..=1000)
+            .into_iter()
+            .skip(skip as usize)
+            .take(500)
+            .collect()
+    });
+    for (most, expected) in [(5, 5), (600, 600)] {
+        let mut c = config(&liar.server.url());
+        c.page_size = 500;
+        c.max_orders_per_cycle = most;
+        let before = liar.decreases().len();
+        let report = Worker::new(&c, Stop::new()).cycle();
+        assert_eq!(report.fetched, expected, "{report:?}");
+        assert_eq!(liar.decreases().len() - before, expected as usize);
+    }
     assert!(liar.decreases().values().all(|n| *n == 1));
 }
