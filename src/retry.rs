@@ -100,7 +100,7 @@ impl RetryPolicy {
 ///   orders ruled a 2,000-order drain;
 /// - a call that failed only after the whole timeout (a stall) and was answered: at
 ///   once, since the service has just had the timeout's rest, and the real Stock
-///   Service most often recovers at the end of a stall;
+///   Service recovers only at the end of a stall (idle time never frees its pool);
 /// - anything else (refused, timed out with no answer, `429`, `503`, `Retry-After`):
 ///   after the backoff.
 pub fn pace(error: &CallError) -> Pace {
