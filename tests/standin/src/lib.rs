@@ -296,6 +296,17 @@ impl Stack {
         problems
     }
 
+    /// Panics, naming the first few, when [`Stack::violations`] finds any.
+    pub fn assert_ledger(&self) {
+        let violations = self.violations();
+        assert!(
+            violations.is_empty(),
+            "{} violations, first: {:?}",
+            violations.len(),
+            &violations[..violations.len().min(5)]
+        );
+    }
+
     /// Stops both services and waits for their threads.
     pub fn shutdown(mut self) {
         self.stop();
