@@ -87,6 +87,9 @@ pub struct Task {
     attempts: Attempts,
     /// Requests really sent at this step (simulated failures are not requests).
     sent: u32,
+    /// The status step's simulated failure was drawn already (at its first attempt, or
+    /// in an earlier cycle or run for a resumed update).
+    drawn: bool,
     span: OrderSpan,
 }
 
@@ -291,6 +294,7 @@ impl Journey {
             step: Step::Decrease,
             attempts: Attempts::default(),
             sent: 0,
+            drawn: false,
         }
     }
 
@@ -319,6 +323,7 @@ impl Journey {
             },
             attempts: Attempts::default(),
             sent: 0,
+            drawn: true,
         }
     }
 
@@ -481,7 +486,7 @@ impl Journey {
     fn set_status(&mut self, mut task: Task, status: OrderStatus, reason: String) -> Ran {
         let order = task.order;
         let started = std::time::Instant::now();
-        let first = task.attempts.made == 0 && task.sent == 0;
+        let first = !std::mem::replace(&mut task.drawn, true);
         if first && self.error_rate > 0.0 && fastrand::f64() < self.error_rate {
             instrument::event(
                 "simulated failure",

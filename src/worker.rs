@@ -39,12 +39,12 @@ pub const PENDING_CAP: usize = 4096;
 pub const RECENT_DECISIONS: usize = 10_000;
 
 /// After a stop request, how long the status updates of decided orders still get to
-/// land before the worker exits (a second signal exits at once). It fits within the
-/// grace periods of `compose.yaml` and `deploy/kubernetes` (60 s), with room for the
-/// telemetry's bounded shutdown, and within Docker's default of 10 s in most cases: a
+/// start before the worker exits (a second signal exits at once); the last one started
+/// may take its `--timeout` (5 s) more. So it fits within Docker's default of 10 s, and
+/// well within the grace periods of `compose.yaml` and `deploy/kubernetes` (60 s): a
 /// healthy Order Service takes them in milliseconds, and one that is down is found so
 /// by the health rules in a few seconds.
-pub const STOP_GRACE: Duration = Duration::from_secs(8);
+pub const STOP_GRACE: Duration = Duration::from_secs(4);
 
 /// An order whose fate is decided but whose status is not yet set.
 #[derive(Debug, Clone)]
@@ -330,8 +330,11 @@ impl Worker {
         log::info!("worker started: a cycle every {} s", interval.as_secs_f64());
         let mut carried = None;
         loop {
-            let (report, cycle) = self.cycle_with(carried.take(), true);
+            let (report, mut cycle) = self.cycle_with(carried.take(), true);
             carried = if self.stop.requested() {
+                // A stop that came as the cycle ended: its waiting orders still get the
+                // stop's grace, and what is left is pending (named at exit).
+                self.wind_down(&mut cycle);
                 None
             } else {
                 self.between_cycles(cycle, interval)
@@ -560,6 +563,11 @@ impl Worker {
         for task in tasks {
             let outcome = task.abandon(&why, Deferral::Unavailable);
             self.finish(cycle, task, outcome);
+        }
+        // With the list already done, nothing of it is left behind: the orders handed
+        // back are counted as deferred or pending, which say so.
+        if cycle.page.is_empty() && cycle.next_page.is_none() {
+            return;
         }
         let level = self.outage_level(log::Level::Error);
         cycle.end_list_at(why, level);
