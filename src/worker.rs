@@ -293,35 +293,14 @@ impl Worker {
     /// The orders whose status update is pending, as a log line names them: `161
     /// (ready), 170 (blocked)`, the first 20 and how many more.
     pub fn pending_orders(&self) -> String {
-        const SHOWN: usize = 20;
-        let mut text = self
-            .pending
-            .values()
-            .take(SHOWN)
-            .map(|u| format!("{} ({})", u.order.id, u.status))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if self.pending.len() > SHOWN {
-            text.push_str(&format!(" and {} more", self.pending.len() - SHOWN));
-        }
-        text
+        name_orders(self.pending.values().map(|u| (u.order.id, u.status)))
     }
 
     /// The orders whose status update the Order Service refused after their fate was
     /// decided, as a log line names them (as [`Worker::pending_orders`]); empty if none.
     pub fn refused_orders(&self) -> (usize, String) {
-        const SHOWN: usize = 20;
-        let mut text = self
-            .refused
-            .iter()
-            .take(SHOWN)
-            .map(|(id, status)| format!("{id} ({status})"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if self.refused.len() > SHOWN {
-            text.push_str(&format!(" and {} more", self.refused.len() - SHOWN));
-        }
-        (self.refused.len(), text)
+        let named = self.refused.iter().map(|(id, status)| (*id, *status));
+        (self.refused.len(), name_orders(named))
     }
 
     /// Runs cycles every `interval` (counted from the end of a cycle) until a stop is
@@ -992,6 +971,22 @@ impl Worker {
         }
         task.finish(&outcome);
     }
+}
+
+/// Orders as an exit line names them: `161 (ready), 170 (blocked)`, the first 20 and
+/// how many more.
+fn name_orders(orders: impl ExactSizeIterator<Item = (u64, OrderStatus)>) -> String {
+    const SHOWN: usize = 20;
+    let more = orders.len().saturating_sub(SHOWN);
+    let mut text = orders
+        .take(SHOWN)
+        .map(|(id, status)| format!("{id} ({status})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
 }
 
 /// The one line per order outcome (the order's fields come from its guard); with

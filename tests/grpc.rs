@@ -35,7 +35,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
-use standin::{Knobs, Stack, WOODS};
+use standin::{Knobs, Stack};
 use tonic::codec::CompressionEncoding::Gzip;
 use tonic::transport::Server;
 use tonic::{Code, Status};
@@ -215,12 +215,7 @@ impl Drop for Collector {
 // ---------------------------------------------------------------- the worker
 
 fn stack(orders: usize) -> Stack {
-    let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
-    for wood in WOODS {
-        stack.add_stock(wood, 1_000_000);
-    }
-    stack.seed_orders(orders, &mut fastrand::Rng::with_seed(5));
-    stack
+    Stack::stocked(Knobs::default(), 1_000_000, orders, 5)
 }
 
 /// The worker against the stand-in services, errors off, with no OTEL_* set.

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Running, ScriptServer, late, order_json, reply};
-use standin::{Knobs, Stack, WOODS};
+use standin::{Knobs, Stack};
 
 fn worker(stack: &Stack, error_rate: &str, args: &[&str]) -> Command {
     let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
@@ -25,12 +25,7 @@ fn worker(stack: &Stack, error_rate: &str, args: &[&str]) -> Command {
 }
 
 fn stack(orders: usize, seed: u64, knobs: Knobs) -> Stack {
-    let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
-    for wood in WOODS {
-        stack.add_stock(wood, 1_000_000);
-    }
-    stack.seed_orders(orders, &mut fastrand::Rng::with_seed(seed));
-    stack
+    Stack::stocked(knobs, 1_000_000, orders, seed)
 }
 
 fn stderr(out: &Output) -> String {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::Running;
 
-use standin::{Knobs, Stack, WOODS};
+use standin::{Knobs, Stack};
 
 fn worker(stack: &Stack, args: &[&str]) -> Command {
     let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
@@ -29,12 +29,7 @@ fn once(stack: &Stack) -> Output {
 }
 
 fn stack(orders: usize, stock_each: u64, knobs: Knobs) -> Stack {
-    let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
-    for wood in WOODS {
-        stack.add_stock(wood, stock_each);
-    }
-    stack.seed_orders(orders, &mut fastrand::Rng::with_seed(7));
-    stack
+    Stack::stocked(knobs, stock_each, orders, 7)
 }
 
 fn assert_invariants(stack: &Stack) {

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
-use standin::{Knobs, OtlpSink, Stack, WOODS};
+use standin::{Knobs, OtlpSink, Stack};
 
 fn worker(stack: &Stack) -> Command {
     let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
@@ -26,12 +26,7 @@ fn worker(stack: &Stack) -> Command {
 }
 
 fn stack(orders: usize) -> Stack {
-    let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
-    for wood in WOODS {
-        stack.add_stock(wood, 1_000_000);
-    }
-    stack.seed_orders(orders, &mut fastrand::Rng::with_seed(3));
-    stack
+    Stack::stocked(Knobs::default(), 1_000_000, orders, 3)
 }
 
 #[test]

@@ -12,7 +12,7 @@ use common::Running;
 use common::otlp::{assert_traceparents_name_client_spans, attr, spans};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use standin::{Knobs, OtlpSink, Stack, WOODS};
+use standin::{Knobs, OtlpSink, Stack};
 
 fn worker(stack: &Stack, sink: &OtlpSink) -> Command {
     let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
@@ -27,12 +27,7 @@ fn worker(stack: &Stack, sink: &OtlpSink) -> Command {
 }
 
 fn stack(orders: usize, knobs: Knobs) -> Stack {
-    let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
-    for wood in WOODS {
-        stack.add_stock(wood, 1_000_000);
-    }
-    stack.seed_orders(orders, &mut fastrand::Rng::with_seed(11));
-    stack
+    Stack::stocked(knobs, 1_000_000, orders, 11)
 }
 
 fn by_trace(spans: &[Span]) -> HashMap<Vec<u8>, Vec<&Span>> {

@@ -307,6 +307,17 @@ impl Stack {
         );
     }
 
+    /// Both services with `stock_each` of every wood and `orders` registered orders
+    /// seeded from `seed` (random wood, quantity 1..=100).
+    pub fn stocked(knobs: Knobs, stock_each: u64, orders: usize, seed: u64) -> Stack {
+        let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
+        for wood in WOODS {
+            stack.add_stock(wood, stock_each);
+        }
+        stack.seed_orders(orders, &mut fastrand::Rng::with_seed(seed));
+        stack
+    }
+
     /// Stops both services and waits for their threads.
     pub fn shutdown(mut self) {
         self.stop();
