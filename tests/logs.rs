@@ -73,11 +73,14 @@ fn a_service_down_for_20_s_gives_at_most_three_lines() {
         lines[0].contains("ERROR") && lines[0].contains("Order Service unreachable"),
         "{lines:#?}"
     );
-    assert!(
-        lines
-            .last()
-            .unwrap()
-            .contains("Order Service answers again, after 2"),
-        "{lines:#?}"
-    );
+    // Back after about the 20 s it was down (counted from the worker's first failed
+    // call, a moment after its start: 19 s on a slow, instrumented build).
+    let secs: u64 = lines
+        .last()
+        .unwrap()
+        .split("Order Service answers again, after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!((17..=21).contains(&secs), "{lines:#?}");
 }
