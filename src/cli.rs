@@ -130,8 +130,8 @@ pub struct CommonArgs {
     )]
     pub stocks_url: String,
 
-    /// `run`: seconds from the end of one cycle to the start of the next; decimals
-    /// allowed (0.5).
+    /// `run`: seconds from the end of one cycle to the start of the next (none after
+    /// the Stock Service stalled twice in a row); decimals allowed (0.5).
     #[arg(
         long,
         global = true,

@@ -98,9 +98,10 @@ impl RetryPolicy {
 ///   the budget. Measured: at 30% faults, waiting 100-200 ms for the first retry left
 ///   the worker idle for a third of a 20,000-order drain, and the backoff of the last
 ///   orders ruled a 2,000-order drain;
-/// - a call that failed only after the whole timeout (a stall) and was answered: at
-///   once, since the service has just had the timeout's rest, and the real Stock
-///   Service recovers only at the end of a stall (idle time never frees its pool);
+/// - a call that failed only after the whole timeout (a stall) and was answered: after
+///   a short settle ([`crate::schedule::STALL_SETTLE`]), not the backoff, since the
+///   service has just had the timeout's rest, and the real Stock Service recovers only
+///   at the end of a stall (idle time never frees its pool);
 /// - anything else (refused, timed out with no answer, `429`, `503`, `Retry-After`):
 ///   after the backoff.
 pub fn pace(error: &CallError) -> Pace {
@@ -116,7 +117,7 @@ pub fn pace(error: &CallError) -> Pace {
             slow: true,
             status: Some(status),
             ..
-        } if !matches!(status, 429 | 503) => Pace::AtOnce,
+        } if !matches!(status, 429 | 503) => Pace::AfterStall,
         _ => Pace::Backoff,
     }
 }
@@ -219,9 +220,9 @@ mod tests {
     }
 
     #[test]
-    fn a_quick_error_answer_goes_at_once_in_the_budget_a_stall_at_once_the_rest_waits() {
+    fn a_quick_error_answer_goes_at_once_in_the_budget_a_stall_after_its_settle_the_rest_waits() {
         assert_eq!(pace(&transient(false)), Pace::Budgeted);
-        assert_eq!(pace(&transient(true)), Pace::AtOnce);
+        assert_eq!(pace(&transient(true)), Pace::AfterStall);
         // A service asking for a wait, or one that did not answer, or told to slow
         // down, waits for the backoff.
         let asked = CallError::Transient {

@@ -289,9 +289,10 @@ fn a_sigterm_in_run_first_tries_the_pending_updates() {
 }
 
 #[test]
-fn a_decrease_that_stalls_once_is_retried_at_once() {
+fn a_decrease_that_stalls_once_is_retried_after_the_settle_not_the_backoff() {
     // One order; its first decrease is answered 500 only after the HTTP timeout (a
-    // stall, as the real Stock Service's exhausted pool does), the second at once.
+    // stall, as the real Stock Service's exhausted pool does), the second 150 ms after
+    // that answer (the settle), whatever the backoff.
     let server = ScriptServer::start(|r| match (r.method.as_str(), r.path()) {
         ("GET", "/orders/status/registered") if r.query("skip") == Some(0) => reply(
             200,
@@ -327,12 +328,17 @@ fn a_decrease_that_stalls_once_is_retried_at_once() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let decreases = stock.calls("POST", "/stocks/decrease");
     assert_eq!(decreases.len(), 2, "{}", stderr(&out));
-    // The second went as soon as the first's reply came (800 ms after it arrived), not
-    // after the 100-200 ms of the first backoff (the default --retry-base of 200 ms).
+    // The second went 150 ms after the first's reply (800 ms after it arrived); the
+    // scheduler's own test shows the settle is not the backoff (100-200 ms here).
     let gap = decreases[1].at - decreases[0].at;
     assert!(
-        gap >= Duration::from_millis(800) && gap < Duration::from_millis(895),
+        gap >= Duration::from_millis(950) && gap < Duration::from_millis(1045),
         "{gap:?}"
+    );
+    assert!(
+        stderr(&out).contains("the next decrease goes in 150 ms"),
+        "{}",
+        stderr(&out)
     );
     assert_eq!(server.calls("PUT", "/orders/1").len(), 1);
 }

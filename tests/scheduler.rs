@@ -1,7 +1,7 @@
 //! The cycle as a scheduler, against services on loopback: a drain under heavy faults
 //! that ends with every order in a correct state, a stalling Stock Service that ends
-//! the cycle in bounded time while status updates still go through, and a stop
-//! request during a wait.
+//! the cycle in bounded time while status updates still go through (and in `run` is
+//! called again at once, not after the interval), and a stop request during a wait.
 
 mod common;
 
@@ -173,9 +173,9 @@ fn a_stalling_stock_service_ends_the_cycle_in_bounded_time_while_status_updates_
             .is_some_and(|why| why.contains("Stock Service")),
         "{second:?}"
     );
-    // Bounded: the decrease after a stall goes at once (the real service recovers only
-    // at the end of a stall, never while idle), and a second stall in a row takes the
-    // Stock Service out of the cycle.
+    // Bounded: the decrease after a stall goes after a 150 ms settle, not a backoff
+    // (the real service recovers only at the end of a stall, never while idle), and a
+    // second stall in a row takes the Stock Service out of the cycle.
     let requests: Vec<Request> = shop.server.requests().split_off(before);
     let posts: Vec<usize> = (0..requests.len())
         .filter(|&i| requests[i].method == "POST")
@@ -218,4 +218,71 @@ fn a_stop_request_while_orders_wait_for_their_retry_ends_the_cycle_at_once() {
     assert_eq!(report.deferred, 2, "{report:?}");
     assert_eq!(report.ended_early.as_deref(), Some("stop requested"));
     assert_eq!(shop.status(1), "registered");
+}
+
+#[test]
+fn in_run_a_cycle_ended_by_two_stalls_is_followed_at_once_not_after_the_interval() {
+    // One order. Its first two decreases stall (answered 500 only after the HTTP
+    // timeout, as the real Stock Service's exhausted pool does): the Stock Service is
+    // down for the cycle. The stalls were the pause: the next cycle starts at once,
+    // not after the 3 s interval, and its decrease goes through.
+    let decreases = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let decided = Arc::new(AtomicBool::new(false));
+    let server = ScriptServer::start({
+        let (decreases, decided) = (decreases.clone(), decided.clone());
+        move |r: &Request| match (r.method.as_str(), r.path()) {
+            ("GET", "/orders/status/registered") => {
+                if decided.load(Ordering::SeqCst) || r.query("skip") != Some(0) {
+                    reply(200, "[]")
+                } else {
+                    reply(
+                        200,
+                        serde_json::json!([common::order_json(1, "oak", 2)]).to_string(),
+                    )
+                }
+            }
+            ("POST", "/stocks/decrease") if decreases.fetch_add(1, Ordering::SeqCst) < 2 => late(
+                500,
+                r#"{"error": "Unexpected error during stock decrease (read)"}"#,
+                Duration::from_millis(400),
+            ),
+            ("POST", "/stocks/decrease") => reply(200, r#"{"wood_type": "oak", "quantity": 5}"#),
+            ("PUT", _) => {
+                decided.store(true, Ordering::SeqCst);
+                reply(200, r#"{"id": 1, "order_status": "ready"}"#)
+            }
+            _ => reply(404, "{}"),
+        }
+    });
+    let mut c = config(&server.url(), &server.url());
+    c.http_timeout = Duration::from_millis(300);
+    let stop = Stop::new();
+    let worker_stop = stop.clone();
+    let worker =
+        std::thread::spawn(move || Worker::new(&c, worker_stop).run_loop(Duration::from_secs(3)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !decided.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.request();
+    worker.join().expect("the worker thread");
+    let posts = server.calls("POST", "/stocks/decrease");
+    let t0 = server.requests()[0].at;
+    let timeline: Vec<(String, String, Duration)> = server
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.path().to_string(), r.at - t0))
+        .collect();
+    assert_eq!(posts.len(), 3, "{timeline:?}");
+    assert!(decided.load(Ordering::SeqCst));
+    // The second stall's answer came 400 ms after it arrived; the next cycle's list
+    // and decrease followed within a second, not the 3 s interval.
+    let gap = posts[2].at - posts[1].at;
+    assert!(gap < Duration::from_millis(1400), "{gap:?} {timeline:?}");
+    let lists_between = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.at > posts[1].at && r.at < posts[2].at)
+        .count();
+    assert_eq!(lists_between, 1, "a new cycle's list: {timeline:?}");
 }

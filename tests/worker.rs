@@ -281,8 +281,9 @@ fn a_stall_that_ends_in_500_within_the_decrease_timeout_is_never_unknown() {
             _ => reply(200, "{}"),
         }
     });
-    // The stall's 500 says nothing was taken: the decrease goes again at once (the real
-    // service recovers only at the end of a stall, never while idle), and it is ready.
+    // The stall's 500 says nothing was taken: the decrease goes again after a 150 ms
+    // settle (the real service recovers only at the end of a stall, never while idle),
+    // and it is ready.
     let mut worker = Worker::new(&config(&server.url(), &server.url()), Stop::new());
     let first = worker.cycle();
     assert_eq!((first.ready, first.unknown), (1, 0), "{first:?}");
@@ -369,7 +370,7 @@ fn a_stock_service_that_stalls_every_decrease_ends_the_cycle_early_in_bounded_ti
     let report = cycle(&c);
     let elapsed = started.elapsed();
     // A second stall in a row takes the Stock Service out of the cycle (the first is
-    // followed at once by the stalled order's retry): order 1 stays registered, and so
+    // followed, after the settle, by the stalled order's retry): order 1 stays registered, and so
     // does every order after it.
     assert_eq!(server.calls("POST", "/stocks/decrease").len(), 2);
     assert!(server.calls("PUT", "/orders/1").is_empty());
