@@ -284,8 +284,8 @@ pub struct Http {
     timeout: Duration,
     /// The agent's resolver, to forget a name that could not be reached.
     resolver: Resolver,
-    /// Set while a reply that said `Connection: close` is read: its connection then
-    /// waits for the server's close when it is dropped ([`Steady`]'s linger).
+    /// Set while an error answer that said `Connection: close` is read: its connection
+    /// then waits for the server's close when it is dropped ([`Steady`]'s linger).
     linger: Arc<AtomicBool>,
 }
 
@@ -474,9 +474,14 @@ fn read_reply(
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-    // The connection of a reply that says `Connection: close` is dropped as its body
-    // ends: it then waits for the server's close (see [`Steady`]).
-    linger.store(says_close(response.headers()), Ordering::Relaxed);
+    // An error answer is retried, perhaps at once: if it says `Connection: close`, its
+    // connection (dropped as its body ends) first waits for the server's close, so
+    // that the retry does not reach a server still tearing this request down (see
+    // [`Steady`]). A success is followed by a call to the other service.
+    linger.store(
+        status >= 500 && says_close(response.headers()),
+        Ordering::Relaxed,
+    );
     let body = response
         .body_mut()
         .with_config()
@@ -486,7 +491,11 @@ fn read_reply(
             ureq::Error::BodyExceedsLimit(_) => format!("larger than {limit} bytes"),
             other => other.to_string(),
         });
-    // A body cut short (too long, broken) leaves its connection to the response.
+    // A body cut short (too long, broken, timed out) leaves its connection to the
+    // response, closed without a wait.
+    if body.is_err() {
+        linger.store(false, Ordering::Relaxed);
+    }
     drop(response);
     linger.store(false, Ordering::Relaxed);
     attempt.finish(Some(status), body.as_ref().err().map(|_| "response_body"));
@@ -806,26 +815,21 @@ impl Connector<Box<dyn Transport>> for SteadyTimeouts {
 }
 
 /// A connection whose timeouts are rounded by [`steady`], reused until the instant it
-/// holds (see [`SteadyTimeouts`]); dropped after a reply that said `Connection: close`
-/// (the flag it holds, set by [`read_reply`]), it lingers for the server's close.
+/// holds (see [`SteadyTimeouts`]); dropped after an error answer that said
+/// `Connection: close` (the flag it holds, set by [`read_reply`]), it lingers for the
+/// server's close. A reply with no body is not waited for: ureq drops its connection
+/// before [`read_reply`] sees it (the worker's calls always get a body).
 #[derive(Debug)]
 struct Steady(Box<dyn Transport>, std::time::Instant, Arc<AtomicBool>);
 
-/// The longest a connection waits for the server's close after a reply that said
-/// `Connection: close`. The demo's services (Werkzeug) close 10 ms after their reply
-/// (they first wait that long for stray request bytes): 10.2 ms median, 11.9 ms at
-/// most, over 900 calls.
+/// The longest a connection waits for the server's close. The demo's services
+/// (Werkzeug) close 10 ms after their reply (they first wait that long for stray
+/// request bytes): 10.2 ms median, 11.9 ms at most, over 900 calls.
 const LINGER_LIMIT: Duration = Duration::from_millis(25);
 
 impl Drop for Steady {
-    /// A server that closes every connection is still tearing the last request down
-    /// when its reply arrives. A call sent at once then runs beside that teardown:
-    /// measured on the demo's Stock Service, one call in four sent within 3 ms of a
-    /// quick `500` started with 50 more live objects than usual, enough to bring its
-    /// garbage collection into the middle of a call that holds a database connection,
-    /// which then stays out of the pool until a much later collection (every later run
-    /// of stalls was longer by two). Reading to the server's close (bounded by
-    /// [`LINGER_LIMIT`]) before the next call: none in 440.
+    /// Reads to the server's close, at most [`LINGER_LIMIT`], when the flag is set.
+    /// Why: docs/how-it-works.md, "a server that closes every connection".
     fn drop(&mut self) {
         if !self.2.swap(false, Ordering::Relaxed) {
             return;
@@ -1107,10 +1111,11 @@ mod tests {
 
     type Events = Arc<std::sync::Mutex<Vec<(bool, Instant)>>>;
 
-    /// A server that closes every connection as the demo's services do: it replies with
-    /// `Connection: close`, then closes `hold` later whatever the client does. Records
-    /// when each request arrived and when each connection was closed (`true`).
-    fn closing_server(hold: Duration) -> (u16, Events) {
+    /// A server that closes every connection as the demo's services do: it answers
+    /// `status` with `Connection: close`, then closes `hold` later whatever the client
+    /// does. Records when each request arrived and when each connection was closed
+    /// (`true`).
+    fn closing_server(status: &'static str, hold: Duration) -> (u16, Events) {
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1128,9 +1133,10 @@ mod tests {
                         line.clear();
                     }
                     log.lock().unwrap().push((false, Instant::now()));
-                    let reply = b"HTTP/1.1 500 INTERNAL SERVER ERROR\r\nConnection: close\r\n\
-                                  Content-Length: 2\r\n\r\n{}";
-                    let _ = writer.write_all(reply);
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+                    );
+                    let _ = writer.write_all(reply.as_bytes());
                     std::thread::sleep(hold);
                     log.lock().unwrap().push((true, Instant::now()));
                     let _ = writer.shutdown(std::net::Shutdown::Both);
@@ -1140,36 +1146,51 @@ mod tests {
         (port, events)
     }
 
-    #[test]
-    fn after_a_reply_that_says_close_the_next_call_waits_for_the_servers_close() {
+    /// Five calls to a server that closes `hold` after each reply; whether each request
+    /// arrived after the previous connection was closed.
+    fn after_each_close(status: &'static str, hold: Duration) -> Vec<bool> {
         let root = Route {
             span_name: "GET /",
             template: "/",
         };
         let http = Http::new(Duration::from_secs(2));
-        // The server closes 15 ms after each reply: every request arrives after the
-        // previous connection was closed.
-        let (port, events) = closing_server(Duration::from_millis(15));
+        let (port, events) = closing_server(status, hold);
         let url = format!("http://127.0.0.1:{port}/");
         for _ in 0..5 {
-            assert_eq!(http.get(&url, root, 0, 100).expect("an answer").status, 500);
+            http.get(&url, root, 0, 100).expect("an answer");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(hold + Duration::from_millis(50));
         let events = events.lock().unwrap().clone();
         let requests: Vec<Instant> = events.iter().filter(|e| !e.0).map(|e| e.1).collect();
         let closes: Vec<Instant> = events.iter().filter(|e| e.0).map(|e| e.1).collect();
         assert_eq!((requests.len(), closes.len()), (5, 5), "{events:?}");
-        for (close, next) in closes.iter().zip(&requests[1..]) {
-            assert!(
-                next > close,
-                "a request arrived before the last close: {events:?}"
-            );
-        }
-        // One that never closes holds a call for the limit at most.
-        let (port, _) = closing_server(Duration::from_secs(3));
+        closes
+            .iter()
+            .zip(&requests[1..])
+            .map(|(close, next)| next > close)
+            .collect()
+    }
+
+    #[test]
+    fn after_an_error_answer_that_says_close_the_next_call_waits_for_the_servers_close() {
+        // The server closes 5 ms after each reply: after a 500, every request arrives
+        // after the previous connection was closed.
+        let waited = after_each_close("500 INTERNAL SERVER ERROR", Duration::from_millis(5));
+        assert_eq!(waited, [true; 4]);
+        // After a success nothing waits (the next call goes to the other service): here
+        // every request arrives while the previous connection is still open.
+        let waited = after_each_close("200 OK", Duration::from_millis(300));
+        assert_eq!(waited, [false; 4]);
+        // A server that never closes holds a call for the limit at most.
+        let root = Route {
+            span_name: "GET /",
+            template: "/",
+        };
+        let (port, _) = closing_server("503 SERVICE UNAVAILABLE", Duration::from_secs(3));
         let url = format!("http://127.0.0.1:{port}/");
         let started = Instant::now();
-        assert_eq!(http.get(&url, root, 0, 100).expect("an answer").status, 500);
+        let http = Http::new(Duration::from_secs(2));
+        assert_eq!(http.get(&url, root, 0, 100).expect("an answer").status, 503);
         let took = started.elapsed();
         assert!(
             took >= LINGER_LIMIT && took < LINGER_LIMIT + Duration::from_millis(500),

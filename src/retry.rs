@@ -98,10 +98,12 @@ impl RetryPolicy {
 ///   the budget. Measured: at 30% faults, waiting 100-200 ms for the first retry left
 ///   the worker idle for a third of a 20,000-order drain, and the backoff of the last
 ///   orders ruled a 2,000-order drain;
-/// - a call that failed only after the whole timeout (a stall) and was answered: after
-///   a short settle ([`crate::schedule::STALL_SETTLE`]), not the backoff, since the
-///   service has just had the timeout's rest, and the real Stock Service recovers only
-///   at the end of a stall (idle time never frees its pool);
+/// - a call that failed only after the whole timeout (a stall) and was answered: not
+///   the backoff, since the service has just had the timeout's rest, and the real
+///   Stock Service recovers only at the end of a stall (idle time never frees its
+///   pool). A Stock Service stall is retried after its short settle
+///   ([`crate::schedule::STALL_SETTLE`]); an Order Service stall puts that service out
+///   for its cool-down, which the retry waits for;
 /// - anything else (refused, timed out with no answer, `429`, `503`, `Retry-After`):
 ///   after the backoff.
 pub fn pace(error: &CallError) -> Pace {

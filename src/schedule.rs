@@ -120,14 +120,10 @@ impl Rules {
 pub const STALLS_DOWN: u32 = 2;
 
 /// The pause after a Stock Service stall before its next decrease (the stalled order's
-/// or another's). The real service is still tearing the stalled request down when its
-/// answer arrives, even after the connection's close: a decrease sent then began with
-/// more live objects than usual (50 more in 15 of 45 sent within 3 ms; 20 more in 6 of
-/// 15 sent 11-16 ms later, after the close), which can bring the service's garbage
-/// collection into a call that holds a database connection and keep that connection
-/// out of the pool until a much later collection: every later run of stalls is then
-/// two stalls longer. Sent 150 ms after the answer: none in 35 (and none in 60 for the
-/// build before the scheduler, whose backoff sent them 100-300 ms later).
+/// or another's), instead of the backoff: the real service is still tearing the
+/// stalled request down when its answer arrives, and a call sent then can make it keep
+/// a database connection out of its pool (docs/how-it-works.md, "when a service
+/// fails", with the figures).
 pub const STALL_SETTLE: Duration = Duration::from_millis(150);
 
 /// Retries at once per call, over the last [`BUDGET_WINDOW`]: at most one retry for
@@ -279,7 +275,7 @@ impl Health {
 
     /// Down for the cycle because it stalled [`Rules::stalls_down`] times in a row.
     pub fn stalled_out(&self) -> bool {
-        self.stalled_out && self.down().is_some()
+        self.stalled_out
     }
 
     pub fn down(&self) -> Option<&str> {
@@ -511,8 +507,9 @@ impl<T> Scheduler<T> {
 
     /// When a failed attempt at `service` goes again: at once where [`Pace`] allows it
     /// and the service is usable (a quick error answer only within its [`Budget`]; a
-    /// stall's retry once its [`STALL_SETTLE`] has passed), after `backoff` otherwise. Behind what is already due either way: due now, it
-    /// runs after the tasks due earlier.
+    /// stall's retry once its [`STALL_SETTLE`] has passed), after `backoff` otherwise.
+    /// Behind what is already due either way: due now, it runs after the tasks due
+    /// earlier.
     pub fn retry_at(
         &mut self,
         service: Service,

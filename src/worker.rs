@@ -445,11 +445,10 @@ impl Worker {
     ///
     /// Once the Stock Service is down because it stalled
     /// [`crate::schedule::STALLS_DOWN`] times in a row (in the cycle or here), the next
-    /// cycle starts at once. Those stalls (30 s each on the real service) were the pause
-    /// already, and idle time never frees its pool, only the requests that bring on its
-    /// garbage collection do: measured on the real services (100 orders), the interval
-    /// after each run of stalls added 5 s to every one of them. Never a busy loop: the
-    /// stalls took at least two `--timeout`s.
+    /// cycle starts at once, unless the Order Service is down too: the stalls were the
+    /// pause already, and idle time never frees the real Stock Service's pool
+    /// (docs/how-it-works.md, "when a service fails"). Never a busy loop: the stalls
+    /// took at least two `--timeout`s.
     fn between_cycles(&mut self, mut cycle: Cycle, interval: Duration) -> Option<Cycle> {
         let end = Instant::now() + interval;
         cycle.link = None;
@@ -472,7 +471,10 @@ impl Worker {
                 Next::Abandon(service, tasks) => self.abandon(&mut cycle, service, tasks),
                 // The interval is over (or a service is down until the next cycle).
                 Next::FetchPage | Next::EndList(_) | Next::Done | Next::NewOrder => {
-                    if cycle.scheduler.health(Service::Stock).stalled_out() {
+                    let scheduler = &cycle.scheduler;
+                    if scheduler.health(Service::Stock).stalled_out()
+                        && scheduler.health(Service::Orders).down().is_none()
+                    {
                         log::info!(
                             "the next cycle starts at once: the Stock Service's stalls were \
                              its pause"

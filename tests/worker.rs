@@ -281,13 +281,23 @@ fn a_stall_that_ends_in_500_within_the_decrease_timeout_is_never_unknown() {
             _ => reply(200, "{}"),
         }
     });
-    // The stall's 500 says nothing was taken: the decrease goes again after a 150 ms
-    // settle (the real service recovers only at the end of a stall, never while idle),
-    // and it is ready.
-    let mut worker = Worker::new(&config(&server.url(), &server.url()), Stop::new());
+    // The stall's 500 says nothing was taken: the decrease goes again after the 150 ms
+    // settle, not the backoff (1-2 s here: the real service recovers only at the end
+    // of a stall, never while idle), and it is ready.
+    let mut c = config(&server.url(), &server.url());
+    c.retry_base = Duration::from_secs(2);
+    c.retry_cap = Duration::from_secs(4);
+    let mut worker = Worker::new(&c, Stop::new());
     let first = worker.cycle();
     assert_eq!((first.ready, first.unknown), (1, 0), "{first:?}");
-    assert_eq!(server.calls("POST", "/stocks/decrease").len(), 2);
+    let decreases = server.calls("POST", "/stocks/decrease");
+    assert_eq!(decreases.len(), 2);
+    // 800 ms of stall, then 150 ms: the backoff would put it 1.8 s or more after.
+    let gap = decreases[1].at - decreases[0].at;
+    assert!(
+        gap >= Duration::from_millis(950) && gap < Duration::from_millis(1500),
+        "{gap:?}"
+    );
 }
 
 #[test]
@@ -370,8 +380,8 @@ fn a_stock_service_that_stalls_every_decrease_ends_the_cycle_early_in_bounded_ti
     let report = cycle(&c);
     let elapsed = started.elapsed();
     // A second stall in a row takes the Stock Service out of the cycle (the first is
-    // followed, after the settle, by the stalled order's retry): order 1 stays registered, and so
-    // does every order after it.
+    // followed, after the settle, by the stalled order's retry): order 1 stays
+    // registered, and so does every order after it.
     assert_eq!(server.calls("POST", "/stocks/decrease").len(), 2);
     assert!(server.calls("PUT", "/orders/1").is_empty());
     assert_eq!(report.deferred, 1);
