@@ -829,11 +829,19 @@ const LINGER_LIMIT: Duration = Duration::from_millis(25);
 
 impl Drop for Steady {
     /// Reads to the server's close, at most [`LINGER_LIMIT`], when the flag is set.
-    /// Why: docs/how-it-works.md, "a server that closes every connection".
+    /// Why: docs/how-it-works.md, "retries and timeouts".
     fn drop(&mut self) {
-        if !self.2.swap(false, Ordering::Relaxed) {
-            return;
+        if self.2.swap(false, Ordering::Relaxed) {
+            self.linger();
         }
+    }
+}
+
+impl Steady {
+    /// Reads until the server's close, a reset, or [`LINGER_LIMIT`]; what arrives is
+    /// dropped. Kept out of line: the connection's drop is inlined in many places.
+    #[inline(never)]
+    fn linger(&mut self) {
         use ureq::unversioned::transport::time::Duration as Left;
         let until = std::time::Instant::now() + LINGER_LIMIT;
         loop {
