@@ -296,6 +296,11 @@ impl Health {
         } else {
             0
         };
+        if verdict == Verdict::Stalled && self.service == Service::Stock {
+            // Every stall, also the one that takes the service out: the next cycle
+            // keeps it (see [`Scheduler::reset_health`]).
+            self.settle_until = Some(now + rules.stall_settle);
+        }
         let mask = (1u64 << rules.window.clamp(1, 63)) - 1;
         self.recent = ((self.recent << 1) | u64::from(failed)) & mask;
         self.seen = (self.seen + 1).min(rules.window);
@@ -321,7 +326,6 @@ impl Health {
             Verdict::Stalled
                 if self.service == Service::Stock && self.stalls < rules.stalls_down =>
             {
-                self.settle_until = Some(now + rules.stall_settle);
                 log::warn!(
                     "{name} stalled ({} in a row); the next decrease goes in {} ms ({} in a \
                      row leave it alone until the next cycle); last: {detail}",
@@ -500,9 +504,14 @@ impl<T> Scheduler<T> {
             .flat_map(|heap| heap.iter().map(|Reverse(e)| &e.task))
     }
 
-    /// A new cycle: both services are given a fresh start (their waiting tasks stay).
+    /// A new cycle: both services are given a fresh start (their waiting tasks stay),
+    /// except that the Stock Service's settle after its last stall still runs: in
+    /// `run` a new cycle follows two stalls at once, and its first decrease must not
+    /// reach the service while the stalled request is still torn down.
     pub fn reset_health(&mut self) {
+        let settle = self.health[Service::Stock.index()].settle_until;
         self.health = [Health::new(Service::Orders), Health::new(Service::Stock)];
+        self.health[Service::Stock.index()].settle_until = settle;
     }
 
     /// When a failed attempt at `service` goes again: at once where [`Pace`] allows it
@@ -818,10 +827,12 @@ mod tests {
             Next::Abandon(Service::Stock, vec![1])
         );
         assert_eq!(s.next(t0, open(true, None)), Next::EndList(Service::Stock));
-        // A new cycle calls it again.
+        // A new cycle calls it again, once the last stall's settle has passed.
         s.reset_health();
         assert!(!s.health(Service::Stock).stalled_out());
-        assert_eq!(s.next(t0, open(true, None)), Next::NewOrder);
+        assert_eq!(s.next(settled, open(true, None)), Next::Sleep(150 * MS));
+        let later = settled + 150 * MS;
+        assert_eq!(s.next(later, open(true, None)), Next::NewOrder);
     }
 
     #[test]
