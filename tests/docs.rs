@@ -71,6 +71,7 @@ const OTHER_NAMES: &[&str] = &[
     "ORDERMANAGEMENT_IMAGE_TEST",
     "CHAOS_ORDERS",
     "CHAOS_KILLS",
+    "DRAIN_BENCH_BIN",
     "TCP_NODELAY",
     "DT_RELR",
     "O_CREAT",
