@@ -47,7 +47,7 @@ impl StockClient {
     /// wait for a decrease's reply once it is sent (the HTTP timeout bounds the rest).
     pub fn new(http: Http, base: &str, reply_timeout: Duration) -> StockClient {
         StockClient {
-            http: http.closing_politely(),
+            http,
             base: base.trim_end_matches('/').to_string(),
             reply_timeout,
         }
