@@ -477,7 +477,7 @@ fn read_reply(
     // A reply that says `Connection: close`: its connection (dropped as its body ends)
     // first waits for the server's close, so that the next call does not reach a
     // server still tearing this request down (see [`Steady`]). Measured on the real
-    // services: waiting only after error answers, 3 drains of 8 still kept one more
+    // services: waiting only after error answers, 4 drains of 10 still kept one more
     // database connection out of the Stock Service's pool; after every reply, none
     // of 8 (docs/how-it-works.md).
     linger.store(says_close(response.headers()), Ordering::Relaxed);
