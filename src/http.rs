@@ -1127,6 +1127,12 @@ mod tests {
         (port, accepted)
     }
 
+    /// The route the tests' calls are named by.
+    const ROOT: Route = Route {
+        span_name: "GET /",
+        template: "/",
+    };
+
     type Events = Arc<std::sync::Mutex<Vec<(bool, Instant)>>>;
 
     /// A server that closes every connection as the demo's services do: it answers
@@ -1167,14 +1173,10 @@ mod tests {
     /// Five calls to a server that closes `hold` after each reply; whether each request
     /// arrived after the previous connection was closed.
     fn after_each_close(http: Http, status: &'static str, hold: Duration) -> Vec<bool> {
-        let root = Route {
-            span_name: "GET /",
-            template: "/",
-        };
         let (port, events) = closing_server(status, hold);
         let url = format!("http://127.0.0.1:{port}/");
         for _ in 0..5 {
-            http.get(&url, root, 0, 100).expect("an answer");
+            http.get(&url, ROOT, 0, 100).expect("an answer");
         }
         std::thread::sleep(hold + Duration::from_millis(50));
         let events = events.lock().unwrap().clone();
@@ -1203,15 +1205,11 @@ mod tests {
         let waited = after_each_close(http(), "200 OK", Duration::from_millis(5));
         assert_eq!(waited, [true; 4]);
         // A server that never closes holds a call for the limit at most.
-        let root = Route {
-            span_name: "GET /",
-            template: "/",
-        };
         let (port, _) = closing_server("503 SERVICE UNAVAILABLE", Duration::from_secs(3));
         let url = format!("http://127.0.0.1:{port}/");
         let started = Instant::now();
         let http = Http::new(Duration::from_secs(2));
-        assert_eq!(http.get(&url, root, 0, 100).expect("an answer").status, 503);
+        assert_eq!(http.get(&url, ROOT, 0, 100).expect("an answer").status, 503);
         let took = started.elapsed();
         assert!(
             took >= LINGER_LIMIT && took < LINGER_LIMIT + Duration::from_millis(500),
@@ -1221,17 +1219,13 @@ mod tests {
 
     #[test]
     fn a_kept_alive_connection_is_not_reused_past_the_names_lifetime() {
-        let root = Route {
-            span_name: "GET /",
-            template: "/",
-        };
         // Requests every 40 ms for 1 s: never idle long enough to be dropped as idle.
         let connections = |http: &Http, host: &str| {
             let (port, accepted) = keep_alive_server();
             let url = format!("http://{host}:{port}/");
             let end = std::time::Instant::now() + Duration::from_secs(1);
             while std::time::Instant::now() < end {
-                let reply = http.get(&url, root, 0, 100).expect("an answer");
+                let reply = http.get(&url, ROOT, 0, 100).expect("an answer");
                 assert_eq!(reply.status, 200);
                 std::thread::sleep(Duration::from_millis(40));
             }
@@ -1257,11 +1251,7 @@ mod tests {
         let port = closed.local_addr().unwrap().port();
         drop(closed);
         let http = Http::new(Duration::from_secs(2));
-        let root = Route {
-            span_name: "GET /",
-            template: "/",
-        };
-        let result = http.get(&format!("http://localhost:{port}/"), root, 0, 100);
+        let result = http.get(&format!("http://localhost:{port}/"), ROOT, 0, 100);
         assert!(matches!(result, Err(SendError::NotSent(_))), "{result:?}");
         assert!(!http.resolver.is_kept(&format!("localhost:{port}")));
     }
