@@ -114,7 +114,14 @@ pub enum CallError {
         /// reply came.
         status: Option<u16>,
     },
-    /// Something no retry will fix (a redirect, 401/403/415, a wrong route): stop the cycle.
+    /// An answer the contract does not list for this call (a redirect, `401`, `403`,
+    /// `409`, `415`, `422`, an unknown `400`/`404` body, another status). Nothing was
+    /// changed. About one order's call it is that order's problem unless the service
+    /// gives it for other orders too (a wrong base URL); see
+    /// [`crate::schedule::Health::record`]. About the list, it ends the cycle.
+    Unexpected { status: u16, detail: String },
+    /// Something no retry will fix in this cycle (the process out of resources): stop
+    /// the cycle.
     Fatal { detail: String },
 }
 
@@ -124,7 +131,9 @@ impl fmt::Display for CallError {
             CallError::Rejected { status, reason } => write!(f, "rejected ({status}): {reason}"),
             CallError::Transient { detail, .. } => write!(f, "{detail}"),
             CallError::InDoubt { detail, .. } => write!(f, "in doubt: {detail}"),
-            CallError::Fatal { detail } => write!(f, "{detail}"),
+            CallError::Unexpected { detail, .. } | CallError::Fatal { detail } => {
+                write!(f, "{detail}")
+            }
         }
     }
 }
@@ -154,7 +163,7 @@ impl Call<'_> {
     /// What a non-2xx reply means: a `400`/`404` with one of the route's
     /// [`refusals`](Call::refusals) refuses this request; the usual overload statuses
     /// are transient; anything else (an unknown `400`/`404`, a redirect, `401`, `403`,
-    /// `415`, other `5xx`) is a misconfiguration that no retry fixes, said with the URL
+    /// `409`, `415`, `422`, other `5xx`) is [`CallError::Unexpected`], said with the URL
     /// and what to check. `500` is transient: the Stock Service answers it before
     /// changing anything (but at a failed commit), and the idempotency key makes a
     /// repeat safe on a service that honours it.
@@ -172,7 +181,8 @@ impl Call<'_> {
                     reason: reply.describe(),
                 }
             }
-            400 | 404 => CallError::Fatal {
+            400 | 404 => CallError::Unexpected {
+                status: reply.status,
                 detail: format!(
                     "{what} answered {} at {url}: {}; the {service} gives no such answer there: \
                      is {variable} the {service}'s base URL?",
@@ -186,9 +196,11 @@ impl Call<'_> {
                 slow,
                 status: Some(reply.status),
             },
-            status => CallError::Fatal {
+            status => CallError::Unexpected {
+                status,
                 detail: format!(
-                    "{what} answered {status} at {url}: {}; no retry fixes that: check {variable}",
+                    "{what} answered {status} at {url}: {}: outside the {service}'s contract \
+                     (if it answers every call so, check {variable})",
                     short_body(reply)
                 ),
             },

@@ -965,7 +965,7 @@ mod tests {
         };
         assert!(matches!(
             list.from_status(&reply(404, r#"{"error": "Order not found"}"#), false),
-            CallError::Fatal { .. }
+            CallError::Unexpected { status: 404, .. }
         ));
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(
@@ -976,11 +976,11 @@ mod tests {
                 "{s}"
             );
         }
-        for s in [301, 308, 401, 403, 405, 415] {
+        for s in [301, 308, 401, 403, 405, 409, 415, 422] {
             assert!(
                 matches!(
                     update().from_status(&reply(s, ""), false),
-                    CallError::Fatal { .. }
+                    CallError::Unexpected { status, .. } if status == s
                 ),
                 "{s}"
             );
@@ -998,9 +998,10 @@ mod tests {
             (400, r#"{"error": "Insufficient stock"}"#),
             (404, ""),
         ] {
-            let CallError::Fatal { detail } = update().from_status(&reply(status, body), false)
+            let CallError::Unexpected { detail, .. } =
+                update().from_status(&reply(status, body), false)
             else {
-                panic!("{status} {body}: not fatal");
+                panic!("{status} {body}: not unexpected");
             };
             assert!(
                 detail.starts_with(&format!(

@@ -25,6 +25,14 @@ pub enum Outcome {
     StatusRefused { status: OrderStatus, reason: String },
     /// `--dry-run`: nothing was changed.
     DryRun,
+    /// An answer about this order alone went wrong (outside the contract, or a stall
+    /// while the service answered others): the order is held back and tried again on a
+    /// backoff of its own. `status`: decided (stock taken for `ready`), only its update
+    /// is left; `None`: nothing taken, it stays `registered`.
+    Quarantined {
+        status: Option<OrderStatus>,
+        reason: String,
+    },
 }
 
 /// Why an order was left `registered`.
@@ -41,8 +49,15 @@ pub enum Deferral {
 
 impl Outcome {
     /// Every outcome's name, as the logs and the `outcome` metric attribute give it.
-    pub const NAMES: [&'static str; 7] = [
-        "ready", "blocked", "unknown", "deferred", "pending", "refused", "dry-run",
+    pub const NAMES: [&'static str; 8] = [
+        "ready",
+        "blocked",
+        "unknown",
+        "deferred",
+        "pending",
+        "refused",
+        "dry-run",
+        "quarantined",
     ];
 
     /// The outcome's name in logs and the summary.
@@ -55,6 +70,7 @@ impl Outcome {
             Outcome::Pending { .. } => "pending",
             Outcome::StatusRefused { .. } => "refused",
             Outcome::DryRun => "dry-run",
+            Outcome::Quarantined { .. } => "quarantined",
         }
     }
 
@@ -65,7 +81,8 @@ impl Outcome {
             | Outcome::Unknown { reason }
             | Outcome::Deferred { reason, .. }
             | Outcome::Pending { reason, .. }
-            | Outcome::StatusRefused { reason, .. } => reason,
+            | Outcome::StatusRefused { reason, .. }
+            | Outcome::Quarantined { reason, .. } => reason,
         }
     }
 
@@ -90,6 +107,7 @@ impl Outcome {
             } => "misconfigured",
             Outcome::Pending { .. } => "status_not_set",
             Outcome::StatusRefused { .. } => "status_refused",
+            Outcome::Quarantined { .. } => "quarantined",
         }
     }
 
@@ -125,6 +143,9 @@ pub enum Next {
     Retry(String),
     /// Nothing was taken and no attempt will work in this cycle.
     Defer(String, Deferral),
+    /// Nothing was taken, and the answer is outside the contract: the order's trouble
+    /// or the service's, as its health judges.
+    Odd(String),
 }
 
 /// The pure decision after the decrease: taken -> ready; refused -> blocked; in doubt
@@ -141,6 +162,7 @@ pub fn after_decrease(result: &Result<(), CallError>) -> Next {
             format!("{detail}; stock may have been taken, reconcile by hand"),
         ),
         Err(e @ CallError::Transient { .. }) => Next::Retry(e.to_string()),
+        Err(e @ CallError::Unexpected { .. }) => Next::Odd(e.to_string()),
         Err(e @ CallError::Fatal { .. }) => Next::Defer(e.to_string(), Deferral::Fatal),
     }
 }
@@ -171,7 +193,16 @@ pub fn after_status_update(
     }
 }
 
-fn join(a: &str, b: &str) -> String {
+/// `text` cut to at most `max` characters (an ellipsis marks the cut).
+pub fn shorten(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", text.get(..at).unwrap_or_default()).into(),
+        None => text.into(),
+    }
+}
+
+/// Two reasons in one: the decision's, then the last cause.
+pub fn join(a: &str, b: &str) -> String {
     if a.is_empty() {
         b.to_string()
     } else {
@@ -203,6 +234,10 @@ mod tests {
                 reason: reason(),
             },
             Outcome::DryRun,
+            Outcome::Quarantined {
+                status: None,
+                reason: reason(),
+            },
         ]
         .iter()
         .map(Outcome::name)

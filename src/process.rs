@@ -16,7 +16,7 @@ use crate::outcome::{
     Deferral, Next, Outcome, SIMULATED_STOCK_FAILURE, after_decrease, after_status_update,
 };
 use crate::retry::{Attempts, RetryPolicy, pace};
-use crate::schedule::{Pace, Service, Verdict};
+use crate::schedule::{Pace, Service, Subject, Verdict};
 use crate::stock::StockClient;
 use crate::telemetry::instrument::{self, OrderSpan};
 use opentelemetry::KeyValue;
@@ -91,6 +91,11 @@ pub struct Task {
     /// in an earlier cycle or run for a resumed update).
     drawn: bool,
     span: OrderSpan,
+    /// When its status was decided (a resumed update: when it was taken up again), for
+    /// `once`'s `--pending-deadline`.
+    decided_at: Option<std::time::Instant>,
+    /// Times the order was quarantined before (its backoff grows with them).
+    quarantined: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +134,40 @@ impl Task {
         self.span.span_context()
     }
 
+    /// The decided status, when the order is at its status update.
+    pub fn decided(&self) -> Option<OrderStatus> {
+        match self.step {
+            Step::Decrease => None,
+            Step::Status { status, .. } => Some(status),
+        }
+    }
+
+    /// The reason its status was decided with (empty at the decrease, or for `ready`).
+    pub fn decision_reason(&self) -> &str {
+        match &self.step {
+            Step::Decrease => "",
+            Step::Status { reason, .. } => reason,
+        }
+    }
+
+    /// When its status was decided, or taken up again after a restart.
+    pub fn decided_at(&self) -> Option<std::time::Instant> {
+        self.decided_at
+    }
+
+    pub fn set_decided_at(&mut self, at: std::time::Instant) {
+        self.decided_at = Some(at);
+    }
+
+    /// Times the order was quarantined before.
+    pub fn quarantined(&self) -> u32 {
+        self.quarantined
+    }
+
+    pub fn set_quarantined(&mut self, times: u32) {
+        self.quarantined = times;
+    }
+
     /// The outcome of a task that cannot go on in this cycle (a stop was requested, or
     /// its service is down): nothing taken yet leaves it registered; a decided order
     /// keeps its status update pending.
@@ -140,11 +179,7 @@ impl Task {
             },
             Step::Status { status, reason, .. } => Outcome::Pending {
                 status: *status,
-                reason: if reason.is_empty() {
-                    format!("status not set: {why}")
-                } else {
-                    format!("{reason}; status not set: {why}")
-                },
+                reason: crate::outcome::join(reason, &format!("status not set: {why}")),
             },
         }
     }
@@ -184,11 +219,17 @@ pub enum StepEnd {
     /// The step failed transiently: again at this service, after the delay or sooner as
     /// the pace allows ([`crate::schedule::Scheduler::retry_at`]).
     Again(Task, Service, Duration, Pace),
+    /// The service answered outside its contract (nothing was changed): the order is
+    /// quarantined, or tried again once another call has probed the service, as the
+    /// service's health judges ([`crate::schedule::Health::record_from`]). The reason.
+    Odd(Task, Service, String),
 }
 
 /// What one request told about the service it called.
 pub struct Call {
     pub service: Service,
+    /// What the call was about.
+    pub subject: Subject,
     pub verdict: Verdict,
     /// What went wrong, for the log lines; empty for a success.
     pub detail: String,
@@ -198,9 +239,10 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn of<T>(service: Service, result: &Result<T, CallError>) -> Call {
+    pub fn of<T>(service: Service, subject: Subject, result: &Result<T, CallError>) -> Call {
         Call {
             service,
+            subject,
             verdict: verdict(result),
             detail: detail(result),
             answered: answered(result),
@@ -211,7 +253,10 @@ impl Call {
 /// True when the service answered the call, whatever its status.
 pub fn answered<T>(result: &Result<T, CallError>) -> bool {
     match result {
-        Ok(_) | Err(CallError::Rejected { .. } | CallError::Fatal { .. }) => true,
+        Ok(_)
+        | Err(
+            CallError::Rejected { .. } | CallError::Unexpected { .. } | CallError::Fatal { .. },
+        ) => true,
         Err(CallError::Transient { status, .. }) => status.is_some(),
         Err(CallError::InDoubt { status, .. }) => status.is_some(),
     }
@@ -286,15 +331,23 @@ impl Journey {
     }
 
     /// A new order, taken from the list: its span starts (a trace of its own, linked
-    /// to the cycle's), its first step is the decrease.
-    pub fn take(&self, order: Order, cycle: Option<SpanContext>) -> Task {
+    /// to the cycle's, or the trace it started in an earlier cycle), its first step is
+    /// the decrease.
+    pub fn take(
+        &self,
+        order: Order,
+        cycle: Option<SpanContext>,
+        trace: Option<SpanContext>,
+    ) -> Task {
         Task {
-            span: OrderSpan::start(|| span_attributes(&order), || baggage(&order), cycle, None),
+            span: OrderSpan::start(|| span_attributes(&order), || baggage(&order), cycle, trace),
             order,
             step: Step::Decrease,
             attempts: Attempts::default(),
             sent: 0,
             drawn: false,
+            decided_at: None,
+            quarantined: 0,
         }
     }
 
@@ -324,6 +377,8 @@ impl Journey {
             attempts: Attempts::default(),
             sent: 0,
             drawn: true,
+            decided_at: Some(std::time::Instant::now()),
+            quarantined: 0,
         }
     }
 
@@ -408,7 +463,7 @@ impl Journey {
         let result = self.stock.decrease(&order, task.sent);
         task.sent += 1;
 
-        let call = Some(Call::of(Service::Stock, &result));
+        let call = Some(Call::of(Service::Stock, Subject::Order(order.id), &result));
         if result.is_ok() && instrument::active() {
             let wood = KeyValue::new("wood_type", order.wood_type.as_str());
             instrument::instruments()
@@ -417,6 +472,14 @@ impl Journey {
         }
         match after_decrease(&result) {
             Next::SetStatus(status, reason) => self.decide(task, status, reason, call),
+            Next::Odd(reason) => {
+                // Nothing was taken: the order is no longer in flight.
+                self.journal_finished(&order);
+                Ran {
+                    end: StepEnd::Odd(task, Service::Stock, reason),
+                    call,
+                }
+            }
             Next::Defer(reason, cause) => {
                 // Nothing was taken: the order is no longer in flight.
                 self.journal_finished(&order);
@@ -467,6 +530,7 @@ impl Journey {
             reason,
             recorded,
         };
+        task.decided_at = Some(std::time::Instant::now());
         task.attempts = Attempts::default();
         task.sent = 0;
         Ran {
@@ -505,7 +569,7 @@ impl Journey {
         }
         let result = self.orders.set_status(order.id, status, task.sent);
         task.sent += 1;
-        let call = Some(Call::of(Service::Orders, &result));
+        let call = Some(Call::of(Service::Orders, Subject::Order(order.id), &result));
         let end = match result {
             Ok(()) => {
                 self.journal_finished(&order);
@@ -523,6 +587,9 @@ impl Journey {
                     started.elapsed().as_millis(),
                 );
                 StepEnd::Again(task, Service::Orders, delay, pace(&error))
+            }
+            Err(CallError::Unexpected { detail, .. }) => {
+                StepEnd::Odd(task, Service::Orders, detail)
             }
             Err(error) => StepEnd::Finished(task, after_status_update(status, reason, Err(error))),
         };
@@ -563,11 +630,17 @@ impl Journey {
     /// tests of the journal.
     #[cfg(test)]
     pub(crate) fn run_to_end(&mut self, order: Order) -> Outcome {
-        let mut task = self.take(order, None);
+        let mut task = self.take(order, None, None);
         loop {
             match self.step(task).end {
                 StepEnd::Finished(_, outcome) => return outcome,
                 StepEnd::Then(next, _) | StepEnd::Again(next, ..) => task = next,
+                StepEnd::Odd(task, _, reason) => {
+                    return Outcome::Quarantined {
+                        status: task.decided(),
+                        reason,
+                    };
+                }
             }
         }
     }
@@ -609,6 +682,7 @@ pub fn verdict<T>(result: &Result<T, CallError>) -> Verdict {
         Err(CallError::Transient { slow: true, .. } | CallError::InDoubt { status: None, .. }) => {
             Verdict::Stalled
         }
+        Err(CallError::Unexpected { detail, .. }) => Verdict::Odd(detail.clone()),
         Err(CallError::Fatal { detail }) => Verdict::Broken(detail.clone()),
     }
 }

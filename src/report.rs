@@ -30,6 +30,11 @@ pub struct CycleReport {
     pub carried: u64,
     /// The registered list could not be fetched (from the start, or part way).
     pub list_failed: bool,
+    /// Orders in quarantine at the end of the cycle (held back after an answer about
+    /// them alone went wrong; see `Outcome::Quarantined`).
+    pub quarantined: u64,
+    /// Quarantined orders seen in the list and left alone (their quarantine not over).
+    pub held: u64,
     /// Why the cycle stopped taking orders before the end of the list, if it did.
     pub ended_early: Option<String>,
     pub duration: Duration,
@@ -39,11 +44,14 @@ impl CycleReport {
     /// True when every fetched order reached a final state and nothing is left to retry:
     /// `once` exits 0 then, 1 otherwise.
     pub fn complete(&self) -> bool {
-        !self.list_failed
-            && self.ended_early.is_none()
-            && self.deferred == 0
-            && self.pending == 0
-            && self.skipped == 0
+        self.went_through() && self.pending == 0 && self.quarantined == 0
+    }
+
+    /// True when the cycle went through its list and left nothing new behind: orders
+    /// pending or quarantined were named when they got stuck (and in the reminders),
+    /// so a cycle that only carries them is not a warning again.
+    pub fn went_through(&self) -> bool {
+        !self.list_failed && self.ended_early.is_none() && self.deferred == 0 && self.skipped == 0
     }
 
     /// Adds the outcomes of a later round of the same run (`once`'s wait for pending
@@ -68,6 +76,7 @@ impl CycleReport {
             (self.unknown, "unknown"),
             (self.deferred, "deferred"),
             (self.pending, "pending"),
+            (self.quarantined, "quarantined"),
             (self.waiting, "waiting"),
             (self.skipped, "skipped"),
             (self.dry_run, "dry run"),
@@ -102,6 +111,8 @@ impl CycleReport {
             Outcome::Pending { .. } => {} // counted from the pending list at the end
             Outcome::StatusRefused { .. } => self.skipped += 1,
             Outcome::DryRun => self.dry_run += 1,
+            // Counted from the quarantine at the end.
+            Outcome::Quarantined { .. } => {}
         }
     }
 }

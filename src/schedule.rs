@@ -67,7 +67,41 @@ pub enum Verdict {
     Stalled,
     /// An answer no retry fixes (a wrong URL, `415`...): down for this cycle at once.
     Broken(String),
+    /// An answer the contract does not list (`409`, `422`, an unknown `400`...): about
+    /// the list it is [`Verdict::Broken`]; about one order, see [`Health::record_from`].
+    Odd(String),
 }
+
+/// What a call was about: the list, or one order (by id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    List,
+    Order(u64),
+}
+
+/// Whose problem a failed call about one order is (see [`Health::record_from`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Blame {
+    /// Nothing to say about the order: the call went well, or failed as any call may.
+    #[default]
+    Nobody,
+    /// The order's own: the service answers other calls. The order is quarantined and
+    /// the service keeps its state.
+    Order,
+    /// The service's: it fails for other orders too (or nothing shows it answers
+    /// others). The orders listed were blamed earlier in the same run of failures and
+    /// were not at fault: they leave quarantine.
+    Service(Vec<u64>),
+}
+
+/// Orders in a row answered outside the contract by one service, with no answer
+/// within it between, that take the service down for the cycle (a wrong base URL
+/// answers every order so).
+pub const ODD_ORDERS_DOWN: usize = 3;
+
+/// How long a good answer about another subject counts as evidence that a service
+/// answers, when one order's call fails.
+pub const EVIDENCE_AGE: Duration = Duration::from_secs(60);
 
 /// The thresholds of [`Health`]. See docs/how-it-works.md, "When a service fails".
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +271,12 @@ pub struct Health {
     stalled_out: bool,
     state: State,
     budget: Budget,
+    /// The subject of the last call answered within the contract, and when: evidence
+    /// that the service answers, kept across cycles ([`Scheduler::reset_health`]).
+    last_fine: Option<(Subject, Instant)>,
+    /// The orders whose calls failed in a way one order can cause (an odd answer, a
+    /// stall of the Order Service) since the last answer within the contract.
+    streak: Vec<u64>,
 }
 
 impl Health {
@@ -251,6 +291,8 @@ impl Health {
             stalled_out: false,
             state: State::Up,
             budget: Budget::default(),
+            last_fine: None,
+            streak: Vec::new(),
         }
     }
 
@@ -285,9 +327,78 @@ impl Health {
         }
     }
 
-    /// Records the result of a call that went out at a time it was [`Health::usable`].
-    /// `detail` says what went wrong, for the log lines.
+    /// Records the result of a call about the list ([`Health::record_from`]).
     pub fn record(&mut self, rules: &Rules, now: Instant, verdict: Verdict, detail: &str) {
+        self.record_from(rules, now, verdict, detail, Subject::List);
+    }
+
+    /// Records the result of a call about `subject` that went out at a time it was
+    /// [`Health::usable`]; `detail` says what went wrong, for the log lines.
+    ///
+    /// A service is judged by its failures across calls and orders, never by one
+    /// order's answers. A failure one order can cause (an answer outside the contract;
+    /// a stall of the Order Service) is that order's ([`Blame::Order`]: the service
+    /// keeps its state) when the service answered another subject within the contract
+    /// in the last [`EVIDENCE_AGE`] and no other order failed so since. Otherwise it
+    /// counts against the service ([`Blame::Service`]): out for a cool-down, so that a
+    /// call about another subject probes it; [`ODD_ORDERS_DOWN`] orders in a row
+    /// answered outside the contract take it down for the cycle.
+    pub fn record_from(
+        &mut self,
+        rules: &Rules,
+        now: Instant,
+        verdict: Verdict,
+        detail: &str,
+        subject: Subject,
+    ) -> Blame {
+        let verdict = match (verdict, subject) {
+            (Verdict::Odd(why), Subject::List) => Verdict::Broken(why),
+            (verdict, _) => verdict,
+        };
+        let order_kind = match (&verdict, subject) {
+            (Verdict::Odd(_), Subject::Order(id)) => Some(id),
+            (Verdict::Stalled, Subject::Order(id)) if self.service == Service::Orders => Some(id),
+            _ => None,
+        };
+        let mut blame = Blame::Nobody;
+        if verdict == Verdict::Answered {
+            self.last_fine = Some((subject, now));
+            self.streak.clear();
+        }
+        if let Some(id) = order_kind {
+            let alone = self.streak.iter().all(|&o| o == id);
+            let evidence = self.last_fine.is_some_and(|(s, at)| {
+                s != subject && now.saturating_duration_since(at) <= EVIDENCE_AGE
+            });
+            if !self.streak.contains(&id) {
+                self.streak.push(id);
+            }
+            if alone && evidence {
+                // The order's own trouble: counted in the window, nothing more.
+                self.budget.call(now);
+                let mask = (1u64 << rules.window.clamp(1, 63)) - 1;
+                self.recent = ((self.recent << 1) | 1) & mask;
+                self.seen = (self.seen + 1).min(rules.window);
+                return Blame::Order;
+            }
+            blame = Blame::Service(self.streak.iter().copied().filter(|&o| o != id).collect());
+        }
+        let verdict = match verdict {
+            Verdict::Odd(why) if self.streak.len() >= ODD_ORDERS_DOWN => {
+                let why = format!(
+                    "{} answered {} orders in a row outside its contract; last: {why}",
+                    self.service.name(),
+                    self.streak.len()
+                );
+                Verdict::Broken(why)
+            }
+            verdict => verdict,
+        };
+        self.record_verdict(rules, now, verdict, detail);
+        blame
+    }
+
+    fn record_verdict(&mut self, rules: &Rules, now: Instant, verdict: Verdict, detail: &str) {
         let probe = matches!(self.state, State::Out { .. });
         let failed = verdict != Verdict::Answered;
         self.budget.call(now);
@@ -344,9 +455,12 @@ impl Health {
                     ),
                 };
             }
-            Verdict::Failed | Verdict::Stalled => {
+            // An odd answer not blamed on its order: out, so that a call about another
+            // subject probes the service.
+            Verdict::Failed | Verdict::Stalled | Verdict::Odd(_) => {
                 let stalled = verdict == Verdict::Stalled;
-                let tripped = stalled || self.recent.count_ones() >= rules.failures;
+                let odd = matches!(verdict, Verdict::Odd(_));
+                let tripped = stalled || odd || self.recent.count_ones() >= rules.failures;
                 if !(probe || tripped) {
                     return;
                 }
@@ -355,6 +469,8 @@ impl Health {
                 }
                 let what = if stalled {
                     "stalled".to_string()
+                } else if odd {
+                    "answered outside its contract".to_string()
                 } else {
                     format!(
                         "failed {} of its last {} calls",
@@ -486,6 +602,19 @@ impl<T> Scheduler<T> {
         self.health[service.index()].record(&self.rules, now, verdict, detail);
     }
 
+    /// Records what a call about `subject` told about `service`, and whose problem a
+    /// failure is ([`Health::record_from`]).
+    pub fn record_from(
+        &mut self,
+        service: Service,
+        now: Instant,
+        verdict: Verdict,
+        detail: &str,
+        subject: Subject,
+    ) -> Blame {
+        self.health[service.index()].record_from(&self.rules, now, verdict, detail, subject)
+    }
+
     /// Puts a task to wait until `due`, for `service`. The cap is enforced by
     /// [`Scheduler::next`] not taking new orders, so a retry is never refused.
     pub fn wait(&mut self, service: Service, due: Instant, task: T) {
@@ -510,8 +639,12 @@ impl<T> Scheduler<T> {
     /// reach the service while the stalled request is still torn down.
     pub fn reset_health(&mut self) {
         let settle = self.health[Service::Stock.index()].settle_until;
+        let fine = self.health.each_ref().map(|h| h.last_fine);
         self.health = [Health::new(Service::Orders), Health::new(Service::Stock)];
         self.health[Service::Stock.index()].settle_until = settle;
+        for (health, fine) in self.health.iter_mut().zip(fine) {
+            health.last_fine = fine;
+        }
     }
 
     /// When a failed attempt at `service` goes again: at once where [`Pace`] allows it
@@ -649,6 +782,98 @@ mod tests {
             retry_budget: 0.5,
             retry_floor_per_second: 1,
         }
+    }
+
+    fn odd() -> Verdict {
+        Verdict::Odd("answered 409".into())
+    }
+
+    #[test]
+    fn an_odd_answer_about_one_order_is_the_orders_when_the_service_answers_others() {
+        let r = rules();
+        let t0 = Instant::now();
+        for service in Service::ALL {
+            let mut h = Health::new(service);
+            h.record_from(&r, t0, Verdict::Answered, "", Subject::List);
+            // Again and again for the same order: always its own, the service stays up.
+            for _ in 0..30 {
+                let blame = h.record_from(&r, t0, odd(), "409", Subject::Order(1));
+                assert_eq!(blame, Blame::Order);
+                assert!(h.usable(t0), "{:?}", h.state());
+            }
+            // A stall of the Order Service on one order's call, likewise.
+            if service == Service::Orders {
+                let blame = h.record_from(&r, t0, Verdict::Stalled, "", Subject::Order(1));
+                assert_eq!(blame, Blame::Order);
+                assert!(h.usable(t0));
+            }
+        }
+    }
+
+    #[test]
+    fn odd_answers_for_several_orders_are_the_services_and_release_the_first() {
+        let r = rules();
+        let t0 = Instant::now();
+        let mut h = Health::new(Service::Stock);
+        h.record_from(&r, t0, Verdict::Answered, "", Subject::Order(9));
+        assert_eq!(
+            h.record_from(&r, t0, odd(), "", Subject::Order(1)),
+            Blame::Order
+        );
+        // A second order without a good answer between: the service's, order 1 released.
+        let blame = h.record_from(&r, t0, odd(), "", Subject::Order(2));
+        assert_eq!(blame, Blame::Service(vec![1]));
+        assert!(!h.usable(t0), "out, so that another call probes it");
+        let later = t0 + Duration::from_secs(2);
+        assert!(h.usable(later));
+        let blame = h.record_from(&r, later, odd(), "", Subject::Order(3));
+        assert_eq!(blame, Blame::Service(vec![1, 2]));
+        assert!(
+            h.down()
+                .is_some_and(|why| why.contains("3 orders in a row")),
+            "{:?}",
+            h.state()
+        );
+    }
+
+    #[test]
+    fn without_a_good_answer_to_another_subject_an_odd_answer_is_the_services() {
+        let r = rules();
+        let t0 = Instant::now();
+        let mut h = Health::new(Service::Stock);
+        assert_eq!(
+            h.record_from(&r, t0, odd(), "", Subject::Order(1)),
+            Blame::Service(vec![])
+        );
+        assert!(!h.usable(t0));
+        // Its own good answer shows nothing about others; old evidence expires.
+        let mut h = Health::new(Service::Orders);
+        h.record_from(&r, t0, Verdict::Answered, "", Subject::Order(1));
+        assert_eq!(
+            h.record_from(&r, t0, odd(), "", Subject::Order(1)),
+            Blame::Service(vec![])
+        );
+        let mut h = Health::new(Service::Orders);
+        h.record_from(&r, t0, Verdict::Answered, "", Subject::List);
+        let late = t0 + EVIDENCE_AGE + Duration::from_secs(1);
+        assert_eq!(
+            h.record_from(&r, late, Verdict::Stalled, "", Subject::Order(1)),
+            Blame::Service(vec![])
+        );
+        // About the list, an odd answer is a broken service at once.
+        let mut h = Health::new(Service::Orders);
+        h.record_from(&r, t0, odd(), "404", Subject::List);
+        assert!(h.down().is_some());
+    }
+
+    #[test]
+    fn evidence_outlives_a_new_cycle() {
+        let mut s: Scheduler<u32> = Scheduler::new(rules(), 10);
+        let t0 = Instant::now();
+        s.record_from(Service::Orders, t0, Verdict::Answered, "", Subject::List);
+        s.reset_health();
+        let blame = s.record_from(Service::Orders, t0, odd(), "", Subject::Order(4));
+        assert_eq!(blame, Blame::Order);
     }
 
     fn open(new_orders: bool, next_page: Option<Instant>) -> Work {

@@ -270,6 +270,23 @@ impl Started {
                 }
             );
         }
+        let (quarantined, orders) = self.worker.quarantined_orders();
+        if quarantined > 0 {
+            if self.state_file {
+                log::warn!(
+                    target: TARGET,
+                    "exiting with {quarantined} orders quarantined (an answer about each alone \
+                     went wrong): {orders}; the state file keeps them for the next run"
+                );
+            } else {
+                log::error!(
+                    target: TARGET,
+                    "exiting with {quarantined} orders quarantined (an answer about each alone \
+                     went wrong) and no state file: {orders}; a new run will not know the stock \
+                     of the ready ones is taken: set those orders by hand"
+                );
+            }
+        }
         let pending = self.worker.pending();
         if pending == 0 {
             return;

@@ -156,7 +156,7 @@ mod tests {
             ),
         ] {
             let e = decrease().from_status(&reply(status, body), false);
-            let CallError::Fatal { detail } = &e else {
+            let CallError::Unexpected { detail, .. } = &e else {
                 panic!("{status} {body}: {e:?}");
             };
             assert!(
@@ -220,10 +220,13 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_content_type_stops_the_cycle() {
+    fn a_refused_content_type_or_a_redirect_is_outside_the_contract() {
         for (status, body) in [(415, "<!doctype html>"), (308, "")] {
             let e = decrease().from_status(&reply(status, body), false);
-            assert!(matches!(e, CallError::Fatal { .. }), "{status}: {e:?}");
+            assert!(
+                matches!(e, CallError::Unexpected { status: s, .. } if s == status),
+                "{status}: {e:?}"
+            );
         }
     }
 

@@ -17,7 +17,7 @@ use crate::pager::{PageEnd, Pager};
 use crate::process::{Call, InFlight, Journal, Journey, NoJournal, StepEnd, Task, order_fields};
 pub use crate::report::CycleReport;
 use crate::retry::{Attempts, pace};
-use crate::schedule::{Next, Rules, Scheduler, Service, Work};
+use crate::schedule::{Blame, Next, Rules, Scheduler, Service, Subject, Work};
 use crate::stop::Stop;
 use crate::telemetry::instrument::{self, Scope};
 use opentelemetry::KeyValue;
@@ -31,6 +31,25 @@ pub const WAITING_CAP: usize = 1024;
 /// retried from the next). At the cap the cycle takes no new orders, so that a failing
 /// Order Service cannot pile up decided orders without bound (about 150 bytes each).
 pub const PENDING_CAP: usize = 4096;
+
+/// Orders that may be in quarantine at once ([`Outcome::Quarantined`]). At the cap the
+/// cycle takes no new orders: a service that answers every order oddly, one by one,
+/// cannot grow the quarantine without bound (about 200 bytes each).
+pub const QUARANTINE_CAP: usize = 1000;
+
+/// An order's first quarantine; each further one doubles it, up to
+/// [`QUARANTINE_MAX`].
+pub const QUARANTINE_FIRST: Duration = Duration::from_secs(10);
+
+/// The longest quarantine.
+pub const QUARANTINE_MAX: Duration = Duration::from_secs(300);
+
+/// The quarantined and pending orders are named again at most this often.
+pub const REMINDER_EVERY: Duration = Duration::from_secs(600);
+
+/// After an answer not blamed on its order, the order waits this much past the
+/// service's cool-down, so that a call about another subject probes the service first.
+const SUSPECT_GAP: Duration = Duration::from_millis(50);
 
 /// Orders this process decided (`ready`, `blocked`, `unknown`) that it remembers: one
 /// listed as `registered` again (a service that lost the update, or a stale list) gets
@@ -51,9 +70,61 @@ pub const STOP_GRACE: Duration = Duration::from_secs(4);
 struct PendingUpdate {
     order: Order,
     status: OrderStatus,
+    /// The decision's reason (the last cause of the delay is in the log line, not here:
+    /// a reason never grows).
     reason: String,
     /// The order's trace, continued by the retries.
     trace: Option<SpanContext>,
+    /// When it was decided (or taken up again after a restart).
+    decided_at: Option<Instant>,
+}
+
+/// An order held back after an answer about it alone went wrong.
+#[derive(Debug, Clone)]
+struct Quarantined {
+    order: Order,
+    /// Decided: only its status update is left, never given up. `None`: nothing
+    /// taken; the order is taken again when it is listed after `due`.
+    status: Option<OrderStatus>,
+    /// The decision's reason.
+    decision: String,
+    /// The last cause.
+    cause: String,
+    /// Times quarantined in a row.
+    times: u32,
+    due: Instant,
+    trace: Option<SpanContext>,
+    decided_at: Option<Instant>,
+}
+
+/// Traces of orders left `registered` (deferred) that this process remembers, so that
+/// one taken again in a later cycle continues its first trace: the last
+/// [`RECENT_DECISIONS`], oldest forgotten first (about 60 bytes each).
+#[derive(Debug, Default)]
+struct Traces {
+    order: VecDeque<u64>,
+    trace: HashMap<u64, SpanContext>,
+}
+
+impl Traces {
+    fn insert(&mut self, id: u64, trace: SpanContext) {
+        if !trace.is_valid() {
+            return;
+        }
+        if self.trace.insert(id, trace).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > RECENT_DECISIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.trace.remove(&old);
+            }
+        }
+    }
+
+    fn take(&mut self, id: u64) -> Option<SpanContext> {
+        // Its place in `order` goes when it comes up there.
+        self.trace.remove(&id)
+    }
 }
 
 /// The last [`RECENT_DECISIONS`] decisions, oldest forgotten first.
@@ -95,6 +166,8 @@ pub struct Worker {
     /// handled again by this process, stay in the state file, and are named at exit.
     refused: BTreeMap<u64, OrderStatus>,
     recent: Recent,
+    /// Traces of deferred orders, continued when they are taken again.
+    deferred: Traces,
     pending_cap: usize,
     max_orders_per_cycle: u64,
     /// `once`: how long pending status updates are tried after the cycle.
@@ -109,6 +182,14 @@ pub struct Worker {
     quiet_success: bool,
     /// Rewritten as orders finish and after every cycle, for `healthcheck`.
     heartbeat: Option<Heartbeat>,
+    /// Orders held back after an answer about them alone went wrong, by id.
+    quarantine: BTreeMap<u64, Quarantined>,
+    quarantine_cap: usize,
+    /// When the quarantined and pending orders were last named (or the first entered).
+    reminded: Option<Instant>,
+    /// `once`: a decided order's status update is left pending this long after its
+    /// decision (`--pending-deadline`), whatever its retries ask.
+    decision_deadline: Option<Duration>,
 }
 
 /// One cycle's state.
@@ -143,6 +224,11 @@ struct Cycle {
     until: Option<Instant>,
     /// Between two cycles of `run`: the outcomes reached now are of carried orders.
     between: bool,
+    /// Quarantined orders listed again once their quarantine was over: the times they
+    /// were quarantined and their trace, for the task taken from the page.
+    requeued: HashMap<u64, (u32, Option<SpanContext>)>,
+    /// Quarantined orders seen in the list in this cycle (the others left it).
+    listed: HashSet<u64>,
 }
 
 impl Cycle {
@@ -184,7 +270,17 @@ impl Cycle {
             grace: true,
             until: None,
             between: false,
+            requeued: HashMap::new(),
+            listed: HashSet::new(),
         }
+    }
+
+    /// True when the cycle saw the whole list (an order not in it has left it).
+    fn saw_whole_list(&self) -> bool {
+        self.next_page.is_none()
+            && self.page.is_empty()
+            && !self.report.list_failed
+            && self.report.ended_early.is_none()
     }
 
     /// No more new orders in this cycle; the rest stay registered.
@@ -226,6 +322,7 @@ impl Worker {
             pending: BTreeMap::new(),
             refused: BTreeMap::new(),
             recent: Recent::default(),
+            deferred: Traces::default(),
             pending_cap: PENDING_CAP,
             max_orders_per_cycle: config.max_orders_per_cycle,
             pending_deadline: config.pending_deadline,
@@ -234,6 +331,10 @@ impl Worker {
             idle: true,
             quiet_success: false,
             heartbeat: None,
+            quarantine: BTreeMap::new(),
+            quarantine_cap: QUARANTINE_CAP,
+            reminded: None,
+            decision_deadline: None,
         };
         for (order, state, trace) in recovered {
             let (status, reason) = match state {
@@ -263,6 +364,7 @@ impl Worker {
                     status,
                     reason,
                     trace,
+                    decided_at: Some(Instant::now()),
                 },
             );
         }
@@ -288,6 +390,25 @@ impl Worker {
     /// Orders whose status update is still pending.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Sets `once`'s `--pending-deadline`.
+    pub fn set_pending_deadline(&mut self, deadline: Duration) {
+        self.pending_deadline = deadline;
+    }
+
+    /// Sets the cap on quarantined orders ([`QUARANTINE_CAP`] by default).
+    pub fn set_quarantine_cap(&mut self, cap: usize) {
+        self.quarantine_cap = cap.max(1);
+    }
+
+    /// The quarantined orders, as a log line names them (`12 (ready), 15 (registered)`),
+    /// with how many there are.
+    pub fn quarantined_orders(&self) -> (usize, String) {
+        (
+            self.quarantine.len(),
+            name_quarantined(self.quarantine.values()),
+        )
     }
 
     /// The orders whose status update is pending, as a log line names them: `161
@@ -331,11 +452,38 @@ impl Worker {
     /// are tried until they land, a stop is requested, or `--pending-deadline` passes.
     pub fn cycle(&mut self) -> CycleReport {
         self.quiet_success = true;
+        self.decision_deadline = Some(self.pending_deadline);
+        // Updates left by an earlier run count from this one's start.
+        let now = Instant::now();
+        for update in self.pending.values_mut() {
+            update.decided_at = Some(now);
+        }
+        for q in self.quarantine.values_mut() {
+            q.decided_at = q.decided_at.map(|_| now);
+        }
         let mut report = self.cycle_with(None, false).0;
-        if !self.pending.is_empty() && !self.stop.requested() {
+        if self.settling() && !self.stop.requested() {
             self.settle(&mut report);
         }
+        report.quarantined = self.quarantine.len() as u64;
         report
+    }
+
+    /// The latest instant a status update left is still tried in `once`: each is
+    /// given `--pending-deadline` from its decision.
+    fn settle_deadline(&self) -> Option<Instant> {
+        let limit = self.pending_deadline;
+        self.pending
+            .values()
+            .map(|u| u.decided_at.unwrap_or_else(Instant::now) + limit)
+            .max()
+    }
+
+    /// `once` has pending status updates left to try. Quarantined ones do not hold it:
+    /// an answer about one order that went wrong is not mended in seconds; the next
+    /// run tries them (with the state file) when their quarantine is over.
+    fn settling(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// `once`'s wait for the status updates left pending by its cycle (their service
@@ -346,16 +494,18 @@ impl Worker {
     /// would take it again.
     fn settle(&mut self, report: &mut CycleReport) {
         let started = Instant::now();
-        let deadline = started + self.pending_deadline;
-        log::warn!(
+        let Some(deadline) = self.settle_deadline() else {
+            return;
+        };
+        log::info!(
             "{} status updates pending: orders {}; trying them until they land, a stop, or \
-             --pending-deadline ({} s)",
+             --pending-deadline ({} s from each decision)",
             self.pending.len(),
             self.pending_orders(),
             self.pending_deadline.as_secs_f64()
         );
         let mut round = 0;
-        while !self.pending.is_empty() {
+        while self.settling() {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -378,6 +528,7 @@ impl Worker {
             report.absorb(&cycle.report);
         }
         report.pending = self.pending.len() as u64;
+        report.quarantined = self.quarantine.len() as u64;
         if self.pending.is_empty() {
             log::info!(
                 "every pending status update landed, after {} ms",
@@ -400,8 +551,10 @@ impl Worker {
         );
         self.resume_pending(&mut cycle);
         self.run(&mut cycle);
+        self.forget_departed(&cycle);
         let mut report = std::mem::take(&mut cycle.report);
         report.pending = self.pending.len() as u64;
+        report.quarantined = self.quarantine.len() as u64;
         report.waiting = cycle.scheduler.len() as u64;
         report.duration = started.elapsed();
         self.log_summary(&report);
@@ -432,9 +585,15 @@ impl Worker {
             .cycle_duration
             .record(report.duration.as_secs_f64(), &shard);
         metrics.orders_pending.record(report.pending, &shard);
+        metrics
+            .orders_quarantined
+            .record(report.quarantined, &shard);
+        self.remind();
         // Only a cycle that saw the whole list knows how many orders were registered.
         if !report.list_failed && report.ended_early.is_none() {
-            metrics.orders_registered.record(report.fetched, &shard);
+            metrics
+                .orders_registered
+                .record(report.fetched + report.held, &shard);
         }
         (report, cycle)
     }
@@ -498,8 +657,11 @@ impl Worker {
             let outcome = task.abandon("stop requested", Deferral::Stopped);
             self.finish(cycle, task, outcome);
         }
-        // A stop is no error: the rest stays registered for the next run.
-        cycle.end_list_at("stop requested".into(), log::Level::Info);
+        // A stop is no error: the rest stays registered for the next run (said only
+        // when some of the list was left).
+        if !cycle.page.is_empty() || cycle.next_page.is_some() {
+            cycle.end_list_at("stop requested".into(), log::Level::Info);
+        }
         if !cycle.grace {
             self.abandon_all(cycle);
             return;
@@ -543,8 +705,16 @@ impl Worker {
     /// Every waiting order is left as it is (nothing taken yet: registered; decided:
     /// its status update pending).
     fn abandon_all(&mut self, cycle: &mut Cycle) {
+        let why = if self.stop.requested() {
+            "stop requested".to_string()
+        } else {
+            format!(
+                "--pending-deadline ({} s) passed",
+                self.pending_deadline.as_secs_f64()
+            )
+        };
         for task in cycle.scheduler.drain() {
-            let outcome = task.abandon("stop requested", Deferral::Stopped);
+            let outcome = task.abandon(&why, Deferral::Stopped);
             self.finish(cycle, task, outcome);
         }
     }
@@ -614,15 +784,118 @@ impl Worker {
     fn resume_pending(&mut self, cycle: &mut Cycle) {
         let now = Instant::now();
         for (id, update) in std::mem::take(&mut self.pending) {
-            let task = self.journey.resume(
+            let mut task = self.journey.resume(
                 update.order,
                 update.status,
                 update.reason,
                 update.trace,
                 cycle.link.clone(),
             );
+            if let Some(at) = update.decided_at {
+                task.set_decided_at(at);
+            }
             cycle.resumed.insert(id);
             cycle.scheduler.wait(Service::Orders, now, task);
+        }
+        // Quarantined status updates whose time has come.
+        let due: Vec<u64> = self
+            .quarantine
+            .values()
+            .filter(|q| q.status.is_some() && q.due <= now)
+            .map(|q| q.order.id)
+            .collect();
+        for id in due {
+            let Some(q) = self.quarantine.remove(&id) else {
+                continue;
+            };
+            let Some(status) = q.status else { continue };
+            let mut task =
+                self.journey
+                    .resume(q.order, status, q.decision, q.trace, cycle.link.clone());
+            if let Some(at) = q.decided_at {
+                task.set_decided_at(at);
+            }
+            task.set_quarantined(q.times);
+            cycle.resumed.insert(id);
+            cycle.scheduler.wait(Service::Orders, now, task);
+        }
+    }
+
+    /// Quarantined orders with nothing taken that a cycle which saw the whole list did
+    /// not find in it have left the registered list: forgotten.
+    fn forget_departed(&mut self, cycle: &Cycle) {
+        if !cycle.saw_whole_list() {
+            return;
+        }
+        self.quarantine.retain(|id, q| {
+            let keep = q.status.is_some() || cycle.listed.contains(id);
+            if !keep {
+                log::info!(
+                    "order {id}: no longer registered while quarantined (nothing was taken); \
+                     forgotten"
+                );
+            }
+            keep
+        });
+    }
+
+    /// Names the quarantined and pending orders at most every [`REMINDER_EVERY`].
+    fn remind(&mut self) {
+        if self.quarantine.is_empty() && self.pending.is_empty() {
+            self.reminded = None;
+            return;
+        }
+        let now = Instant::now();
+        let last = *self.reminded.get_or_insert(now);
+        if now.saturating_duration_since(last) < REMINDER_EVERY {
+            return;
+        }
+        self.reminded = Some(now);
+        let (count, orders) = self.quarantined_orders();
+        log::warn!(
+            quarantined = count as u64, pending = self.pending.len() as u64;
+            "still stuck: {count} orders quarantined (each tried again alone, on a backoff up \
+             to {} s){}{}; {} status updates pending{}{}",
+            QUARANTINE_MAX.as_secs(),
+            if count > 0 { ": " } else { "" },
+            orders,
+            self.pending.len(),
+            if self.pending.is_empty() { "" } else { ": orders " },
+            self.pending_orders()
+        );
+    }
+
+    /// Orders that entered quarantine in a run of failures the service has since shown
+    /// to be its own (it fails for other orders too) leave it: nothing taken, they are
+    /// taken again as usual; decided, their status update is pending as usual.
+    fn release(&mut self, orders: &[u64], service: Service) {
+        for id in orders {
+            let Some(q) = self.quarantine.get(id) else {
+                continue;
+            };
+            if q.times > 1 {
+                continue;
+            }
+            let Some(q) = self.quarantine.remove(id) else {
+                continue;
+            };
+            let _fields = order_fields(&q.order);
+            log::info!(
+                "order {id}: out of quarantine: the {} fails for other orders too",
+                service.name()
+            );
+            if let Some(status) = q.status {
+                self.pending.insert(
+                    *id,
+                    PendingUpdate {
+                        order: q.order,
+                        status,
+                        reason: q.decision,
+                        trace: q.trace,
+                        decided_at: q.decided_at,
+                    },
+                );
+            }
         }
     }
 
@@ -646,6 +919,14 @@ impl Worker {
                     self.pending.len()
                 ));
             }
+            if self.quarantine.len() >= self.quarantine_cap
+                && (!cycle.page.is_empty() || cycle.next_page.is_some())
+            {
+                cycle.end_list(format!(
+                    "{} orders quarantined (the cap): no new orders until some leave quarantine",
+                    self.quarantine.len()
+                ));
+            }
             let work = Work {
                 new_orders: !cycle.page.is_empty(),
                 page_low: cycle.page.is_empty()
@@ -659,7 +940,15 @@ impl Worker {
                         continue;
                     };
                     cycle.report.fetched += 1;
-                    let task = self.journey.take(order, cycle.link.clone());
+                    let requeued = cycle.requeued.remove(&order.id);
+                    let trace = requeued
+                        .as_ref()
+                        .and_then(|(_, trace)| trace.clone())
+                        .or_else(|| self.deferred.take(order.id));
+                    let mut task = self.journey.take(order, cycle.link.clone(), trace);
+                    if let Some((times, _)) = requeued {
+                        task.set_quarantined(times);
+                    }
                     self.run_task(cycle, task);
                 }
                 Next::FetchPage => self.fetch_page(cycle),
@@ -697,11 +986,21 @@ impl Worker {
     fn run_task(&mut self, cycle: &mut Cycle, mut task: Task) {
         loop {
             let ran = self.journey.step(task);
+            let mut blame = Blame::Nobody;
+            let mut detail = String::new();
             if let Some(call) = ran.call {
                 self.outage(&call);
-                cycle
-                    .scheduler
-                    .record(call.service, Instant::now(), call.verdict, &call.detail);
+                blame = cycle.scheduler.record_from(
+                    call.service,
+                    Instant::now(),
+                    call.verdict,
+                    &call.detail,
+                    call.subject,
+                );
+                detail = call.detail;
+                if let Blame::Service(orders) = &blame {
+                    self.release(orders, call.service);
+                }
             }
             match ran.end {
                 StepEnd::Finished(task, outcome) => {
@@ -719,19 +1018,109 @@ impl Worker {
                 }
                 // After a stop request, a decrease is not tried again; a status update is,
                 // within the stop's grace ([`Worker::wind_down`]).
-                StepEnd::Again(task, Service::Stock, _, _) if self.stop.requested() => {
+                // The order's own trouble: quarantined; the other orders go on.
+                StepEnd::Odd(task, _, reason) if blame == Blame::Order => {
+                    self.enter_quarantine(cycle, task, reason);
+                    return;
+                }
+                StepEnd::Again(task, Service::Orders, _, _) if blame == Blame::Order => {
+                    self.enter_quarantine(cycle, task, detail);
+                    return;
+                }
+                StepEnd::Again(task, Service::Stock, _, _)
+                | StepEnd::Odd(task, Service::Stock, _)
+                    if self.stop.requested() =>
+                {
                     let outcome = task.abandon("stop requested", Deferral::Stopped);
                     self.finish(cycle, task, outcome);
                     return;
                 }
+                // Not blamed on the order: again once another call has probed the
+                // service (a service that is down hands it back).
+                StepEnd::Odd(task, service, _) => {
+                    let now = Instant::now();
+                    let due = cycle
+                        .scheduler
+                        .health(service)
+                        .usable_at(now)
+                        .map_or(now, |at| at + SUSPECT_GAP);
+                    self.wait_or_give_up(cycle, task, service, due, &detail);
+                    return;
+                }
                 StepEnd::Again(task, service, delay, pace) => {
                     let now = Instant::now();
-                    let due = cycle.scheduler.retry_at(service, now, delay, pace);
-                    cycle.scheduler.wait(service, due, task);
+                    let mut due = cycle.scheduler.retry_at(service, now, delay, pace);
+                    if matches!(blame, Blame::Service(_))
+                        && let Some(at) = cycle.scheduler.health(service).usable_at(now)
+                    {
+                        due = due.max(at + SUSPECT_GAP);
+                    }
+                    self.wait_or_give_up(cycle, task, service, due, &detail);
                     return;
                 }
             }
         }
+    }
+
+    /// Puts a task to wait until `due`; in `once`, a status update due after its
+    /// `--pending-deadline` is left pending instead.
+    fn wait_or_give_up(
+        &mut self,
+        cycle: &mut Cycle,
+        task: Task,
+        service: Service,
+        due: Instant,
+        detail: &str,
+    ) {
+        if let (Some(limit), Some(at), Some(_)) =
+            (self.decision_deadline, task.decided_at(), task.decided())
+            && due > at + limit
+        {
+            let why = format!(
+                "--pending-deadline ({} s) passes before its next attempt; last: {detail}",
+                limit.as_secs_f64()
+            );
+            let outcome = task.abandon(&why, Deferral::Stopped);
+            self.finish(cycle, task, outcome);
+            return;
+        }
+        cycle.scheduler.wait(service, due, task);
+    }
+
+    /// An answer about this order alone went wrong: it is held back, on a backoff of
+    /// its own, and named once ([`Worker::remind`] names all of them now and then).
+    fn enter_quarantine(&mut self, cycle: &mut Cycle, task: Task, cause: String) {
+        let times = task.quarantined().saturating_add(1);
+        let delay = quarantine_delay(times, fastrand::f64());
+        let what = if task.decided().is_some() {
+            "status update"
+        } else {
+            "decrease"
+        };
+        let reason = format!(
+            "{cause}; its {what} is tried again in {} s, alone (other orders go on)",
+            delay.as_secs()
+        );
+        let outcome = Outcome::Quarantined {
+            status: task.decided(),
+            reason,
+        };
+        let order = *task.order();
+        self.quarantine.insert(
+            order.id,
+            Quarantined {
+                order,
+                status: task.decided(),
+                decision: task.decision_reason().to_string(),
+                cause,
+                times,
+                due: Instant::now() + delay,
+                trace: Some(task.trace()),
+                decided_at: task.decided_at(),
+            },
+        );
+        self.reminded.get_or_insert_with(Instant::now);
+        self.finish(cycle, task, outcome);
     }
 
     /// Fetches the entries at the pager's `skip` that fill the page up (so that at most
@@ -751,7 +1140,7 @@ impl Worker {
             .max(1);
         let started = Instant::now();
         let result = self.journey.list(skip, limit, cycle.page_attempts.made);
-        let call = Call::of(Service::Orders, &result);
+        let call = Call::of(Service::Orders, Subject::List, &result);
         self.outage(&call);
         cycle
             .scheduler
@@ -792,7 +1181,7 @@ impl Worker {
                         );
                         cycle.report.list_failed = true;
                         cycle.next_page = None;
-                        if let CallError::Fatal { .. } = e {
+                        if let CallError::Fatal { .. } | CallError::Unexpected { .. } = e {
                             cycle.report.ended_early = Some(e.to_string());
                         }
                     }
@@ -880,6 +1269,17 @@ impl Worker {
             cycle.report.fetched += 1;
             return;
         }
+        if let Some(q) = self.quarantine.get(&order.id) {
+            cycle.listed.insert(order.id);
+            if q.status.is_some() || q.due > Instant::now() {
+                // Held back: its own backoff decides when it is tried again.
+                cycle.report.held += 1;
+                return;
+            }
+            let (times, trace) = (q.times, q.trace.clone());
+            self.quarantine.remove(&order.id);
+            cycle.requeued.insert(order.id, (times, trace));
+        }
         if cycle.report.fetched + cycle.page.len() as u64 >= self.max_orders_per_cycle {
             // More than was asked for (a service ignoring `limit`): left registered.
             return;
@@ -916,6 +1316,10 @@ impl Worker {
             let _entered = task.enter();
             let quiet = match &outcome {
                 Outcome::Ready | Outcome::DryRun => self.quiet_success,
+                // Told when it entered quarantine; then in the reminders.
+                Outcome::Quarantined { .. } => task.quarantined() > 0,
+                // A resumed update still pending was told in an earlier cycle.
+                Outcome::Pending { .. } => cycle.resumed.contains(&order.id),
                 Outcome::Deferred {
                     cause: Deferral::Unavailable,
                     ..
@@ -958,30 +1362,38 @@ impl Worker {
                     cycle.pager.left(order.id);
                 }
             }
-            Outcome::Pending { status, reason } => {
+            Outcome::Pending { status, .. } => {
                 self.pending.insert(
                     order.id,
                     PendingUpdate {
                         order,
                         status: *status,
-                        reason: reason.clone(),
+                        reason: task.decision_reason().to_string(),
                         trace: Some(task.trace()),
+                        decided_at: task.decided_at(),
                     },
                 );
             }
             Outcome::StatusRefused { status, .. } => {
                 self.refused.insert(order.id, *status);
             }
-            Outcome::Deferred {
-                cause: Deferral::Fatal,
-                reason,
-            } => cycle.end_list(reason.clone()),
-            Outcome::Deferred { .. } | Outcome::DryRun => {}
+            Outcome::Deferred { cause, reason } => {
+                self.deferred.insert(order.id, task.trace());
+                if *cause == Deferral::Fatal {
+                    cycle.end_list(reason.clone());
+                }
+            }
+            Outcome::DryRun | Outcome::Quarantined { .. } => {}
         }
         // A resumed update's success is not a new decision in this cycle's counts
         // unless it finished the order (as before: a pending update that goes through
         // counts as its outcome).
-        if !(resumed && matches!(outcome, Outcome::Pending { .. })) {
+        if !(resumed
+            && matches!(
+                outcome,
+                Outcome::Pending { .. } | Outcome::Quarantined { .. }
+            ))
+        {
             cycle.report.count(&outcome);
             if resumed || cycle.between {
                 cycle.report.carried += 1;
@@ -993,7 +1405,7 @@ impl Worker {
 
 /// Orders as an exit line names them: `161 (ready), 170 (blocked)`, the first 20 and
 /// how many more.
-fn name_orders(orders: impl ExactSizeIterator<Item = (u64, OrderStatus)>) -> String {
+fn name_orders<S: std::fmt::Display>(orders: impl ExactSizeIterator<Item = (u64, S)>) -> String {
     const SHOWN: usize = 20;
     let more = orders.len().saturating_sub(SHOWN);
     let mut text = orders
@@ -1007,6 +1419,27 @@ fn name_orders(orders: impl ExactSizeIterator<Item = (u64, OrderStatus)>) -> Str
     text
 }
 
+/// Quarantined orders as a line names them: `12 (ready: 409 ...), 15 (registered: ...)`.
+fn name_quarantined<'a>(orders: impl ExactSizeIterator<Item = &'a Quarantined>) -> String {
+    name_orders(orders.map(|q| {
+        let status = q.status.map_or("registered", |s| s.as_str());
+        (
+            q.order.id,
+            format!("{status}: {}", crate::outcome::shorten(&q.cause, 120)),
+        )
+    }))
+}
+
+/// The delay of an order's `times`-th quarantine in a row: [`QUARANTINE_FIRST`],
+/// doubled each time, up to [`QUARANTINE_MAX`], with 10% of jitter (`jitter` in
+/// `[0, 1)`).
+pub fn quarantine_delay(times: u32, jitter: f64) -> Duration {
+    let base = QUARANTINE_FIRST
+        .saturating_mul(1u32 << times.saturating_sub(1).min(16))
+        .min(QUARANTINE_MAX);
+    base.mul_f64(0.9 + 0.2 * jitter.clamp(0.0, 1.0))
+}
+
 /// The one line per order outcome (the order's fields come from its guard); with
 /// `quiet`, at debug.
 fn log_outcome(order: &Order, outcome: &Outcome, quiet: bool) {
@@ -1017,7 +1450,9 @@ fn log_outcome(order: &Order, outcome: &Outcome, quiet: bool) {
             status: OrderStatus::Ready,
             ..
         } => log::Level::Error,
-        Outcome::Deferred { .. } | Outcome::Pending { .. } => log::Level::Warn,
+        Outcome::Deferred { .. } | Outcome::Pending { .. } | Outcome::Quarantined { .. } => {
+            log::Level::Warn
+        }
         _ => log::Level::Info,
     };
     let reason = outcome.reason();
@@ -1041,12 +1476,13 @@ impl Worker {
     fn log_summary(&mut self, r: &CycleReport) {
         // Nothing handled: an idle cycle, or one whose list failed during an outage (the
         // outage has lines of its own).
-        let idle = r.fetched == 0 && r.carried == 0 && r.waiting == 0 && r.pending == 0;
-        let level = if (idle && r.complete())
-            || (!r.complete() && self.outage_level(log::Level::Warn) == log::Level::Debug)
+        let idle = r.fetched == 0 && r.carried == 0 && r.waiting == 0;
+        let through = r.went_through();
+        let level = if (idle && through)
+            || (!through && self.outage_level(log::Level::Warn) == log::Level::Debug)
         {
             log::Level::Debug
-        } else if r.complete() {
+        } else if through {
             log::Level::Info
         } else {
             log::Level::Warn

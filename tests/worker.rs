@@ -100,7 +100,7 @@ fn business_refusals_block_the_order() {
 }
 
 #[test]
-fn an_html_415_stops_the_cycle_and_leaves_the_order_registered() {
+fn an_html_415_to_every_decrease_stops_the_cycle_and_leaves_the_orders_registered() {
     let server = MockServer::start();
     list_once(
         &server,
@@ -117,13 +117,11 @@ fn an_html_415_stops_the_cycle_and_leaves_the_order_registered() {
         then.status(200);
     });
     let report = cycle(&config(&server.base_url(), &server.base_url()));
-    decrease.assert_calls(1);
+    // One order's odd answer is not the service's: the other order probes it, and
+    // the answer to both (and to the first one's second try) takes it down.
+    assert!((2..=3).contains(&decrease.calls()), "{}", decrease.calls());
     any_put.assert_calls(0);
-    assert_eq!(report.deferred, 1);
-    assert!(
-        report.ended_early.as_deref().unwrap().contains("415"),
-        "{report:?}"
-    );
+    assert_eq!(report.deferred, 2, "{report:?}");
     assert!(!report.complete());
 }
 

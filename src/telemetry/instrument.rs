@@ -224,6 +224,7 @@ pub struct Instruments {
     pub cycle_duration: opentelemetry::metrics::Histogram<f64>,
     pub orders_registered: opentelemetry::metrics::Gauge<u64>,
     pub orders_pending: opentelemetry::metrics::Gauge<u64>,
+    pub orders_quarantined: opentelemetry::metrics::Gauge<u64>,
     pub stock_taken: opentelemetry::metrics::Counter<u64>,
 }
 
@@ -267,6 +268,13 @@ pub fn instruments() -> &'static Instruments {
                 .with_unit("{order}")
                 .with_description(
                     "Orders whose stock is decided but whose status update is still pending.",
+                )
+                .build(),
+            orders_quarantined: meter
+                .u64_gauge("ordermanagement.orders.quarantined")
+                .with_unit("{order}")
+                .with_description(
+                    "Orders held back after an answer about them alone went wrong, tried again on a backoff of their own.",
                 )
                 .build(),
             stock_taken: meter

@@ -53,6 +53,44 @@ pub struct Knobs {
     /// A second decrease with a key already seen is answered as the first one and takes
     /// nothing. The real Stock Service ignores the header: off by default.
     pub honour_idempotency_key: bool,
+    /// One order's status update (`PUT /orders/<id>`) answered so, nothing changed: an
+    /// answer outside the contract, or one that hangs.
+    pub status_answers: HashMap<u64, Answer>,
+    /// One order's decreases (by their `Idempotency-Key`, `order-<id>`) answered so,
+    /// nothing taken.
+    pub decrease_answers: HashMap<u64, Answer>,
+}
+
+/// A fixed answer to one order's calls, instead of the service's own.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    /// Held this long first.
+    pub delay: Duration,
+    /// A `Retry-After` header.
+    pub retry_after: Option<String>,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            body: body.to_string(),
+            ..Answer::default()
+        }
+    }
+
+    fn reply(&self) -> Reply {
+        thread::sleep(self.delay);
+        Reply {
+            status: self.status,
+            body: self.body.clone(),
+            html: false,
+            location: None,
+            retry_after: self.retry_after.clone(),
+        }
+    }
 }
 
 impl Knobs {
@@ -100,6 +138,8 @@ struct Shared {
     traceparents: Mutex<Vec<String>>,
     /// `baggage` headers received, by both services.
     baggage: Mutex<Vec<String>>,
+    /// Calls about one order: (`"status"` or `"decrease"`, order id) -> count.
+    calls: Mutex<HashMap<(&'static str, u64), usize>>,
 }
 
 /// Both services, running until dropped (or [`Stack::shutdown`]).
@@ -122,6 +162,7 @@ impl Stack {
             knobs: Mutex::new(knobs),
             traceparents: Mutex::new(Vec::new()),
             baggage: Mutex::new(Vec::new()),
+            calls: Mutex::new(HashMap::new()),
         });
         let mut stack = Stack {
             shared,
@@ -307,6 +348,48 @@ impl Stack {
         );
     }
 
+    /// Status updates (`PUT /orders/<id>`) received for order `id`.
+    pub fn status_calls(&self, id: u64) -> usize {
+        self.shared
+            .calls
+            .lock()
+            .unwrap()
+            .get(&("status", id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Decreases received for order `id` (by their `Idempotency-Key`), whatever their answer.
+    pub fn decrease_calls(&self, id: u64) -> usize {
+        self.shared
+            .calls
+            .lock()
+            .unwrap()
+            .get(&("decrease", id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Decreases that took stock for order `id`, from the ledger.
+    pub fn taken(&self, id: u64) -> usize {
+        let key = format!("order-{id}");
+        self.ledger()
+            .iter()
+            .filter(|e| e.key.as_deref() == Some(key.as_str()))
+            .count()
+    }
+
+    /// The status of order `id`.
+    pub fn status(&self, id: u64) -> Option<String> {
+        self.shared
+            .shop
+            .lock()
+            .unwrap()
+            .orders
+            .get(&id)
+            .map(|o| o.status.clone())
+    }
+
     /// Both services with `stock_each` of every wood and `orders` registered orders
     /// seeded from `seed` (random wood, quantity 1..=100).
     pub fn stocked(knobs: Knobs, stock_each: u64, orders: usize, seed: u64) -> Stack {
@@ -383,6 +466,7 @@ struct Reply {
     body: String,
     html: bool,
     location: Option<&'static str>,
+    retry_after: Option<String>,
 }
 
 impl Reply {
@@ -392,6 +476,7 @@ impl Reply {
             body: body.to_string(),
             html: false,
             location: None,
+            retry_after: None,
         }
     }
     fn error(status: u16, message: &str) -> Reply {
@@ -407,6 +492,7 @@ impl Reply {
             body,
             html: true,
             location: None,
+            retry_after: None,
         }
     }
     fn into_response(self) -> Response<std::io::Cursor<Vec<u8>>> {
@@ -418,6 +504,9 @@ impl Reply {
         let mut r = Response::from_string(self.body)
             .with_status_code(self.status)
             .with_header(Header::from_bytes("Content-Type", kind).unwrap());
+        if let Some(after) = &self.retry_after {
+            r = r.with_header(Header::from_bytes("Retry-After", after.as_bytes()).unwrap());
+        }
         if let Some(location) = self.location {
             r = r.with_header(Header::from_bytes("Location", location).unwrap());
         }
@@ -523,9 +612,13 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
         r.location = Some("/orders/");
         return r;
     }
-    let (error_rate, status_error_rate) = {
+    let (error_rate, status_error_rate, status_answers) = {
         let knobs = shared.knobs.lock().unwrap();
-        (knobs.order_error_rate, knobs.status_error_rate)
+        (
+            knobs.order_error_rate,
+            knobs.status_error_rate,
+            knobs.status_answers.clone(),
+        )
     };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
@@ -590,6 +683,15 @@ fn order_service(shared: &Shared, request: &mut Request) -> Reply {
                 Ok(b) => b,
                 Err(r) => return r,
             };
+            *shared
+                .calls
+                .lock()
+                .unwrap()
+                .entry(("status", id))
+                .or_default() += 1;
+            if let Some(answer) = status_answers.get(&id) {
+                return answer.reply();
+            }
             if chance(error_rate) || chance(status_error_rate) {
                 return Reply::error(502, "Simulated API error while updating an order");
             }
@@ -666,6 +768,21 @@ fn stock_service(shared: &Shared, request: &mut Request) -> Reply {
                 Ok(b) => b,
                 Err(r) => return r,
             };
+            let order = header(request, "Idempotency-Key").and_then(|k| {
+                k.strip_prefix("order-")
+                    .and_then(|id| id.parse::<u64>().ok())
+            });
+            if let Some(id) = order {
+                *shared
+                    .calls
+                    .lock()
+                    .unwrap()
+                    .entry(("decrease", id))
+                    .or_default() += 1;
+            }
+            if let Some(answer) = order.and_then(|id| knobs.decrease_answers.get(&id)) {
+                return answer.reply();
+            }
             if chance(knobs.stock_error_rate) {
                 return Reply::error(500, "Simulated DB error during stock decrease");
             }
