@@ -229,18 +229,23 @@ pub struct CommonArgs {
     )]
     pub pending_deadline: String,
 
-    /// Journal of the orders in flight, so a restart after a crash never takes stock
-    /// twice (e.g. /var/lib/ordermanagement/state.jsonl on a volume). Off when empty.
+    /// Journal of the orders in flight, so that no later run takes stock twice
+    /// [default: state-<key>.jsonl in $STATE_DIRECTORY, else
+    /// $XDG_STATE_HOME/ordermanagement, else ~/.local/state/ordermanagement; <key>
+    /// hashes both URLs and the shard]. Empty: off, as --no-state-file.
     #[arg(
         long,
         global = true,
         help_heading = FILES,
         env = "STATE_FILE",
-        value_name = "PATH",
-        default_value = "",
-        hide_default_value = true
+        value_name = "PATH"
     )]
-    pub state_file: String,
+    pub state_file: Option<String>,
+
+    /// No state file: a decided order whose status update has not landed when the run
+    /// ends has its stock taken again by the next run.
+    #[arg(long, global = true, help_heading = FILES)]
+    pub no_state_file: bool,
 
     /// The heartbeat the worker rewrites as orders finish and after each cycle, read by
     /// `healthcheck` (replicas sharing a /tmp need one each). Off when empty.
@@ -406,7 +411,6 @@ impl CommonArgs {
             pending_deadline: config::pending_deadline(&self.pending_deadline)?,
             page_size: config::page_size(&self.page_size)?,
             max_orders_per_cycle: config::max_orders_per_cycle(&self.max_orders_per_cycle)?,
-            state_file: config::state_file(&self.state_file),
             shard: config::shard(&self.shard, &self.shard_index, &self.shard_count)?,
             dry_run: config::dry_run(&self.dry_run)?,
             heartbeat_file,
@@ -414,7 +418,30 @@ impl CommonArgs {
             ..Config::default()
         };
         config.check_timeouts(&self.decrease_timeout)?;
-        Ok(config)
+        // STATE_FILE set empty turns it off (clap may read an empty variable as unset).
+        let env = |name| std::env::var(name).ok();
+        let value = self
+            .state_file
+            .clone()
+            .or_else(|| env("STATE_FILE").map(|_| String::new()));
+        let dirs = config::StateDirs {
+            state_directory: env("STATE_DIRECTORY"),
+            xdg_state_home: env("XDG_STATE_HOME"),
+            home: env("HOME"),
+        };
+        let (state_file, state_choice) = config::state_file(
+            value.as_deref(),
+            self.no_state_file,
+            &dirs,
+            &config.orders_url,
+            &config.stocks_url,
+            config.shard,
+        );
+        Ok(Config {
+            state_file,
+            state_choice,
+            ..config
+        })
     }
 }
 

@@ -135,8 +135,12 @@ pub struct Config {
     pub max_orders_per_cycle: u64,
     /// Fetch and log only. Default off.
     pub dry_run: bool,
-    /// The journal of orders in flight. Default none (in memory only).
+    /// The journal of orders in flight. On the command line a default path in the
+    /// standard state directory ([`default_state_file`]) unless set; none in
+    /// [`Config::default`], so that code building a Config writes no file unasked.
     pub state_file: Option<PathBuf>,
+    /// How the state file was chosen, for the start-up line.
+    pub state_choice: StateChoice,
     /// The share of the orders this replica handles. Default all.
     pub shard: Option<Shard>,
     /// The heartbeat file read by `healthcheck`: on the command line
@@ -170,6 +174,7 @@ impl Default for Config {
             max_orders_per_cycle: defaults::MAX_ORDERS_PER_CYCLE,
             dry_run: false,
             state_file: None,
+            state_choice: StateChoice::Given,
             shard: None,
             heartbeat_file: None,
             heartbeat_chosen: false,
@@ -384,11 +389,87 @@ pub fn dry_run(value: &str) -> Result<bool, ConfigError> {
     boolean(value).ok_or_else(|| err("--dry-run", "DRY_RUN", value, "true or false (or empty)"))
 }
 
-/// `--state-file`: a path, or none when empty.
-pub fn state_file(value: &str) -> Option<PathBuf> {
-    Some(value.trim())
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
+/// How the state file was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateChoice {
+    /// `--state-file` or `STATE_FILE` named it (or none was chosen in code).
+    Given,
+    /// The default path in the standard state directory.
+    Default,
+    /// Turned off: `--no-state-file`, or `STATE_FILE` set empty.
+    Off,
+    /// No state directory is known (no `STATE_DIRECTORY`, `XDG_STATE_HOME` or `HOME`).
+    Nowhere,
+}
+
+/// The environment the default state file is found from.
+#[derive(Debug, Clone, Default)]
+pub struct StateDirs {
+    /// `STATE_DIRECTORY` (systemd's `StateDirectory=`; the first of a `:` list).
+    pub state_directory: Option<String>,
+    /// `XDG_STATE_HOME`.
+    pub xdg_state_home: Option<String>,
+    /// `HOME`.
+    pub home: Option<String>,
+}
+
+/// `--state-file`: the path given (`value`, from the flag or `STATE_FILE`; empty turns
+/// it off, as `--no-state-file` does); when none is given, the default path
+/// ([`default_state_file`]).
+pub fn state_file(
+    value: Option<&str>,
+    off: bool,
+    dirs: &StateDirs,
+    orders_url: &str,
+    stocks_url: &str,
+    shard: Option<Shard>,
+) -> (Option<PathBuf>, StateChoice) {
+    match value.map(str::trim) {
+        _ if off => (None, StateChoice::Off),
+        Some("") => (None, StateChoice::Off),
+        Some(path) => (Some(PathBuf::from(path)), StateChoice::Given),
+        None => match default_state_file(dirs, orders_url, stocks_url, shard) {
+            Some(path) => (Some(path), StateChoice::Default),
+            None => (None, StateChoice::Nowhere),
+        },
+    }
+}
+
+/// The default state file: `state-<key>.jsonl` in `$STATE_DIRECTORY`, else in
+/// `$XDG_STATE_HOME/ordermanagement`, else in `$HOME/.local/state/ordermanagement`
+/// (relative paths ignored, as the XDG rules say). `<key>` is a short hash of both
+/// services' base URLs (credentials left out) and the shard, so that workers of
+/// different stacks or shards never share a file, and two of the same are kept apart
+/// by its lock.
+pub fn default_state_file(
+    dirs: &StateDirs,
+    orders_url: &str,
+    stocks_url: &str,
+    shard: Option<Shard>,
+) -> Option<PathBuf> {
+    let absolute = |v: &Option<String>| {
+        v.as_deref()
+            .map(|v| v.split(':').next().unwrap_or_default())
+            .filter(|v| v.starts_with('/'))
+            .map(PathBuf::from)
+    };
+    let dir = absolute(&dirs.state_directory)
+        .or_else(|| absolute(&dirs.xdg_state_home).map(|d| d.join("ordermanagement")))
+        .or_else(|| absolute(&dirs.home).map(|d| d.join(".local/state/ordermanagement")))?;
+    let key = format!(
+        "{}\n{}\n{}",
+        crate::redact::url(orders_url.trim_end_matches('/')),
+        crate::redact::url(stocks_url.trim_end_matches('/')),
+        shard.map(|s| s.to_string()).unwrap_or_default()
+    );
+    Some(dir.join(format!("state-{:012x}.jsonl", fnv1a(key.as_bytes()) >> 16)))
+}
+
+/// FNV-1a, 64 bits: a stable hash for file names (not for security).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `--heartbeat-file`: the path (none when empty), and whether it was chosen rather

@@ -109,6 +109,41 @@ impl Record {
     }
 }
 
+/// What a state file belongs to: both services' base URLs (credentials left out) and
+/// the shard. Written as the file's first line; a worker for other services or another
+/// shard refuses the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub orders: String,
+    pub stocks: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "orders {}, stocks {}", self.orders, self.stocks)?;
+        match &self.shard {
+            Some(shard) => write!(f, ", shard {shard}"),
+            None => f.write_str(", no shard"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OwnerOp {
+    Owner,
+}
+
+/// The owner's line.
+#[derive(Debug, Serialize, Deserialize)]
+struct OwnerLine {
+    op: OwnerOp,
+    #[serde(flatten)]
+    owner: Owner,
+}
+
 /// Why a journal cannot be used; the worker must not start then.
 #[derive(Debug)]
 pub enum JournalError {
@@ -130,6 +165,12 @@ pub enum JournalError {
     Io {
         path: PathBuf,
         error: io::Error,
+    },
+    /// The file was written for other services or another shard.
+    Foreign {
+        path: PathBuf,
+        theirs: Box<Owner>,
+        ours: Box<Owner>,
     },
 }
 
@@ -157,6 +198,12 @@ impl fmt::Display for JournalError {
                 write!(f, "state file {}: {detail}", path.display())
             }
             JournalError::Io { path, error } => write!(f, "state file {}: {error}", path.display()),
+            JournalError::Foreign { path, theirs, ours } => write!(
+                f,
+                "state file {} belongs to another worker ({theirs}); this one is for {ours}: give \
+                 each stack and shard a state file of its own (--state-file, STATE_FILE)",
+                path.display()
+            ),
         }
     }
 }
@@ -176,6 +223,8 @@ type Slots = Vec<(u64, Slot)>;
 
 /// The journal in a file.
 pub struct FileJournal {
+    /// What the file belongs to, written first at every rewrite.
+    owner: Option<Owner>,
     path: PathBuf,
     tmp: PathBuf,
     /// The state file, locked; written at `end` (the worker is its only writer).
@@ -224,13 +273,19 @@ pub fn read_only(path: &Path) -> Result<Vec<(Order, InFlight)>, JournalError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_at(path, e)),
     };
-    let (live, _) = replay(path, &file)?;
+    let (live, _, _) = replay(path, &file)?;
     Ok(live.into_values().collect())
 }
 
 impl FileJournal {
     /// Locks, replays and compacts the journal at `path` (created if missing).
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
+        FileJournal::open_for(path, None)
+    }
+
+    /// [`FileJournal::open`] for the worker `owner` describes: a file written for
+    /// another is refused ([`JournalError::Foreign`]); the file records its owner.
+    pub fn open_for(path: &Path, owner: Option<&Owner>) -> Result<FileJournal, JournalError> {
         // Said in the words of the path given, not of the lock file beside it.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()
@@ -292,12 +347,23 @@ impl FileJournal {
                 detail: format!("it is larger than {MAX_STATE_FILE_BYTES} bytes"),
             });
         }
-        let (live, traces) = replay(path, &file)?;
+        let (live, traces, theirs) = replay(path, &file)?;
+        if let (Some(theirs), Some(ours)) = (&theirs, owner)
+            && theirs != ours
+        {
+            return Err(JournalError::Foreign {
+                path: path.to_path_buf(),
+                theirs: Box::new(theirs.clone()),
+                ours: Box::new(ours.clone()),
+            });
+        }
+        let owner = owner.cloned().or(theirs);
         // Only the holder of the lock writes the temporary file: one there is a crash's.
         crate::files::remove_stale(&tmp).map_err(|e| io_at(&tmp, e))?;
-        let (file, end, slots) =
-            write_compacted(path, &tmp, &live, &traces).map_err(|e| io_at(path, e))?;
+        let (file, end, slots) = write_compacted(path, &tmp, &live, &traces, owner.as_ref())
+            .map_err(|e| io_at(path, e))?;
         Ok(FileJournal {
+            owner,
             path: path.to_path_buf(),
             tmp,
             file,
@@ -318,7 +384,14 @@ impl FileJournal {
     /// Appends `line` (newline included) at the end and syncs it. On failure, what was
     /// written of it is cut off again; if even that fails, the file is stale.
     fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        match self.write_at_end(line) {
+        self.append_with(line, true)
+    }
+
+    /// [`FileJournal::append`]; without `sync`, the line rides on the next record's
+    /// sync (a process that dies keeps it: the kernel holds it; only a crash of the
+    /// machine before the next sync loses it).
+    fn append_with(&mut self, line: &[u8], sync: bool) -> io::Result<()> {
+        match self.write_at_end(line, sync) {
             Ok(()) => {
                 self.end += line.len() as u64;
                 self.lines += 1;
@@ -337,7 +410,7 @@ impl FileJournal {
         }
     }
 
-    fn write_at_end(&self, line: &[u8]) -> io::Result<()> {
+    fn write_at_end(&self, line: &[u8], sync: bool) -> io::Result<()> {
         #[cfg(test)]
         if self.disk_full {
             // What a full disk does: part of the line lands, then ENOSPC.
@@ -345,7 +418,10 @@ impl FileJournal {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.file.write_all_at(line, self.end)?;
-        self.file.sync_data()
+        if sync {
+            self.file.sync_data()?;
+        }
+        Ok(())
     }
 
     /// Removes and returns the order's `sending` record's place.
@@ -402,7 +478,13 @@ impl FileJournal {
         if self.disk_full {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        let (file, end, slots) = write_compacted(&self.path, &self.tmp, &self.live, &self.traces)?;
+        let (file, end, slots) = write_compacted(
+            &self.path,
+            &self.tmp,
+            &self.live,
+            &self.traces,
+            self.owner.as_ref(),
+        )?;
         self.slots = slots;
         let old = std::mem::replace(&mut self.file, file);
         if old.metadata().is_ok_and(|m| m.nlink() > 0) {
@@ -542,15 +624,19 @@ impl Journal for FileJournal {
 
     fn finished(&mut self, order: &Order) -> io::Result<()> {
         self.traces.remove(&order.id);
-        if self.live.remove(&order.id).is_none() {
+        let Some((_, was)) = self.live.remove(&order.id) else {
             return Ok(()); // never journaled (e.g. a simulated failure): nothing to close
-        }
+        };
         self.take_slot(order.id);
         if self.stale.is_some() {
             return self.bring_up_to_date();
         }
         let line = record_line(&Record::new(Op::Finished, order, None))?;
-        if let Err(e) = self.append(&[line.as_slice(), b"\n"].concat()) {
+        // After a status update, the record rides on the next sync: losing it in a
+        // crash of the machine only sets the same status again. After a decrease that
+        // took nothing, it is synced: lost, it would leave the order "sent", in doubt.
+        let sync = !matches!(was, InFlight::Decided(_));
+        if let Err(e) = self.append_with(&[line.as_slice(), b"\n"].concat(), sync) {
             // The file still holds the decision: a restart would only set the same
             // status again. Rewritten before the next decrease.
             self.stale = Some(format!("order {} finished but not recorded: {e}", order.id));
@@ -565,8 +651,16 @@ impl Journal for FileJournal {
 }
 
 impl Drop for FileJournal {
-    /// A last try to bring a stale file up to date; what stays at risk is named.
+    /// A last try to bring a stale file up to date, what stays at risk named; a file
+    /// up to date is compacted (left holding only the orders in flight) and synced.
     fn drop(&mut self) {
+        if self.stale.is_none() {
+            if self.lines > self.live.len() {
+                let _ = self.compact();
+            } else {
+                let _ = self.file.sync_data();
+            }
+        }
         if self.stale.is_some()
             && let Err(e) = self.bring_up_to_date()
         {
@@ -614,10 +708,11 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// Applies the journal's lines in order, read from `file` one at a time (only the
 /// orders in flight are kept); the last line may be torn (cut before its newline by a
 /// crash).
-fn replay(path: &Path, file: &File) -> Result<(Live, Traces), JournalError> {
+fn replay(path: &Path, file: &File) -> Result<(Live, Traces, Option<Owner>), JournalError> {
     use std::io::{BufRead, Read};
     let mut live = BTreeMap::new();
     let mut traces = Traces::new();
+    let mut owner = None;
     let mut reader = io::BufReader::new(file);
     let mut line = Vec::new();
     let damage = |number: usize, detail: String| JournalError::Corrupt {
@@ -643,6 +738,10 @@ fn replay(path: &Path, file: &File) -> Result<(Live, Traces), JournalError> {
         }
         // Without its newline, the line is the file's last: read_until stops only there.
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if let Ok(line) = serde_json::from_slice::<OwnerLine>(text) {
+            owner = Some(line.owner);
+            continue;
+        }
         let parsed = serde_json::from_slice::<Record>(text)
             .map_err(|e| e.to_string())
             .and_then(|r| {
@@ -690,7 +789,7 @@ fn replay(path: &Path, file: &File) -> Result<(Live, Traces), JournalError> {
         }
     }
     traces.retain(|id, _| live.contains_key(id));
-    Ok((live, traces))
+    Ok((live, traces, owner))
 }
 
 /// The orders in flight, by id.
@@ -707,6 +806,7 @@ fn write_compacted(
     tmp: &Path,
     live: &Live,
     traces: &Traces,
+    owner: Option<&Owner>,
 ) -> io::Result<(File, u64, Slots)> {
     let mut slots = Vec::new();
     let file = crate::files::create_new(tmp)?;
@@ -718,6 +818,16 @@ fn write_compacted(
         })?;
         let mut out = io::BufWriter::new(&file);
         let mut offset = 0;
+        if let Some(owner) = owner {
+            let mut line = serde_json::to_vec(&OwnerLine {
+                op: OwnerOp::Owner,
+                owner: owner.clone(),
+            })
+            .map_err(io::Error::other)?;
+            line.push(b'\n');
+            out.write_all(&line)?;
+            offset += line.len() as u64;
+        }
         for (order, state) in live.values() {
             let line = match state {
                 InFlight::Sent => {

@@ -112,8 +112,16 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
         );
         return Err(fail_at_start(config, &e));
     }
-    let mut worker = match &config.state_file {
+    let state_file = state_file(config);
+    let owner = journal::Owner {
+        orders: owner_url(&config.orders_url),
+        stocks: owner_url(&config.stocks_url),
+        shard: config.shard.map(|s| s.to_string()),
+    };
+    let mut worker = match &state_file {
         None => Worker::new(config, stop.clone()),
+        // A dry run never creates the default file.
+        Some(path) if config.dry_run && !path.exists() => Worker::new(config, stop.clone()),
         // A dry run reads the state file and says what a real run would do with it; it
         // never locks, rewrites or acts on it.
         Some(path) if config.dry_run => match journal::read_only(path) {
@@ -123,7 +131,7 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
             }
             Err(e) => return Err(fail_at_start(config, &e.to_string())),
         },
-        Some(path) => match FileJournal::open(path) {
+        Some(path) => match FileJournal::open_for(path, Some(&owner)) {
             Ok(journal) => Worker::with_journal(config, stop.clone(), Box::new(journal)),
             // An overlapping run (cron): normal, one line, a code of its own.
             Err(e @ journal::JournalError::Locked(..)) => {
@@ -160,10 +168,69 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
     Ok(Started {
         worker,
         stop,
-        state_file: config.state_file.is_some(),
+        state_file: state_file.is_some(),
         heartbeat: beating,
         _telemetry: telemetry,
     })
+}
+
+/// The state file to use, with one line when there is none: turned off, no state
+/// directory known, or the default directory not creatable (a configuration fallback).
+fn state_file(config: &Config) -> Option<std::path::PathBuf> {
+    use crate::config::StateChoice;
+    const RISK: &str = "a decided order whose status update has not landed when the run \
+                        ends (a refused, hanging or failing update) has its stock taken again \
+                        by the next run";
+    match (config.state_choice, &config.state_file) {
+        (StateChoice::Off, _) => {
+            log::warn!(target: TARGET, "no state file (turned off): {RISK}");
+            None
+        }
+        (StateChoice::Nowhere, _) => {
+            log::warn!(
+                target: TARGET,
+                "no state file: none of STATE_FILE, STATE_DIRECTORY, XDG_STATE_HOME or HOME is \
+                 set; {RISK}: set STATE_FILE to a path that outlives the run"
+            );
+            None
+        }
+        (StateChoice::Default, Some(path)) if !config.dry_run => {
+            let Some(dir) = path.parent() else {
+                return Some(path.clone());
+            };
+            let made = if dir.is_dir() {
+                Ok(())
+            } else {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+            };
+            match made {
+                Ok(()) => {
+                    log::debug!(target: TARGET, "state file {}", path.display());
+                    Some(path.clone())
+                }
+                Err(e) => {
+                    log::warn!(
+                        target: TARGET,
+                        "no state file: cannot create {}: {e}; {RISK}: set STATE_FILE to a \
+                         writable path",
+                        dir.display()
+                    );
+                    None
+                }
+            }
+        }
+        (_, path) => path.clone(),
+    }
+}
+
+/// A base URL as a state file's owner records it: credentials left out, bounded.
+fn owner_url(url: &str) -> String {
+    let url = redact::url(url.trim_end_matches('/'));
+    url.chars().take(512).collect()
 }
 
 /// Telemetry from the standard `OTEL_*` variables, the shard on its resource.
