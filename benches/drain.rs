@@ -39,6 +39,25 @@ const ROUNDS: usize = 3;
 /// services' pace".
 const REAL_SERVICE_LATENCY: Duration = Duration::from_millis(4);
 
+/// One state-file row: orders, delay per reply, pairs of wall times (without, with).
+type StateRow = (usize, Duration, Vec<(Duration, Duration)>);
+
+/// The state file's rows: replies at once, and at the real services' pace.
+fn state_rows(rng: &mut fastrand::Rng) -> Vec<StateRow> {
+    [
+        (FAULT_ORDERS, Duration::ZERO),
+        (STATE_ORDERS_AT_PACE, REAL_SERVICE_LATENCY),
+    ]
+    .into_iter()
+    .map(|(n, delay)| (n, delay, state_file_pairs(n, delay, rng)))
+    .collect()
+}
+
+/// Pairs of drains with and without a state file, per row.
+const STATE_PAIRS: usize = 3;
+/// Orders of the state file's row at the real services' pace.
+const STATE_ORDERS_AT_PACE: usize = 1_000;
+
 /// Set (to the two services' URLs) when this binary is started again as the floor.
 const FLOOR_CHILD: &str = "DRAIN_BENCH_FLOOR";
 
@@ -49,11 +68,16 @@ fn main() {
         println!("{done}");
         return;
     }
+    let mut rng = fastrand::Rng::with_seed(1);
+    // DRAIN_BENCH_ONLY=state: only the state file's rows (a quick look while working).
+    if std::env::var("DRAIN_BENCH_ONLY").is_ok_and(|only| only == "state") {
+        print_state_rows(&state_rows(&mut rng));
+        return;
+    }
     let stack = Stack::start(0, 0, Knobs::default()).expect("start the stand-in services");
     for wood in WOODS {
         stack.add_stock(wood, u64::MAX / 16);
     }
-    let mut rng = fastrand::Rng::with_seed(1);
 
     // The floor in a process of its own, as the worker is, then the worker without and
     // with telemetry exported, in ROUNDS rounds one after the other: each figure is
@@ -192,6 +216,10 @@ fn main() {
         })
         .collect();
 
+    // The state file's cost: `once` with and without one, in turns, with replies at
+    // once and at the real services' pace.
+    let state_rows = state_rows(&mut rng);
+
     println!();
     println!(
         "drain benchmark: {BACKLOG} registered orders, page size {PAGE}, error rate 0, telemetry off unless said"
@@ -325,6 +353,7 @@ fn main() {
             );
         }
     }
+    print_state_rows(&state_rows);
     println!();
     println!(
         "under failure: {FAULT_ORDERS} orders drained by `once` run again and again with no state file (as cron runs it), replies at once:"
@@ -516,6 +545,89 @@ struct Drained {
     decreases: usize,
     /// `once` runs it took (0 for `run`).
     runs: usize,
+}
+
+/// The state file's rows: a drain's rate with and without one.
+fn print_state_rows(state_rows: &[StateRow]) {
+    println!();
+    println!(
+        "state file: `once` drains with and without one (on the disk of {}), {STATE_PAIRS} pairs each, in turns:",
+        env!("CARGO_TARGET_TMPDIR")
+    );
+    for (n, delay, pairs) in state_rows {
+        let without = median(
+            pairs
+                .iter()
+                .map(|p| *n as f64 / p.0.as_secs_f64())
+                .collect(),
+        );
+        let with = median(
+            pairs
+                .iter()
+                .map(|p| *n as f64 / p.1.as_secs_f64())
+                .collect(),
+        );
+        let pace = if delay.is_zero() {
+            "replies at once".to_string()
+        } else {
+            format!("{} ms per reply", delay.as_millis())
+        };
+        println!(
+            "{:<44} {:>10.0} orders/s without, {:>8.0} with: {:.2}x   (each pair: {})",
+            format!("{n} orders, {pace}"),
+            without,
+            with,
+            with / without,
+            pairs
+                .iter()
+                .map(|p| format!("{:.2}", p.0.as_secs_f64() / p.1.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+}
+
+/// Pairs of `once` drains of `orders` orders taking `delay` per reply: without a state
+/// file, then with one (a new file each time); the wall time of each.
+fn state_file_pairs(
+    orders: usize,
+    delay: Duration,
+    rng: &mut fastrand::Rng,
+) -> Vec<(Duration, Duration)> {
+    let knobs = Knobs {
+        delay,
+        ..Knobs::default()
+    };
+    let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
+    for wood in WOODS {
+        stack.add_stock(wood, u64::MAX / 16);
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("drain-state-{}", std::process::id()));
+    let drain = |stack: &Stack, rng: &mut fastrand::Rng, state: Option<&std::path::Path>| {
+        stack.seed_orders(orders, rng);
+        let mut command = worker_command(stack);
+        // Without one, the worker says so at warn level.
+        command.env("LOG_LEVEL", "error");
+        if let Some(state) = state {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("the state file's directory");
+            command.env("STATE_FILE", state);
+        }
+        let started = Instant::now();
+        let status = command.arg("once").status().expect("run once");
+        assert!(status.success(), "{status}");
+        started.elapsed()
+    };
+    let pairs = (0..STATE_PAIRS)
+        .map(|_| {
+            let without = drain(&stack, rng, None);
+            let with = drain(&stack, rng, Some(&dir.join("state.jsonl")));
+            (without, with)
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    pairs
 }
 
 /// `run` (or, with `cron`, `once` started again and again with no state file) drains
