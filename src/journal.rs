@@ -223,6 +223,11 @@ type Slots = Vec<(u64, Slot)>;
 
 /// The journal in a file.
 pub struct FileJournal {
+    /// Records written, and of them those known on disk (synced): a record written
+    /// without a sync ([`Journal::decided_soon`]) is durable once `durable` reaches the
+    /// count it was written at.
+    written: u64,
+    durable: u64,
     /// What the file belongs to, written first at every rewrite.
     owner: Option<Owner>,
     path: PathBuf,
@@ -363,6 +368,8 @@ impl FileJournal {
         let (file, end, slots) = write_compacted(path, &tmp, &live, &traces, owner.as_ref())
             .map_err(|e| io_at(path, e))?;
         Ok(FileJournal {
+            written: 0,
+            durable: 0,
             owner,
             path: path.to_path_buf(),
             tmp,
@@ -395,6 +402,10 @@ impl FileJournal {
             Ok(()) => {
                 self.end += line.len() as u64;
                 self.lines += 1;
+                self.written += 1;
+                if sync {
+                    self.durable = self.written;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -422,6 +433,63 @@ impl FileJournal {
             self.file.sync_data()?;
         }
         Ok(())
+    }
+
+    /// Records the decision: with `sync`, durable on return; without, at the next sync
+    /// ([`Journal::decided_soon`]).
+    fn decide(&mut self, order: &Order, status: OrderStatus, sync: bool) -> io::Result<()> {
+        // Memory holds the truth whatever the file can take: a rewrite writes it.
+        self.live
+            .insert(order.id, (*order, InFlight::Decided(status)));
+        let slot = self.take_slot(order.id);
+        let failed = if self.stale.is_some() {
+            match self.bring_up_to_date() {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        } else {
+            let line = record_line(
+                &Record::new(Op::Decided, order, Some(status))
+                    .with_trace(self.traces.get(&order.id)),
+            )?;
+            match self.append_with(&[line.as_slice(), b"\n"].concat(), sync) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        };
+        // A full disk: the sending record's own bytes take the decision.
+        let in_place = match slot {
+            Some(slot) => self.decide_in_place(slot, order, status),
+            None => Err(io::Error::other("no sending record to write it over")),
+        };
+        match in_place {
+            Ok(()) => {
+                log::warn!(
+                    "order {}: its decision ({status}) could not be appended to the state file ({failed}); \
+                     written over its sending record instead",
+                    order.id
+                );
+                Ok(())
+            }
+            Err(in_place) => {
+                if self.stale.is_none() {
+                    self.stale = Some(format!(
+                        "order {}'s decision could not be written: {failed}",
+                        order.id
+                    ));
+                }
+                if slot.is_some() {
+                    self.at_risk.push((order.id, status));
+                    log::error!(
+                        "order {}: its decision ({status}) cannot be written to the state file ({failed}; \
+                         in place: {in_place}); until the file is rewritten a restart would set it \
+                         unknown, and no decrease is sent",
+                        order.id
+                    );
+                }
+                Err(failed)
+            }
+        }
     }
 
     /// Removes and returns the order's `sending` record's place.
@@ -497,6 +565,7 @@ impl FileJournal {
         }
         self.end = end;
         self.lines = self.live.len();
+        self.durable = self.written;
         Ok(())
     }
 }
@@ -549,58 +618,33 @@ impl Journal for FileJournal {
     }
 
     fn decided(&mut self, order: &Order, status: OrderStatus) -> io::Result<()> {
-        // Memory holds the truth whatever the file can take: a rewrite writes it.
-        self.live
-            .insert(order.id, (*order, InFlight::Decided(status)));
-        let slot = self.take_slot(order.id);
-        let failed = if self.stale.is_some() {
-            match self.bring_up_to_date() {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            }
-        } else {
-            let line = record_line(
-                &Record::new(Op::Decided, order, Some(status))
-                    .with_trace(self.traces.get(&order.id)),
-            )?;
-            match self.append(&[line.as_slice(), b"\n"].concat()) {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            }
-        };
-        // A full disk: the sending record's own bytes take the decision.
-        let in_place = match slot {
-            Some(slot) => self.decide_in_place(slot, order, status),
-            None => Err(io::Error::other("no sending record to write it over")),
-        };
-        match in_place {
-            Ok(()) => {
-                log::warn!(
-                    "order {}: its decision ({status}) could not be appended to the state file ({failed}); \
-                     written over its sending record instead",
-                    order.id
-                );
-                Ok(())
-            }
-            Err(in_place) => {
-                if self.stale.is_none() {
-                    self.stale = Some(format!(
-                        "order {}'s decision could not be written: {failed}",
-                        order.id
-                    ));
-                }
-                if slot.is_some() {
-                    self.at_risk.push((order.id, status));
-                    log::error!(
-                        "order {}: its decision ({status}) cannot be written to the state file ({failed}; \
-                         in place: {in_place}); until the file is rewritten a restart would set it \
-                         unknown, and no decrease is sent",
-                        order.id
-                    );
-                }
-                Err(failed)
-            }
+        self.decide(order, status, true)
+    }
+
+    fn decided_soon(
+        &mut self,
+        order: &Order,
+        status: OrderStatus,
+        trace: &opentelemetry::trace::SpanContext,
+    ) -> io::Result<u64> {
+        if trace.is_valid() {
+            self.traces
+                .insert(order.id, crate::process::trace_ref(trace));
         }
+        self.decide(order, status, false)?;
+        Ok(self.written)
+    }
+
+    fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if self.durable < self.written {
+            self.file.sync_data()?;
+            self.durable = self.written;
+        }
+        Ok(())
     }
 
     fn decided_in(

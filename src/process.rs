@@ -49,6 +49,26 @@ pub trait Journal {
         let _ = trace;
         self.decided(order, status)
     }
+    /// [`Journal::decided_in`], without waiting for the disk: the record is durable
+    /// once [`Journal::durable`] reaches the mark returned (the next `sending` syncs
+    /// it, or [`Journal::sync`]); the status update waits until then. By default the
+    /// record is durable at once.
+    fn decided_soon(
+        &mut self,
+        order: &Order,
+        status: OrderStatus,
+        trace: &SpanContext,
+    ) -> io::Result<u64> {
+        self.decided_in(order, status, trace).map(|()| 0)
+    }
+    /// The mark up to which records are durable ([`Journal::decided_soon`]).
+    fn durable(&self) -> u64 {
+        u64::MAX
+    }
+    /// Makes every record written so far durable.
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// The trace kept with an order in flight, if any.
     fn trace_of(&self, id: u64) -> Option<String> {
         let _ = id;
@@ -96,6 +116,9 @@ pub struct Task {
     decided_at: Option<std::time::Instant>,
     /// Times the order was quarantined before (its backoff grows with them).
     quarantined: u32,
+    /// Its decision is durable once the journal's durable mark reaches this (0: at
+    /// once); its status update waits until then.
+    durable_at: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +189,20 @@ impl Task {
 
     pub fn set_quarantined(&mut self, times: u32) {
         self.quarantined = times;
+    }
+
+    /// The journal mark its decision is durable at (0: at once).
+    pub fn durable_at(&self) -> u64 {
+        self.durable_at
+    }
+
+    /// Its decision must be written again, durably, before its status update (the
+    /// sync it waited for failed).
+    pub fn record_again(&mut self) {
+        if let Step::Status { recorded, .. } = &mut self.step {
+            *recorded = false;
+        }
+        self.durable_at = 0;
     }
 
     /// The outcome of a task that cannot go on in this cycle (a stop was requested, or
@@ -300,6 +337,16 @@ impl Journey {
         &self.policy
     }
 
+    /// True when `task`'s decision is on disk, so its status update may go.
+    pub fn durable(&self, task: &Task) -> bool {
+        self.journal.durable() >= task.durable_at
+    }
+
+    /// Makes every record written so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.journal.sync()
+    }
+
     /// Orders a previous run left unfinished, from the journal, with their traces.
     pub fn in_flight(&self) -> Vec<(Order, InFlight, Option<SpanContext>)> {
         self.journal
@@ -348,6 +395,7 @@ impl Journey {
             drawn: false,
             decided_at: None,
             quarantined: 0,
+            durable_at: 0,
         }
     }
 
@@ -379,6 +427,7 @@ impl Journey {
             drawn: true,
             decided_at: Some(std::time::Instant::now()),
             quarantined: 0,
+            durable_at: 0,
         }
     }
 
@@ -514,8 +563,14 @@ impl Journey {
         reason: String,
         call: Option<Call>,
     ) -> Ran {
-        let recorded = match self.journal.decided_in(&task.order, status, &task.trace()) {
-            Ok(()) => true,
+        let recorded = match self
+            .journal
+            .decided_soon(&task.order, status, &task.trace())
+        {
+            Ok(mark) => {
+                task.durable_at = mark;
+                true
+            }
             Err(e) => {
                 log::error!(
                     "order {}: could not write its decision ({status}) to the state file: {e}; \

@@ -229,6 +229,10 @@ struct Cycle {
     requeued: HashMap<u64, (u32, Option<SpanContext>)>,
     /// Quarantined orders seen in the list in this cycle (the others left it).
     listed: HashSet<u64>,
+    /// Decided orders whose decision is written but not yet synced: their status
+    /// update waits for the next sync (the next order's `sending` record, or one of
+    /// its own when nothing else comes), so one sync serves two records.
+    awaiting: Vec<Task>,
 }
 
 impl Cycle {
@@ -272,6 +276,7 @@ impl Cycle {
             between: false,
             requeued: HashMap::new(),
             listed: HashSet::new(),
+            awaiting: Vec::new(),
         }
     }
 
@@ -622,6 +627,7 @@ impl Worker {
                 page_low: true,
                 next_page: Some(end),
             };
+            self.release_awaiting(&mut cycle, true);
             match cycle.scheduler.next(Instant::now(), work) {
                 Next::Run(task) => self.run_task(&mut cycle, task),
                 Next::Sleep(duration) => {
@@ -653,6 +659,7 @@ impl Worker {
     /// cycles) get [`STOP_GRACE`] to land, the Order Service's health respected. What
     /// is left then stays pending.
     fn wind_down(&mut self, cycle: &mut Cycle) {
+        self.release_awaiting(cycle, true);
         for task in cycle.scheduler.drain_service(Service::Stock) {
             let outcome = task.abandon("stop requested", Deferral::Stopped);
             self.finish(cycle, task, outcome);
@@ -691,6 +698,7 @@ impl Worker {
                 page_low: true,
                 next_page: None,
             };
+            self.release_awaiting(cycle, true);
             match cycle.scheduler.next(now, work) {
                 Next::Run(task) => self.run_task(cycle, task),
                 // The stop flag is set: a plain sleep (a second signal ends the process).
@@ -705,6 +713,7 @@ impl Worker {
     /// Every waiting order is left as it is (nothing taken yet: registered; decided:
     /// its status update pending).
     fn abandon_all(&mut self, cycle: &mut Cycle) {
+        self.release_awaiting(cycle, true);
         let why = if self.stop.requested() {
             "stop requested".to_string()
         } else {
@@ -933,7 +942,17 @@ impl Worker {
                     || (!cycle.no_refill && cycle.page.len() <= self.page_size as usize / 2),
                 next_page: cycle.next_page,
             };
-            match cycle.scheduler.next(Instant::now(), work) {
+            self.release_awaiting(cycle, false);
+            let next = cycle.scheduler.next(Instant::now(), work);
+            // Anything but a new order (whose `sending` record syncs theirs): the
+            // waiting status updates get a sync of their own and go first.
+            if !cycle.awaiting.is_empty() && !matches!(next, Next::NewOrder) {
+                self.release_awaiting(cycle, true);
+                if matches!(next, Next::Sleep(_) | Next::Done) {
+                    continue;
+                }
+            }
+            match next {
                 Next::Run(task) => self.run_task(cycle, task),
                 Next::NewOrder => {
                     let Some(order) = cycle.page.pop_front() else {
@@ -1009,6 +1028,10 @@ impl Worker {
                 }
                 // The order in hand is finished even after a stop request.
                 StepEnd::Then(next, service) => {
+                    if !self.journey.durable(&next) {
+                        cycle.awaiting.push(next);
+                        return;
+                    }
                     if cycle.scheduler.health(service).usable(Instant::now()) {
                         task = next;
                         continue;
@@ -1059,6 +1082,33 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// The status updates waiting for their decision to be synced go to the scheduler,
+    /// due at once: those already durable, or, with `force`, all of them after a sync
+    /// of their own (a failed sync makes each write its decision again, synced,
+    /// before its update).
+    fn release_awaiting(&mut self, cycle: &mut Cycle, force: bool) {
+        if cycle.awaiting.is_empty() {
+            return;
+        }
+        if force
+            && cycle.awaiting.iter().any(|t| !self.journey.durable(t))
+            && let Err(e) = self.journey.sync()
+        {
+            log::error!("the state file could not be synced: {e}; each decision is written again");
+            for task in &mut cycle.awaiting {
+                task.record_again();
+            }
+        }
+        let now = Instant::now();
+        let (ready, left): (Vec<Task>, Vec<Task>) = std::mem::take(&mut cycle.awaiting)
+            .into_iter()
+            .partition(|t| self.journey.durable(t));
+        cycle.awaiting = left;
+        for task in ready {
+            cycle.scheduler.wait(Service::Orders, now, task);
         }
     }
 
