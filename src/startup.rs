@@ -15,9 +15,29 @@ use crate::{files, heartbeat, logging, redact};
 /// The logger name of the lines written here: the binary's own, as always.
 const TARGET: &str = "ordermanagement";
 
+/// Writes `text` on stdout. A stdout that is closed or a pipe whose reader is gone
+/// (`healthcheck | head -c0`, a probe that stopped listening) is no reason to fail:
+/// the error is dropped, where `print!` would panic (and, with `panic = "abort"`, end
+/// the process on SIGABRT instead of its exit code).
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+/// Writes `text` on stderr, any write error dropped (see [`out`]).
+pub fn err(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// Reads and validates the command line. clap's usage errors end with exit 2, `--help`
 /// and `--version` with 0; their text may quote a value (the help shows each
-/// variable's value), so it is printed redacted. A bad setting is one line, exit 2.
+/// variable's value), so it is printed redacted, through [`out`] and [`err`] (clap's
+/// own `exit` and `print` would fail on a closed stdout). A bad setting is one line,
+/// exit 2.
 pub fn command_line() -> Result<Invocation, Exit> {
     let cli = match Cli::parse_env() {
         Ok(cli) => cli,
@@ -25,9 +45,9 @@ pub fn command_line() -> Result<Invocation, Exit> {
             let text = e.render().to_string();
             let text = redact::credentials(&text);
             if e.use_stderr() {
-                eprint!("{text}");
+                err(&text);
             } else {
-                print!("{text}");
+                out(&text);
             }
             return Err(match e.exit_code() {
                 0 => Exit::Success,
@@ -36,7 +56,7 @@ pub fn command_line() -> Result<Invocation, Exit> {
         }
     };
     cli.into_invocation().map_err(|e| {
-        eprintln!("ordermanagement: error: {e}");
+        err(&format!("ordermanagement: error: {e}\n"));
         Exit::Usage
     })
 }
@@ -44,13 +64,13 @@ pub fn command_line() -> Result<Invocation, Exit> {
 /// `healthcheck`: one line on stdout, exit 0 while the worker makes progress, 1 otherwise.
 pub fn healthcheck(check: &HealthcheckConfig) -> Exit {
     let Some(path) = &check.heartbeat_file else {
-        eprintln!(
-            "ordermanagement: error: healthcheck needs --heartbeat-file (HEARTBEAT_FILE); it is set empty"
+        err(
+            "ordermanagement: error: healthcheck needs --heartbeat-file (HEARTBEAT_FILE); it is set empty\n",
         );
         return Exit::Usage;
     };
     let verdict = heartbeat::check(path, check.max_age, check.max_cut_off, heartbeat::now_ms());
-    println!("{verdict}");
+    out(&format!("{verdict}\n"));
     if verdict.healthy {
         Exit::Success
     } else {
@@ -277,7 +297,7 @@ fn dry_run_in_flight(path: &std::path::Path, in_flight: &[(crate::Order, crate::
 fn fail_at_start(config: &Config, message: &str) -> Exit {
     // Once: as the command line's own errors are in text, as a JSON line in JSON.
     if config.log_format == logging::Format::Text {
-        eprintln!("ordermanagement: error: {message}");
+        err(&format!("ordermanagement: error: {message}\n"));
     } else {
         log::error!(target: TARGET, "{message}");
     }

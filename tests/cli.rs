@@ -1225,3 +1225,158 @@ fn a_state_file_in_a_missing_directory_is_named_as_given_once() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------- closed stdout or stderr
+
+/// The end of a pipe whose read end is already closed: every write to it fails with
+/// EPIPE (SIGPIPE is ignored by Rust programs), before the child has written anything.
+fn broken_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds` with two new descriptors; close-on-exec keeps them out
+    // of the other tests' children (the child gets its copy through dup2).
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: the read end is ours and closed once; the write end is owned from here.
+    unsafe {
+        libc::close(fds[0]);
+        std::process::Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
+/// Which of the child's outputs is the broken pipe.
+#[derive(Debug, Clone, Copy)]
+enum Broken {
+    Stdout,
+    Stderr,
+}
+
+/// Starts `cmd` with `broken` a pipe nobody reads and the other output collected.
+fn start_broken(cmd: &mut Command, broken: Broken) -> Running {
+    let (stdout, stderr) = match broken {
+        Broken::Stdout => (broken_pipe(), std::process::Stdio::piped()),
+        Broken::Stderr => (std::process::Stdio::piped(), broken_pipe()),
+    };
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("the binary starts");
+    // The other output, read so that the child never blocks on it (shown on failure).
+    let other: Box<dyn std::io::Read + Send> = match broken {
+        Broken::Stdout => Box::new(child.stderr.take().expect("stderr")),
+        Broken::Stderr => Box::new(child.stdout.take().expect("stdout")),
+    };
+    Running::adopt(child, other)
+}
+
+/// Asserts a normal exit with `code`: not a signal (SIGABRT is what a panic on a
+/// closed output gives, with `panic = "abort"`).
+fn assert_exit_status(out: &Output, code: i32, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        (out.status.code(), out.status.signal()),
+        (Some(code), None),
+        "{what}: {:?}\n--- the other output\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn no_command_fails_on_a_closed_stdout_or_stderr() {
+    let dir = TempDir::new("closed-output");
+    let fresh = dir.0.join("fresh");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    // A beat of a live process (this test's), written by hand in the heartbeat's format.
+    let beat = json!({
+        "pid": std::process::id(),
+        "started_ms": now,
+        "at_ms": now,
+        "stale_after_s": 600,
+        "orders_answered_ms": now,
+        "last_cycle": null,
+    });
+    std::fs::write(&fresh, beat.to_string()).expect("write the beat");
+    let stack = standin::Stack::start(0, 0, standin::Knobs::default()).expect("stand-ins");
+    stack.add_stock("oak", 100);
+    for broken in [Broken::Stdout, Broken::Stderr] {
+        let id = stack.add_order("oak", 1);
+        let cases: [(&str, Command, i32); 7] = [
+            ("--help", cmd().tap(|c| c.arg("--help")), 0),
+            ("once --help", cmd().tap(|c| c.args(["once", "--help"])), 0),
+            ("--version", cmd().tap(|c| c.arg("--version")), 0),
+            (
+                "healthcheck, healthy",
+                cmd().tap(|c| c.env("HEARTBEAT_FILE", &fresh).arg("healthcheck")),
+                0,
+            ),
+            (
+                "healthcheck, no heartbeat",
+                cmd().tap(|c| {
+                    c.env("HEARTBEAT_FILE", dir.0.join("none"))
+                        .arg("healthcheck")
+                }),
+                1,
+            ),
+            (
+                "a bad setting",
+                cmd().tap(|c| c.args(["once", "--error-rate", "2"])),
+                2,
+            ),
+            (
+                "once",
+                with_services(&stack.orders_url(), &stack.stocks_url())
+                    .tap(|c| c.args(["--max-retries", "0", "once"])),
+                0,
+            ),
+        ];
+        for (what, mut command, code) in cases {
+            let what = format!("{what}, {broken:?} closed");
+            let out = start_broken(&mut command, broken)
+                .wait_for(RUN_LIMIT)
+                .unwrap_or_else(|| panic!("{what}: still running after {RUN_LIMIT:?}"));
+            assert_exit_status(&out, code, &what);
+        }
+        assert_eq!(status(&stack, id), "ready", "{broken:?}");
+        // `run`: cycles, then stops on SIGTERM with exit 0.
+        let id = stack.add_order("oak", 1);
+        let mut child = start_broken(
+            with_services(&stack.orders_url(), &stack.stocks_url()).args([
+                "--max-retries",
+                "0",
+                "run",
+                "--interval",
+                "0.1",
+            ]),
+            broken,
+        );
+        let deadline = Instant::now() + RUN_LIMIT;
+        while status(&stack, id) != "ready" {
+            assert!(
+                Instant::now() < deadline,
+                "{broken:?}: order {id} not ready"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        child.signal(libc::SIGTERM);
+        let out = child.wait_for(STOP_LIMIT).expect("stopped after SIGTERM");
+        assert_exit_status(&out, 0, &format!("run, {broken:?} closed"));
+    }
+}
+
+/// `cmd.tap(|c| ...)`: a command built in one expression.
+trait Tap {
+    fn tap(self, f: impl FnOnce(&mut Self) -> &mut Self) -> Self;
+}
+
+impl Tap for Command {
+    fn tap(mut self, f: impl FnOnce(&mut Self) -> &mut Self) -> Self {
+        f(&mut self);
+        self
+    }
+}
