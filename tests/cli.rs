@@ -1380,3 +1380,30 @@ impl Tap for Command {
         self
     }
 }
+
+// ---------------------------------------------------------------- small mends
+
+#[test]
+fn a_quantity_beyond_the_largest_is_named_too_large() {
+    let server = MockServer::start();
+    let list = first_page_mock(
+        &server,
+        &json!([{"id": 1, "wood_type": "oak", "quantity": 4_294_967_296_u64, "order_status": "registered"}]),
+    );
+    let any = catch_all(&server);
+    let url = server.base_url();
+    let out = run(with_services(&url, &url).arg("once"));
+    // Bad data: the order stays registered, exit 1, no stock asked for.
+    assert_exit(&out, 1);
+    list.assert_calls(1);
+    any.assert_calls(0);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "order 1: skipped, bad data from the Order Service: quantity is too large: \
+             4294967296 (at most 4294967295)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not a positive integer"), "{stderr}");
+}
