@@ -563,11 +563,12 @@ pub fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<St
         "an http:// URL with a host, such as http://order:5000 (this build has no TLS)",
         ["http", "http"],
     );
-    // Even a URL typed without its scheme keeps its credentials out of the message.
+    // Even a URL typed without its scheme keeps its credentials out of the message, and
+    // a query or fragment (where a token may be) is not echoed either.
     let bad = |expected| ConfigError {
         flag,
         env,
-        value: crate::redact::url(value).into_owned(),
+        value: crate::redact::setting_url(value).into_owned(),
         expected,
     };
     let trimmed = value.trim().trim_end_matches('/');

@@ -451,10 +451,17 @@ fn each_bad_setting_exits_2_with_one_line_naming_it_and_sends_nothing() {
             assert_eq!(out.status.code(), Some(2), "{case}: {out:?}");
             assert!(out.stdout.is_empty(), "{case}: {out:?}");
             let stderr = text(&out.stderr);
+            // A URL's query or fragment is not echoed (a token may travel there).
+            let shown = match value.find(['?', '#']) {
+                Some(i) if value.starts_with("http") => {
+                    format!("{}{}REDACTED", &value[..i], &value[i..=i])
+                }
+                _ => value.to_string(),
+            };
             assert_eq!(
                 stderr.lines().collect::<Vec<_>>(),
                 [format!(
-                    "ordermanagement: error: invalid {flag} ({var}) {value:?}: expected {expected}"
+                    "ordermanagement: error: invalid {flag} ({var}) {shown:?}: expected {expected}"
                 )],
                 "{case}"
             );
@@ -1406,4 +1413,39 @@ fn a_quantity_beyond_the_largest_is_named_too_large() {
         "{stderr}"
     );
     assert!(!stderr.contains("not a positive integer"), "{stderr}");
+}
+
+#[test]
+fn a_refused_url_is_echoed_without_its_query_or_fragment() {
+    for (how, mut cmd) in [
+        (
+            "flag",
+            cmd().tap(|c| c.args(["once", "--orders-url", "http://x:5000/?token=SECRET"])),
+        ),
+        (
+            "variable",
+            cmd().tap(|c| {
+                c.env("API_URL_STOCKS", "http://u:SECRET@s:5001/api#SECRET")
+                    .arg("once")
+            }),
+        ),
+        (
+            "variable",
+            cmd().tap(|c| c.env("API_URL_ORDERS", "x:5000?token=SECRET").arg("once")),
+        ),
+    ] {
+        let out = run(&mut cmd);
+        assert_exit(&out, 2);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!stderr.contains("SECRET"), "{how}: {stderr}");
+        assert!(!stdout.contains("SECRET"), "{how}: {stdout}");
+        assert!(stderr.contains("REDACTED"), "{how}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{how}: {stderr}");
+    }
+    let out = run(cmd().args(["once", "--orders-url", "http://x:5000/?token=SECRET"]));
+    assert_eq!(
+        text(&out.stderr),
+        "ordermanagement: error: invalid --orders-url (API_URL_ORDERS) \"http://x:5000/?REDACTED\": \
+         expected a base URL without a ?query (the worker adds its own), such as http://order:5000\n"
+    );
 }
