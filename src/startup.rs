@@ -153,9 +153,10 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
         },
         Some(path) => match FileJournal::open_for(path, Some(&owner)) {
             Ok(journal) => Worker::with_journal(config, stop.clone(), Box::new(journal)),
-            // An overlapping run (cron): normal, one line, a code of its own.
-            Err(e @ journal::JournalError::Locked(..)) => {
-                log::warn!(target: TARGET, "{e}");
+            // An overlapping run (cron): normal, one line naming the holder, a code of
+            // its own.
+            Err(journal::JournalError::Locked(path, pid)) => {
+                log::warn!(target: TARGET, "{}", locked_line(&path, pid));
                 return Err(Exit::Busy);
             }
             Err(e) => return Err(fail_at_start(config, &e.to_string())),
@@ -251,6 +252,54 @@ fn state_file(config: &Config) -> Option<std::path::PathBuf> {
 fn owner_url(url: &str) -> String {
     let url = redact::url(url.trim_end_matches('/'));
     url.chars().take(512).collect()
+}
+
+/// The exit-3 line: `another run (pid N) holds PATH; nothing done`. The pid the holder
+/// wrote in `PATH.lock` is taken unless there is none (a run that has just taken the
+/// lock has not written it yet; an older build writes none) or it is this process's
+/// own (the lock file was free but the state file itself is locked: the journal then
+/// reads back the pid this process has just written). Then the kernel's lock table
+/// names the holder, unless it is in another PID namespace or cannot be read.
+fn locked_line(path: &std::path::Path, written: Option<u32>) -> String {
+    let own = std::process::id();
+    let holders: Vec<u32> = match written.filter(|pid| *pid != own) {
+        Some(pid) => vec![pid],
+        None => {
+            let [state, lock, _] = journal::companion_paths(path);
+            let mut found = Vec::new();
+            let mut unread = None;
+            for at in [&state, &lock] {
+                match files::lock_holders(at) {
+                    Ok(pids) => found.extend(pids.into_iter().filter(|pid| *pid != own)),
+                    Err(e) => unread = Some(e),
+                }
+            }
+            if found.is_empty() {
+                let why = match unread {
+                    Some(e) => format!("/proc/locks cannot be read ({e})"),
+                    None => "/proc/locks does not list its lock".to_string(),
+                };
+                return format!(
+                    "another run holds {}; nothing done (its pid is not known: {} names no \
+                     other run's pid, as when that run has just started, and {why})",
+                    path.display(),
+                    lock.display()
+                );
+            }
+            found
+        }
+    };
+    match holders.iter().find(|pid| **pid != 0) {
+        Some(pid) => format!(
+            "another run (pid {pid}) holds {}; nothing done",
+            path.display()
+        ),
+        None => format!(
+            "another run holds {}; nothing done (it runs in another PID namespace, such as \
+             another container sharing the volume, so its pid is not known here)",
+            path.display()
+        ),
+    }
 }
 
 /// Telemetry from the standard `OTEL_*` variables, the shard on its resource.
