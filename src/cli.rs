@@ -326,16 +326,32 @@ pub struct CommonArgs {
 }
 
 impl Cli {
-    /// Parses the process's arguments and environment (see [`Cli::command_line`]).
+    /// Parses the process's arguments and environment (see [`Cli::parse_args`]).
     pub fn parse_env() -> Result<Cli, clap::Error> {
-        Cli::from_arg_matches(&Cli::command_line().try_get_matches()?)
+        Cli::parse_args(std::env::args_os())
+    }
+
+    /// Parses `args` (the program's name first) and the environment, through
+    /// [`Cli::command_line`]; a flag given on the command line to a command it has no
+    /// effect on is refused ([`NO_EFFECT`]).
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Cli::command_line();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        refuse_flags_without_effect(&mut cmd, &matches)?;
+        Cli::from_arg_matches(&matches)
     }
 
     /// The command line as clap parses it: the derived one, with what the derive cannot
-    /// say. Each command's help shows only what it reads: `healthcheck` its own options
-    /// and `--heartbeat-file`, `once` no `--interval` (the others are still accepted and
-    /// ignored there, as their variables are). A variable's value is shown only when it
-    /// is set: `[env: API_URL_ORDERS]`, or `[env: API_URL_ORDERS=http://order:5000]`.
+    /// say. Each command's help shows only what it reads: `healthcheck` its own options,
+    /// `--heartbeat-file` and the shard (the worker's other options are accepted and
+    /// ignored there: a probe that failed on them would restart a working worker),
+    /// `once` no `--interval` (refused on its command line, see [`NO_EFFECT`]; ignored
+    /// from the environment). A variable's value is shown only when it is set:
+    /// `[env: API_URL_ORDERS]`, or `[env: API_URL_ORDERS=http://order:5000]`.
     pub fn command_line() -> clap::Command {
         let cmd = Cli::command().mut_args(show_env_value_when_set);
         let hidden = |sc: clap::Command, keep: &dyn Fn(&str) -> bool| {
@@ -379,6 +395,53 @@ impl Cli {
         };
         Ok(Invocation::Work(mode, self.common.to_config()?))
     }
+}
+
+/// The worker flags that only one of `run` and `once` reads: (clap id, flag, the
+/// command it has no effect on, why). Given on that command's line (before or after
+/// the command's name), such a flag is a usage error (exit 2): the user meant
+/// something by it. The same setting from its variable is not refused: a shared
+/// environment (the demo's block, an env file) sets it for every command.
+pub const NO_EFFECT: [(&str, &str, &str, &str); 2] = [
+    (
+        "interval",
+        "--interval",
+        "once",
+        "it is the pause between the cycles of `run`, and `once` runs a single cycle",
+    ),
+    (
+        "pending_deadline",
+        "--pending-deadline",
+        "run",
+        "it bounds how long `once` waits for pending status updates after its cycle, and \
+         `run` keeps trying them until it stops",
+    ),
+];
+
+/// Refuses a flag of [`NO_EFFECT`] given on the command line of the command it has no
+/// effect on.
+fn refuse_flags_without_effect(
+    cmd: &mut clap::Command,
+    matches: &clap::ArgMatches,
+) -> Result<(), clap::Error> {
+    use clap::parser::ValueSource;
+    let Some((name, sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    for (id, flag, command, why) in NO_EFFECT {
+        if name != command {
+            continue;
+        }
+        let given = [matches, sub]
+            .iter()
+            .any(|m| m.value_source(id) == Some(ValueSource::CommandLine));
+        if given {
+            let message = format!("{flag} has no effect on `{command}`: {why}; leave it out");
+            let sub = cmd.find_subcommand_mut(name).expect("the command parsed");
+            return Err(sub.error(clap::error::ErrorKind::ArgumentConflict, message));
+        }
+    }
+    Ok(())
 }
 
 /// `[env: NAME=value]` in the help only when the variable is set and not empty: an
@@ -452,9 +515,8 @@ mod tests {
     use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<(Mode, Config), ConfigError> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("ordermanagement").chain(args.iter().copied()))
-                .expect("clap accepts the arguments");
+        let cli = Cli::parse_args(std::iter::once("ordermanagement").chain(args.iter().copied()))
+            .expect("clap accepts the arguments");
         match cli.into_invocation()? {
             Invocation::Work(mode, config) => Ok((mode, config)),
             Invocation::Healthcheck(_) => panic!("{args:?} is not a worker command"),
@@ -646,6 +708,41 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_flag_without_effect_on_the_command_is_refused_naming_it() {
+        let refused = |args: &[&str]| {
+            Cli::parse_args(std::iter::once("ordermanagement").chain(args.iter().copied()))
+                .expect_err(&format!("{args:?} must be refused"))
+        };
+        for args in [
+            &["once", "--interval", "2"][..],
+            &["--interval", "2", "once"],
+            &["--interval=2", "once", "--dry-run"],
+        ] {
+            let e = refused(args);
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            let text = e.render().to_string();
+            assert!(
+                text.contains("--interval has no effect on `once`"),
+                "{args:?}: {text}"
+            );
+        }
+        for args in [
+            &["run", "--pending-deadline", "5"][..],
+            &["--pending-deadline", "5", "run", "--interval", "1"],
+        ] {
+            let text = refused(args).render().to_string();
+            assert!(
+                text.contains("--pending-deadline has no effect on `run`"),
+                "{args:?}: {text}"
+            );
+        }
+        // Each where it has an effect.
+        assert!(parse(&["run", "--interval", "2"]).is_ok());
+        assert!(parse(&["once", "--pending-deadline", "5"]).is_ok());
+        assert!(parse(&["--pending-deadline", "5", "once"]).is_ok());
     }
 
     #[test]

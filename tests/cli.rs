@@ -1449,3 +1449,45 @@ fn a_refused_url_is_echoed_without_its_query_or_fragment() {
          expected a base URL without a ?query (the worker adds its own), such as http://order:5000\n"
     );
 }
+
+#[test]
+fn a_flag_given_to_a_command_it_has_no_effect_on_is_refused_but_its_variable_is_not() {
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    for (args, flag) in [
+        (&["once", "--interval", "2"][..], "--interval"),
+        (&["--interval", "2", "once"], "--interval"),
+        (&["run", "--pending-deadline", "5"], "--pending-deadline"),
+    ] {
+        let out = run(with_services(&url, &url).args(args));
+        assert_exit(&out, 2);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!("error: {flag} has no effect on `")),
+            "{args:?}: {stderr}"
+        );
+    }
+    list.assert_calls(0);
+    // The same settings from the environment (a shared env file sets them for every
+    // command): taken without a word.
+    let out = run(with_services(&url, &url)
+        .env("INTERVAL_SECONDS", "2")
+        .arg("once"));
+    assert_exit(&out, 0);
+    assert!(!text(&out.stderr).contains("INTERVAL"), "{out:?}");
+    list.assert_calls(1);
+    let mut child = Running::start(
+        with_services(&url, &url)
+            .env("PENDING_DEADLINE_SECONDS", "5")
+            .args(["run", "--interval", "30"]),
+    );
+    let deadline = Instant::now() + RUN_LIMIT;
+    while list.calls() < 2 {
+        assert!(Instant::now() < deadline, "run made no cycle");
+        thread::sleep(Duration::from_millis(10));
+    }
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(STOP_LIMIT).expect("stopped after SIGTERM");
+    assert_exit(&out, 0);
+}
