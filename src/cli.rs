@@ -44,8 +44,9 @@ Examples:
 pub const HEALTHCHECK_EXIT_HELP: &str = "\
 Exit codes:
   0  healthy: the worker's last beat is recent enough
-  1  unhealthy: no recent beat, no heartbeat file, a worker stopped by a signal,
-     or (with --max-cut-off) an Order Service silent for too long
+  1  unhealthy: no recent beat, no heartbeat file, a worker that has ended
+     (stopped by a signal, exited, killed), or (with --max-cut-off) an Order
+     Service silent for too long
   2  usage or configuration error in healthcheck's own settings";
 
 #[derive(Debug, Parser)]
@@ -73,7 +74,7 @@ pub enum Command {
     #[command(after_help = crate::exit::HELP)]
     Once,
     /// Exit 0 while the worker using the same --heartbeat-file makes progress, 1 when it
-    /// is stuck or stopped (for a container HEALTHCHECK or a liveness probe); prints one line.
+    /// is stuck or has ended (for a container HEALTHCHECK or a liveness probe); prints one line.
     #[command(after_help = HEALTHCHECK_EXIT_HELP)]
     Healthcheck(HealthcheckArgs),
 }

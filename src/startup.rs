@@ -390,8 +390,24 @@ impl Started {
     }
 
     /// Names the orders whose status update is left pending, in one line, and those
-    /// whose status update the Order Service refused after their fate was decided.
-    pub fn finish(self) {
+    /// whose status update the Order Service refused after their fate was decided; then
+    /// records the exit with its code in the heartbeat, so that `healthcheck` reports
+    /// the worker exited instead of healthy until its beat would age out.
+    pub fn finish(self, exit: Exit) {
+        self.say_what_is_left();
+        if let Some(path) = &self.heartbeat
+            && let Err(e) = heartbeat::mark_exited(path, exit.code())
+        {
+            log::warn!(
+                target: TARGET,
+                "cannot record the exit in the heartbeat file {}: {e}",
+                path.display()
+            );
+        }
+    }
+
+    /// The orders left pending or refused, named.
+    fn say_what_is_left(&self) {
         let (refused, orders) = self.worker.refused_orders();
         if refused > 0 {
             log::error!(

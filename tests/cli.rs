@@ -984,11 +984,16 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
         text(&out.stdout).starts_with("unhealthy: stopped at "),
         "{out:?}"
     );
-    // The judgement of a beat that just ages: the stop taken out of the file.
+    // The judgement of a beat that just ages: the stop and the exit taken out of the
+    // file, and a pid that still runs (this test's) put in.
     let mut last: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&beat).expect("the last beat")).expect("JSON");
     assert_eq!(last["stopped"]["signal"], "SIGTERM", "{last}");
-    last.as_object_mut().expect("an object").remove("stopped");
+    assert_eq!(last["exited"]["code"], 0, "{last}");
+    let fields = last.as_object_mut().expect("an object");
+    fields.remove("stopped");
+    fields.remove("exited");
+    fields.insert("pid".into(), std::process::id().into());
     std::fs::write(&beat, last.to_string()).expect("rewrite the beat");
     thread::sleep(Duration::from_millis(1_200));
     let out = healthcheck(&beat, &["--max-age", "1"]);
@@ -1490,4 +1495,87 @@ fn a_flag_given_to_a_command_it_has_no_effect_on_is_refused_but_its_variable_is_
     child.signal(libc::SIGTERM);
     let out = child.wait_for(STOP_LIMIT).expect("stopped after SIGTERM");
     assert_exit(&out, 0);
+}
+
+// ---------------------------------------------------------------- healthcheck: an ended worker
+
+/// The healthcheck's line on `beat`, with its exit code.
+fn health_of(beat: &std::path::Path) -> (Option<i32>, String) {
+    let out = healthcheck(beat, &[]);
+    (out.status.code(), text(&out.stdout))
+}
+
+#[test]
+fn healthcheck_says_a_finished_once_exited_with_its_code() {
+    let dir = TempDir::new("healthcheck-exited");
+    let beat = dir.0.join("beat");
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    let before = std::time::SystemTime::now();
+    let out = run(with_services(&url, &url)
+        .env("HEARTBEAT_FILE", &beat)
+        .arg("once"));
+    assert_exit(&out, 0);
+    list.assert_calls(1);
+    // Its beat is fresh, but the worker has exited: not healthy.
+    let (code, line) = health_of(&beat);
+    assert_eq!(code, Some(1), "{line}");
+    let Some((at, rest)) = line
+        .strip_prefix("unhealthy: exited at ")
+        .and_then(|rest| rest.split_once(' '))
+    else {
+        panic!("{line}")
+    };
+    let earliest = ordermanagement::logging::rfc3339_millis(before - Duration::from_millis(1));
+    assert!(at.len() == 24 && at >= earliest.as_str(), "{line}");
+    assert!(rest.starts_with("with code 0: last beat "), "{line}");
+    // A `once` that left work: its code, 1.
+    let closed = format!("http://127.0.0.1:{}", closed_port());
+    let out = run(with_services(&closed, &url)
+        .env("HEARTBEAT_FILE", &beat)
+        .args(["once", "--max-retries", "0"]));
+    assert_exit(&out, 1);
+    let (code, line) = health_of(&beat);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains(" with code 1: last beat "), "{line}");
+}
+
+#[test]
+fn healthcheck_says_a_killed_worker_has_ended() {
+    if std::fs::read_link("/proc/self/ns/pid").is_err() {
+        eprintln!("SKIPPED: no /proc/self/ns/pid here: healthcheck judges the beat's age alone");
+        return;
+    }
+    let dir = TempDir::new("healthcheck-killed");
+    let beat = dir.0.join("beat");
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    let mut child = Running::start(
+        with_services(&url, &url)
+            .env("HEARTBEAT_FILE", &beat)
+            .args(["run", "--interval", "30"]),
+    );
+    let deadline = Instant::now() + RUN_LIMIT;
+    while list.calls() == 0 || health_of(&beat).0 != Some(0) {
+        assert!(Instant::now() < deadline, "never healthy");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.pid();
+    // SIGKILL: no chance to record anything; reaped below.
+    child.signal(libc::SIGKILL);
+    let out = child.wait_for(STOP_LIMIT).expect("killed");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL)
+    );
+    let (code, line) = health_of(&beat);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "unhealthy: the worker (pid {pid}) has ended without recording an exit"
+        )),
+        "{line}"
+    );
 }
