@@ -249,7 +249,9 @@ pub struct CommonArgs {
     pub no_state_file: bool,
 
     /// The heartbeat the worker rewrites as orders finish and after each cycle, read by
-    /// `healthcheck` (replicas sharing a /tmp need one each). Off when empty.
+    /// `healthcheck`. The default carries the shard when one is set
+    /// (/tmp/ordermanagement-0of3.heartbeat), so replicas sharing a /tmp have one each.
+    /// Off when empty.
     #[arg(
         long,
         global = true,
@@ -363,8 +365,15 @@ impl Cli {
                 .collect();
             sc.args(copies)
         };
+        // `healthcheck` reads the shard too: the default heartbeat path carries it.
+        let healthcheck_reads = |id: &str| {
+            matches!(
+                id,
+                "heartbeat_file" | "shard" | "shard_index" | "shard_count"
+            )
+        };
         cmd.mut_subcommand("healthcheck", |sc| {
-            hidden(sc, &|id| id == "heartbeat_file").mut_args(show_env_value_when_set)
+            hidden(sc, &healthcheck_reads).mut_args(show_env_value_when_set)
         })
         .mut_subcommand("once", |sc| hidden(sc, &|id| id != "interval"))
     }
@@ -390,7 +399,10 @@ impl Cli {
                         "--max-cut-off",
                         "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
                     )?,
-                    heartbeat_file: config::heartbeat_file(&self.common.heartbeat_file).0,
+                    heartbeat_file: config::heartbeat_file(&self.common.heartbeat_file, || {
+                        self.common.shard()
+                    })?
+                    .0,
                 }));
             }
         };
@@ -456,10 +468,14 @@ fn show_env_value_when_set(arg: clap::Arg) -> clap::Arg {
 }
 
 impl CommonArgs {
+    /// `--shard`, or `--shard-index` with `--shard-count`.
+    fn shard(&self) -> Result<Option<config::Shard>, ConfigError> {
+        config::shard(&self.shard, &self.shard_index, &self.shard_count)
+    }
+
     /// The worker's settings, validated one by one (the first bad one is the error).
     fn to_config(&self) -> Result<Config, ConfigError> {
-        let (heartbeat_file, heartbeat_chosen) = config::heartbeat_file(&self.heartbeat_file);
-        let config = Config {
+        let mut config = Config {
             error_rate: config::error_rate(&self.error_rate)?,
             orders_url: config::base_url(&self.orders_url, "--orders-url", "API_URL_ORDERS")?,
             stocks_url: config::base_url(&self.stocks_url, "--stocks-url", "API_URL_STOCKS")?,
@@ -475,12 +491,12 @@ impl CommonArgs {
             pending_deadline: config::pending_deadline(&self.pending_deadline)?,
             page_size: config::page_size(&self.page_size)?,
             max_orders_per_cycle: config::max_orders_per_cycle(&self.max_orders_per_cycle)?,
-            shard: config::shard(&self.shard, &self.shard_index, &self.shard_count)?,
+            shard: self.shard()?,
             dry_run: config::dry_run(&self.dry_run)?,
-            heartbeat_file,
-            heartbeat_chosen,
             ..Config::default()
         };
+        (config.heartbeat_file, config.heartbeat_chosen) =
+            config::heartbeat_file(&self.heartbeat_file, || Ok(config.shard))?;
         config.check_timeouts(&self.decrease_timeout)?;
         // STATE_FILE set empty turns it off (clap may read an empty variable as unset).
         let env = |name| std::env::var(name).ok();

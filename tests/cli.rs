@@ -1579,3 +1579,87 @@ fn healthcheck_says_a_killed_worker_has_ended() {
         "{line}"
     );
 }
+
+/// A heartbeat file at the default path of a shard unlikely to be anyone else's,
+/// removed when dropped.
+struct ShardBeat {
+    shard: String,
+    path: std::path::PathBuf,
+}
+
+impl ShardBeat {
+    fn new() -> ShardBeat {
+        let count = 100_003;
+        let index = std::process::id() % count;
+        let path =
+            std::path::PathBuf::from(format!("/tmp/ordermanagement-{index}of{count}.heartbeat"));
+        let _ = std::fs::remove_file(&path);
+        ShardBeat {
+            shard: format!("{index}/{count}"),
+            path,
+        }
+    }
+}
+
+impl Drop for ShardBeat {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn the_default_heartbeat_of_a_shard_is_its_own_and_healthcheck_finds_it() {
+    let beat = ShardBeat::new();
+    let (index, count) = beat.shard.split_once('/').expect("INDEX/COUNT");
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    // The worker and the probe with HEARTBEAT_FILE unset: the default path.
+    let mut worker = with_services(&url, &url);
+    worker
+        .env_remove("HEARTBEAT_FILE")
+        .args(["--shard", &beat.shard, "run", "--interval", "30"]);
+    let mut child = Running::start(&mut worker);
+    let deadline = Instant::now() + RUN_LIMIT;
+    while list.calls() == 0 || !beat.path.exists() {
+        assert!(Instant::now() < deadline, "no heartbeat at {:?}", beat.path);
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The probe with HEARTBEAT_FILE unset, these variables and these arguments.
+    let probe = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = cmd();
+        cmd.env_remove("HEARTBEAT_FILE")
+            .envs(vars.iter().copied())
+            .args(args);
+        run(&mut cmd)
+    };
+    let pid = format!("pid {})", child.pid());
+    let shard = beat.shard.as_str();
+    for (how, vars, args) in [
+        ("SHARD", &[("SHARD", shard)][..], &["healthcheck"][..]),
+        (
+            "SHARD_INDEX and SHARD_COUNT",
+            &[("SHARD_INDEX", index), ("SHARD_COUNT", count)],
+            &["healthcheck"],
+        ),
+        ("--shard", &[], &["healthcheck", "--shard", shard]),
+    ] {
+        let out = probe(vars, args);
+        assert_exit(&out, 0);
+        let line = text(&out.stdout);
+        assert!(line.starts_with("healthy: last beat"), "{how}: {line}");
+        assert!(line.contains(&pid), "{how}: {line}");
+    }
+    // The probe's help shows the shard it reads.
+    let help = text(&run(cmd().args(["healthcheck", "--help"])).stdout);
+    assert!(help.contains("--shard <INDEX/COUNT>"), "{help}");
+    // A bad shard with the default path: the probe cannot know which file to read.
+    let out = probe(&[("SHARD", "7/3")], &["healthcheck"]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("invalid --shard (SHARD) \"7/3\""),
+        "{out:?}"
+    );
+    child.signal(libc::SIGTERM);
+    assert_exit(&child.wait_for(STOP_LIMIT).expect("stopped"), 0);
+}
