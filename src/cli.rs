@@ -44,8 +44,9 @@ Examples:
 pub const HEALTHCHECK_EXIT_HELP: &str = "\
 Exit codes:
   0  healthy: the worker's last beat is recent enough
-  1  unhealthy: no recent beat, no heartbeat file, a worker stopped by a signal,
-     or (with --max-cut-off) an Order Service silent for too long
+  1  unhealthy: no recent beat, no heartbeat file, a worker that has ended
+     (stopped by a signal, exited, killed), or (with --max-cut-off) an Order
+     Service silent for too long
   2  usage or configuration error in healthcheck's own settings";
 
 #[derive(Debug, Parser)]
@@ -73,7 +74,7 @@ pub enum Command {
     #[command(after_help = crate::exit::HELP)]
     Once,
     /// Exit 0 while the worker using the same --heartbeat-file makes progress, 1 when it
-    /// is stuck or stopped (for a container HEALTHCHECK or a liveness probe); prints one line.
+    /// is stuck or has ended (for a container HEALTHCHECK or a liveness probe); prints one line.
     #[command(after_help = HEALTHCHECK_EXIT_HELP)]
     Healthcheck(HealthcheckArgs),
 }
@@ -248,7 +249,9 @@ pub struct CommonArgs {
     pub no_state_file: bool,
 
     /// The heartbeat the worker rewrites as orders finish and after each cycle, read by
-    /// `healthcheck` (replicas sharing a /tmp need one each). Off when empty.
+    /// `healthcheck`. The default carries the shard when one is set
+    /// (/tmp/ordermanagement-0of3.heartbeat), so replicas sharing a /tmp have one each.
+    /// Off when empty.
     #[arg(
         long,
         global = true,
@@ -326,16 +329,32 @@ pub struct CommonArgs {
 }
 
 impl Cli {
-    /// Parses the process's arguments and environment (see [`Cli::command_line`]).
+    /// Parses the process's arguments and environment (see [`Cli::parse_args`]).
     pub fn parse_env() -> Result<Cli, clap::Error> {
-        Cli::from_arg_matches(&Cli::command_line().try_get_matches()?)
+        Cli::parse_args(std::env::args_os())
+    }
+
+    /// Parses `args` (the program's name first) and the environment, through
+    /// [`Cli::command_line`]; a flag given on the command line to a command it has no
+    /// effect on is refused ([`NO_EFFECT`]).
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Cli::command_line();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        refuse_flags_without_effect(&mut cmd, &matches)?;
+        Cli::from_arg_matches(&matches)
     }
 
     /// The command line as clap parses it: the derived one, with what the derive cannot
-    /// say. Each command's help shows only what it reads: `healthcheck` its own options
-    /// and `--heartbeat-file`, `once` no `--interval` (the others are still accepted and
-    /// ignored there, as their variables are). A variable's value is shown only when it
-    /// is set: `[env: API_URL_ORDERS]`, or `[env: API_URL_ORDERS=http://order:5000]`.
+    /// say. Each command's help shows only what it reads: `healthcheck` its own options,
+    /// `--heartbeat-file` and the shard (the worker's other options are accepted and
+    /// ignored there: a probe that failed on them would restart a working worker),
+    /// `once` no `--interval` (refused on its command line, see [`NO_EFFECT`]; ignored
+    /// from the environment). A variable's value is shown only when it is set:
+    /// `[env: API_URL_ORDERS]`, or `[env: API_URL_ORDERS=http://order:5000]`.
     pub fn command_line() -> clap::Command {
         let cmd = Cli::command().mut_args(show_env_value_when_set);
         let hidden = |sc: clap::Command, keep: &dyn Fn(&str) -> bool| {
@@ -346,8 +365,15 @@ impl Cli {
                 .collect();
             sc.args(copies)
         };
+        // `healthcheck` reads the shard too: the default heartbeat path carries it.
+        let healthcheck_reads = |id: &str| {
+            matches!(
+                id,
+                "heartbeat_file" | "shard" | "shard_index" | "shard_count"
+            )
+        };
         cmd.mut_subcommand("healthcheck", |sc| {
-            hidden(sc, &|id| id == "heartbeat_file").mut_args(show_env_value_when_set)
+            hidden(sc, &healthcheck_reads).mut_args(show_env_value_when_set)
         })
         .mut_subcommand("once", |sc| hidden(sc, &|id| id != "interval"))
     }
@@ -373,12 +399,62 @@ impl Cli {
                         "--max-cut-off",
                         "HEALTHCHECK_MAX_CUT_OFF_SECONDS",
                     )?,
-                    heartbeat_file: config::heartbeat_file(&self.common.heartbeat_file).0,
+                    heartbeat_file: config::heartbeat_file(&self.common.heartbeat_file, || {
+                        self.common.shard()
+                    })?
+                    .0,
                 }));
             }
         };
         Ok(Invocation::Work(mode, self.common.to_config()?))
     }
+}
+
+/// The worker flags that only one of `run` and `once` reads: (clap id, flag, the
+/// command it has no effect on, why). Given on that command's line (before or after
+/// the command's name), such a flag is a usage error (exit 2): the user meant
+/// something by it. The same setting from its variable is not refused: a shared
+/// environment (the demo's block, an env file) sets it for every command.
+pub const NO_EFFECT: [(&str, &str, &str, &str); 2] = [
+    (
+        "interval",
+        "--interval",
+        "once",
+        "it is the pause between the cycles of `run`, and `once` runs a single cycle",
+    ),
+    (
+        "pending_deadline",
+        "--pending-deadline",
+        "run",
+        "it bounds how long `once` waits for pending status updates after its cycle, and \
+         `run` keeps trying them until it stops",
+    ),
+];
+
+/// Refuses a flag of [`NO_EFFECT`] given on the command line of the command it has no
+/// effect on.
+fn refuse_flags_without_effect(
+    cmd: &mut clap::Command,
+    matches: &clap::ArgMatches,
+) -> Result<(), clap::Error> {
+    use clap::parser::ValueSource;
+    let Some((name, sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    for (id, flag, command, why) in NO_EFFECT {
+        if name != command {
+            continue;
+        }
+        let given = [matches, sub]
+            .iter()
+            .any(|m| m.value_source(id) == Some(ValueSource::CommandLine));
+        if given {
+            let message = format!("{flag} has no effect on `{command}`: {why}; leave it out");
+            let sub = cmd.find_subcommand_mut(name).expect("the command parsed");
+            return Err(sub.error(clap::error::ErrorKind::ArgumentConflict, message));
+        }
+    }
+    Ok(())
 }
 
 /// `[env: NAME=value]` in the help only when the variable is set and not empty: an
@@ -392,10 +468,14 @@ fn show_env_value_when_set(arg: clap::Arg) -> clap::Arg {
 }
 
 impl CommonArgs {
+    /// `--shard`, or `--shard-index` with `--shard-count`.
+    fn shard(&self) -> Result<Option<config::Shard>, ConfigError> {
+        config::shard(&self.shard, &self.shard_index, &self.shard_count)
+    }
+
     /// The worker's settings, validated one by one (the first bad one is the error).
     fn to_config(&self) -> Result<Config, ConfigError> {
-        let (heartbeat_file, heartbeat_chosen) = config::heartbeat_file(&self.heartbeat_file);
-        let config = Config {
+        let mut config = Config {
             error_rate: config::error_rate(&self.error_rate)?,
             orders_url: config::base_url(&self.orders_url, "--orders-url", "API_URL_ORDERS")?,
             stocks_url: config::base_url(&self.stocks_url, "--stocks-url", "API_URL_STOCKS")?,
@@ -411,12 +491,12 @@ impl CommonArgs {
             pending_deadline: config::pending_deadline(&self.pending_deadline)?,
             page_size: config::page_size(&self.page_size)?,
             max_orders_per_cycle: config::max_orders_per_cycle(&self.max_orders_per_cycle)?,
-            shard: config::shard(&self.shard, &self.shard_index, &self.shard_count)?,
+            shard: self.shard()?,
             dry_run: config::dry_run(&self.dry_run)?,
-            heartbeat_file,
-            heartbeat_chosen,
             ..Config::default()
         };
+        (config.heartbeat_file, config.heartbeat_chosen) =
+            config::heartbeat_file(&self.heartbeat_file, || Ok(config.shard))?;
         config.check_timeouts(&self.decrease_timeout)?;
         // STATE_FILE set empty turns it off (clap may read an empty variable as unset).
         let env = |name| std::env::var(name).ok();
@@ -452,9 +532,8 @@ mod tests {
     use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<(Mode, Config), ConfigError> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("ordermanagement").chain(args.iter().copied()))
-                .expect("clap accepts the arguments");
+        let cli = Cli::parse_args(std::iter::once("ordermanagement").chain(args.iter().copied()))
+            .expect("clap accepts the arguments");
         match cli.into_invocation()? {
             Invocation::Work(mode, config) => Ok((mode, config)),
             Invocation::Healthcheck(_) => panic!("{args:?} is not a worker command"),
@@ -646,6 +725,41 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_flag_without_effect_on_the_command_is_refused_naming_it() {
+        let refused = |args: &[&str]| {
+            Cli::parse_args(std::iter::once("ordermanagement").chain(args.iter().copied()))
+                .expect_err(&format!("{args:?} must be refused"))
+        };
+        for args in [
+            &["once", "--interval", "2"][..],
+            &["--interval", "2", "once"],
+            &["--interval=2", "once", "--dry-run"],
+        ] {
+            let e = refused(args);
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            let text = e.render().to_string();
+            assert!(
+                text.contains("--interval has no effect on `once`"),
+                "{args:?}: {text}"
+            );
+        }
+        for args in [
+            &["run", "--pending-deadline", "5"][..],
+            &["--pending-deadline", "5", "run", "--interval", "1"],
+        ] {
+            let text = refused(args).render().to_string();
+            assert!(
+                text.contains("--pending-deadline has no effect on `run`"),
+                "{args:?}: {text}"
+            );
+        }
+        // Each where it has an effect.
+        assert!(parse(&["run", "--interval", "2"]).is_ok());
+        assert!(parse(&["once", "--pending-deadline", "5"]).is_ok());
+        assert!(parse(&["--pending-deadline", "5", "once"]).is_ok());
     }
 
     #[test]

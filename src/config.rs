@@ -473,13 +473,38 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// `--heartbeat-file`: the path (none when empty), and whether it was chosen rather
-/// than left at its default.
-pub fn heartbeat_file(value: &str) -> (Option<PathBuf>, bool) {
+/// than left at its default. The default path carries the replica's shard, when
+/// `shard` gives one (`/tmp/ordermanagement-0of3.heartbeat`), so that replicas sharing
+/// a `/tmp` never share a heartbeat by accident; `healthcheck` with the same settings
+/// reads the same file. `shard` is asked for only then: a path chosen is used as it
+/// is.
+pub fn heartbeat_file(
+    value: &str,
+    shard: impl FnOnce() -> Result<Option<Shard>, ConfigError>,
+) -> Result<(Option<PathBuf>, bool), ConfigError> {
     let path = value.trim();
-    (
-        Some(path).filter(|p| !p.is_empty()).map(PathBuf::from),
-        path != defaults::HEARTBEAT_FILE,
-    )
+    if path != defaults::HEARTBEAT_FILE {
+        return Ok((
+            Some(path).filter(|p| !p.is_empty()).map(PathBuf::from),
+            true,
+        ));
+    }
+    let path = match shard()? {
+        Some(shard) => sharded_heartbeat(shard),
+        None => PathBuf::from(path),
+    };
+    Ok((Some(path), false))
+}
+
+/// The default heartbeat path of one shard: `/tmp/ordermanagement-2of4.heartbeat`.
+pub fn sharded_heartbeat(shard: Shard) -> PathBuf {
+    let default = std::path::Path::new(defaults::HEARTBEAT_FILE);
+    let stem = default.file_stem().unwrap_or_default().to_string_lossy();
+    let extension = default.extension().unwrap_or_default().to_string_lossy();
+    default.with_file_name(format!(
+        "{stem}-{}of{}.{extension}",
+        shard.index, shard.count
+    ))
 }
 
 /// `run --interval`: a positive number of seconds, at most a day.
@@ -563,11 +588,12 @@ pub fn base_url(value: &str, flag: &'static str, env: &'static str) -> Result<St
         "an http:// URL with a host, such as http://order:5000 (this build has no TLS)",
         ["http", "http"],
     );
-    // Even a URL typed without its scheme keeps its credentials out of the message.
+    // Even a URL typed without its scheme keeps its credentials out of the message, and
+    // a query or fragment (where a token may be) is not echoed either.
     let bad = |expected| ConfigError {
         flag,
         env,
-        value: crate::redact::url(value).into_owned(),
+        value: crate::redact::setting_url(value).into_owned(),
         expected,
     };
     let trimmed = value.trim().trim_end_matches('/');
@@ -713,6 +739,33 @@ mod tests {
         assert!(d > Duration::from_secs(60 + 80), "{d:?}");
         assert!(d < Duration::from_secs(600), "{d:?}");
         assert!(config.stale_after(&Mode::Once) < d);
+    }
+
+    #[test]
+    fn the_default_heartbeat_carries_the_shard_and_a_chosen_one_does_not() {
+        let two_of_four = || Ok(Some(Shard { index: 2, count: 4 }));
+        let none = || Ok(None);
+        let refused = || shard("9/4", "", "");
+        assert_eq!(
+            heartbeat_file(defaults::HEARTBEAT_FILE, two_of_four).unwrap(),
+            (
+                Some(PathBuf::from("/tmp/ordermanagement-2of4.heartbeat")),
+                false
+            )
+        );
+        assert_eq!(
+            heartbeat_file(&format!(" {} ", defaults::HEARTBEAT_FILE), none).unwrap(),
+            (Some(PathBuf::from(defaults::HEARTBEAT_FILE)), false)
+        );
+        // A path chosen is used as it is, and the shard not even read.
+        assert_eq!(
+            heartbeat_file("/run/beat", refused).unwrap(),
+            (Some(PathBuf::from("/run/beat")), true)
+        );
+        assert_eq!(heartbeat_file("", refused).unwrap(), (None, true));
+        // The default path needs a valid shard.
+        let e = heartbeat_file(defaults::HEARTBEAT_FILE, refused).unwrap_err();
+        assert_eq!(e.env, "SHARD");
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub enum Exit {
     /// Exit 1: `once`: work is left: the order list could not be fetched, orders stay
     /// `registered`, or status updates are pending or were refused.
     WorkLeft,
-    /// Exit 1: `healthcheck`: the worker makes no progress (or its heartbeat cannot be read).
+    /// Exit 1: `healthcheck`: the worker makes no progress or has ended (or its heartbeat
+    /// cannot be read).
     Unhealthy,
     /// Exit 2: a usage or configuration error, or a start-up that failed (a state file
     /// damaged or in use, a heartbeat file refused, the signal handlers not installed):

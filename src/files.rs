@@ -154,6 +154,53 @@ fn resolved(path: &Path) -> PathBuf {
     }
 }
 
+/// The processes holding a lock on the file at `path`, as `/proc/locks` lists them
+/// (the kernel's table of every lock, `flock` ones included): their pids in this
+/// process's PID namespace, where 0 stands for one this process cannot see (another
+/// container sharing the volume). Waiters (`->` lines) are left out.
+pub fn lock_holders(path: &Path) -> io::Result<Vec<u32>> {
+    let meta = fs::metadata(path)?;
+    let text = fs::read_to_string("/proc/locks")?;
+    let device = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    Ok(holders_in(&text, device, meta.ino()))
+}
+
+/// The pids `/proc/locks`' `text` gives for locks on inode `ino` of the device
+/// `(major, minor)`: lines such as `1: FLOCK  ADVISORY  WRITE 4242 08:01:1837 0 EOF`
+/// (device numbers in hexadecimal, the inode in decimal; an OFD lock's pid is -1).
+fn holders_in(text: &str, device: (u32, u32), ino: u64) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(kind), Some(_), Some(_), Some(pid), Some(at)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        if kind == "->" {
+            continue;
+        }
+        let mut parts = at.split(':');
+        let (Some(major), Some(minor), Some(inode)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let same = u32::from_str_radix(major, 16).ok() == Some(device.0)
+            && u32::from_str_radix(minor, 16).ok() == Some(device.1)
+            && inode.parse::<u64>().ok() == Some(ino);
+        if let (true, Ok(pid)) = (same, pid.parse::<u32>())
+            && !pids.contains(&pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +293,36 @@ mod tests {
         symlink(dir.join("sub"), dir.join("alias")).unwrap();
         assert!(same_file(&dir.join("sub/new"), &dir.join("alias/new")));
         assert!(!same_file(&dir.join("sub/new"), &dir.join("sub/other")));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn lock_holders_are_read_from_proc_locks() {
+        let text = "\
+1: POSIX  ADVISORY  WRITE 77 fd:00:1837 0 EOF
+2: FLOCK  ADVISORY  WRITE 4242 08:1f:1837 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 5151 08:1f:1837 0 EOF
+3: OFDLCK ADVISORY  READ  -1 08:1f:1837 0 EOF
+4: FLOCK  ADVISORY  WRITE 0 08:1f:1837 0 EOF
+5: FLOCK  ADVISORY  WRITE 99 08:1f:18370 0 EOF
+";
+        assert_eq!(holders_in(text, (8, 31), 1837), [4242, 0]);
+        assert_eq!(holders_in(text, (253, 0), 1837), [77]);
+        assert!(holders_in(text, (8, 31), 1).is_empty());
+        assert!(holders_in("garbage\n\n1: FLOCK", (8, 31), 1837).is_empty());
+    }
+
+    #[test]
+    fn a_lock_this_process_takes_is_found_with_its_pid() {
+        let dir = std::env::temp_dir().join(format!("om-files-locks-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("locked");
+        let file = File::create(&path).unwrap();
+        assert!(!lock_holders(&path).unwrap().contains(&std::process::id()));
+        file.try_lock().unwrap();
+        assert!(lock_holders(&path).unwrap().contains(&std::process::id()));
+        drop(file);
         fs::remove_dir_all(dir).unwrap();
     }
 }

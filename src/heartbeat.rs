@@ -8,6 +8,16 @@
 //! age, which a process-alive check cannot. A service being down is not a reason to
 //! restart the worker, so by default only progress is judged; `--max-cut-off` also
 //! fails when the Order Service has not answered for that long.
+//!
+//! A worker that has ended is not healthy, however fresh its last beat: one that
+//! exits normally (a finished `once`, a `run` stopped by a signal) records when and
+//! with which code (or signal) in its last beat, and one that ended without a word (a
+//! crash, SIGKILL, a second stop signal) is found gone by its pid: `kill(pid, 0)`
+//! answers ESRCH. The pid is only asked about when the healthcheck runs in the
+//! worker's PID namespace (the beat records it): `docker exec`, a `HEALTHCHECK` and a
+//! Kubernetes exec probe do; a probe from another namespace, or without `/proc`,
+//! judges the beat's age alone. A pid reused by another process since reads as alive:
+//! the beat then ages out.
 
 use std::fmt;
 use std::fs;
@@ -47,6 +57,23 @@ pub struct Beat {
     /// itself, whatever the beat's age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<Stopped>,
+    /// Written once when the worker exited normally (after [`Beat::stopped`], for a
+    /// `run` stopped by a signal): no beat follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited: Option<Exited>,
+    /// The worker's PID namespace (`pid:[4026531836]`, from `/proc/self/ns/pid`), when
+    /// it could be read: `healthcheck` asks about the pid only from the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
+}
+
+/// A normal exit, as the heartbeat records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exited {
+    /// When the worker exited (Unix milliseconds).
+    pub at_ms: u64,
+    /// Its exit code.
+    pub code: i32,
 }
 
 /// A clean stop, as the heartbeat records it.
@@ -123,6 +150,8 @@ impl Heartbeat {
                 orders_answered_ms: None,
                 last_cycle: None,
                 stopped: None,
+                exited: None,
+                pid_ns: pid_namespace(),
             },
             written: Instant::now(),
             failing: false,
@@ -194,6 +223,62 @@ pub fn mark_stopped(path: &Path, signal: &str) -> io::Result<()> {
         signal: signal.to_string(),
     });
     write_beat(path, &tmp_path(path), &beat)
+}
+
+/// The worker exits with `code` (its beats are over): the last beat this process
+/// wrote at `path` says when and with which code, and `healthcheck` reports it exited
+/// (exit 1). A beat of another process is left alone.
+pub fn mark_exited(path: &Path, code: i32) -> io::Result<()> {
+    let text = crate::files::read_regular(path, MAX_BEAT_BYTES)?;
+    let mut beat: Beat = serde_json::from_slice(&text).map_err(io::Error::other)?;
+    if beat.pid != std::process::id() {
+        return Ok(());
+    }
+    let now = now_ms();
+    beat.at_ms = now;
+    beat.exited = Some(Exited { at_ms: now, code });
+    write_beat(path, &tmp_path(path), &beat)
+}
+
+/// This process's PID namespace, as `/proc/self/ns/pid` names it (`pid:[4026531836]`);
+/// none without `/proc` (an empty chroot).
+fn pid_namespace() -> Option<String> {
+    fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|link| link.to_string_lossy().into_owned())
+}
+
+/// Whether the process that wrote a beat still runs, as far as this process can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// It runs (or the question could not be asked: another PID namespace, no `/proc`,
+    /// a beat that already says the worker ended).
+    Alive,
+    /// `kill(pid, 0)` answered ESRCH, in the worker's own PID namespace: it has ended.
+    Gone,
+}
+
+/// Whether the worker that wrote `beat` still runs: asked only when the beat and this
+/// process name the same PID namespace, both known.
+pub fn liveness(beat: &Beat) -> Liveness {
+    let same_namespace = beat
+        .pid_ns
+        .as_ref()
+        .is_some_and(|ns| Some(ns) == pid_namespace().as_ref());
+    let Ok(pid) = libc::pid_t::try_from(beat.pid) else {
+        return Liveness::Alive;
+    };
+    // Never 0 or below: those name process groups.
+    if !same_namespace || pid <= 0 {
+        return Liveness::Alive;
+    }
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        Liveness::Gone
+    } else {
+        Liveness::Alive
+    }
 }
 
 /// `PATH.PID.tmp`: the temporary file a beat is written to before its rename.
@@ -272,12 +357,18 @@ pub fn check(
             ));
         }
     };
-    judge(&beat, max_age, max_cut_off, now_ms)
+    let alive = match (&beat.stopped, &beat.exited) {
+        (None, None) => liveness(&beat),
+        _ => Liveness::Alive,
+    };
+    judge(&beat, alive, max_age, max_cut_off, now_ms)
 }
 
-/// The verdict on one beat (pure, for tests).
+/// The verdict on one beat, written by a process that is `alive` or not (pure, for
+/// tests).
 pub fn judge(
     beat: &Beat,
+    alive: Liveness,
     max_age: Option<Duration>,
     max_cut_off: Option<Duration>,
     now_ms: u64,
@@ -325,12 +416,25 @@ pub fn judge(
             Duration::from_millis(now_ms.saturating_sub(beat.started_ms))
         }
     };
+    let at = |ms: u64| crate::logging::rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms));
     let mut problems = Vec::new();
     if let Some(stopped) = &beat.stopped {
         problems.push(format!(
             "stopped at {} ({})",
-            crate::logging::rfc3339_millis(UNIX_EPOCH + Duration::from_millis(stopped.at_ms)),
+            at(stopped.at_ms),
             stopped.signal
+        ));
+    } else if let Some(exited) = &beat.exited {
+        problems.push(format!(
+            "exited at {} with code {}",
+            at(exited.at_ms),
+            exited.code
+        ));
+    } else if alive == Liveness::Gone {
+        problems.push(format!(
+            "the worker (pid {}) has ended without recording an exit (a crash, SIGKILL, \
+             or a second stop signal)",
+            beat.pid
         ));
     }
     if age > max_age {
@@ -383,6 +487,8 @@ mod tests {
             orders_answered_ms: Some(2_000),
             last_cycle: None,
             stopped: None,
+            exited: None,
+            pid_ns: None,
         }
     }
 
@@ -393,7 +499,7 @@ mod tests {
             at_ms: 1_795_533_451_478,
             signal: "SIGINT".into(),
         });
-        let v = judge(&b, None, None, 11_000);
+        let v = judge(&b, Liveness::Alive, None, None, 11_000);
         assert!(!v.healthy, "{v}");
         assert!(
             v.line.starts_with(
@@ -404,28 +510,108 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_that_exited_or_is_gone_is_not_healthy_however_fresh_its_beat() {
+        let mut b = beat(10_000);
+        b.exited = Some(Exited {
+            at_ms: 1_795_533_451_478,
+            code: 1,
+        });
+        let v = judge(&b, Liveness::Alive, None, None, 11_000);
+        assert!(!v.healthy, "{v}");
+        assert!(
+            v.line.starts_with(
+                "unhealthy: exited at 2026-11-24T15:17:31.478Z with code 1: last beat 1 s ago"
+            ),
+            "{v}"
+        );
+        // A run stopped by a signal then exits 0: the stop is what is said.
+        b.stopped = Some(Stopped {
+            at_ms: 1_795_533_451_400,
+            signal: "SIGTERM".into(),
+        });
+        let v = judge(&b, Liveness::Alive, None, None, 11_000);
+        assert!(v.line.starts_with("unhealthy: stopped at "), "{v}");
+        assert!(!v.line.contains("exited"), "{v}");
+        let v = judge(&beat(10_000), Liveness::Gone, None, None, 11_000);
+        assert!(!v.healthy, "{v}");
+        assert!(
+            v.line
+                .starts_with("unhealthy: the worker (pid 7) has ended without recording an exit"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn the_pid_is_asked_about_only_in_the_same_pid_namespace() {
+        // This process: alive, whatever the namespace.
+        let mut b = beat(10_000);
+        b.pid = std::process::id();
+        b.pid_ns = pid_namespace();
+        assert_eq!(liveness(&b), Liveness::Alive);
+        // A child that has exited and been reaped: gone, in this namespace only.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        b.pid = child.id();
+        if b.pid_ns.is_some() {
+            assert_eq!(liveness(&b), Liveness::Gone);
+        }
+        b.pid_ns = Some("pid:[1]".into());
+        assert_eq!(liveness(&b), Liveness::Alive, "another namespace");
+        b.pid_ns = None;
+        assert_eq!(liveness(&b), Liveness::Alive, "namespace unknown");
+        // Never a process group.
+        b.pid = 0;
+        b.pid_ns = pid_namespace();
+        assert_eq!(liveness(&b), Liveness::Alive);
+    }
+
+    #[test]
     fn fresh_beat_is_healthy_and_old_one_is_not() {
-        let v = judge(&beat(10_000), None, None, 69_000);
+        let v = judge(&beat(10_000), Liveness::Alive, None, None, 69_000);
         assert!(v.healthy, "{v}");
         assert!(
             v.line.starts_with("healthy: last beat 59 s ago (max 60 s"),
             "{v}"
         );
-        let v = judge(&beat(10_000), None, None, 71_000);
+        let v = judge(&beat(10_000), Liveness::Alive, None, None, 71_000);
         assert!(!v.healthy, "{v}");
         assert!(v.line.contains("no progress for 61 s"), "{v}");
         // --max-age overrides the worker's own figure.
-        assert!(!judge(&beat(10_000), Some(Duration::from_secs(5)), None, 16_000).healthy);
+        assert!(
+            !judge(
+                &beat(10_000),
+                Liveness::Alive,
+                Some(Duration::from_secs(5)),
+                None,
+                16_000
+            )
+            .healthy
+        );
     }
 
     #[test]
     fn silent_order_service_fails_only_with_a_cut_off() {
         let now = 200_000; // beat fresh, Order Service last answered 198 s ago
-        assert!(judge(&beat(199_000), None, None, now).healthy);
-        let v = judge(&beat(199_000), None, Some(Duration::from_secs(120)), now);
+        assert!(judge(&beat(199_000), Liveness::Alive, None, None, now).healthy);
+        let v = judge(
+            &beat(199_000),
+            Liveness::Alive,
+            None,
+            Some(Duration::from_secs(120)),
+            now,
+        );
         assert!(!v.healthy, "{v}");
         assert!(v.line.contains("Order Service silent for 198 s"), "{v}");
-        assert!(judge(&beat(199_000), None, Some(Duration::from_secs(300)), now).healthy);
+        assert!(
+            judge(
+                &beat(199_000),
+                Liveness::Alive,
+                None,
+                Some(Duration::from_secs(300)),
+                now
+            )
+            .healthy
+        );
     }
 
     #[test]
@@ -443,7 +629,7 @@ mod tests {
             skipped: 0,
             list_failed: false,
         });
-        let v = judge(&b, None, None, 12_000);
+        let v = judge(&b, Liveness::Alive, None, None, 12_000);
         assert!(
             v.line
                 .contains("last cycle ended 3 s ago in 120 ms: fetched 4, ready 3, blocked 1"),
@@ -526,6 +712,17 @@ mod tests {
         assert!(!v.healthy, "{v}");
         assert!(v.line.starts_with("unhealthy: stopped at 20"), "{v}");
         assert!(v.line.contains("(SIGTERM): last beat 0 s ago"), "{v}");
+        // Exited: said with its code, the stop still first.
+        mark_exited(&path, 0).unwrap();
+        let v = check(&path, None, None, now_ms());
+        assert!(!v.healthy && v.line.contains("(SIGTERM): last beat"), "{v}");
+        let mut beat: Beat = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(beat.exited.as_ref().map(|e| e.code), Some(0));
+        beat.stopped = None;
+        fs::write(&path, serde_json::to_vec(&beat).unwrap()).unwrap();
+        let v = check(&path, None, None, now_ms());
+        assert!(v.line.starts_with("unhealthy: exited at 20"), "{v}");
+        assert!(v.line.contains(" with code 0: last beat"), "{v}");
         let v = check(&dir.join("none"), None, None, now_ms());
         assert!(!v.healthy);
         assert!(v.line.starts_with("unhealthy: no heartbeat at"), "{v}");

@@ -94,7 +94,9 @@ impl Log for Tee {
 }
 
 impl Tee {
-    /// Writes a record (its message already redacted) to stderr and to OTLP.
+    /// Writes a record (its message already redacted) to stderr and to OTLP. A write
+    /// error on stderr (closed, or a pipe whose reader is gone) is dropped, never a
+    /// panic: env_logger's writer ignores it in text, and the JSON line below does too.
     fn write(&self, record: &Record) {
         let exported = !NOT_EXPORTED.iter().any(|t| record.target().starts_with(t));
         // stderr first, then the export lock: a blocked stderr never holds up

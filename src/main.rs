@@ -20,6 +20,6 @@ fn main() -> ExitCode {
         Mode::Run { interval } => started.run(interval),
         Mode::Once => started.once(),
     };
-    started.finish();
+    started.finish(exit);
     exit.into()
 }

@@ -404,21 +404,31 @@ pub fn validate(entry: &Value) -> Result<Order, InvalidOrder> {
         )
     })?;
     let quantity = match map.get("quantity") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .filter(|q| *q > 0)
-            .and_then(|q| u32::try_from(q).ok()),
+        Some(Value::Number(n)) => n.as_u64().filter(|q| *q > 0),
         _ => None,
-    }
-    .ok_or_else(|| {
-        invalid(
-            Some(id),
-            format!(
-                "quantity is not a positive integer: {}",
-                field(map.get("quantity"))
-            ),
-        )
-    })?;
+    };
+    let quantity = match quantity.map(u32::try_from) {
+        Some(Ok(quantity)) => quantity,
+        Some(Err(_)) => {
+            return Err(invalid(
+                Some(id),
+                format!(
+                    "quantity is too large: {} (at most {})",
+                    field(map.get("quantity")),
+                    u32::MAX
+                ),
+            ));
+        }
+        None => {
+            return Err(invalid(
+                Some(id),
+                format!(
+                    "quantity is not a positive integer: {}",
+                    field(map.get("quantity"))
+                ),
+            ));
+        }
+    };
     match map.get("order_status") {
         Some(Value::String(s)) if s == OrderStatus::Registered.as_str() => {}
         other => {

@@ -1,6 +1,8 @@
 //! Credentials in URLs (`http://user:pass@host`) are never shown: wherever a URL is
 //! logged, printed or exported, its user information is replaced by
-//! `REDACTED:REDACTED`, as the HTTP semantic conventions ask of `url.full`.
+//! `REDACTED:REDACTED`, as the HTTP semantic conventions ask of `url.full`. A URL a
+//! setting gives is shown without its query and fragment too ([`setting_url`]): a
+//! token often travels there (`?token=...`).
 
 use std::borrow::Cow;
 
@@ -16,6 +18,47 @@ pub fn url(value: &str) -> Cow<'_, str> {
     } else {
         redact_authority(value, 0)
     }
+}
+
+/// What stands in place of a setting's query or fragment.
+pub const HIDDEN: &str = "REDACTED";
+
+/// A URL as a setting gives it, to be shown (a refused `--orders-url`, an OTLP
+/// endpoint): its user information redacted as by [`url`], and its query and fragment,
+/// if any, replaced by [`HIDDEN`] (`http://o:5000/?token=s3cret#x` becomes
+/// `http://o:5000/?REDACTED#REDACTED`), so that the user still sees that they were there.
+pub fn setting_url(value: &str) -> Cow<'_, str> {
+    let start = value.find("://").map_or(0, |i| i + 3);
+    // The user information ends at the last '@' before the path: a password typed
+    // unencoded may hold a '?' or a '#', which must not end it here.
+    let authority_end = value[start..].find('/').map_or(value.len(), |i| start + i);
+    let host = value[start..authority_end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    let cut = value[host..].find(['?', '#']).map(|i| host + i);
+    if host == start && cut.is_none() {
+        return Cow::Borrowed(value);
+    }
+    let mut shown = value[..start].to_string();
+    if host > start {
+        shown.push_str(REDACTED);
+        shown.push('@');
+    }
+    let Some(cut) = cut else {
+        shown.push_str(&value[host..]);
+        return Cow::Owned(shown);
+    };
+    shown.push_str(&value[host..cut]);
+    let rest = &value[cut..];
+    if rest.starts_with('?') {
+        shown.push('?');
+        shown.push_str(HIDDEN);
+    }
+    if rest.contains('#') {
+        shown.push('#');
+        shown.push_str(HIDDEN);
+    }
+    Cow::Owned(shown)
 }
 
 /// Free text (a log line, an error message): the user information of every
@@ -81,6 +124,32 @@ mod tests {
         );
         assert!(matches!(url("http://order:5000/a@b"), Cow::Borrowed(_)));
         assert!(matches!(url("http://order:5000"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_setting_url_is_shown_without_its_query_and_fragment() {
+        assert_eq!(
+            setting_url("http://x:5000/?token=SECRET"),
+            "http://x:5000/?REDACTED"
+        );
+        assert_eq!(
+            setting_url("http://u:pw@x:5000/a?t=S#frag"),
+            "http://REDACTED:REDACTED@x:5000/a?REDACTED#REDACTED"
+        );
+        assert_eq!(setting_url("http://x:5000#S"), "http://x:5000#REDACTED");
+        // A '#' inside the query is the fragment's start; a '?' after '#' is part of it.
+        assert_eq!(setting_url("http://x#a?b"), "http://x#REDACTED");
+        assert_eq!(
+            setting_url("u:pw@x:1/?k=S"),
+            "REDACTED:REDACTED@x:1/?REDACTED"
+        );
+        // A password typed with a '#' or a '?' in it is hidden whole.
+        assert_eq!(
+            setting_url("http://u:p#w?d@x:1/a?t=S"),
+            "http://REDACTED:REDACTED@x:1/a?REDACTED"
+        );
+        assert_eq!(setting_url("http://x:1/a@b"), "http://x:1/a@b");
+        assert!(matches!(setting_url("http://x:5000/api"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -15,9 +15,29 @@ use crate::{files, heartbeat, logging, redact};
 /// The logger name of the lines written here: the binary's own, as always.
 const TARGET: &str = "ordermanagement";
 
+/// Writes `text` on stdout. A stdout that is closed or a pipe whose reader is gone
+/// (`healthcheck | head -c0`, a probe that stopped listening) is no reason to fail:
+/// the error is dropped, where `print!` would panic (and, with `panic = "abort"`, end
+/// the process on SIGABRT instead of its exit code).
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+/// Writes `text` on stderr, any write error dropped (see [`out`]).
+pub fn err(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// Reads and validates the command line. clap's usage errors end with exit 2, `--help`
 /// and `--version` with 0; their text may quote a value (the help shows each
-/// variable's value), so it is printed redacted. A bad setting is one line, exit 2.
+/// variable's value), so it is printed redacted, through [`out`] and [`err`] (clap's
+/// own `exit` and `print` would fail on a closed stdout). A bad setting is one line,
+/// exit 2.
 pub fn command_line() -> Result<Invocation, Exit> {
     let cli = match Cli::parse_env() {
         Ok(cli) => cli,
@@ -25,9 +45,9 @@ pub fn command_line() -> Result<Invocation, Exit> {
             let text = e.render().to_string();
             let text = redact::credentials(&text);
             if e.use_stderr() {
-                eprint!("{text}");
+                err(&text);
             } else {
-                print!("{text}");
+                out(&text);
             }
             return Err(match e.exit_code() {
                 0 => Exit::Success,
@@ -36,7 +56,7 @@ pub fn command_line() -> Result<Invocation, Exit> {
         }
     };
     cli.into_invocation().map_err(|e| {
-        eprintln!("ordermanagement: error: {e}");
+        err(&format!("ordermanagement: error: {e}\n"));
         Exit::Usage
     })
 }
@@ -44,13 +64,13 @@ pub fn command_line() -> Result<Invocation, Exit> {
 /// `healthcheck`: one line on stdout, exit 0 while the worker makes progress, 1 otherwise.
 pub fn healthcheck(check: &HealthcheckConfig) -> Exit {
     let Some(path) = &check.heartbeat_file else {
-        eprintln!(
-            "ordermanagement: error: healthcheck needs --heartbeat-file (HEARTBEAT_FILE); it is set empty"
+        err(
+            "ordermanagement: error: healthcheck needs --heartbeat-file (HEARTBEAT_FILE); it is set empty\n",
         );
         return Exit::Usage;
     };
     let verdict = heartbeat::check(path, check.max_age, check.max_cut_off, heartbeat::now_ms());
-    println!("{verdict}");
+    out(&format!("{verdict}\n"));
     if verdict.healthy {
         Exit::Success
     } else {
@@ -133,9 +153,10 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
         },
         Some(path) => match FileJournal::open_for(path, Some(&owner)) {
             Ok(journal) => Worker::with_journal(config, stop.clone(), Box::new(journal)),
-            // An overlapping run (cron): normal, one line, a code of its own.
-            Err(e @ journal::JournalError::Locked(..)) => {
-                log::warn!(target: TARGET, "{e}");
+            // An overlapping run (cron): normal, one line naming the holder, a code of
+            // its own.
+            Err(journal::JournalError::Locked(path, pid)) => {
+                log::warn!(target: TARGET, "{}", locked_line(&path, pid));
                 return Err(Exit::Busy);
             }
             Err(e) => return Err(fail_at_start(config, &e.to_string())),
@@ -233,6 +254,54 @@ fn owner_url(url: &str) -> String {
     url.chars().take(512).collect()
 }
 
+/// The exit-3 line: `another run (pid N) holds PATH; nothing done`. The pid the holder
+/// wrote in `PATH.lock` is taken unless there is none (a run that has just taken the
+/// lock has not written it yet; an older build writes none) or it is this process's
+/// own (the lock file was free but the state file itself is locked: the journal then
+/// reads back the pid this process has just written). Then the kernel's lock table
+/// names the holder, unless it is in another PID namespace or cannot be read.
+fn locked_line(path: &std::path::Path, written: Option<u32>) -> String {
+    let own = std::process::id();
+    let holders: Vec<u32> = match written.filter(|pid| *pid != own) {
+        Some(pid) => vec![pid],
+        None => {
+            let [state, lock, _] = journal::companion_paths(path);
+            let mut found = Vec::new();
+            let mut unread = None;
+            for at in [&state, &lock] {
+                match files::lock_holders(at) {
+                    Ok(pids) => found.extend(pids.into_iter().filter(|pid| *pid != own)),
+                    Err(e) => unread = Some(e),
+                }
+            }
+            if found.is_empty() {
+                let why = match unread {
+                    Some(e) => format!("/proc/locks cannot be read ({e})"),
+                    None => "/proc/locks does not list its lock".to_string(),
+                };
+                return format!(
+                    "another run holds {}; nothing done (its pid is not known: {} names no \
+                     other run's pid, as when that run has just started, and {why})",
+                    path.display(),
+                    lock.display()
+                );
+            }
+            found
+        }
+    };
+    match holders.iter().find(|pid| **pid != 0) {
+        Some(pid) => format!(
+            "another run (pid {pid}) holds {}; nothing done",
+            path.display()
+        ),
+        None => format!(
+            "another run holds {}; nothing done (it runs in another PID namespace, such as \
+             another container sharing the volume, so its pid is not known here)",
+            path.display()
+        ),
+    }
+}
+
 /// Telemetry from the standard `OTEL_*` variables, the shard on its resource.
 fn start_telemetry(config: &Config) -> Telemetry {
     let settings = telemetry::Settings::from_env(|name| std::env::var(name).ok());
@@ -277,7 +346,7 @@ fn dry_run_in_flight(path: &std::path::Path, in_flight: &[(crate::Order, crate::
 fn fail_at_start(config: &Config, message: &str) -> Exit {
     // Once: as the command line's own errors are in text, as a JSON line in JSON.
     if config.log_format == logging::Format::Text {
-        eprintln!("ordermanagement: error: {message}");
+        err(&format!("ordermanagement: error: {message}\n"));
     } else {
         log::error!(target: TARGET, "{message}");
     }
@@ -321,8 +390,24 @@ impl Started {
     }
 
     /// Names the orders whose status update is left pending, in one line, and those
-    /// whose status update the Order Service refused after their fate was decided.
-    pub fn finish(self) {
+    /// whose status update the Order Service refused after their fate was decided; then
+    /// records the exit with its code in the heartbeat, so that `healthcheck` reports
+    /// the worker exited instead of healthy until its beat would age out.
+    pub fn finish(self, exit: Exit) {
+        self.say_what_is_left();
+        if let Some(path) = &self.heartbeat
+            && let Err(e) = heartbeat::mark_exited(path, exit.code())
+        {
+            log::warn!(
+                target: TARGET,
+                "cannot record the exit in the heartbeat file {}: {e}",
+                path.display()
+            );
+        }
+    }
+
+    /// The orders left pending or refused, named.
+    fn say_what_is_left(&self) {
         let (refused, orders) = self.worker.refused_orders();
         if refused > 0 {
             log::error!(

@@ -451,10 +451,17 @@ fn each_bad_setting_exits_2_with_one_line_naming_it_and_sends_nothing() {
             assert_eq!(out.status.code(), Some(2), "{case}: {out:?}");
             assert!(out.stdout.is_empty(), "{case}: {out:?}");
             let stderr = text(&out.stderr);
+            // A URL's query or fragment is not echoed (a token may travel there).
+            let shown = match value.find(['?', '#']) {
+                Some(i) if value.starts_with("http") => {
+                    format!("{}{}REDACTED", &value[..i], &value[i..=i])
+                }
+                _ => value.to_string(),
+            };
             assert_eq!(
                 stderr.lines().collect::<Vec<_>>(),
                 [format!(
-                    "ordermanagement: error: invalid {flag} ({var}) {value:?}: expected {expected}"
+                    "ordermanagement: error: invalid {flag} ({var}) {shown:?}: expected {expected}"
                 )],
                 "{case}"
             );
@@ -977,11 +984,16 @@ fn healthcheck_follows_the_heartbeat_of_a_running_worker() {
         text(&out.stdout).starts_with("unhealthy: stopped at "),
         "{out:?}"
     );
-    // The judgement of a beat that just ages: the stop taken out of the file.
+    // The judgement of a beat that just ages: the stop and the exit taken out of the
+    // file, and a pid that still runs (this test's) put in.
     let mut last: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&beat).expect("the last beat")).expect("JSON");
     assert_eq!(last["stopped"]["signal"], "SIGTERM", "{last}");
-    last.as_object_mut().expect("an object").remove("stopped");
+    assert_eq!(last["exited"]["code"], 0, "{last}");
+    let fields = last.as_object_mut().expect("an object");
+    fields.remove("stopped");
+    fields.remove("exited");
+    fields.insert("pid".into(), std::process::id().into());
     std::fs::write(&beat, last.to_string()).expect("rewrite the beat");
     thread::sleep(Duration::from_millis(1_200));
     let out = healthcheck(&beat, &["--max-age", "1"]);
@@ -1224,4 +1236,430 @@ fn a_state_file_in_a_missing_directory_is_named_as_given_once() {
         ],
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------- closed stdout or stderr
+
+/// The end of a pipe whose read end is already closed: every write to it fails with
+/// EPIPE (SIGPIPE is ignored by Rust programs), before the child has written anything.
+fn broken_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds` with two new descriptors; close-on-exec keeps them out
+    // of the other tests' children (the child gets its copy through dup2).
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: the read end is ours and closed once; the write end is owned from here.
+    unsafe {
+        libc::close(fds[0]);
+        std::process::Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
+/// Which of the child's outputs is the broken pipe.
+#[derive(Debug, Clone, Copy)]
+enum Broken {
+    Stdout,
+    Stderr,
+}
+
+/// Starts `cmd` with `broken` a pipe nobody reads and the other output collected.
+fn start_broken(cmd: &mut Command, broken: Broken) -> Running {
+    let (stdout, stderr) = match broken {
+        Broken::Stdout => (broken_pipe(), std::process::Stdio::piped()),
+        Broken::Stderr => (std::process::Stdio::piped(), broken_pipe()),
+    };
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("the binary starts");
+    // The other output, read so that the child never blocks on it (shown on failure).
+    let other: Box<dyn std::io::Read + Send> = match broken {
+        Broken::Stdout => Box::new(child.stderr.take().expect("stderr")),
+        Broken::Stderr => Box::new(child.stdout.take().expect("stdout")),
+    };
+    Running::adopt(child, other)
+}
+
+/// Asserts a normal exit with `code`: not a signal (SIGABRT is what a panic on a
+/// closed output gives, with `panic = "abort"`).
+fn assert_exit_status(out: &Output, code: i32, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        (out.status.code(), out.status.signal()),
+        (Some(code), None),
+        "{what}: {:?}\n--- the other output\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn no_command_fails_on_a_closed_stdout_or_stderr() {
+    let dir = TempDir::new("closed-output");
+    let fresh = dir.0.join("fresh");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    // A beat of a live process (this test's), written by hand in the heartbeat's format.
+    let beat = json!({
+        "pid": std::process::id(),
+        "started_ms": now,
+        "at_ms": now,
+        "stale_after_s": 600,
+        "orders_answered_ms": now,
+        "last_cycle": null,
+    });
+    std::fs::write(&fresh, beat.to_string()).expect("write the beat");
+    let stack = standin::Stack::start(0, 0, standin::Knobs::default()).expect("stand-ins");
+    stack.add_stock("oak", 100);
+    for broken in [Broken::Stdout, Broken::Stderr] {
+        let id = stack.add_order("oak", 1);
+        let cases: [(&str, Command, i32); 7] = [
+            ("--help", cmd().tap(|c| c.arg("--help")), 0),
+            ("once --help", cmd().tap(|c| c.args(["once", "--help"])), 0),
+            ("--version", cmd().tap(|c| c.arg("--version")), 0),
+            (
+                "healthcheck, healthy",
+                cmd().tap(|c| c.env("HEARTBEAT_FILE", &fresh).arg("healthcheck")),
+                0,
+            ),
+            (
+                "healthcheck, no heartbeat",
+                cmd().tap(|c| {
+                    c.env("HEARTBEAT_FILE", dir.0.join("none"))
+                        .arg("healthcheck")
+                }),
+                1,
+            ),
+            (
+                "a bad setting",
+                cmd().tap(|c| c.args(["once", "--error-rate", "2"])),
+                2,
+            ),
+            (
+                "once",
+                with_services(&stack.orders_url(), &stack.stocks_url())
+                    .tap(|c| c.args(["--max-retries", "0", "once"])),
+                0,
+            ),
+        ];
+        for (what, mut command, code) in cases {
+            let what = format!("{what}, {broken:?} closed");
+            let out = start_broken(&mut command, broken)
+                .wait_for(RUN_LIMIT)
+                .unwrap_or_else(|| panic!("{what}: still running after {RUN_LIMIT:?}"));
+            assert_exit_status(&out, code, &what);
+        }
+        assert_eq!(status(&stack, id), "ready", "{broken:?}");
+        // `run`: cycles, then stops on SIGTERM with exit 0.
+        let id = stack.add_order("oak", 1);
+        let mut child = start_broken(
+            with_services(&stack.orders_url(), &stack.stocks_url()).args([
+                "--max-retries",
+                "0",
+                "run",
+                "--interval",
+                "0.1",
+            ]),
+            broken,
+        );
+        let deadline = Instant::now() + RUN_LIMIT;
+        while status(&stack, id) != "ready" {
+            assert!(
+                Instant::now() < deadline,
+                "{broken:?}: order {id} not ready"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        child.signal(libc::SIGTERM);
+        let out = child.wait_for(STOP_LIMIT).expect("stopped after SIGTERM");
+        assert_exit_status(&out, 0, &format!("run, {broken:?} closed"));
+    }
+}
+
+/// `cmd.tap(|c| ...)`: a command built in one expression.
+trait Tap {
+    fn tap(self, f: impl FnOnce(&mut Self) -> &mut Self) -> Self;
+}
+
+impl Tap for Command {
+    fn tap(mut self, f: impl FnOnce(&mut Self) -> &mut Self) -> Self {
+        f(&mut self);
+        self
+    }
+}
+
+// ---------------------------------------------------------------- small mends
+
+#[test]
+fn a_quantity_beyond_the_largest_is_named_too_large() {
+    let server = MockServer::start();
+    let list = first_page_mock(
+        &server,
+        &json!([{"id": 1, "wood_type": "oak", "quantity": 4_294_967_296_u64, "order_status": "registered"}]),
+    );
+    let any = catch_all(&server);
+    let url = server.base_url();
+    let out = run(with_services(&url, &url).arg("once"));
+    // Bad data: the order stays registered, exit 1, no stock asked for.
+    assert_exit(&out, 1);
+    list.assert_calls(1);
+    any.assert_calls(0);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "order 1: skipped, bad data from the Order Service: quantity is too large: \
+             4294967296 (at most 4294967295)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not a positive integer"), "{stderr}");
+}
+
+#[test]
+fn a_refused_url_is_echoed_without_its_query_or_fragment() {
+    for (how, mut cmd) in [
+        (
+            "flag",
+            cmd().tap(|c| c.args(["once", "--orders-url", "http://x:5000/?token=SECRET"])),
+        ),
+        (
+            "variable",
+            cmd().tap(|c| {
+                c.env("API_URL_STOCKS", "http://u:SECRET@s:5001/api#SECRET")
+                    .arg("once")
+            }),
+        ),
+        (
+            "variable",
+            cmd().tap(|c| c.env("API_URL_ORDERS", "x:5000?token=SECRET").arg("once")),
+        ),
+    ] {
+        let out = run(&mut cmd);
+        assert_exit(&out, 2);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!stderr.contains("SECRET"), "{how}: {stderr}");
+        assert!(!stdout.contains("SECRET"), "{how}: {stdout}");
+        assert!(stderr.contains("REDACTED"), "{how}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{how}: {stderr}");
+    }
+    let out = run(cmd().args(["once", "--orders-url", "http://x:5000/?token=SECRET"]));
+    assert_eq!(
+        text(&out.stderr),
+        "ordermanagement: error: invalid --orders-url (API_URL_ORDERS) \"http://x:5000/?REDACTED\": \
+         expected a base URL without a ?query (the worker adds its own), such as http://order:5000\n"
+    );
+}
+
+#[test]
+fn a_flag_given_to_a_command_it_has_no_effect_on_is_refused_but_its_variable_is_not() {
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    for (args, flag) in [
+        (&["once", "--interval", "2"][..], "--interval"),
+        (&["--interval", "2", "once"], "--interval"),
+        (&["run", "--pending-deadline", "5"], "--pending-deadline"),
+    ] {
+        let out = run(with_services(&url, &url).args(args));
+        assert_exit(&out, 2);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!("error: {flag} has no effect on `")),
+            "{args:?}: {stderr}"
+        );
+    }
+    list.assert_calls(0);
+    // The same settings from the environment (a shared env file sets them for every
+    // command): taken without a word.
+    let out = run(with_services(&url, &url)
+        .env("INTERVAL_SECONDS", "2")
+        .arg("once"));
+    assert_exit(&out, 0);
+    assert!(!text(&out.stderr).contains("INTERVAL"), "{out:?}");
+    list.assert_calls(1);
+    let mut child = Running::start(
+        with_services(&url, &url)
+            .env("PENDING_DEADLINE_SECONDS", "5")
+            .args(["run", "--interval", "30"]),
+    );
+    let deadline = Instant::now() + RUN_LIMIT;
+    while list.calls() < 2 {
+        assert!(Instant::now() < deadline, "run made no cycle");
+        thread::sleep(Duration::from_millis(10));
+    }
+    child.signal(libc::SIGTERM);
+    let out = child.wait_for(STOP_LIMIT).expect("stopped after SIGTERM");
+    assert_exit(&out, 0);
+}
+
+// ---------------------------------------------------------------- healthcheck: an ended worker
+
+/// The healthcheck's line on `beat`, with its exit code.
+fn health_of(beat: &std::path::Path) -> (Option<i32>, String) {
+    let out = healthcheck(beat, &[]);
+    (out.status.code(), text(&out.stdout))
+}
+
+#[test]
+fn healthcheck_says_a_finished_once_exited_with_its_code() {
+    let dir = TempDir::new("healthcheck-exited");
+    let beat = dir.0.join("beat");
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    let before = std::time::SystemTime::now();
+    let out = run(with_services(&url, &url)
+        .env("HEARTBEAT_FILE", &beat)
+        .arg("once"));
+    assert_exit(&out, 0);
+    list.assert_calls(1);
+    // Its beat is fresh, but the worker has exited: not healthy.
+    let (code, line) = health_of(&beat);
+    assert_eq!(code, Some(1), "{line}");
+    let Some((at, rest)) = line
+        .strip_prefix("unhealthy: exited at ")
+        .and_then(|rest| rest.split_once(' '))
+    else {
+        panic!("{line}")
+    };
+    let earliest = ordermanagement::logging::rfc3339_millis(before - Duration::from_millis(1));
+    assert!(at.len() == 24 && at >= earliest.as_str(), "{line}");
+    assert!(rest.starts_with("with code 0: last beat "), "{line}");
+    // A `once` that left work: its code, 1.
+    let closed = format!("http://127.0.0.1:{}", closed_port());
+    let out = run(with_services(&closed, &url)
+        .env("HEARTBEAT_FILE", &beat)
+        .args(["once", "--max-retries", "0"]));
+    assert_exit(&out, 1);
+    let (code, line) = health_of(&beat);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains(" with code 1: last beat "), "{line}");
+}
+
+#[test]
+fn healthcheck_says_a_killed_worker_has_ended() {
+    if std::fs::read_link("/proc/self/ns/pid").is_err() {
+        eprintln!("SKIPPED: no /proc/self/ns/pid here: healthcheck judges the beat's age alone");
+        return;
+    }
+    let dir = TempDir::new("healthcheck-killed");
+    let beat = dir.0.join("beat");
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    let mut child = Running::start(
+        with_services(&url, &url)
+            .env("HEARTBEAT_FILE", &beat)
+            .args(["run", "--interval", "30"]),
+    );
+    let deadline = Instant::now() + RUN_LIMIT;
+    while list.calls() == 0 || health_of(&beat).0 != Some(0) {
+        assert!(Instant::now() < deadline, "never healthy");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.pid();
+    // SIGKILL: no chance to record anything; reaped below.
+    child.signal(libc::SIGKILL);
+    let out = child.wait_for(STOP_LIMIT).expect("killed");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL)
+    );
+    let (code, line) = health_of(&beat);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "unhealthy: the worker (pid {pid}) has ended without recording an exit"
+        )),
+        "{line}"
+    );
+}
+
+/// A heartbeat file at the default path of a shard unlikely to be anyone else's,
+/// removed when dropped.
+struct ShardBeat {
+    shard: String,
+    path: std::path::PathBuf,
+}
+
+impl ShardBeat {
+    fn new() -> ShardBeat {
+        let count = 100_003;
+        let index = std::process::id() % count;
+        let path =
+            std::path::PathBuf::from(format!("/tmp/ordermanagement-{index}of{count}.heartbeat"));
+        let _ = std::fs::remove_file(&path);
+        ShardBeat {
+            shard: format!("{index}/{count}"),
+            path,
+        }
+    }
+}
+
+impl Drop for ShardBeat {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn the_default_heartbeat_of_a_shard_is_its_own_and_healthcheck_finds_it() {
+    let beat = ShardBeat::new();
+    let (index, count) = beat.shard.split_once('/').expect("INDEX/COUNT");
+    let server = MockServer::start();
+    let list = first_page_mock(&server, &json!([]));
+    let url = server.base_url();
+    // The worker and the probe with HEARTBEAT_FILE unset: the default path.
+    let mut worker = with_services(&url, &url);
+    worker
+        .env_remove("HEARTBEAT_FILE")
+        .args(["--shard", &beat.shard, "run", "--interval", "30"]);
+    let mut child = Running::start(&mut worker);
+    let deadline = Instant::now() + RUN_LIMIT;
+    while list.calls() == 0 || !beat.path.exists() {
+        assert!(Instant::now() < deadline, "no heartbeat at {:?}", beat.path);
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The probe with HEARTBEAT_FILE unset, these variables and these arguments.
+    let probe = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = cmd();
+        cmd.env_remove("HEARTBEAT_FILE")
+            .envs(vars.iter().copied())
+            .args(args);
+        run(&mut cmd)
+    };
+    let pid = format!("pid {})", child.pid());
+    let shard = beat.shard.as_str();
+    for (how, vars, args) in [
+        ("SHARD", &[("SHARD", shard)][..], &["healthcheck"][..]),
+        (
+            "SHARD_INDEX and SHARD_COUNT",
+            &[("SHARD_INDEX", index), ("SHARD_COUNT", count)],
+            &["healthcheck"],
+        ),
+        ("--shard", &[], &["healthcheck", "--shard", shard]),
+    ] {
+        let out = probe(vars, args);
+        assert_exit(&out, 0);
+        let line = text(&out.stdout);
+        assert!(line.starts_with("healthy: last beat"), "{how}: {line}");
+        assert!(line.contains(&pid), "{how}: {line}");
+    }
+    // The probe's help shows the shard it reads.
+    let help = text(&run(cmd().args(["healthcheck", "--help"])).stdout);
+    assert!(help.contains("--shard <INDEX/COUNT>"), "{help}");
+    // A bad shard with the default path: the probe cannot know which file to read.
+    let out = probe(&[("SHARD", "7/3")], &["healthcheck"]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("invalid --shard (SHARD) \"7/3\""),
+        "{out:?}"
+    );
+    child.signal(libc::SIGTERM);
+    assert_exit(&child.wait_for(STOP_LIMIT).expect("stopped"), 0);
 }

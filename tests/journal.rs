@@ -193,6 +193,52 @@ fn a_second_worker_on_the_same_state_file_refuses_to_start() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The exit-3 line of `once` on `state`, which the caller holds locked (exit 3, one
+/// line, nothing sent).
+fn refused_as_locked(state: &Path) -> String {
+    let server = shop();
+    let out = run(worker(&server, state).arg("once"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(server.requests().is_empty(), "nothing sent");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("another run"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn the_holder_is_named_when_its_lock_file_names_no_pid_or_the_wrong_one() {
+    let dir = temp_dir("holder");
+    let state = dir.join("state.jsonl");
+    let lock = dir.join("state.jsonl.lock");
+    let says = format!(
+        "another run (pid {}) holds {}; nothing done",
+        std::process::id(),
+        state.display()
+    );
+    // This process holds both locks, as a run that has not written its pid yet (or
+    // one of an older build): the kernel's lock table names it.
+    let held_state = std::fs::File::create(&state).unwrap();
+    let held_lock = std::fs::File::create(&lock).unwrap();
+    held_state.try_lock().unwrap();
+    held_lock.try_lock().unwrap();
+    let line = refused_as_locked(&state);
+    assert!(line.ends_with(&says), "{line}");
+    // Only the state file held: the second run takes the free lock file and writes its
+    // own pid there, then finds the state file locked. The holder is still this
+    // process, not the run that was refused.
+    drop(held_lock);
+    let line = refused_as_locked(&state);
+    assert!(line.ends_with(&says), "{line}");
+    let written = std::fs::read_to_string(&lock).unwrap();
+    assert_ne!(written.trim(), std::process::id().to_string());
+    drop(held_state);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn a_second_name_for_a_running_workers_state_file_lets_no_second_worker_in() {
     let dir = temp_dir("names");

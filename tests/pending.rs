@@ -446,7 +446,10 @@ fn a_dry_run_with_a_state_file_left_by_a_crash_sends_nothing_and_leaves_the_file
             common::worker_at(&server.url(), &server.url())
                 .env("STATE_FILE", &state)
                 .env("DRY_RUN", "true")
-                .args([command, "--interval", "0.2"]),
+                // From the environment, as a shared env file sets it: `once` ignores it
+                // (on its command line, `--interval` would be refused).
+                .env("INTERVAL_SECONDS", "0.2")
+                .arg(command),
         );
         if command == "run" {
             std::thread::sleep(Duration::from_millis(700));

@@ -49,6 +49,9 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Everything delivered: no word of telemetry left behind at the exit.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("could not be delivered"), "{stderr}");
 
     // Traces.
     let (resources, spans) = resources_and_spans(&sink);
@@ -229,6 +232,48 @@ fn a_collector_that_is_down_neither_slows_cycles_nor_delays_shutdown() {
         "{complaints} export complaints:\n{stderr}"
     );
     assert_eq!(stack.count_by_status().get("ready").copied(), Some(20));
+}
+
+#[test]
+fn an_exit_with_the_collector_down_says_so_in_one_plain_line() {
+    for protocol in ["http/protobuf", "grpc"] {
+        let stack = stack(3);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let out = Running::start(
+            worker(&stack)
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+                .arg("once"),
+        )
+        .wait_for(Duration::from_secs(20))
+        .expect("once ends within 20 s");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{protocol}: {stderr}");
+        assert_eq!(stack.count_by_status().get("ready").copied(), Some(3));
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("could not be delivered"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{protocol}: {stderr}");
+        // Every signal, with the reason the client saw.
+        let says = format!(
+            "the last telemetry (traces, metrics, logs) could not be delivered to the \
+             collector at {endpoint}: "
+        );
+        assert!(lines[0].contains(&says), "{protocol}: {stderr}");
+        assert!(lines[0].contains(" WARN "), "{protocol}: {stderr}");
+        // No SDK error's Debug form, no promise of a later line from a process that exits.
+        for never in [
+            "telemetry shutdown",
+            "Operation failed",
+            "InternalFailure",
+            "next report in a minute",
+        ] {
+            assert!(!stderr.contains(never), "{protocol}: {never}: {stderr}");
+        }
+    }
 }
 
 #[test]

@@ -52,6 +52,15 @@ impl Signal {
         }
     }
 
+    /// Its place in the per-signal arrays (traces, metrics, logs).
+    fn index(self) -> usize {
+        match self {
+            Signal::Traces => 0,
+            Signal::Metrics => 1,
+            Signal::Logs => 2,
+        }
+    }
+
     fn upper(self) -> &'static str {
         match self {
             Signal::Traces => "TRACES",
@@ -84,6 +93,9 @@ pub struct Settings {
     /// The transport of each signal (traces, metrics, logs): gRPC when its protocol
     /// variable says `grpc`, or none is set and its endpoint's port is 4317.
     pub transports: [Transport; 3],
+    /// The collector's endpoint of each signal that is on (traces, metrics, logs), as
+    /// its variable gives it: named when the last telemetry cannot be delivered.
+    pub endpoints: [Option<String>; 3],
     /// Lines to log once telemetry is set up (why something is off, how to turn it on).
     pub notes: Vec<(log::Level, String)>,
     /// OTEL_EXPORTER_OTLP_TIMEOUT, for the HTTP client.
@@ -220,6 +232,7 @@ impl Settings {
             metrics: false,
             logs: false,
             transports: [Transport::Http, Transport::Http, Transport::Http],
+            endpoints: [None, None, None],
             notes,
             export_timeout,
             signal_timeouts,
@@ -237,6 +250,7 @@ impl Settings {
         let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         let mut on = [false; 3];
         let mut transports = [Transport::Http, Transport::Http, Transport::Http];
+        let mut endpoints = [None, None, None];
         for (i, signal) in Signal::ALL.into_iter().enumerate() {
             let exporter =
                 get(&format!("OTEL_{}_EXPORTER", signal.upper())).unwrap_or_else(|| "otlp".into());
@@ -289,10 +303,11 @@ impl Settings {
                 ))
                 .or_else(|| get("OTEL_EXPORTER_OTLP_CERTIFICATE"));
                 transports[i] = Transport::Grpc {
-                    endpoint,
+                    endpoint: endpoint.clone(),
                     certificate,
                 };
             }
+            endpoints[i] = Some(endpoint);
             on[i] = true;
         }
         notes.dedup();
@@ -329,6 +344,7 @@ impl Settings {
             metrics: on[1],
             logs: on[2],
             transports,
+            endpoints,
             clamped,
             ..off(notes)
         }
@@ -350,6 +366,11 @@ fn port_of(endpoint: &str) -> Option<u16> {
     uri.port_u16()
 }
 
+/// The last export failure of each signal (traces, metrics, logs) and when it came,
+/// whichever client saw it, until an export of that signal succeeds again: the reason
+/// given when the last telemetry cannot be delivered at exit.
+static LAST_FAILURE: Mutex<[Option<(Instant, String)>; 3]> = Mutex::new([None, None, None]);
+
 /// Export failures of one signal, logged on stderr now and then.
 #[derive(Debug)]
 struct ErrorLog {
@@ -366,8 +387,12 @@ impl ErrorLog {
     }
 
     /// Logs an export failure on stderr only (its target is kept out of OTLP), at most
-    /// once a minute per signal.
+    /// once a minute per signal; the others are counted. Nothing is promised about a
+    /// later line: `once` may exit right after this one.
     fn note(&self, what: &str) {
+        if let Ok(mut last) = LAST_FAILURE.lock() {
+            last[self.signal.index()] = Some((Instant::now(), what.to_string()));
+        }
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         errors.1 += 1;
         if errors
@@ -376,7 +401,8 @@ impl ErrorLog {
         {
             log::warn!(
                 target: EXPORT_LOG_TARGET,
-                "{} export failed ({} so far): {what}; the worker goes on, next report in a minute at most",
+                "{} export failed ({} so far): {what}; the worker goes on, and further \
+                 failures within a minute are only counted",
                 self.signal.name(),
                 errors.1
             );
@@ -434,10 +460,16 @@ impl UreqClient {
     }
 }
 
-/// The client the OTLP exporter sends its requests with: ureq for OTLP/HTTP, or the
-/// gRPC client, which sends them as gRPC calls.
+/// The client the OTLP exporter sends one signal's requests with: ureq for OTLP/HTTP,
+/// or the gRPC client, which sends them as gRPC calls.
 #[derive(Debug)]
-enum Client {
+struct Client {
+    signal: Signal,
+    transport: ClientTransport,
+}
+
+#[derive(Debug)]
+enum ClientTransport {
     Http(UreqClient),
     Grpc(grpc::GrpcClient),
 }
@@ -446,17 +478,34 @@ impl Client {
     fn new(signal: Signal, settings: &Settings) -> Result<Client, String> {
         let i = Signal::ALL.iter().position(|s| *s == signal).unwrap_or(0);
         let timeout = settings.timeout(signal);
-        Ok(match &settings.transports[i] {
-            Transport::Http => Client::Http(UreqClient::new(signal, timeout)),
+        let transport = match &settings.transports[i] {
+            Transport::Http => ClientTransport::Http(UreqClient::new(signal, timeout)),
             Transport::Grpc {
                 endpoint,
                 certificate,
             } => {
                 let target = grpc::Target::parse(endpoint)?;
                 let client = grpc::GrpcClient::new(signal, target, certificate.as_deref(), timeout);
-                Client::Grpc(client?)
+                ClientTransport::Grpc(client?)
             }
-        })
+        };
+        Ok(Client { signal, transport })
+    }
+
+    fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let result = match &self.transport {
+            ClientTransport::Http(client) => client.send(request),
+            ClientTransport::Grpc(client) => client.send(request),
+        };
+        // Delivered (a retry after a failure, say): nothing of this signal is left
+        // undelivered for now. Failures are noted by each client, with their reason.
+        if let Ok(reply) = &result
+            && reply.status().is_success()
+            && let Ok(mut last) = LAST_FAILURE.lock()
+        {
+            last[self.signal.index()] = None;
+        }
+        result
     }
 }
 
@@ -470,12 +519,7 @@ impl HttpClient for Client {
         Self: 'b,
     {
         // Called from the SDK's own export threads, which block on this future.
-        Box::pin(async move {
-            match self {
-                Client::Http(client) => client.send(request),
-                Client::Grpc(client) => client.send(request),
-            }
-        })
+        Box::pin(async move { self.send(request) })
     }
 }
 
@@ -485,6 +529,9 @@ pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
     logger: Option<SdkLoggerProvider>,
+    /// Each signal's collector endpoint, for the line said when the last telemetry
+    /// cannot be delivered.
+    endpoints: [Option<String>; 3],
 }
 
 impl Telemetry {
@@ -495,6 +542,7 @@ impl Telemetry {
             log::log!(*level, "{note}");
         }
         let mut telemetry = Telemetry::default();
+        telemetry.endpoints = settings.endpoints.clone();
         if !settings.any() {
             return telemetry;
         }
@@ -612,60 +660,157 @@ impl Telemetry {
     /// thread until its HTTP timeout). Whatever is not done by then is abandoned.
     fn stop(&mut self) {
         use std::sync::mpsc;
-        let (done, results) = mpsc::channel::<Result<(), String>>();
-        let mut started = 0;
-        let mut spawn = |name: &'static str,
+        let (done, results) = mpsc::channel::<(Signal, opentelemetry_sdk::error::OTelSdkResult)>();
+        let began = Instant::now();
+        let mut started = Vec::new();
+        let mut spawn = |signal: Signal,
                          shutdown: Box<
             dyn FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send,
         >| {
             let done = done.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("otel-shutdown-{name}"))
+                .name(format!("otel-shutdown-{}", signal.name()))
                 .spawn(move || {
-                    let _ = done.send(shutdown().map_err(|e| format!("{name}: {e}")));
+                    let _ = done.send((signal, shutdown()));
                 });
             if spawned.is_ok() {
-                started += 1;
+                started.push(signal);
             }
         };
         if let Some(p) = self.tracer.take() {
             spawn(
-                "traces",
+                Signal::Traces,
                 Box::new(move || p.shutdown_with_timeout(SHUTDOWN_WAIT)),
             );
         }
         if let Some(p) = self.logger.take() {
             crate::logging::remove_export();
             spawn(
-                "logs",
+                Signal::Logs,
                 Box::new(move || p.shutdown_with_timeout(SHUTDOWN_WAIT)),
             );
         }
         if let Some(p) = self.meter.take() {
             spawn(
-                "metrics",
+                Signal::Metrics,
                 Box::new(move || p.shutdown_with_timeout(SHUTDOWN_WAIT)),
             );
         }
-        let deadline = Instant::now() + SHUTDOWN_DEADLINE;
-        let mut errors = Vec::new();
-        for _ in 0..started {
+        let deadline = began + SHUTDOWN_DEADLINE;
+        let mut failed: Vec<(Signal, Undelivered)> = Vec::new();
+        let mut pending = started;
+        while !pending.is_empty() {
             match results.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => errors.push(e),
+                Ok((signal, result)) => {
+                    pending.retain(|s| *s != signal);
+                    if let Err(e) = result {
+                        failed.push((signal, Undelivered::Failed(e)));
+                    }
+                }
                 Err(_) => {
-                    errors.push(format!(
-                        "not finished after {} s, abandoned",
-                        SHUTDOWN_DEADLINE.as_secs_f64()
-                    ));
-                    break;
+                    failed.extend(pending.drain(..).map(|s| (s, Undelivered::Abandoned)));
                 }
             }
         }
-        if !errors.is_empty() {
-            log::warn!(target: EXPORT_LOG_TARGET, "telemetry shutdown: {}", errors.join("; "));
+        // The export errors noted while shutting down say why; older ones may be stale.
+        let reasons = LAST_FAILURE
+            .lock()
+            .map(|last| {
+                last.clone()
+                    .map(|f| f.filter(|(at, _)| *at >= began).map(|(_, what)| what))
+            })
+            .unwrap_or_default();
+        // A batch processor's shutdown succeeds even when its last export failed: that
+        // failure, noted by the client and not followed by a delivery, is what says it.
+        for signal in Signal::ALL {
+            if reasons[signal.index()].is_some() && !failed.iter().any(|(s, _)| *s == signal) {
+                failed.push((signal, Undelivered::Noted));
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        failed.sort_by_key(|(signal, _)| signal.index());
+        let failed: Vec<(Signal, Option<String>)> = failed
+            .into_iter()
+            .map(|(signal, how)| {
+                let why = match (&reasons[signal.index()], how) {
+                    (Some(what), _) => Some(what.clone()),
+                    (None, Undelivered::Abandoned) => Some(format!(
+                        "no answer within {} s",
+                        SHUTDOWN_DEADLINE.as_secs_f64()
+                    )),
+                    (None, Undelivered::Failed(OTelSdkError::Timeout(after))) => {
+                        Some(format!("no answer within {} s", after.as_secs_f64()))
+                    }
+                    (None, Undelivered::Failed(_) | Undelivered::Noted) => None,
+                };
+                (signal, why)
+            })
+            .collect();
+        log::warn!(
+            target: EXPORT_LOG_TARGET,
+            "{}",
+            undelivered_line(&failed, &self.endpoints)
+        );
+    }
+}
+
+use opentelemetry_sdk::error::OTelSdkError;
+
+/// How a signal's shutdown ended without delivering its last telemetry.
+enum Undelivered {
+    /// Its shutdown returned an error (its last export failed, or timed out).
+    Failed(OTelSdkError),
+    /// Still running at the deadline: left behind.
+    Abandoned,
+    /// Its shutdown succeeded, but its last export failed.
+    Noted,
+}
+
+/// The one line said at exit when the last telemetry of some signals (each with the
+/// reason, when known) could not be delivered: `the last telemetry (metrics, traces)
+/// could not be delivered to the collector at http://c:4318: connection refused`. The
+/// endpoint is shown as a setting's URL is (credentials, query and fragment hidden);
+/// signals sent to different endpoints are named apart.
+fn undelivered_line(
+    failed: &[(Signal, Option<String>)],
+    endpoints: &[Option<String>; 3],
+) -> String {
+    let mut groups: Vec<(String, Vec<&'static str>, Vec<&str>)> = Vec::new();
+    for (signal, why) in failed {
+        let at = endpoints[signal.index()].as_deref().map_or_else(
+            || "the collector".to_string(),
+            |e| format!("the collector at {}", crate::redact::setting_url(e)),
+        );
+        let i = match groups.iter().position(|(g, ..)| *g == at) {
+            Some(i) => i,
+            None => {
+                groups.push((at, Vec::new(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[i].1.push(signal.name());
+        if let Some(why) = why
+            && !groups[i].2.contains(&why.as_str())
+        {
+            groups[i].2.push(why);
         }
     }
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|(at, signals, why)| {
+            let why = match why.is_empty() {
+                true => String::new(),
+                false => format!(": {}", why.join("; ")),
+            };
+            format!(
+                "the last telemetry ({}) could not be delivered to {at}{why}",
+                signals.join(", ")
+            )
+        })
+        .collect();
+    parts.join("; ")
 }
 
 impl Drop for Telemetry {
@@ -920,5 +1065,28 @@ mod tests {
         assert!(s.clamped.is_empty() && s.notes.is_empty(), "{s:?}");
         let s = settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]);
         assert!(s.clamped.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn undelivered_telemetry_is_one_line_naming_the_collector() {
+        let endpoints = [
+            Some("http://u:pw@c:4318/?k=s".to_string()),
+            Some("http://u:pw@c:4318/?k=s".to_string()),
+            Some("http://other:4317".to_string()),
+        ];
+        let line = undelivered_line(
+            &[
+                (Signal::Metrics, Some("connection refused".into())),
+                (Signal::Traces, Some("connection refused".into())),
+                (Signal::Logs, None),
+            ],
+            &endpoints,
+        );
+        assert_eq!(
+            line,
+            "the last telemetry (metrics, traces) could not be delivered to the collector at \
+             http://REDACTED:REDACTED@c:4318/?REDACTED: connection refused; the last telemetry \
+             (logs) could not be delivered to the collector at http://other:4317"
+        );
     }
 }

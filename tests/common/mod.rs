@@ -389,6 +389,16 @@ impl Running {
         }
     }
 
+    /// A child started by the caller, with one output (`other`) to collect; it shows up
+    /// as the `stdout` of [`Running::wait_for`]'s output.
+    pub fn adopt(child: Child, other: Box<dyn Read + Send>) -> Running {
+        Running {
+            child,
+            stdout: Some(drain(other)),
+            stderr: None,
+        }
+    }
+
     pub fn pid(&self) -> libc::pid_t {
         libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
     }
