@@ -773,6 +773,10 @@ impl Worker {
         };
         match line {
             Line::Quiet => {}
+            // `once` may end before a minute has passed: it promises no later line.
+            Line::Down if self.quiet_success => {
+                log::error!("{name} unreachable: {}", call.detail)
+            }
             Line::Down => log::error!(
                 "{name} unreachable: {}; while it stays so, this is logged once a minute",
                 call.detail
