@@ -304,10 +304,7 @@ impl FileJournal {
             });
         }
         let [_, lock_path, tmp] = companion_paths(path);
-        let locked = || {
-            let pid = holder(&lock_path).filter(|pid| *pid != std::process::id());
-            JournalError::Locked(path.to_path_buf(), pid)
-        };
+        let locked = || JournalError::Locked(path.to_path_buf(), holder(&lock_path));
         for at in [path, &lock_path, &tmp] {
             crate::files::check_regular_or_absent(at).map_err(|e| io_at(at, e))?;
         }

@@ -479,7 +479,7 @@ impl Journey {
     fn decrease(&mut self, mut task: Task) -> Ran {
         let order = task.order;
         if task.attempts.made == 0 && self.simulated_stock_failure(&order) {
-            log::warn!(
+            log::info!(
                 "order {}: simulated failure at the stock step (ERROR_RATE {}), stock not touched",
                 order.id,
                 self.error_rate
@@ -612,7 +612,7 @@ impl Journey {
                 vec![KeyValue::new("ordermanagement.step", "status")],
             );
             task.attempts.made += 1;
-            log::warn!(
+            log::info!(
                 "order {}: simulated failure at the status step (ERROR_RATE {}); retrying at once",
                 order.id,
                 self.error_rate
@@ -635,7 +635,7 @@ impl Journey {
                 let delay = self
                     .policy
                     .status_delay(&mut task.attempts, &error, fastrand::f64());
-                log::warn!(
+                log::debug!(
                     "order {}: status update failed (attempt {attempt}, after {} ms): {error}; \
                      retried until it lands",
                     order.id,
@@ -663,7 +663,7 @@ impl Journey {
         let delay = self
             .policy
             .after_failure(&mut task.attempts, error, fastrand::f64())?;
-        log::warn!(
+        log::debug!(
             "order {}: {what} failed (attempt {attempt} of {}, after {} ms): {error}; retrying",
             task.order.id,
             self.policy.max_retries + 1,

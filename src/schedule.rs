@@ -437,7 +437,7 @@ impl Health {
             Verdict::Stalled
                 if self.service == Service::Stock && self.stalls < rules.stalls_down =>
             {
-                log::warn!(
+                log::info!(
                     "{name} stalled ({} in a row); the next decrease goes in {} ms ({} in a \
                      row leave it alone until the next cycle); last: {detail}",
                     self.stalls,
@@ -490,7 +490,7 @@ impl Health {
                     .cool_down
                     .saturating_mul(1 << self.failed_probes.min(16))
                     .min(rules.cool_down_cap);
-                log::warn!(
+                log::info!(
                     "{name} {what}: no new calls for {} ms, then one probe; last: {detail}",
                     pause.as_millis()
                 );

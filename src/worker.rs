@@ -374,7 +374,7 @@ impl Worker {
             );
         }
         if !worker.pending.is_empty() {
-            log::warn!(
+            log::info!(
                 "state file: {} orders left in flight by a previous run; only their status updates are retried",
                 worker.pending.len()
             );
@@ -466,11 +466,14 @@ impl Worker {
         for q in self.quarantine.values_mut() {
             q.decided_at = q.decided_at.map(|_| now);
         }
+        let started = Instant::now();
         let mut report = self.cycle_with(None, false).0;
         if self.settling() && !self.stop.requested() {
             self.settle(&mut report);
         }
         report.quarantined = self.quarantine.len() as u64;
+        report.duration = started.elapsed();
+        self.log_summary(&report);
         report
     }
 
@@ -562,7 +565,10 @@ impl Worker {
         report.quarantined = self.quarantine.len() as u64;
         report.waiting = cycle.scheduler.len() as u64;
         report.duration = started.elapsed();
-        self.log_summary(&report);
+        // `once` says its summary after its wait for pending updates.
+        if carry {
+            self.log_summary(&report);
+        }
         if let Some(heartbeat) = &mut self.heartbeat {
             heartbeat.cycle_ended(&report);
         }
@@ -1215,7 +1221,7 @@ impl Worker {
                             if told {
                                 log::Level::Debug
                             } else {
-                                log::Level::Warn
+                                log::Level::Info
                             },
                             "fetching registered orders failed (attempt {attempt} of {}, after {} ms): {e}; retrying in {} ms",
                             policy.max_retries + 1,
@@ -1274,7 +1280,7 @@ impl Worker {
             cycle.report.ended_early = Some(format!(
                 "{most} orders taken in this cycle (--max-orders-per-cycle); the rest waits for the next"
             ));
-            log::warn!(
+            log::info!(
                 "{}",
                 cycle.report.ended_early.as_deref().unwrap_or_default()
             );
@@ -1504,9 +1510,9 @@ fn log_outcome(order: &Order, outcome: &Outcome, quiet: bool) {
             status: OrderStatus::Ready,
             ..
         } => log::Level::Error,
-        Outcome::Deferred { .. } | Outcome::Pending { .. } | Outcome::Quarantined { .. } => {
-            log::Level::Warn
-        }
+        // Left registered, nothing taken: the next cycle or run takes it again.
+        Outcome::Deferred { .. } => log::Level::Info,
+        Outcome::Pending { .. } | Outcome::Quarantined { .. } => log::Level::Warn,
         _ => log::Level::Info,
     };
     let reason = outcome.reason();
@@ -1524,22 +1530,31 @@ fn log_outcome(order: &Order, outcome: &Outcome, quiet: bool) {
 }
 
 impl Worker {
-    /// The cycle's summary: at info (warn when work is left); an idle cycle (nothing
-    /// listed, waiting or pending) at debug, with one info line when work resumes; a
-    /// cycle during an outage already told, at debug.
+    /// The cycle's summary: at warn when it leaves something for a person (an order
+    /// `unknown`, the list not fetched or not finished; in `once` also orders pending
+    /// or quarantined, which `run` names in its reminders), else at info; in `run`, an
+    /// idle cycle at debug, with one info line when work resumes, and a cycle during an
+    /// outage already told at debug. `once`'s summary is its closing line.
     fn log_summary(&mut self, r: &CycleReport) {
-        // Nothing handled: an idle cycle, or one whose list failed during an outage (the
-        // outage has lines of its own).
+        let once = self.quiet_success;
         let idle = r.fetched == 0 && r.carried == 0 && r.waiting == 0;
-        let through = r.went_through();
-        let level = if (idle && through)
-            || (!through && self.outage_level(log::Level::Warn) == log::Level::Debug)
-        {
-            log::Level::Debug
-        } else if through {
-            log::Level::Info
-        } else {
-            log::Level::Warn
+        // A stop, or the cycle's cap on orders, ends a list early with nothing wrong.
+        let ended_badly = r
+            .ended_early
+            .as_deref()
+            .is_some_and(|why| !self.stop.requested() && !why.contains("--max-orders-per-cycle"));
+        let person = r.unknown > 0
+            || r.skipped > 0
+            || r.list_failed
+            || ended_badly
+            || (once && (r.pending > 0 || r.quarantined > 0));
+        let told = self.outage_level(log::Level::Warn) == log::Level::Debug;
+        let level = match (once, person) {
+            (true, true) => log::Level::Warn,
+            (true, false) => log::Level::Info,
+            (false, _) if (idle && !person) || (person && told) => log::Level::Debug,
+            (false, true) => log::Level::Warn,
+            (false, false) => log::Level::Info,
         };
         if self.idle && !idle && !self.quiet_success {
             log::info!("orders to handle: cycles are logged again");

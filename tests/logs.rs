@@ -84,3 +84,74 @@ fn a_service_down_for_20_s_gives_at_most_three_lines() {
         .unwrap_or_else(|| panic!("{lines:#?}"));
     assert!((17..=21).contains(&secs), "{lines:#?}");
 }
+
+/// A cron run at `LOG_LEVEL=warn`: its output, and how it exited.
+fn cron_run(stack: &standin::Stack, home: &std::path::Path) -> std::process::Output {
+    let mut cmd = common::worker_at(&stack.orders_url(), &stack.stocks_url());
+    cmd.env("ERROR_RATE", "0.1")
+        .env("LOG_LEVEL", "warn")
+        .env("HOME", home)
+        .arg("once");
+    Running::start(&mut cmd)
+        .wait_for(Duration::from_secs(120))
+        .expect("once ends")
+}
+
+#[test]
+fn a_cron_run_at_warn_that_decides_every_order_writes_nothing() {
+    let home = std::env::temp_dir().join(format!("om-logs-cron-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let stack = standin::Stack::stocked(standin::Knobs::failing(0.1), 1_000_000, 500, 5);
+    let out = cron_run(&stack, &home);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(stderr, "", "nothing for a person, nothing written");
+    stack.assert_ledger();
+    // Every order ready or blocked, however many retries it took; an order whose
+    // decrease failed on every attempt (1 in 10,000 at 10%) stays registered for the
+    // next run, which is no one's problem either: exit 1, still nothing written.
+    let counts = stack.count_by_status();
+    let left = counts.get("registered").copied().unwrap_or(0);
+    assert_eq!(
+        counts["ready"] + counts["blocked"] + left,
+        500,
+        "{counts:?}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(if left == 0 { 0 } else { 1 }),
+        "{counts:?}"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn a_cron_run_at_warn_that_leaves_something_for_a_person_names_it_then_sums_up() {
+    let home = std::env::temp_dir().join(format!("om-logs-person-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let mut knobs = standin::Knobs::default();
+    knobs
+        .status_answers
+        .insert(1, standin::Answer::new(409, r#"{"error": "conflict"}"#));
+    let stack = standin::Stack::stocked(knobs, 1_000_000, 50, 6);
+    let out = cron_run(&stack, &home);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!((2..=4).contains(&lines.len()), "a few lines: {stderr}");
+    assert!(
+        lines[0].contains("order 1 ") && lines[0].contains("quarantined"),
+        "{stderr}"
+    );
+    let summary = lines
+        .iter()
+        .find(|l| l.contains("cycle done"))
+        .expect(&stderr);
+    assert!(
+        summary.contains(" WARN ") && summary.contains("1 quarantined"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}
