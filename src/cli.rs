@@ -4,6 +4,9 @@
 //! [`Cli::into_invocation`], each through its rule in [`crate::config`], so that a bad
 //! value is reported in one place with the setting's flag and variable names.
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError, HealthcheckConfig, Invocation, Mode, defaults};
@@ -450,8 +453,11 @@ fn refuse_flags_without_effect(
             .any(|m| m.value_source(id) == Some(ValueSource::CommandLine));
         if given {
             let message = format!("{flag} has no effect on `{command}`: {why}; leave it out");
-            let sub = cmd.find_subcommand_mut(name).expect("the command parsed");
-            return Err(sub.error(clap::error::ErrorKind::ArgumentConflict, message));
+            let error = match cmd.find_subcommand_mut(name) {
+                Some(sub) => sub.error(clap::error::ErrorKind::ArgumentConflict, message),
+                None => cmd.error(clap::error::ErrorKind::ArgumentConflict, message),
+            };
+            return Err(error);
         }
     }
     Ok(())

@@ -7,6 +7,9 @@
 //! start: the OpenTelemetry SDK's `OTEL_*` variables ([`crate::telemetry::Settings`],
 //! called by [`crate::startup`]) and `RUST_LOG` ([`crate::logging::init`]).
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;

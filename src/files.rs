@@ -4,6 +4,9 @@
 //! is refused, never waited on); temporary files are created new, never opened
 //! through a path that already exists; reads are capped.
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

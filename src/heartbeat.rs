@@ -19,6 +19,9 @@
 //! judges the beat's age alone. A pid reused by another process since reads as alive:
 //! the beat then ages out.
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};

@@ -8,6 +8,9 @@
 //! their calls, turning its status into a [`CallError`] through
 //! [`Call::from_status`], the one mapping both share.
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::fmt;
 use std::io;
 use std::sync::Arc;

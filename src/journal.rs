@@ -27,6 +27,9 @@
 //! not exist (see [`crate::files`]), and a state file with a second hard link is
 //! refused at start.
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};

@@ -1,5 +1,8 @@
 //! Paging through a list that shrinks as statuses change.
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::collections::HashSet;
 
 /// Where the next page of the `registered` list starts, and which entries are new.

@@ -539,7 +539,19 @@ impl Journey {
             }
             Next::Retry(reason) => {
                 self.journal_finished(&order);
-                let error = result.expect_err("a retry follows a failure");
+                // A retry follows a failure: `after_decrease` says so only for one.
+                let Err(error) = result else {
+                    return Ran {
+                        end: StepEnd::Finished(
+                            task,
+                            Outcome::Deferred {
+                                reason,
+                                cause: Deferral::Unavailable,
+                            },
+                        ),
+                        call,
+                    };
+                };
                 let end = match self.retry(&mut task, &error, "stock decrease", started) {
                     Some(delay) => StepEnd::Again(task, Service::Stock, delay, pace(&error)),
                     None => StepEnd::Finished(

@@ -4,6 +4,9 @@
 //! setting gives is shown without its query and fragment too ([`setting_url`]): a
 //! token often travels there (`?token=...`).
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::borrow::Cow;
 
 /// What stands in place of the user information.
@@ -84,18 +87,22 @@ pub fn credentials(text: &str) -> Cow<'_, str> {
 /// authority ends at the path, query or fragment, or where a URL ends in a text (white
 /// space, a quote, a bracket).
 fn redact_authority(text: &str, start: usize) -> Cow<'_, str> {
-    let rest = &text.as_bytes()[start..];
+    let rest = text.as_bytes().get(start..).unwrap_or_default();
     let end = rest
         .iter()
         .position(|b| b"/?#\"'<>`\\".contains(b) || b.is_ascii_whitespace())
         .unwrap_or(rest.len());
-    match rest[..end].iter().rposition(|b| *b == b'@') {
-        Some(at) => Cow::Owned(format!(
-            "{}{REDACTED}{}",
-            &text[..start],
-            &text[start + at..]
-        )),
-        None => Cow::Borrowed(text),
+    let at = rest
+        .get(..end)
+        .and_then(|authority| authority.iter().rposition(|b| *b == b'@'));
+    // `start` and `start + at` fall on ASCII bytes: character boundaries.
+    match (
+        at,
+        text.get(..start),
+        at.and_then(|at| text.get(start + at..)),
+    ) {
+        (Some(_), Some(before), Some(after)) => Cow::Owned(format!("{before}{REDACTED}{after}")),
+        _ => Cow::Borrowed(text),
     }
 }
 

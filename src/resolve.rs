@@ -7,6 +7,9 @@
 //! soon as reaching it fails. A lookup still runs on a helper thread so that it stays
 //! bounded by `--timeout`, but only on a miss.
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io;

@@ -710,8 +710,9 @@ impl<T> Scheduler<T> {
                 (top.0.due <= now).then_some((top.0.due, top.0.seq, s))
             })
             .min();
-        if let Some((_, _, service)) = due {
-            let Reverse(entry) = self.waiting[service.index()].pop().expect("peeked");
+        if let Some((_, _, service)) = due
+            && let Some(Reverse(entry)) = self.waiting[service.index()].pop()
+        {
             return Next::Run(entry.task);
         }
         let orders = self.health(Service::Orders);

@@ -1,5 +1,8 @@
 //! The Stock Service: the one call the worker makes, a decrease of one wood type's stock.
 
+// Parses what a peer or a file sends: no index or slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::time::{Duration, Instant};
 
 use crate::http::{Call, CallError, Http, Route, Target};

@@ -444,10 +444,9 @@ impl UreqClient {
                 .with_config()
                 .limit(4 * 1024 * 1024)
                 .read_to_vec()?;
-            Ok(Response::builder()
-                .status(status)
-                .body(Bytes::from(bytes))
-                .expect("a status and a body"))
+            let mut response = Response::new(Bytes::from(bytes));
+            *response.status_mut() = status;
+            Ok(response)
         });
         match &result {
             Ok(r) if r.status().is_success() => {}
