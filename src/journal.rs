@@ -755,7 +755,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// Applies the journal's lines in order, read from `file` one at a time (only the
 /// orders in flight are kept); the last line may be torn (cut before its newline by a
 /// crash).
-fn replay(path: &Path, file: &File) -> Result<(Live, Traces, Option<Owner>), JournalError> {
+fn replay(path: &Path, file: impl io::Read) -> Result<(Live, Traces, Option<Owner>), JournalError> {
     use std::io::{BufRead, Read};
     let mut live = BTreeMap::new();
     let mut traces = Traces::new();
@@ -837,6 +837,13 @@ fn replay(path: &Path, file: &File) -> Result<(Live, Traces, Option<Owner>), Jou
     }
     traces.retain(|id, _| live.contains_key(id));
     Ok((live, traces, owner))
+}
+
+/// Replays `bytes` as a state file's content, for the fuzzer: what it finds (the
+/// orders in flight), or why it refuses them.
+pub fn replay_bytes(bytes: &[u8]) -> Result<Vec<(Order, InFlight)>, JournalError> {
+    let (live, _, _) = replay(Path::new("(bytes)"), bytes)?;
+    Ok(live.into_values().collect())
 }
 
 /// The orders in flight, by id.

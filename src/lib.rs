@@ -72,6 +72,8 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod heartbeat;
 pub mod http;
 pub mod journal;

@@ -239,6 +239,33 @@ impl Drop for InvalidLog {
     }
 }
 
+/// Why a list reply's body is refused as a page.
+#[derive(Debug)]
+pub enum ListError {
+    /// Not one JSON array (another value, text, an array cut off or followed by more).
+    NotArray(String),
+    /// An array holding a value other than an object: this one, shortened.
+    NonObject(String),
+}
+
+/// A list reply's body as the worker reads it: at most `limit` entries, each parsed
+/// and validated alone (a bad one costs only itself), and a count of those beyond.
+pub fn read_list_body(body: &[u8], limit: usize) -> Result<Page, ListError> {
+    let split = split_array(body, limit).map_err(ListError::NotArray)?;
+    let mut entries = Vec::with_capacity(split.entries.len());
+    for entry in split.entries {
+        match parse_entry(entry) {
+            Ok(Ok(object)) => entries.push(validate(&object)),
+            Ok(Err(other)) => return Err(ListError::NonObject(short(&other))),
+            Err(problem) => entries.push(Err(InvalidOrder { id: None, problem })),
+        }
+    }
+    Ok(Page {
+        entries,
+        dropped: split.beyond,
+    })
+}
+
 /// A list reply's array, split into its top-level entries without parsing them.
 struct SplitPage<'a> {
     /// The first `limit` entries, each its bytes (surrounding white space trimmed).
@@ -528,29 +555,13 @@ impl OrdersClient {
             .body
             .as_ref()
             .map_err(|e| bad(format!("a body that could not be read: {e}")))?;
-        let split = split_array(body, limit as usize).map_err(|e| {
-            bad(format!(
+        let read = read_list_body(body, limit as usize).map_err(|e| match e {
+            ListError::NotArray(e) => bad(format!(
                 "a body that is not a JSON array of orders ({e}): {}",
                 reply.describe()
-            ))
+            )),
+            ListError::NonObject(other) => bad(format!("an array holding a non-object: {other}")),
         })?;
-        let mut entries = Vec::with_capacity(split.entries.len());
-        for entry in split.entries {
-            match parse_entry(entry) {
-                Ok(Ok(object)) => entries.push(validate(&object)),
-                Ok(Err(other)) => {
-                    return Err(bad(format!(
-                        "an array holding a non-object: {}",
-                        short(&other)
-                    )));
-                }
-                Err(problem) => entries.push(Err(InvalidOrder { id: None, problem })),
-            }
-        }
-        let read = Page {
-            entries,
-            dropped: split.beyond,
-        };
         if read.dropped > 0 {
             log::warn!(
                 "{what} answered {} entries beyond the {limit} asked for (skip {skip}); \
