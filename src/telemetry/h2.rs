@@ -5,16 +5,33 @@
 //! control both ways (a body larger than the peer's windows waits for WINDOW_UPDATE,
 //! and every DATA frame read is given back at once); PING answered; GOAWAY (a stream
 //! the peer did not process is reported as such, so it can be sent again on a new
-//! connection; no new stream after it), RST_STREAM, CONTINUATION, padding, and
-//! replies that end in their HEADERS (trailers-only). HPACK: replies are decoded by
-//! [`hpack`] (Huffman and the dynamic table); requests are written as literals never
-//! indexed, so the peer's table is never used and nothing sent is kept by it.
+//! connection; no new stream after it), RST_STREAM, CONTINUATION, padding,
+//! informational (1xx) replies skipped, and replies that end in their HEADERS
+//! (trailers-only). HPACK: replies are decoded by [`hpack`] (Huffman and the dynamic
+//! table); requests are written as literals never indexed, so the peer's table is
+//! never used and nothing sent is kept by it.
 //!
-//! Bounded: every read and write runs against the caller's deadline (socket timeouts
-//! set to what is left before each call), so a peer that never answers or trickles
-//! bytes costs at most that. Frames larger than 16 KiB, header lists larger than
-//! [`MAX_HEADER_LIST`] (decoded, as SETTINGS_MAX_HEADER_LIST_SIZE says; decoding stops
-//! as soon as a list passes it) and bodies larger than [`MAX_BODY`] are refused.
+//! Bounded, whatever the peer sends: every read and write runs against the caller's
+//! deadline (socket timeouts set to what is left before each call), so a peer that
+//! never answers or trickles bytes costs at most that. Frames larger than 16 KiB, header
+//! lists larger than [`MAX_HEADER_LIST`] (decoded, as SETTINGS_MAX_HEADER_LIST_SIZE
+//! says) and bodies larger than [`MAX_BODY`] are refused. Frames that carry no reply
+//! (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM or DATA of other streams,
+//! unknown types, empty CONTINUATION...) are counted against a budget per request
+//! ([`FRAME_BUDGET`]), as are CONTINUATION frames per header block
+//! ([`MAX_CONTINUATIONS`]): a peer over either is told ENHANCE_YOUR_CALM and the
+//! connection closed ([`Error::Calm`]). Nothing the peer sends can panic: the module
+//! denies unwrap, expect, panic and unchecked indexing outside its tests.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -35,15 +52,35 @@ pub const MAX_HEADER_LIST: usize = 16 * 1024;
 /// to the list size (at most 15: a prefix and two lengths), so a longer block cannot
 /// decode to a list within [`MAX_HEADER_LIST`]; 64 bytes more for table size updates.
 const MAX_HEADER_BLOCK: usize = MAX_HEADER_LIST + 64;
+/// The most CONTINUATION frames one header block may take. A block of
+/// [`MAX_HEADER_BLOCK`] needs two frames of 16 KiB; the h2 crate allows a quarter more
+/// than a maximal block needs and at least 5 (its answer to the 2024 CONTINUATION
+/// floods); 8 leaves room for peers that cut their blocks smaller.
+pub const MAX_CONTINUATIONS: usize = 8;
+/// How many frames one request may read beyond those that carry its reply (SETTINGS,
+/// PING, WINDOW_UPDATE, PRIORITY, GOAWAY, RST_STREAM and DATA of other streams, 1xx
+/// replies, frames of unknown types, CONTINUATION): a few are normal (a SETTINGS and
+/// its ACK, a keep-alive PING); floods of them (CVE-2019-9512, 9515, 9518) are not.
+/// Body bytes sent or read earn more (see [`BYTES_PER_FRAME`]), so that a large body
+/// sent through small windows is not cut short.
+pub const FRAME_BUDGET: u64 = 128;
+/// Bytes of body, sent or read, that earn one frame more of [`FRAME_BUDGET`]: a peer
+/// that gives a window back 1 KiB at a time (two WINDOW_UPDATEs, stream and
+/// connection) stays well within it; one that opens it a byte at a time, or answers
+/// in 1-byte DATA frames, does not.
+const BYTES_PER_FRAME: usize = 256;
 /// The largest response body kept.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// The window every stream starts with until the peer's SETTINGS say otherwise.
 const DEFAULT_WINDOW: i64 = 65_535;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
+/// How long the GOAWAY sent before closing a connection the peer broke may take.
+const GOAWAY_WRITE: Duration = Duration::from_millis(100);
 
 // Frame types.
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PUSH_PROMISE: u8 = 0x5;
@@ -57,12 +94,14 @@ const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
+const PRIORITY_FLAG: u8 = 0x20;
 
 // Error codes sent.
 const NO_ERROR: u32 = 0x0;
 const PROTOCOL_ERROR: u32 = 0x1;
 const CANCEL: u32 = 0x8;
+const COMPRESSION_ERROR: u32 = 0x9;
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// Our SETTINGS: SETTINGS_ENABLE_PUSH 0 and SETTINGS_MAX_HEADER_LIST_SIZE; the others
 /// keep their defaults (a header table of 4096 bytes, frames of 16 KiB).
@@ -89,8 +128,14 @@ impl Io for TcpStream {
 pub enum Error {
     /// The socket failed or closed, or the deadline passed.
     Io(io::Error),
-    /// The peer broke the protocol; the connection is closed.
+    /// The peer broke the protocol; the connection is closed (GOAWAY PROTOCOL_ERROR).
     Protocol(&'static str),
+    /// A header block that is not valid HPACK; the connection is closed (GOAWAY
+    /// COMPRESSION_ERROR: the decoder's table can no longer be trusted).
+    Compression(&'static str),
+    /// The peer went over a budget (frames that carry no reply, CONTINUATION frames,
+    /// the header list size); the connection is closed (GOAWAY ENHANCE_YOUR_CALM).
+    Calm(&'static str),
     /// The peer said GOAWAY before it took this stream: it was not processed, and can
     /// be sent again on a new connection.
     Refused { code: u32 },
@@ -100,12 +145,38 @@ pub enum Error {
     TooLarge,
 }
 
+impl Error {
+    /// The peer misbehaved (and the connection was closed for it): a new connection
+    /// to the same peer is best not opened at once.
+    pub fn misbehaved(&self) -> bool {
+        matches!(
+            self,
+            Error::Protocol(_) | Error::Compression(_) | Error::Calm(_) | Error::TooLarge
+        )
+    }
+
+    /// The GOAWAY code a connection closed for this error is closed with.
+    fn goaway_code(&self) -> Option<u32> {
+        match self {
+            Error::Protocol(_) => Some(PROTOCOL_ERROR),
+            Error::Compression(_) => Some(COMPRESSION_ERROR),
+            Error::Calm(_) => Some(ENHANCE_YOUR_CALM),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => f.write_str("timed out"),
             Error::Io(e) => write!(f, "{e}"),
             Error::Protocol(what) => write!(f, "HTTP/2 protocol error: {what}"),
+            Error::Compression(what) => write!(f, "HTTP/2 header block refused: {what}"),
+            Error::Calm(what) => write!(
+                f,
+                "HTTP/2 peer over its budget: {what}; connection closed (ENHANCE_YOUR_CALM)"
+            ),
             Error::Refused { code } => {
                 write!(
                     f,
@@ -134,7 +205,8 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
-/// A reply: its status, header fields, body and trailer fields.
+/// A reply: its status (100 to 599, never informational), header fields, body and
+/// trailer fields.
 #[derive(Debug, Default)]
 pub struct Response {
     pub status: u16,
@@ -161,11 +233,58 @@ struct Frame {
     payload: Vec<u8>,
 }
 
+/// What one request may still read: see [`FRAME_BUDGET`].
+struct Budget {
+    frames: u64,
+    /// Bytes of body not yet worth a frame.
+    bytes: usize,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            frames: FRAME_BUDGET,
+            bytes: 0,
+        }
+    }
+
+    /// One frame read, of type `kind`.
+    fn spend(&mut self, kind: u8) -> Result<(), Error> {
+        self.frames = self.frames.checked_sub(1).ok_or(Error::Calm(flood(kind)))?;
+        Ok(())
+    }
+
+    /// `bytes` of body sent or read.
+    fn earn(&mut self, bytes: usize) {
+        let bytes = self.bytes.saturating_add(bytes);
+        let frames = u64::try_from(bytes / BYTES_PER_FRAME).unwrap_or(u64::MAX);
+        self.frames = self.frames.saturating_add(frames);
+        self.bytes = bytes % BYTES_PER_FRAME;
+    }
+}
+
+/// What a budget ran out on.
+fn flood(kind: u8) -> &'static str {
+    match kind {
+        DATA => "a flood of DATA frames that carry no reply",
+        HEADERS => "a flood of HEADERS frames (informational replies, other streams)",
+        PRIORITY => "a flood of PRIORITY frames",
+        RST_STREAM => "a flood of RST_STREAM frames",
+        SETTINGS => "a flood of SETTINGS frames",
+        PING => "a flood of PING frames",
+        GOAWAY => "a flood of GOAWAY frames",
+        WINDOW_UPDATE => "a flood of WINDOW_UPDATE frames",
+        CONTINUATION => "a flood of CONTINUATION frames",
+        _ => "a flood of frames of unknown types",
+    }
+}
+
 /// One HTTP/2 connection.
 pub struct Connection<S: Io> {
     io: S,
     read_buf: Vec<u8>,
     decoder: hpack::Decoder,
+    /// The id the next stream opened gets; every odd id below it has been opened.
     next_stream: u32,
     /// The connection's send window.
     send_window: i64,
@@ -196,6 +315,13 @@ struct Stream {
     done: bool,
 }
 
+/// One header block, decoded.
+#[derive(Default)]
+struct Decoded {
+    status: Option<u16>,
+    fields: Vec<(String, Vec<u8>)>,
+}
+
 impl<S: Io> Connection<S> {
     /// Sends the preface and our SETTINGS, and waits for the peer's SETTINGS (which
     /// set the windows and frame size the request is sent with).
@@ -211,19 +337,32 @@ impl<S: Io> Connection<S> {
             going_away: false,
             broken: false,
         };
+        match conn.open(deadline) {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                conn.close_for(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn open(&mut self, deadline: Instant) -> Result<(), Error> {
         let mut hello = PREFACE.to_vec();
         frame_into(&mut hello, SETTINGS, 0, 0, &OUR_SETTINGS);
-        conn.write(&hello, deadline)?;
+        self.write(&hello, deadline)?;
+        let mut budget = Budget::new();
         loop {
-            let frame = conn.read_frame(deadline)?;
+            let frame = self.read_frame(deadline)?;
+            budget.spend(frame.kind)?;
             match frame.kind {
                 SETTINGS if frame.flags & ACK == 0 => {
-                    conn.on_settings(&frame, None, deadline)?;
-                    return Ok(conn);
+                    return self.on_settings(&frame, None, deadline);
                 }
-                SETTINGS | WINDOW_UPDATE | PING => conn.on_frame(frame, None, deadline)?,
+                SETTINGS | WINDOW_UPDATE | PING => {
+                    self.on_frame(frame, None, &mut budget, deadline)?;
+                }
                 GOAWAY => {
-                    conn.on_frame(frame, None, deadline)?;
+                    self.on_frame(frame, None, &mut budget, deadline)?;
                     return Err(Error::Refused { code: NO_ERROR });
                 }
                 _ => return Err(Error::Protocol("the first frame is not SETTINGS")),
@@ -245,28 +384,35 @@ impl<S: Io> Connection<S> {
         let result = self.exchange(request, deadline);
         match &result {
             Ok(_) | Err(Error::Reset(_)) => {}
-            Err(Error::Protocol(_)) => {
-                self.broken = true;
-                // Best effort: say why before closing.
-                let mut goaway = Vec::new();
-                frame_into(&mut goaway, GOAWAY, 0, 0, &[0; 8]);
-                goaway[9 + 7] = PROTOCOL_ERROR as u8;
-                let _ = self.write(&goaway, Instant::now() + Duration::from_millis(100));
-            }
-            Err(_) => self.broken = true,
+            Err(e) => self.close_for(e),
         }
         result
     }
 
+    /// Marks the connection broken after `error`; a connection error is said to the
+    /// peer first (best effort), with its code.
+    fn close_for(&mut self, error: &Error) {
+        self.broken = true;
+        if let Some(code) = error.goaway_code() {
+            let [a, b, c, d] = code.to_be_bytes();
+            let mut goaway = Vec::with_capacity(17);
+            // Last stream id 0: we never accept a stream of the peer's.
+            frame_into(&mut goaway, GOAWAY, 0, 0, &[0, 0, 0, 0, a, b, c, d]);
+            let now = Instant::now();
+            let _ = self.write(&goaway, now.checked_add(GOAWAY_WRITE).unwrap_or(now));
+        }
+    }
+
     fn exchange(&mut self, request: &Request, deadline: Instant) -> Result<Response, Error> {
         let id = self.next_stream;
-        self.next_stream += 2;
+        self.next_stream = id.checked_add(2).ok_or(Error::Refused { code: NO_ERROR })?;
         let mut stream = Stream {
             id,
             send_window: self.peer_window,
             response: None,
             done: false,
         };
+        let mut budget = Budget::new();
         let block = encode_headers(request);
         let mut out = Vec::with_capacity(block.len() + 32);
         let end = if request.body.is_empty() {
@@ -275,7 +421,7 @@ impl<S: Io> Connection<S> {
             0
         };
         // HEADERS, then CONTINUATION frames for what does not fit in one frame.
-        let mut chunks = block.chunks(self.peer_max_frame).peekable();
+        let mut chunks = block.chunks(self.peer_max_frame.max(1)).peekable();
         let mut kind = HEADERS;
         let mut flags = end;
         while let Some(chunk) = chunks.next() {
@@ -290,29 +436,32 @@ impl<S: Io> Connection<S> {
             frame_into(&mut out, HEADERS, end | END_HEADERS, id, &[]);
         }
         self.write(&out, deadline)?;
-        let mut sent = 0;
         let body = request.body;
+        let mut sent = 0;
         while !stream.done {
-            if sent < body.len() {
-                let n = (body.len() - sent)
-                    .min(self.peer_max_frame)
-                    .min(self.send_window.max(0) as usize)
-                    .min(stream.send_window.max(0) as usize);
-                if n > 0 {
-                    let last = sent + n == body.len();
-                    out.clear();
-                    let flags = if last { END_STREAM } else { 0 };
-                    frame_into(&mut out, DATA, flags, id, &body[sent..sent + n]);
-                    self.write(&out, deadline)?;
-                    sent += n;
-                    self.send_window -= n as i64;
-                    stream.send_window -= n as i64;
-                    continue;
-                }
+            let rest = body.get(sent..).unwrap_or_default();
+            let window = self.send_window.min(stream.send_window).max(0);
+            let n = rest
+                .len()
+                .min(self.peer_max_frame)
+                .min(usize::try_from(window).unwrap_or(0));
+            if let Some(chunk) = rest.get(..n).filter(|c| !c.is_empty()) {
+                out.clear();
+                let flags = if n == rest.len() { END_STREAM } else { 0 };
+                frame_into(&mut out, DATA, flags, id, chunk);
+                self.write(&out, deadline)?;
+                sent += n;
+                // n is at most the window, itself at most 2^31 - 1.
+                let n = i64::try_from(n).unwrap_or(MAX_WINDOW);
+                self.send_window -= n;
+                stream.send_window -= n;
+                budget.earn(chunk.len());
+                continue;
             }
             // Nothing can be sent: read what the peer says (a WINDOW_UPDATE, the reply).
             let frame = self.read_frame(deadline)?;
-            self.on_frame(frame, Some(&mut stream), deadline)?;
+            budget.spend(frame.kind)?;
+            self.on_frame(frame, Some(&mut stream), &mut budget, deadline)?;
         }
         if sent < body.len() {
             // The peer replied before it had the whole body: it wants no more.
@@ -320,26 +469,37 @@ impl<S: Io> Connection<S> {
             frame_into(&mut rst, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
             self.write(&rst, deadline)?;
         }
-        let response = stream.response.take().unwrap_or_default();
-        if response.status == 0 {
-            return Err(Error::Protocol("a reply without :status"));
-        }
-        Ok(response)
+        stream
+            .response
+            .take()
+            .ok_or(Error::Protocol("a reply without :status"))
+    }
+
+    /// A stream in the "idle" state (RFC 9113 5.1): one we never opened (an even id,
+    /// or one at or above the next we would open). Stream 0 is not a stream.
+    fn idle(&self, id: u32) -> bool {
+        id != 0 && (id.is_multiple_of(2) || id >= self.next_stream)
     }
 
     fn on_frame(
         &mut self,
         frame: Frame,
         stream: Option<&mut Stream>,
+        budget: &mut Budget,
         deadline: Instant,
     ) -> Result<(), Error> {
         let ours = stream.as_ref().is_some_and(|s| s.id == frame.stream);
+        if self.idle(frame.stream)
+            && matches!(frame.kind, DATA | HEADERS | RST_STREAM | WINDOW_UPDATE)
+        {
+            return Err(Error::Protocol("a frame on a stream never opened"));
+        }
         match frame.kind {
             DATA => {
                 if frame.stream == 0 {
                     return Err(Error::Protocol("DATA on stream 0"));
                 }
-                let len = frame.payload.len() as u32;
+                let len = u32::try_from(frame.payload.len()).unwrap_or(u32::MAX);
                 // Give back at once what was read: the connection's window always, the
                 // stream's while it stays open.
                 let mut updates = Vec::new();
@@ -362,67 +522,57 @@ impl<S: Io> Connection<S> {
                         .response
                         .as_mut()
                         .ok_or(Error::Protocol("DATA before HEADERS"))?;
-                    if response.body.len() + data.len() > MAX_BODY {
+                    if response.body.len().saturating_add(data.len()) > MAX_BODY {
                         return Err(Error::TooLarge);
                     }
                     response.body.extend_from_slice(data);
+                    budget.earn(data.len());
                     stream.done |= frame.flags & END_STREAM != 0;
                 }
             }
             HEADERS => {
-                let mut flags = frame.flags;
-                let mut block = unpad(&frame.payload, flags)?;
-                if flags & PRIORITY != 0 {
-                    block = block.get(5..).ok_or(Error::Protocol("HEADERS too short"))?;
+                if frame.stream == 0 {
+                    return Err(Error::Protocol("HEADERS on stream 0"));
                 }
-                let mut block = block.to_vec();
-                while flags & END_HEADERS == 0 {
-                    let next = self.read_frame(deadline)?;
-                    if next.kind != CONTINUATION || next.stream != frame.stream {
-                        return Err(Error::Protocol("a header block not continued"));
+                let end_stream = frame.flags & END_STREAM != 0;
+                let block = self.header_block(frame, budget, deadline)?;
+                // Every block is decoded, ours or not: the decoder's table depends on it.
+                let decoded = self.decode(&block)?;
+                let Some(stream) = stream.filter(|_| ours) else {
+                    return Ok(());
+                };
+                match (&mut stream.response, decoded.status) {
+                    // Informational (RFC 9113 8.1): skipped, the final reply follows.
+                    (None, Some(101)) => {
+                        return Err(Error::Protocol("101 Switching Protocols in HTTP/2"));
                     }
-                    if block.len() + next.payload.len() > MAX_HEADER_BLOCK {
+                    (None, Some(100..=199)) if end_stream => {
                         return Err(Error::Protocol(
-                            "a header block larger than SETTINGS_MAX_HEADER_LIST_SIZE",
+                            "an informational (1xx) reply that ends the stream",
                         ));
                     }
-                    block.extend_from_slice(&next.payload);
-                    flags = (flags & END_STREAM) | next.flags;
-                }
-                // Every block is decoded, ours or not: the decoder's table depends on it.
-                let mut fields = Vec::new();
-                let mut status = None;
-                self.decoder
-                    .decode(&block, MAX_HEADER_LIST, |name, value| {
-                        if name == b":status" {
-                            status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-                        } else if !name.starts_with(b":") {
-                            let name = String::from_utf8_lossy(name).into_owned();
-                            fields.push((name, value.to_vec()));
-                        }
-                    })
-                    .map_err(|e| match e {
-                        hpack::Refused::TooLarge => Error::Protocol(
-                            "a header list larger than SETTINGS_MAX_HEADER_LIST_SIZE",
-                        ),
-                        hpack::Refused::Invalid(what) => Error::Protocol(what),
-                    })?;
-                if let Some(stream) = stream.filter(|_| ours) {
-                    match &mut stream.response {
-                        None => {
-                            stream.response = Some(Response {
-                                status: status.ok_or(Error::Protocol("a reply without :status"))?,
-                                headers: fields,
-                                ..Response::default()
-                            });
-                        }
-                        Some(response) => response.trailers = fields,
+                    (None, Some(100..=199)) => {}
+                    (None, Some(status)) => {
+                        stream.response = Some(Response {
+                            status,
+                            headers: decoded.fields,
+                            ..Response::default()
+                        });
                     }
-                    stream.done |= frame.flags & END_STREAM != 0;
+                    (None, None) => return Err(Error::Protocol("a reply without :status")),
+                    (Some(response), None) if end_stream => response.trailers = decoded.fields,
+                    (Some(_), None) => {
+                        return Err(Error::Protocol("trailers that do not end the stream"));
+                    }
+                    (Some(_), Some(_)) => return Err(Error::Protocol("a :status in trailers")),
                 }
+                stream.done |= end_stream;
             }
             RST_STREAM => {
-                let code = u32_at(&frame.payload, 0)?;
+                if frame.stream == 0 {
+                    return Err(Error::Protocol("RST_STREAM on stream 0"));
+                }
+                let code = u32_of(&frame.payload)?;
                 if ours {
                     return Err(Error::Reset(code));
                 }
@@ -430,8 +580,8 @@ impl<S: Io> Connection<S> {
             SETTINGS => self.on_settings(&frame, stream, deadline)?,
             PUSH_PROMISE => return Err(Error::Protocol("PUSH_PROMISE with push disabled")),
             PING => {
-                if frame.payload.len() != 8 {
-                    return Err(Error::Protocol("PING not 8 bytes"));
+                if frame.payload.len() != 8 || frame.stream != 0 {
+                    return Err(Error::Protocol("PING not 8 bytes on stream 0"));
                 }
                 if frame.flags & ACK == 0 {
                     let mut pong = Vec::new();
@@ -440,6 +590,9 @@ impl<S: Io> Connection<S> {
                 }
             }
             GOAWAY => {
+                if frame.stream != 0 {
+                    return Err(Error::Protocol("GOAWAY on a stream"));
+                }
                 let last = u32_at(&frame.payload, 0)? & 0x7fff_ffff;
                 let code = u32_at(&frame.payload, 4)?;
                 self.going_away = true;
@@ -448,7 +601,7 @@ impl<S: Io> Connection<S> {
                 }
             }
             WINDOW_UPDATE => {
-                let increment = i64::from(u32_at(&frame.payload, 0)? & 0x7fff_ffff);
+                let increment = i64::from(u32_of(&frame.payload)? & 0x7fff_ffff);
                 if increment == 0 {
                     return Err(Error::Protocol("WINDOW_UPDATE of 0"));
                 }
@@ -459,16 +612,100 @@ impl<S: Io> Connection<S> {
                 } else {
                     return Ok(());
                 };
-                *window += increment;
+                *window = window.saturating_add(increment);
                 if *window > MAX_WINDOW {
                     return Err(Error::Protocol("a window above 2^31-1"));
                 }
             }
             CONTINUATION => return Err(Error::Protocol("CONTINUATION without HEADERS")),
-            // PRIORITY and unknown frame types are ignored.
+            // PRIORITY and unknown frame types are ignored (and counted).
             _ => {}
         }
         Ok(())
+    }
+
+    /// The header block `frame` starts: its fragment and those of the CONTINUATION
+    /// frames that follow, up to END_HEADERS, within [`MAX_HEADER_BLOCK`] and
+    /// [`MAX_CONTINUATIONS`].
+    fn header_block(
+        &mut self,
+        frame: Frame,
+        budget: &mut Budget,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, Error> {
+        let too_large = Error::Calm("a header block larger than SETTINGS_MAX_HEADER_LIST_SIZE");
+        let mut fragment = unpad(&frame.payload, frame.flags)?;
+        if frame.flags & PRIORITY_FLAG != 0 {
+            fragment = fragment
+                .get(5..)
+                .ok_or(Error::Protocol("HEADERS too short"))?;
+        }
+        if fragment.len() > MAX_HEADER_BLOCK {
+            return Err(too_large);
+        }
+        let mut block = fragment.to_vec();
+        let mut flags = frame.flags;
+        let mut continuations = 0;
+        while flags & END_HEADERS == 0 {
+            let next = self.read_frame(deadline)?;
+            if next.kind != CONTINUATION || next.stream != frame.stream {
+                return Err(Error::Protocol("a header block not continued"));
+            }
+            budget.spend(CONTINUATION)?;
+            continuations += 1;
+            if continuations > MAX_CONTINUATIONS {
+                return Err(Error::Calm(
+                    "more CONTINUATION frames in one header block than allowed",
+                ));
+            }
+            if block.len().saturating_add(next.payload.len()) > MAX_HEADER_BLOCK {
+                return Err(too_large);
+            }
+            block.extend_from_slice(&next.payload);
+            flags = next.flags;
+        }
+        Ok(block)
+    }
+
+    /// Decodes a header block: its :status and its regular fields, within
+    /// [`MAX_HEADER_LIST`] (decoding stops as soon as it is passed).
+    fn decode(&mut self, block: &[u8]) -> Result<Decoded, Error> {
+        let mut decoded = Decoded::default();
+        let mut malformed = None;
+        self.decoder
+            .decode(block, MAX_HEADER_LIST, |name, value| {
+                if malformed.is_some() {
+                    return;
+                }
+                if let Some(pseudo) = name.strip_prefix(b":") {
+                    malformed = if !decoded.fields.is_empty() {
+                        Some("a pseudo-header after a regular field")
+                    } else if pseudo != b"status" {
+                        Some("a pseudo-header other than :status in a reply")
+                    } else if decoded.status.is_some() {
+                        Some("two :status in a reply")
+                    } else {
+                        decoded.status = status_code(value);
+                        decoded
+                            .status
+                            .is_none()
+                            .then_some("a :status that is not a status code (100 to 599)")
+                    };
+                } else {
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    decoded.fields.push((name, value.to_vec()));
+                }
+            })
+            .map_err(|e| match e {
+                hpack::Refused::TooLarge => {
+                    Error::Calm("a header list larger than SETTINGS_MAX_HEADER_LIST_SIZE")
+                }
+                hpack::Refused::Invalid(what) => Error::Compression(what),
+            })?;
+        match malformed {
+            Some(what) => Err(Error::Protocol(what)),
+            None => Ok(decoded),
+        }
     }
 
     fn on_settings(
@@ -481,16 +718,25 @@ impl<S: Io> Connection<S> {
             return Err(Error::Protocol("SETTINGS on a stream"));
         }
         if frame.flags & ACK != 0 {
+            if !frame.payload.is_empty() {
+                return Err(Error::Protocol("a SETTINGS ACK with a payload"));
+            }
             return Ok(());
         }
         if !frame.payload.len().is_multiple_of(6) {
             return Err(Error::Protocol("SETTINGS not a multiple of 6 bytes"));
         }
         let mut stream = stream;
-        for setting in frame.payload.chunks(6) {
-            let id = u16::from_be_bytes([setting[0], setting[1]]);
-            let value = u32_at(setting, 2)?;
-            match id {
+        for setting in frame.payload.chunks_exact(6) {
+            let Ok([i0, i1, v0, v1, v2, v3]) = <[u8; 6]>::try_from(setting) else {
+                return Err(Error::Protocol("SETTINGS not a multiple of 6 bytes"));
+            };
+            let value = u32::from_be_bytes([v0, v1, v2, v3]);
+            match u16::from_be_bytes([i0, i1]) {
+                // SETTINGS_ENABLE_PUSH: a server may only say 0.
+                0x2 if value != 0 => {
+                    return Err(Error::Protocol("SETTINGS_ENABLE_PUSH from a server"));
+                }
                 // SETTINGS_INITIAL_WINDOW_SIZE: changes the open stream's window too.
                 0x4 => {
                     let value = i64::from(value);
@@ -498,7 +744,12 @@ impl<S: Io> Connection<S> {
                         return Err(Error::Protocol("SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1"));
                     }
                     if let Some(stream) = stream.as_deref_mut() {
-                        stream.send_window += value - self.peer_window;
+                        stream.send_window = stream
+                            .send_window
+                            .saturating_add(value.saturating_sub(self.peer_window));
+                        if stream.send_window > MAX_WINDOW {
+                            return Err(Error::Protocol("a window above 2^31-1"));
+                        }
                     }
                     self.peer_window = value;
                 }
@@ -508,7 +759,7 @@ impl<S: Io> Connection<S> {
                         return Err(Error::Protocol("SETTINGS_MAX_FRAME_SIZE out of range"));
                     }
                     // Our frames stay within 16 KiB whatever the peer allows.
-                    self.peer_max_frame = (value as usize).min(MAX_FRAME);
+                    self.peer_max_frame = MAX_FRAME;
                 }
                 // The header table size does not matter (nothing sent is indexed);
                 // the others do not apply to one stream at a time.
@@ -526,7 +777,7 @@ impl<S: Io> Connection<S> {
             self.io.set_timeout(left(deadline)?)?;
             match self.io.write(bytes) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                Ok(n) => bytes = &bytes[n..],
+                Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(timed_out(e).into()),
             }
@@ -538,11 +789,12 @@ impl<S: Io> Connection<S> {
     /// Reads one frame by `deadline`.
     fn read_frame(&mut self, deadline: Instant) -> Result<Frame, Error> {
         self.fill(9, deadline)?;
-        let head = &self.read_buf[..9];
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let kind = head[3];
-        let flags = head[4];
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let Some(&[l0, l1, l2, kind, flags, s0, s1, s2, s3]) = self.read_buf.first_chunk::<9>()
+        else {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        };
+        let len = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+        let stream = u32::from_be_bytes([s0, s1, s2, s3]) & 0x7fff_ffff;
         if len > MAX_FRAME {
             if self.read_buf.starts_with(b"HTTP/1.") {
                 return Err(Error::Protocol(
@@ -553,9 +805,14 @@ impl<S: Io> Connection<S> {
                 "a frame larger than SETTINGS_MAX_FRAME_SIZE",
             ));
         }
-        self.fill(9 + len, deadline)?;
-        let payload = self.read_buf[9..9 + len].to_vec();
-        self.read_buf.drain(..9 + len);
+        let end = 9 + len;
+        self.fill(end, deadline)?;
+        let payload = self
+            .read_buf
+            .get(9..end)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?
+            .to_vec();
+        self.read_buf.drain(..end.min(self.read_buf.len()));
         Ok(Frame {
             kind,
             flags,
@@ -564,20 +821,33 @@ impl<S: Io> Connection<S> {
         })
     }
 
-    /// Reads until `n` bytes are buffered.
+    /// Reads until `n` bytes are buffered (`n` is at most a frame: the buffer stays
+    /// within a frame and one read more).
     fn fill(&mut self, n: usize, deadline: Instant) -> Result<(), Error> {
         let mut chunk = [0u8; 8192];
         while self.read_buf.len() < n {
             self.io.set_timeout(left(deadline)?)?;
             match self.io.read(&mut chunk) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-                Ok(got) => self.read_buf.extend_from_slice(&chunk[..got]),
+                Ok(got) => self
+                    .read_buf
+                    .extend_from_slice(chunk.get(..got).unwrap_or_default()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(timed_out(e).into()),
             }
         }
         Ok(())
     }
+}
+
+/// A `:status` value: three digits, 100 to 599 (RFC 9110 15).
+fn status_code(value: &[u8]) -> Option<u16> {
+    let &[a, b, c] = value else {
+        return None;
+    };
+    let digit = |d: u8| d.is_ascii_digit().then(|| u16::from(d - b'0'));
+    let code = digit(a)? * 100 + digit(b)? * 10 + digit(c)?;
+    (100..=599).contains(&code).then_some(code)
 }
 
 /// The time left before `deadline`, or a timeout error.
@@ -598,11 +868,21 @@ fn timed_out(e: io::Error) -> io::Error {
     }
 }
 
+/// The 4-byte big-endian number at `at`.
 fn u32_at(bytes: &[u8], at: usize) -> Result<u32, Error> {
     bytes
-        .get(at..at + 4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .get(at..)
+        .and_then(<[u8]>::first_chunk::<4>)
+        .map(|b| u32::from_be_bytes(*b))
         .ok_or(Error::Protocol("a frame too short"))
+}
+
+/// The payload of a frame that is one 4-byte number (RST_STREAM, WINDOW_UPDATE).
+fn u32_of(payload: &[u8]) -> Result<u32, Error> {
+    match *payload {
+        [a, b, c, d] => Ok(u32::from_be_bytes([a, b, c, d])),
+        _ => Err(Error::Protocol("a frame of the wrong size")),
+    }
 }
 
 /// The payload without its padding (PADDED flag).
@@ -610,19 +890,21 @@ fn unpad(payload: &[u8], flags: u8) -> Result<&[u8], Error> {
     if flags & PADDED == 0 {
         return Ok(payload);
     }
-    let pad = *payload.first().ok_or(Error::Protocol("padding missing"))? as usize;
-    if pad + 1 > payload.len() {
-        return Err(Error::Protocol("padding longer than the frame"));
-    }
-    Ok(&payload[1..payload.len() - pad])
+    let (&pad, rest) = payload
+        .split_first()
+        .ok_or(Error::Protocol("padding missing"))?;
+    rest.len()
+        .checked_sub(usize::from(pad))
+        .and_then(|end| rest.get(..end))
+        .ok_or(Error::Protocol("padding longer than the frame"))
 }
 
-/// Appends one frame.
+/// Appends one frame (`payload` is at most a frame: 16 KiB).
 fn frame_into(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = payload.len() as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
+    let [_, l0, l1, l2] = u32::try_from(payload.len())
+        .unwrap_or(u32::MAX)
+        .to_be_bytes();
+    out.extend_from_slice(&[l0, l1, l2, kind, flags]);
     out.extend_from_slice(&stream.to_be_bytes());
     out.extend_from_slice(payload);
 }
@@ -654,7 +936,8 @@ fn string_into(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// An HPACK integer with an `n`-bit prefix, after the `first` bits (RFC 7541, 5.1).
+/// An HPACK integer with an `n`-bit prefix (`n` is 4 or 7), after the `first` bits
+/// (RFC 7541, 5.1).
 fn integer_into(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
     let max = (1usize << n) - 1;
     if value < max {
@@ -1179,12 +1462,26 @@ mod tests {
         out
     }
 
-    fn connect(script: Vec<u8>) -> (Connection<Scripted>, Arc<Mutex<Vec<u8>>>) {
+    /// The error codes of the GOAWAY frames the client wrote.
+    fn goaways(written: &Mutex<Vec<u8>>) -> Vec<u32> {
+        frames(&written.lock().unwrap())
+            .into_iter()
+            .filter(|f| f.0 == GOAWAY)
+            .map(|f| u32::from_be_bytes(f.3[4..8].try_into().unwrap()))
+            .collect()
+    }
+
+    fn scripted(script: Vec<u8>) -> (Scripted, Arc<Mutex<Vec<u8>>>) {
         let written = Arc::new(Mutex::new(Vec::new()));
         let io = Scripted {
             incoming: io::Cursor::new(script),
             written: written.clone(),
         };
+        (io, written)
+    }
+
+    fn connect(script: Vec<u8>) -> (Connection<Scripted>, Arc<Mutex<Vec<u8>>>) {
+        let (io, written) = scripted(script);
         let deadline = Instant::now() + Duration::from_secs(5);
         (Connection::handshake(io, deadline).unwrap(), written)
     }
@@ -1199,10 +1496,29 @@ mod tests {
         }
     }
 
-    /// `:status: 200` (static index 8), then `grpc-status: 0` as a Huffman-coded
-    /// literal with incremental indexing, then the same from the dynamic table.
+    /// SETTINGS, then `frames` after it, then the request: its result and what the
+    /// client wrote.
+    fn exchange(body: &[u8], after: Vec<u8>) -> (Result<Response, Error>, Vec<u32>) {
+        let mut script = frame(SETTINGS, 0, 0, &[]);
+        script.extend(after);
+        let (mut conn, written) = connect(script);
+        let result = conn.request(&request(body), Instant::now() + Duration::from_secs(5));
+        if !matches!(result, Ok(_) | Err(Error::Reset(_))) {
+            assert!(!conn.usable());
+        }
+        (result, goaways(&written))
+    }
+
+    /// `:status: 200` (static index 8).
     fn reply_headers() -> Vec<u8> {
         vec![0x88]
+    }
+
+    /// A header block of `:status` `status`, as a literal with the name indexed.
+    fn status_block(status: &[u8]) -> Vec<u8> {
+        let mut block = vec![0x08];
+        string_into(&mut block, status);
+        block
     }
 
     /// Trailers: `custom-key: custom-value` Huffman-coded and indexed (RFC 7541,
@@ -1216,6 +1532,14 @@ mod tests {
         string_into(&mut block, b"0");
         block.push(0x80 | 62);
         block
+    }
+
+    fn trailers_ok(id: u32) -> Vec<u8> {
+        let mut block = reply_headers();
+        block.push(0x00);
+        string_into(&mut block, b"grpc-status");
+        string_into(&mut block, b"0");
+        frame(HEADERS, END_HEADERS | END_STREAM, id, &block)
     }
 
     #[test]
@@ -1246,6 +1570,9 @@ mod tests {
         );
         assert!(conn.usable());
         let frames = frames(&written.lock().unwrap());
+        // Our SETTINGS: no push, and the header list size.
+        assert_eq!(frames[0], (SETTINGS, 0, 0, OUR_SETTINGS.to_vec()));
+        assert_eq!(OUR_SETTINGS[6..], [0, 6, 0, 0, 0x40, 0]);
         let sent: usize = frames
             .iter()
             .filter(|f| f.0 == DATA)
@@ -1352,31 +1679,33 @@ mod tests {
     fn a_peer_that_closes_mid_reply_or_breaks_the_protocol_breaks_the_connection() {
         let mut script = frame(SETTINGS, 0, 0, &[]);
         script.extend(frame(HEADERS, END_HEADERS, 1, &reply_headers()));
-        let (mut conn, _) = connect(script);
+        let (mut conn, written) = connect(script);
         let deadline = Instant::now() + Duration::from_secs(5);
         assert!(matches!(
             conn.request(&request(b"x"), deadline),
             Err(Error::Io(_))
         ));
         assert!(!conn.usable());
+        assert_eq!(
+            goaways(&written),
+            [0u32; 0],
+            "nothing to say to a closed socket"
+        );
 
         let mut script = frame(SETTINGS, 0, 0, &[]);
         script.extend(frame(CONTINUATION, END_HEADERS, 1, &[0x88]));
-        let (mut conn, _) = connect(script);
+        let (mut conn, written) = connect(script);
         assert!(matches!(
             conn.request(&request(b"x"), deadline),
             Err(Error::Protocol(_))
         ));
         assert!(!conn.usable());
+        assert_eq!(goaways(&written), [PROTOCOL_ERROR]);
     }
 
     #[test]
     fn an_http1_server_is_named_as_such() {
-        let written = Arc::new(Mutex::new(Vec::new()));
-        let io = Scripted {
-            incoming: io::Cursor::new(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()),
-            written,
-        };
+        let (io, _) = scripted(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec());
         let deadline = Instant::now() + Duration::from_secs(5);
         let Err(Error::Protocol(what)) = Connection::handshake(io, deadline) else {
             panic!("not a protocol error");
@@ -1415,9 +1744,349 @@ mod tests {
             ]
         );
         assert!(decoder.table().is_empty(), "nothing indexed");
+        // Every literal is "never indexed" (0001xxxx) after the two indexed fields.
+        assert_eq!(block[2] & 0xf0, 0x10);
         let mut long = Vec::new();
         integer_into(&mut long, 0, 7, 1337);
         assert_eq!(long, [127, 0xba, 0x09]);
+    }
+
+    // ------------------------------------------------------------ status and 1xx
+
+    #[test]
+    fn informational_replies_are_skipped_and_the_final_one_read() {
+        let mut after = frame(HEADERS, END_HEADERS, 1, &status_block(b"103"));
+        after.extend(frame(HEADERS, END_HEADERS, 1, &status_block(b"100")));
+        after.extend(trailers_ok(1));
+        let (result, goaways) = exchange(b"x", after);
+        let response = result.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.field("grpc-status"), Some(&b"0"[..]));
+        assert_eq!(goaways, [0u32; 0]);
+    }
+
+    #[test]
+    fn an_informational_reply_that_ends_the_stream_or_a_101_is_a_protocol_error() {
+        for (status, flags) in [
+            (&b"103"[..], END_HEADERS | END_STREAM),
+            (b"101", END_HEADERS),
+        ] {
+            let after = frame(HEADERS, flags, 1, &status_block(status));
+            let (result, goaways) = exchange(b"x", after);
+            assert!(matches!(result, Err(Error::Protocol(_))), "{result:?}");
+            assert_eq!(goaways, [PROTOCOL_ERROR]);
+        }
+    }
+
+    #[test]
+    fn a_status_that_is_not_a_status_code_is_a_protocol_error() {
+        for status in [&b"42"[..], b"1000", b"099", b"600", b"2x0", b"", b"+20"] {
+            let after = frame(HEADERS, END_HEADERS | END_STREAM, 1, &status_block(status));
+            let (result, goaways) = exchange(b"x", after);
+            let Err(Error::Protocol(what)) = result else {
+                panic!("{status:?}: {result:?}");
+            };
+            assert!(what.contains(":status"), "{what}");
+            assert_eq!(goaways, [PROTOCOL_ERROR]);
+        }
+        // None at all, two, one in the trailers, trailers that do not end the stream.
+        let mut two = reply_headers();
+        two.push(0x88);
+        let mut after_field = vec![0x00];
+        string_into(&mut after_field, b"a");
+        string_into(&mut after_field, b"b");
+        after_field.push(0x88);
+        let cases = [
+            frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                1,
+                &[0x00, 1, b'a', 1, b'b'],
+            ),
+            frame(HEADERS, END_HEADERS | END_STREAM, 1, &two),
+            frame(HEADERS, END_HEADERS | END_STREAM, 1, &after_field),
+            [
+                frame(HEADERS, END_HEADERS, 1, &reply_headers()),
+                frame(HEADERS, END_HEADERS | END_STREAM, 1, &reply_headers()),
+            ]
+            .concat(),
+            [
+                frame(HEADERS, END_HEADERS, 1, &reply_headers()),
+                frame(HEADERS, END_HEADERS, 1, &[0x00, 1, b'a', 1, b'b']),
+            ]
+            .concat(),
+        ];
+        for after in cases {
+            let (result, goaways) = exchange(b"x", after);
+            assert!(matches!(result, Err(Error::Protocol(_))), "{result:?}");
+            assert_eq!(goaways, [PROTOCOL_ERROR]);
+        }
+    }
+
+    #[test]
+    fn frames_on_a_stream_never_opened_are_a_protocol_error() {
+        for kind in [DATA, HEADERS, RST_STREAM, WINDOW_UPDATE] {
+            for stream in [2, 3, 5, 0x7fff_ffff] {
+                let payload: &[u8] = match kind {
+                    HEADERS => &[0x88],
+                    RST_STREAM | WINDOW_UPDATE => &[0, 0, 0, 1],
+                    _ => b"data",
+                };
+                let after = frame(kind, END_HEADERS, stream, payload);
+                let (result, goaways) = exchange(b"x", after);
+                let Err(Error::Protocol(what)) = result else {
+                    panic!("{kind} on {stream}: {result:?}");
+                };
+                assert!(what.contains("never opened"), "{what}");
+                assert_eq!(goaways, [PROTOCOL_ERROR]);
+            }
+        }
+        // PRIORITY may name any stream; a stream of ours that is closed is not idle.
+        let mut script = frame(SETTINGS, 0, 0, &[]);
+        script.extend(trailers_ok(1));
+        script.extend(frame(PRIORITY, 0, 9, &[0, 0, 0, 0, 7]));
+        script.extend(frame(DATA, 0, 1, b"late"));
+        script.extend(frame(WINDOW_UPDATE, 0, 1, &[0, 0, 0, 1]));
+        script.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
+        script.extend(trailers_ok(3));
+        let (mut conn, written) = connect(script);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        conn.request(&request(b"x"), deadline).unwrap();
+        conn.request(&request(b"x"), deadline).unwrap();
+        assert_eq!(goaways(&written), [0u32; 0]);
+    }
+
+    // ------------------------------------------------------------ budgets
+
+    /// The request's result against `count` frames `make(i)` after SETTINGS, and how
+    /// many frames the client wrote in answer to them.
+    fn flood(count: usize, make: impl Fn(usize) -> Vec<u8>) -> (Result<Response, Error>, Vec<u32>) {
+        let after: Vec<u8> = (0..count).flat_map(make).collect();
+        exchange(b"x", after)
+    }
+
+    #[test]
+    fn a_flood_of_frames_that_carry_no_reply_is_told_to_calm_down() {
+        let n = FRAME_BUDGET as usize + 50;
+        type Make = Box<dyn Fn(usize) -> Vec<u8>>;
+        let floods: Vec<(&str, Make)> = vec![
+            ("PING", Box::new(|_| frame(PING, 0, 0, b"12345678"))),
+            (
+                "SETTINGS",
+                Box::new(|_| frame(SETTINGS, 0, 0, &[0, 4, 0, 1, 0, 0])),
+            ),
+            ("SETTINGS", Box::new(|_| frame(SETTINGS, ACK, 0, &[]))),
+            (
+                "WINDOW_UPDATE",
+                Box::new(|_| frame(WINDOW_UPDATE, 0, 0, &[0, 0, 0, 1])),
+            ),
+            (
+                "PRIORITY",
+                Box::new(|_| frame(PRIORITY, 0, 1, &[0, 0, 0, 0, 7])),
+            ),
+            ("unknown", Box::new(|_| frame(0x42, 0, 1, b"whatever"))),
+            (
+                "GOAWAY",
+                Box::new(|_| frame(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0])),
+            ),
+            // Padded or empty DATA on our stream: nothing of the reply.
+            (
+                "DATA",
+                Box::new(|i| match i {
+                    0 => frame(HEADERS, END_HEADERS, 1, &reply_headers()),
+                    _ if i % 2 == 0 => frame(DATA, 0, 1, &[]),
+                    _ => frame(DATA, PADDED, 1, &[3, 0, 0, 0]),
+                }),
+            ),
+            // Informational replies, over and over.
+            (
+                "HEADERS",
+                Box::new(|_| frame(HEADERS, END_HEADERS, 1, &status_block(b"103"))),
+            ),
+        ];
+        for (name, make) in floods {
+            let (result, goaways) = flood(n, make);
+            let Err(Error::Calm(what)) = result else {
+                panic!("{name}: {result:?}");
+            };
+            assert!(what.contains(name), "{name}: {what}");
+            assert_eq!(goaways, [ENHANCE_YOUR_CALM], "{name}");
+        }
+        // RST_STREAM and DATA of streams already closed, as a second request reads them.
+        for (name, kind, payload) in [
+            ("RST_STREAM", RST_STREAM, &[0, 0, 0, 8][..]),
+            ("DATA", DATA, &b"0123456789"[..]),
+        ] {
+            let mut script = frame(SETTINGS, 0, 0, &[]);
+            script.extend(trailers_ok(1));
+            for _ in 0..n {
+                script.extend(frame(kind, 0, 1, payload));
+            }
+            let (mut conn, written) = connect(script);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            conn.request(&request(b"x"), deadline).unwrap();
+            let result = conn.request(&request(b"x"), deadline);
+            let Err(Error::Calm(what)) = result else {
+                panic!("{name}: {result:?}");
+            };
+            assert!(what.contains(name), "{name}: {what}");
+            assert_eq!(goaways(&written), [ENHANCE_YOUR_CALM], "{name}");
+            // The work done for them was bounded too: one WINDOW_UPDATE per DATA read.
+            let updates = frames(&written.lock().unwrap())
+                .iter()
+                .filter(|f| f.0 == WINDOW_UPDATE)
+                .count();
+            assert!(updates <= FRAME_BUDGET as usize + 1, "{updates}");
+        }
+    }
+
+    #[test]
+    fn the_budget_is_per_request_and_a_few_control_frames_each_time_are_fine() {
+        // Every request reads 100 control frames before its reply: under the budget
+        // each time, though ten times over it on the connection.
+        let mut script = frame(SETTINGS, 0, 0, &[]);
+        for id in (1..20).step_by(2) {
+            for _ in 0..50 {
+                script.extend(frame(PING, 0, 0, b"12345678"));
+                script.extend(frame(WINDOW_UPDATE, 0, 0, &[0, 0, 0, 1]));
+            }
+            script.extend(trailers_ok(id));
+        }
+        let (mut conn, written) = connect(script);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..10 {
+            conn.request(&request(b"x"), deadline).unwrap();
+        }
+        assert!(conn.usable());
+        assert_eq!(goaways(&written), [0u32; 0]);
+    }
+
+    #[test]
+    fn a_flood_before_the_peers_settings_is_told_to_calm_down_too() {
+        let script: Vec<u8> = (0..FRAME_BUDGET + 10)
+            .flat_map(|_| frame(PING, 0, 0, b"12345678"))
+            .collect();
+        let (io, written) = scripted(script);
+        let result = Connection::handshake(io, Instant::now() + Duration::from_secs(5));
+        assert!(matches!(result, Err(Error::Calm(_))), "{result:?}");
+        assert_eq!(goaways(&written), [ENHANCE_YOUR_CALM]);
+    }
+
+    #[test]
+    fn a_body_sent_through_small_windows_earns_its_window_updates_and_a_trickle_does_not() {
+        // Windows of 1 KiB given back 1 KiB at a time: 100 KB needs about 100 stream
+        // WINDOW_UPDATEs and 35 of the connection, over the base budget.
+        let body = vec![7u8; 100_000];
+        let mut script = frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 4, 0]);
+        let mut sent = 0;
+        while sent < body.len() {
+            script.extend(frame(WINDOW_UPDATE, 0, 1, &1024u32.to_be_bytes()));
+            if sent + 1024 > 65_535 {
+                script.extend(frame(WINDOW_UPDATE, 0, 0, &1024u32.to_be_bytes()));
+            }
+            sent += 1024;
+        }
+        script.extend(trailers_ok(1));
+        let (mut conn, written) = connect(script);
+        let response = conn
+            .request(&request(&body), Instant::now() + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(response.status, 200);
+        let frames = frames(&written.lock().unwrap());
+        let data: usize = frames
+            .iter()
+            .filter(|f| f.0 == DATA)
+            .map(|f| f.3.len())
+            .sum();
+        assert_eq!(data, body.len());
+        assert!(frames.iter().filter(|f| f.0 == WINDOW_UPDATE).count() == 0);
+
+        // A window opened a byte at a time: a DATA frame of one byte for each.
+        let mut script = frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]);
+        for _ in 0..1000 {
+            script.extend(frame(WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes()));
+        }
+        let (mut conn, written) = connect(script);
+        let result = conn.request(&request(&body), Instant::now() + Duration::from_secs(5));
+        assert!(matches!(result, Err(Error::Calm(what)) if what.contains("WINDOW_UPDATE")));
+        assert_eq!(goaways(&written), [ENHANCE_YOUR_CALM]);
+    }
+
+    #[test]
+    fn a_header_block_of_empty_continuations_is_cut_short() {
+        let mut after = frame(HEADERS, 0, 1, &reply_headers());
+        for _ in 0..10_000 {
+            after.extend(frame(CONTINUATION, 0, 1, &[]));
+        }
+        let (result, goaways) = exchange(b"x", after);
+        let Err(Error::Calm(what)) = result else {
+            panic!("{result:?}");
+        };
+        assert!(what.contains("CONTINUATION"), "{what}");
+        assert_eq!(goaways, [ENHANCE_YOUR_CALM]);
+
+        // As many as allowed, then END_HEADERS: a reply.
+        let mut after = frame(HEADERS, END_STREAM, 1, &[]);
+        let mut block = reply_headers();
+        block.extend([0x00, 11]);
+        block.extend(b"grpc-status");
+        block.extend([1, b'0']);
+        let pieces: Vec<&[u8]> = block.chunks(2).collect();
+        assert!(pieces.len() <= MAX_CONTINUATIONS);
+        for (i, piece) in pieces.iter().enumerate() {
+            let flags = if i + 1 == pieces.len() {
+                END_HEADERS
+            } else {
+                0
+            };
+            after.extend(frame(CONTINUATION, flags, 1, piece));
+        }
+        let (result, _) = exchange(b"x", after);
+        assert_eq!(result.unwrap().field("grpc-status"), Some(&b"0"[..]));
+    }
+
+    #[test]
+    fn an_hpack_bomb_is_refused_by_its_decoded_size() {
+        // One field of 4,000 bytes into the dynamic table, then indexed 12,000 times:
+        // 48 MB decoded from a block of 16 KiB, were it decoded.
+        let mut block = vec![0x40, 0x01, b'b'];
+        let mut value = Vec::new();
+        string_into(&mut value, &[b'v'; 4000 - 33]);
+        block.extend(value);
+        block.extend(std::iter::repeat_n(0x80 | 62, 12_000));
+        let mut after = Vec::new();
+        let mut chunks = block.chunks(MAX_FRAME).peekable();
+        let mut kind = HEADERS;
+        while let Some(chunk) = chunks.next() {
+            let flags = if chunks.peek().is_none() {
+                END_HEADERS
+            } else {
+                0
+            };
+            after.extend(frame(kind, flags, 1, chunk));
+            kind = CONTINUATION;
+        }
+        let (result, goaways) = exchange(b"x", after);
+        let Err(Error::Calm(what)) = result else {
+            panic!("{result:?}");
+        };
+        assert!(what.contains("SETTINGS_MAX_HEADER_LIST_SIZE"), "{what}");
+        assert_eq!(goaways, [ENHANCE_YOUR_CALM]);
+
+        // A block longer than any list within the limit is not even decoded.
+        let mut after = frame(HEADERS, 0, 1, &vec![0x88; MAX_FRAME]);
+        after.extend(frame(CONTINUATION, END_HEADERS, 1, &[0x88; 65]));
+        let (result, goaways) = exchange(b"x", after);
+        assert!(matches!(result, Err(Error::Calm(_))), "{result:?}");
+        assert_eq!(goaways, [ENHANCE_YOUR_CALM]);
+    }
+
+    #[test]
+    fn a_block_that_is_not_hpack_closes_with_compression_error() {
+        let after = frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x80]);
+        let (result, goaways) = exchange(b"x", after);
+        assert!(matches!(result, Err(Error::Compression(_))), "{result:?}");
+        assert_eq!(goaways, [COMPRESSION_ERROR]);
     }
 
     // ------------------------------------------------------------ HPACK
