@@ -29,6 +29,19 @@
 //! `https://` endpoints: TLS by rustls (ring) with ALPN `h2`, the server checked
 //! against the bundled roots, or against the PEM file `OTEL_EXPORTER_OTLP_CERTIFICATE`
 //! (or the per-signal variable) names.
+//!
+//! Nothing a server sends can panic: the module denies unwrap, expect, panic and
+//! unchecked indexing outside its tests.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
@@ -37,6 +50,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use opentelemetry_http::{Bytes, HttpError, Request, Response};
+use ureq::http::{HeaderValue, StatusCode};
 
 use super::h2::{self, Connection, Io};
 use super::{ErrorLog, Signal};
@@ -44,6 +58,9 @@ use super::{ErrorLog, Signal};
 /// How long a connection attempt may take: a collector that is down costs
 /// milliseconds, as for OTLP/HTTP.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The deadline of a call whose timeout is too large for the clock (a day: in effect,
+/// none; the exporter's own timeout ends the export first).
+const FAR: Duration = Duration::from_secs(24 * 3600);
 
 /// Where the calls go: `http://host:port` (cleartext HTTP/2 with prior knowledge) or
 /// `https://host:port` (TLS, ALPN h2). The endpoint's path is not used: with gRPC the
@@ -140,16 +157,20 @@ impl GrpcClient {
     }
 
     pub fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(self.timeout).unwrap_or(now + FAR);
         let (parts, body) = request.into_parts();
         // The exporter compresses the body when OTEL_EXPORTER_OTLP_COMPRESSION asks.
         let gzip = parts
             .headers
             .get("content-encoding")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let Ok(len) = u32::try_from(body.len()) else {
+            return Err("an export request larger than 4 GiB".into());
+        };
         let mut message = Vec::with_capacity(body.len() + 5);
         message.push(u8::from(gzip));
-        message.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        message.extend_from_slice(&len.to_be_bytes());
         message.extend_from_slice(&body);
         let grpc_timeout = format!("{}m", self.timeout.as_millis().clamp(1, 99_999_999));
         let mut headers: Vec<(&str, &[u8])> = vec![
@@ -191,15 +212,13 @@ impl GrpcClient {
         let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let mut again = true;
         loop {
-            let reused = slot.as_ref().is_some_and(Connection::usable);
-            if !reused {
-                *slot = None;
-                *slot = Some(self.connect(deadline)?);
-            }
-            let connection = slot.as_mut().expect("a connection");
+            let (mut connection, reused) = match slot.take().filter(Connection::usable) {
+                Some(connection) => (connection, true),
+                None => (self.connect(deadline)?, false),
+            };
             let result = connection.request(request, deadline);
-            if !connection.usable() {
-                *slot = None;
+            if connection.usable() {
+                *slot = Some(connection);
             }
             match result {
                 Err(e) if again && (not_processed(&e) || reused && closed(&e)) => again = false,
@@ -233,20 +252,20 @@ impl GrpcClient {
 
     /// The exporter's view of a gRPC reply.
     fn reply(&self, response: h2::Response) -> Response<Bytes> {
-        let http = |status: u16, body: Vec<u8>| {
-            Response::builder()
-                .status(status)
-                .body(Bytes::from(body))
-                .expect("a status and a body")
-        };
         if response.status != 200 {
-            // Not a gRPC server's answer (a proxy's); 429, 502, 503 and 504 are retried
-            // by the exporter, as gRPC maps them to UNAVAILABLE.
+            // Not a gRPC server's answer (a proxy's). 429, 502, 503 and 504 are retried
+            // by the exporter, as gRPC maps them to UNAVAILABLE; any other status is
+            // dropped (gRPC's UNKNOWN), a 2xx other than 200 included: it is no
+            // success of the call.
             self.errors.note(&format!(
                 "{} answered HTTP {} to a gRPC call",
                 self.authority, response.status
             ));
-            return http(response.status, Vec::new());
+            let status = match response.status {
+                429 | 502 | 503 | 504 => response.status,
+                _ => 400,
+            };
+            return http(status, Vec::new());
         }
         let Some(code) = response
             .field("grpc-status")
@@ -260,10 +279,13 @@ impl GrpcClient {
         if code == 0 {
             // The reply's message (partial success), unless compressed: we never ask
             // for that, and the exporter only reads it for its log.
-            let body = match response.body.get(..5) {
-                Some([0, ..]) => response.body[5..].to_vec(),
-                _ => Vec::new(),
-            };
+            let mut body = response.body;
+            if body.len() >= 5 && body.first() == Some(&0) {
+                // In place: the body may be as large as h2::MAX_BODY.
+                body.drain(..5);
+            } else {
+                body = Vec::new();
+            }
             return http(200, body);
         }
         let delay = response
@@ -290,7 +312,7 @@ impl GrpcClient {
             let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
             reply
                 .headers_mut()
-                .insert("retry-after", seconds.to_string().parse().expect("digits"));
+                .insert("retry-after", HeaderValue::from(seconds));
         }
         reply
     }
@@ -310,11 +332,15 @@ impl GrpcClient {
             self.authority,
             code_name(grpc)
         ));
-        Response::builder()
-            .status(status)
-            .body(Bytes::new())
-            .expect("a status")
+        http(status, Vec::new())
     }
+}
+
+/// A reply to the exporter: a status of ours, one of those it knows.
+fn http(status: u16, body: Vec<u8>) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    response
 }
 
 /// The addresses of `host`: an IP address as it is; a name looked up on a helper
@@ -395,19 +421,21 @@ fn code_name(code: u32) -> &'static str {
 /// grpc-message is percent-encoded; control characters are dropped and its length
 /// is bounded, for one log line.
 fn percent_decode(value: &[u8]) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() && out.len() < 300 {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (value[i], value.get(i + 1), value.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
-                i += 3;
-            }
-            (b, ..) => {
-                out.push(b);
-                i += 1;
-            }
+    let mut rest = value;
+    while let Some((&b, tail)) = rest.split_first() {
+        if out.len() >= 300 {
+            break;
+        }
+        rest = tail;
+        if let (b'%', &[h, l, ..]) = (b, tail)
+            && let (Some(h), Some(l)) = (hex(h), hex(l))
+        {
+            out.push(h << 4 | l);
+            rest = tail.get(2..).unwrap_or_default();
+        } else {
+            out.push(b);
         }
     }
     String::from_utf8_lossy(&out)
@@ -726,6 +754,54 @@ mod tests {
         assert_eq!(retry_delay(b"!!"), None);
         assert_eq!(percent_decode(b"try%20later%0A"), "try later");
         assert_eq!(code_name(14), "UNAVAILABLE");
+    }
+
+    fn client() -> GrpcClient {
+        let target = Target::parse("http://127.0.0.1:9").unwrap();
+        GrpcClient::new(Signal::Traces, target, None, Duration::from_secs(1)).unwrap()
+    }
+
+    fn response(status: u16, fields: &[(&str, &str)], body: &[u8]) -> h2::Response {
+        h2::Response {
+            status,
+            headers: fields
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: body.to_vec(),
+            trailers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn any_reply_maps_to_a_status_the_exporter_knows() {
+        let client = client();
+        let status = |r: h2::Response| client.reply(r).status().as_u16();
+        // Not a gRPC reply: retried as UNAVAILABLE, or dropped; never a success. Values
+        // h2 refuses (1000, 42) do not panic here either.
+        for (http, expected) in [
+            (503, 503),
+            (429, 429),
+            (502, 502),
+            (504, 504),
+            (204, 400),
+            (404, 400),
+            (302, 400),
+            (1000, 400),
+            (42, 400),
+        ] {
+            assert_eq!(status(response(http, &[], b"")), expected, "{http}");
+        }
+        assert_eq!(status(response(200, &[], b"")), 500, "no grpc-status");
+        assert_eq!(status(response(200, &[("grpc-status", "14")], b"")), 503);
+        assert_eq!(status(response(200, &[("grpc-status", "3")], b"")), 400);
+        assert_eq!(status(response(200, &[("grpc-status", "x")], b"")), 500);
+        // OK: the message without its 5-byte prefix; a compressed or short one dropped.
+        let ok = [("grpc-status", "0")];
+        let body = |r: h2::Response| client.reply(r).into_body();
+        assert_eq!(body(response(200, &ok, b"\0\0\0\0\x02hi")), &b"hi"[..]);
+        assert_eq!(body(response(200, &ok, b"\x01\0\0\0\x02hi")), &b""[..]);
+        assert_eq!(body(response(200, &ok, b"\0\0")), &b""[..]);
     }
 
     fn base64(bytes: &[u8]) -> String {
