@@ -26,6 +26,13 @@
 //! deadline. Everything, from the name lookup to the last byte of the reply, runs
 //! against one deadline: the signal's export timeout.
 //!
+//! A connection closed for the server's misbehaviour (a protocol or HPACK error, a
+//! flood over the HTTP/2 budgets, a reply too large) is not replaced at once: the
+//! next connection waits [`BACKOFF_FIRST`], doubled after each such close up to
+//! [`BACKOFF_MAX`], back to the first after a reply; a call meanwhile fails at once
+//! (the exporter retries or drops the batch as for a collector that is down), so a
+//! hostile server cannot keep us reconnecting in a loop.
+//!
 //! `https://` endpoints: TLS by rustls (ring) with ALPN `h2`, the server checked
 //! against the bundled roots, or against the PEM file `OTEL_EXPORTER_OTLP_CERTIFICATE`
 //! (or the per-signal variable) names.
@@ -61,6 +68,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The deadline of a call whose timeout is too large for the clock (a day: in effect,
 /// none; the exporter's own timeout ends the export first).
 const FAR: Duration = Duration::from_secs(24 * 3600);
+/// The wait before a new connection after one closed for the server's misbehaviour.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest such wait (it doubles each time).
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Where the calls go: `http://host:port` (cleartext HTTP/2 with prior knowledge) or
 /// `https://host:port` (TLS, ALPN h2). The endpoint's path is not used: with gRPC the
@@ -128,7 +139,7 @@ pub struct GrpcClient {
     timeout: Duration,
     /// The TLS client configuration, for https://.
     tls: Option<tls::Config>,
-    connection: Mutex<Option<Connection<Box<dyn Io>>>>,
+    connection: Mutex<Slot>,
     errors: ErrorLog,
 }
 
@@ -151,7 +162,7 @@ impl GrpcClient {
             target,
             timeout,
             tls,
-            connection: Mutex::new(None),
+            connection: Mutex::new(Slot::default()),
             errors: ErrorLog::new(signal),
         })
     }
@@ -198,7 +209,7 @@ impl GrpcClient {
         };
         match self.call(&request, deadline) {
             Ok(response) => Ok(self.reply(response)),
-            Err(h2::Error::Reset(code)) => Ok(self.reset(code)),
+            Err(Failure::H2(h2::Error::Reset(code))) => Ok(self.reset(code)),
             Err(e) => {
                 let what = format!("{}: {e}", self.authority);
                 self.errors.note(&what);
@@ -207,22 +218,32 @@ impl GrpcClient {
         }
     }
 
-    /// Sends `request` on the open connection, or on a new one.
-    fn call(&self, request: &h2::Request, deadline: Instant) -> Result<h2::Response, h2::Error> {
+    /// Sends `request` on the open connection, or on a new one (unless backing off).
+    fn call(&self, request: &h2::Request, deadline: Instant) -> Result<h2::Response, Failure> {
         let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let mut again = true;
         loop {
-            let (mut connection, reused) = match slot.take().filter(Connection::usable) {
+            let (mut connection, reused) = match slot.connection.take().filter(|c| c.usable()) {
                 Some(connection) => (connection, true),
-                None => (self.connect(deadline)?, false),
+                None => {
+                    if let Some(left) = slot.waiting() {
+                        return Err(Failure::BackingOff(left));
+                    }
+                    let connection = self.connect(deadline).inspect_err(|e| slot.after(e))?;
+                    (Box::new(connection), false)
+                }
             };
             let result = connection.request(request, deadline);
             if connection.usable() {
-                *slot = Some(connection);
+                slot.connection = Some(connection);
+            }
+            match &result {
+                Ok(_) => slot.replied(),
+                Err(e) => slot.after(e),
             }
             match result {
                 Err(e) if again && (not_processed(&e) || reused && closed(&e)) => again = false,
-                result => return result,
+                result => return result.map_err(Failure::H2),
             }
         }
     }
@@ -333,6 +354,79 @@ impl GrpcClient {
             code_name(grpc)
         ));
         http(status, Vec::new())
+    }
+}
+
+/// The connection of a client, and when the next may be opened.
+#[derive(Debug)]
+struct Slot {
+    connection: Option<Box<Connection<Box<dyn Io>>>>,
+    /// No new connection before then (the last was closed for the server's
+    /// misbehaviour).
+    closed_until: Option<Instant>,
+    /// The wait after the next such close.
+    backoff: Duration,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            connection: None,
+            closed_until: None,
+            backoff: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Slot {
+    /// How long before a new connection may be opened, if at all.
+    fn waiting(&self) -> Option<Duration> {
+        let until = self.closed_until?;
+        Some(until.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero())
+    }
+
+    /// After a call that failed with `error`: a connection closed for the server's
+    /// misbehaviour starts a wait, twice as long as the last.
+    fn after(&mut self, error: &h2::Error) {
+        if error.misbehaved() {
+            let now = Instant::now();
+            self.closed_until = Some(now.checked_add(self.backoff).unwrap_or(now));
+            self.backoff = self.backoff.saturating_mul(2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// After a reply: no wait.
+    fn replied(&mut self) {
+        self.closed_until = None;
+        self.backoff = BACKOFF_FIRST;
+    }
+}
+
+/// Why a call got no reply.
+#[derive(Debug)]
+enum Failure {
+    H2(h2::Error),
+    /// No new connection yet (see [`Slot`]): this long still.
+    BackingOff(Duration),
+}
+
+impl From<h2::Error> for Failure {
+    fn from(e: h2::Error) -> Failure {
+        Failure::H2(e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::H2(e) => write!(f, "{e}"),
+            Failure::BackingOff(left) => write!(
+                f,
+                "not connecting again for {} ms: the last connection was closed for the \
+                 server's misbehaviour",
+                left.as_millis()
+            ),
+        }
     }
 }
 
@@ -802,6 +896,85 @@ mod tests {
         assert_eq!(body(response(200, &ok, b"\0\0\0\0\x02hi")), &b"hi"[..]);
         assert_eq!(body(response(200, &ok, b"\x01\0\0\0\x02hi")), &b""[..]);
         assert_eq!(body(response(200, &ok, b"\0\0")), &b""[..]);
+    }
+
+    #[test]
+    fn the_wait_after_a_misbehaving_server_doubles_to_its_cap_and_a_reply_ends_it() {
+        let mut slot = Slot::default();
+        assert_eq!(slot.waiting(), None);
+        slot.after(&h2::Error::Io(io::ErrorKind::ConnectionRefused.into()));
+        assert_eq!(slot.waiting(), None, "a collector that is down: no wait");
+        slot.after(&h2::Error::Reset(7));
+        assert_eq!(slot.waiting(), None);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            slot.after(&h2::Error::Calm("a flood"));
+            let left = slot.waiting().unwrap();
+            waits.push(left.as_millis().div_ceil(1000));
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        slot.replied();
+        assert_eq!(slot.waiting(), None);
+        slot.after(&h2::Error::Protocol("bad"));
+        assert!(slot.waiting().unwrap() <= BACKOFF_FIRST);
+    }
+
+    /// A server on loopback that answers every connection with SETTINGS and a flood of
+    /// PINGs, and keeps what each connection wrote, until it closed.
+    fn flooding_server() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let kept = seen.clone();
+        thread::spawn(move || {
+            for socket in listener.incoming() {
+                let Ok(mut socket) = socket else { return };
+                let kept = kept.clone();
+                thread::spawn(move || {
+                    let mut flood = vec![0, 0, 0, 4, 0, 0, 0, 0, 0];
+                    for _ in 0..1000 {
+                        flood.extend([0, 0, 8, 6, 0, 0, 0, 0, 0]);
+                        flood.extend(b"12345678");
+                    }
+                    let _ = socket.write_all(&flood);
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    let mut written = Vec::new();
+                    let _ = socket.read_to_end(&mut written);
+                    kept.lock().unwrap().push(written);
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[test]
+    fn a_flooding_server_is_told_to_calm_down_and_not_reconnected_to_at_once() {
+        let (addr, seen) = flooding_server();
+        let target = Target::parse(&format!("http://{addr}")).unwrap();
+        let client = GrpcClient::new(Signal::Traces, target, None, Duration::from_secs(5)).unwrap();
+        let request = || {
+            Request::builder()
+                .method("POST")
+                .uri(format!("http://{addr}/v1/traces"))
+                .body(Bytes::from_static(b"batch"))
+                .unwrap()
+        };
+        let first = client.send(request()).unwrap_err().to_string();
+        assert!(first.contains("ENHANCE_YOUR_CALM"), "{first}");
+        let started = Instant::now();
+        let second = client.send(request()).unwrap_err().to_string();
+        assert!(second.contains("not connecting again"), "{second}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // The one connection.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     fn base64(bytes: &[u8]) -> String {
