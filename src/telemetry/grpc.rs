@@ -128,6 +128,10 @@ impl Io for Box<dyn Io> {
     fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
         (**self).set_timeout(timeout)
     }
+
+    fn close_write(&mut self) -> io::Result<()> {
+        (**self).close_write()
+    }
 }
 
 /// The OTLP/gRPC client of one signal.
@@ -677,6 +681,13 @@ mod tls {
         fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
             self.0.sock.set_timeout(timeout)
         }
+
+        /// close_notify, then the TCP side.
+        fn close_write(&mut self) -> io::Result<()> {
+            self.0.conn.send_close_notify();
+            self.0.flush()?;
+            self.0.sock.close_write()
+        }
     }
 
     pub type Config = Arc<ClientConfig>;
@@ -919,13 +930,16 @@ mod tests {
         assert!(slot.waiting().unwrap() <= BACKOFF_FIRST);
     }
 
+    /// What a connection wrote, and whether it ended in a close (not a reset).
+    type Seen = Arc<Mutex<Vec<(Vec<u8>, bool)>>>;
+
     /// A server on loopback that answers every connection with SETTINGS and a flood of
     /// PINGs, and keeps what each connection wrote, until it closed.
-    fn flooding_server() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    fn flooding_server() -> (SocketAddr, Seen) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let kept = seen.clone();
         thread::spawn(move || {
             for socket in listener.incoming() {
@@ -942,8 +956,8 @@ mod tests {
                         .set_read_timeout(Some(Duration::from_secs(5)))
                         .unwrap();
                     let mut written = Vec::new();
-                    let _ = socket.read_to_end(&mut written);
-                    kept.lock().unwrap().push(written);
+                    let closed = socket.read_to_end(&mut written).is_ok();
+                    kept.lock().unwrap().push((written, closed));
                 });
             }
         });
@@ -968,13 +982,18 @@ mod tests {
         let second = client.send(request()).unwrap_err().to_string();
         assert!(second.contains("not connecting again"), "{second}");
         assert!(started.elapsed() < Duration::from_millis(500));
-        // The one connection.
+        // The one connection, closed with GOAWAY ENHANCE_YOUR_CALM, the last thing
+        // written: our side ended after it, not reset (the server read to its end).
         let deadline = Instant::now() + Duration::from_secs(5);
         while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
         thread::sleep(Duration::from_millis(100));
-        assert_eq!(seen.lock().unwrap().len(), 1);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb];
+        assert!(seen[0].0.ends_with(&goaway), "{:?}", seen[0]);
+        assert!(seen[0].1, "closed, not reset");
     }
 
     fn base64(bytes: &[u8]) -> String {

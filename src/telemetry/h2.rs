@@ -74,8 +74,12 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// The window every stream starts with until the peer's SETTINGS say otherwise.
 const DEFAULT_WINDOW: i64 = 65_535;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
-/// How long the GOAWAY sent before closing a connection the peer broke may take.
-const GOAWAY_WRITE: Duration = Duration::from_millis(100);
+/// How long closing a connection the peer broke may take: the GOAWAY written, our
+/// side of the stream ended, then what the peer still sends read and dropped (at
+/// most [`LINGER_BYTES`]) until it closes too. Closing a socket with unread bytes
+/// resets the connection, and a reset can destroy the GOAWAY before the peer reads it.
+const LINGER: Duration = Duration::from_millis(100);
+const LINGER_BYTES: usize = 64 * 1024;
 
 // Frame types.
 const DATA: u8 = 0x0;
@@ -114,12 +118,21 @@ const OUR_SETTINGS: [u8; 12] = {
 pub trait Io: Read + Write + Send {
     /// Sets the read and write timeouts of the socket underneath.
     fn set_timeout(&self, timeout: Duration) -> io::Result<()>;
+
+    /// Ends our side of the stream (TCP's FIN), reads still possible.
+    fn close_write(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Io for TcpStream {
     fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
         self.set_read_timeout(Some(timeout))?;
         self.set_write_timeout(Some(timeout))
+    }
+
+    fn close_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -390,16 +403,33 @@ impl<S: Io> Connection<S> {
     }
 
     /// Marks the connection broken after `error`; a connection error is said to the
-    /// peer first (best effort), with its code.
+    /// peer first (best effort, within [`LINGER`]), with its code.
     fn close_for(&mut self, error: &Error) {
         self.broken = true;
-        if let Some(code) = error.goaway_code() {
-            let [a, b, c, d] = code.to_be_bytes();
-            let mut goaway = Vec::with_capacity(17);
-            // Last stream id 0: we never accept a stream of the peer's.
-            frame_into(&mut goaway, GOAWAY, 0, 0, &[0, 0, 0, 0, a, b, c, d]);
-            let now = Instant::now();
-            let _ = self.write(&goaway, now.checked_add(GOAWAY_WRITE).unwrap_or(now));
+        let Some(code) = error.goaway_code() else {
+            return;
+        };
+        let [a, b, c, d] = code.to_be_bytes();
+        let mut goaway = Vec::with_capacity(17);
+        // Last stream id 0: we never accept a stream of the peer's.
+        frame_into(&mut goaway, GOAWAY, 0, 0, &[0, 0, 0, 0, a, b, c, d]);
+        let now = Instant::now();
+        let deadline = now.checked_add(LINGER).unwrap_or(now);
+        if self.write(&goaway, deadline).is_err() || self.io.close_write().is_err() {
+            return;
+        }
+        self.read_buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let Ok(left) = left(deadline) else { return };
+            if self.io.set_timeout(left).is_err() {
+                return;
+            }
+            match self.io.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
         }
     }
 
@@ -1440,6 +1470,16 @@ mod tests {
         fn set_timeout(&self, _: Duration) -> io::Result<()> {
             Ok(())
         }
+
+        /// Marks the end of what was written with a frame no peer would send: type
+        /// 0xff on stream 0x7fffffff, empty.
+        fn close_write(&mut self) -> io::Result<()> {
+            self.written
+                .lock()
+                .unwrap()
+                .extend(frame(0xff, 0, 0x7fff_ffff, &[]));
+            Ok(())
+        }
     }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -1462,13 +1502,24 @@ mod tests {
         out
     }
 
-    /// The error codes of the GOAWAY frames the client wrote.
+    /// The error codes of the GOAWAY frames the client wrote; each must be the last
+    /// thing written before our side of the connection is ended.
     fn goaways(written: &Mutex<Vec<u8>>) -> Vec<u32> {
-        frames(&written.lock().unwrap())
-            .into_iter()
-            .filter(|f| f.0 == GOAWAY)
-            .map(|f| u32::from_be_bytes(f.3[4..8].try_into().unwrap()))
-            .collect()
+        let frames = frames(&written.lock().unwrap());
+        let closed = frames.iter().position(|f| f.0 == 0xff);
+        let goaways: Vec<(usize, u32)> = frames
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.0 == GOAWAY)
+            .map(|(i, f)| (i, u32::from_be_bytes(f.3[4..8].try_into().unwrap())))
+            .collect();
+        if let Some(&(i, _)) = goaways.last() {
+            assert_eq!(closed, Some(i + 1), "GOAWAY, then the end of our side");
+            assert_eq!(frames.len(), i + 2, "nothing after");
+        } else {
+            assert_eq!(closed, None);
+        }
+        goaways.into_iter().map(|(_, code)| code).collect()
     }
 
     fn scripted(script: Vec<u8>) -> (Scripted, Arc<Mutex<Vec<u8>>>) {
