@@ -17,7 +17,11 @@
 //! delay; all within the export timeout) does the retrying. With gzip
 //! (`OTEL_EXPORTER_OTLP_COMPRESSION`), the exporter compresses the message and this
 //! client sets the compressed flag and `grpc-encoding: gzip`. A failure is logged on
-//! stderr now and then (never a header value).
+//! stderr now and then, never with a header value: what the server says (grpc-message,
+//! and any other text in a note) has every value of the request's metadata replaced
+//! by `REDACTED` (a server that echoes the request would show
+//! `OTEL_EXPORTER_OTLP_HEADERS` otherwise), control and bidirectional-override
+//! characters removed, and is cut to [`MAX_PEER_TEXT`] bytes.
 //!
 //! One connection per signal is kept open and reused; after GOAWAY, a broken
 //! connection or a protocol error, the next call opens a new one. A request the
@@ -68,6 +72,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The deadline of a call whose timeout is too large for the clock (a day: in effect,
 /// none; the exporter's own timeout ends the export first).
 const FAR: Duration = Duration::from_secs(24 * 3600);
+/// The most bytes of text from the server (grpc-message, an error) a note shows.
+const MAX_PEER_TEXT: usize = 512;
+/// What stands in place of a secret in a note (as in [`crate::redact`]).
+const REDACTED: &str = "REDACTED";
 /// The wait before a new connection after one closed for the server's misbehaviour.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest such wait (it doubles each time).
@@ -196,12 +204,16 @@ impl GrpcClient {
         if gzip {
             headers.push(("grpc-encoding", b"gzip"));
         }
+        let mut secrets = Secrets::default();
         for (name, value) in &parts.headers {
             match name.as_str() {
                 // Said above, or not allowed in HTTP/2.
                 "content-type" | "content-encoding" | "content-length" | "te" | "grpc-timeout"
                 | "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "host" => {}
-                name => headers.push((name, value.as_bytes())),
+                name => {
+                    headers.push((name, value.as_bytes()));
+                    secrets.add(value.as_bytes());
+                }
             }
         }
         let request = h2::Request {
@@ -212,10 +224,10 @@ impl GrpcClient {
             body: &message,
         };
         match self.call(&request, deadline) {
-            Ok(response) => Ok(self.reply(response)),
+            Ok(response) => Ok(self.reply(response, &secrets)),
             Err(Failure::H2(h2::Error::Reset(code))) => Ok(self.reset(code)),
             Err(e) => {
-                let what = format!("{}: {e}", self.authority);
+                let what = format!("{}: {}", self.authority, secrets.scrub(&e.to_string()));
                 self.errors.note(&what);
                 Err(what.into())
             }
@@ -276,7 +288,7 @@ impl GrpcClient {
     }
 
     /// The exporter's view of a gRPC reply.
-    fn reply(&self, response: h2::Response) -> Response<Bytes> {
+    fn reply(&self, response: h2::Response, secrets: &Secrets) -> Response<Bytes> {
         if response.status != 200 {
             // Not a gRPC server's answer (a proxy's). 429, 502, 503 and 504 are retried
             // by the exporter, as gRPC maps them to UNAVAILABLE; any other status is
@@ -323,7 +335,7 @@ impl GrpcClient {
         };
         let message = response
             .field("grpc-message")
-            .map(percent_decode)
+            .map(|text| secrets.scrub(&percent_decode(text)))
             .unwrap_or_default();
         self.errors.note(&format!(
             "{} answered {} ({code}){}{}",
@@ -516,16 +528,12 @@ fn code_name(code: u32) -> &'static str {
     .unwrap_or("an unknown code")
 }
 
-/// grpc-message is percent-encoded; control characters are dropped and its length
-/// is bounded, for one log line.
+/// grpc-message is percent-encoded (its length is bounded by the header list's).
 fn percent_decode(value: &[u8]) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(value.len());
     let mut rest = value;
     while let Some((&b, tail)) = rest.split_first() {
-        if out.len() >= 300 {
-            break;
-        }
         rest = tail;
         if let (b'%', &[h, l, ..]) = (b, tail)
             && let (Some(h), Some(l)) = (hex(h), hex(l))
@@ -536,9 +544,61 @@ fn percent_decode(value: &[u8]) -> String {
             out.push(b);
         }
     }
-    String::from_utf8_lossy(&out)
-        .chars()
-        .filter(|c| !c.is_control())
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The values of a request's metadata (`OTEL_EXPORTER_OTLP_HEADERS` and the
+/// per-signal ones, as the exporter hands them over), never to be shown.
+#[derive(Debug, Default)]
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// A header value: the value, and each of its words of 8 bytes or more (the token
+    /// of `Bearer <token>`, echoed alone).
+    fn add(&mut self, value: &[u8]) {
+        let value = printable(&String::from_utf8_lossy(value));
+        let words = value.split_whitespace().filter(|w| w.len() >= 8);
+        let words: Vec<String> = words.map(str::to_string).collect();
+        self.0.push(value);
+        self.0.extend(words);
+        self.0.retain(|s| !s.is_empty());
+        // Longest first: a value before the words inside it.
+        self.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.0.dedup();
+    }
+
+    /// Text from the server, fit for one log line: control and bidirectional-override
+    /// characters removed, every secret and a URL's user information replaced, then
+    /// cut to [`MAX_PEER_TEXT`] bytes (after the replacing, so that no part of a
+    /// secret is left at the cut).
+    fn scrub(&self, text: &str) -> String {
+        let mut text = printable(text);
+        for secret in &self.0 {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), REDACTED);
+            }
+        }
+        let mut text = crate::redact::credentials(&text).into_owned();
+        if text.len() > MAX_PEER_TEXT {
+            let mut cut = MAX_PEER_TEXT - 3;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("...");
+        }
+        text
+    }
+}
+
+/// `text` without control characters and those that reorder what a terminal shows
+/// (bidirectional embeddings, overrides, isolates and marks).
+fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|&c| {
+            !c.is_control()
+                && !matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
         .collect()
 }
 
@@ -857,7 +917,7 @@ mod tests {
         );
         assert_eq!(retry_delay(b"CA4"), None, "a Status without details");
         assert_eq!(retry_delay(b"!!"), None);
-        assert_eq!(percent_decode(b"try%20later%0A"), "try later");
+        assert_eq!(percent_decode(b"try%20later%0A%zz%4"), "try later\n%zz%4");
         assert_eq!(code_name(14), "UNAVAILABLE");
     }
 
@@ -881,7 +941,8 @@ mod tests {
     #[test]
     fn any_reply_maps_to_a_status_the_exporter_knows() {
         let client = client();
-        let status = |r: h2::Response| client.reply(r).status().as_u16();
+        let none = Secrets::default();
+        let status = |r: h2::Response| client.reply(r, &none).status().as_u16();
         // Not a gRPC reply: retried as UNAVAILABLE, or dropped; never a success. Values
         // h2 refuses (1000, 42) do not panic here either.
         for (http, expected) in [
@@ -903,7 +964,7 @@ mod tests {
         assert_eq!(status(response(200, &[("grpc-status", "x")], b"")), 500);
         // OK: the message without its 5-byte prefix; a compressed or short one dropped.
         let ok = [("grpc-status", "0")];
-        let body = |r: h2::Response| client.reply(r).into_body();
+        let body = |r: h2::Response| client.reply(r, &none).into_body();
         assert_eq!(body(response(200, &ok, b"\0\0\0\0\x02hi")), &b"hi"[..]);
         assert_eq!(body(response(200, &ok, b"\x01\0\0\0\x02hi")), &b""[..]);
         assert_eq!(body(response(200, &ok, b"\0\0")), &b""[..]);
@@ -994,6 +1055,48 @@ mod tests {
         let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb];
         assert!(seen[0].0.ends_with(&goaway), "{:?}", seen[0]);
         assert!(seen[0].1, "closed, not reset");
+    }
+
+    #[test]
+    fn text_from_the_server_is_scrubbed_of_secrets_controls_and_length() {
+        let mut secrets = Secrets::default();
+        secrets.add(b"Bearer s3cret-token-123");
+        secrets.add(b"wood-shop");
+        secrets.add(b"");
+        let scrub = |text: &str| secrets.scrub(text);
+        assert_eq!(
+            scrub("echo: authorization=Bearer s3cret-token-123, x-tenant=wood-shop"),
+            "echo: authorization=REDACTED, x-tenant=REDACTED"
+        );
+        // The token alone; split by control or bidi characters; as percent-decoded.
+        assert_eq!(scrub("token s3cret-token-123!"), "token REDACTED!");
+        assert_eq!(scrub("s3cret-\u{7}token\u{202e}-123"), "REDACTED");
+        assert_eq!(
+            scrub(&percent_decode(b"Bearer%20s3cret%2Dtoken-123")),
+            "REDACTED"
+        );
+        // Terminal escapes, new lines and reordering characters are gone.
+        assert_eq!(
+            scrub("a\u{1b}[31mred\r\nb\u{2066}c\u{200f}d\u{61c}"),
+            "a[31mredbcd"
+        );
+        // A URL's user information, as everywhere else.
+        assert_eq!(
+            scrub("see http://u:pw@proxy:8080/x"),
+            "see http://REDACTED:REDACTED@proxy:8080/x"
+        );
+        // Bounded, on a character boundary, after the replacing: a secret across the
+        // cut is not left half shown.
+        let long = format!(
+            "{}Bearer s3cret-token-123{}",
+            "é".repeat(250),
+            "x".repeat(600)
+        );
+        let cut = scrub(&long);
+        assert!(cut.len() <= MAX_PEER_TEXT, "{}", cut.len());
+        assert!(cut.ends_with("..."));
+        assert!(!cut.contains("s3cret") && cut.contains("REDACTED"), "{cut}");
+        assert!(!scrub(&"é".repeat(1000)).contains('\u{fffd}'));
     }
 
     fn base64(bytes: &[u8]) -> String {
