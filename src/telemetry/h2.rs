@@ -75,9 +75,11 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 const DEFAULT_WINDOW: i64 = 65_535;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 /// How long closing a connection the peer broke may take: the GOAWAY written, our
-/// side of the stream ended, then what the peer still sends read and dropped (at
-/// most [`LINGER_BYTES`]) until it closes too. Closing a socket with unread bytes
-/// resets the connection, and a reset can destroy the GOAWAY before the peer reads it.
+/// side of the stream ended, then what the peer still sends read and dropped until it
+/// closes too; after [`LINGER_BYTES`] of that, the rest of the time is waited without
+/// reading. Closing a socket with unread bytes resets the connection, and the reset
+/// discards what the kernel has not sent yet: on a busy machine, the GOAWAY (a flood
+/// fills 64 KiB in microseconds; the time is what lets the kernel send it).
 const LINGER: Duration = Duration::from_millis(100);
 const LINGER_BYTES: usize = 64 * 1024;
 
@@ -421,12 +423,16 @@ impl<S: Io> Connection<S> {
         self.read_buf = Vec::new();
         let mut chunk = [0u8; 8192];
         let mut drained = 0;
-        while drained < LINGER_BYTES {
-            let Ok(left) = left(deadline) else { return };
+        while let Ok(left) = left(deadline) {
+            if drained >= LINGER_BYTES {
+                std::thread::sleep(left);
+                return;
+            }
             if self.io.set_timeout(left).is_err() {
                 return;
             }
             match self.io.read(&mut chunk) {
+                // The peer closed too (or the time is up, or it reset): done.
                 Ok(0) | Err(_) => return,
                 Ok(n) => drained += n,
             }
