@@ -318,7 +318,7 @@ impl GrpcClient {
             // for that, and the exporter only reads it for its log.
             let mut body = response.body;
             if body.len() >= 5 && body.first() == Some(&0) {
-                // In place: the body may be as large as h2::MAX_BODY.
+                // In place, without a copy.
                 body.drain(..5);
             } else {
                 body = Vec::new();
