@@ -1005,6 +1005,7 @@ fn integer_into(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
 /// come only at the start of a block, at most two, never above the limit.
 pub mod hpack {
     use std::collections::VecDeque;
+    use std::sync::LazyLock;
 
     /// The dynamic table's largest size: SETTINGS_HEADER_TABLE_SIZE's default, which
     /// we never change.
@@ -1217,12 +1218,13 @@ pub mod hpack {
         out: &mut Vec<u8>,
         room: usize,
     ) -> Result<(), Refused> {
+        let steps: &[[u8; 3]; 256 * 16] = &DECODE;
         let mut state = 0u8;
         let mut accept = true;
         for &byte in bytes {
             for nibble in [byte >> 4, byte & 0xf] {
                 let step = usize::from(state) << 4 | usize::from(nibble);
-                let &[next, symbol, flags] = DECODE.get(step).ok_or(TRUNCATED)?;
+                let &[next, symbol, flags] = steps.get(step).ok_or(TRUNCATED)?;
                 if flags & FAIL != 0 {
                     return Err(Refused::Invalid("EOS in a Huffman string"));
                 }
@@ -1290,7 +1292,9 @@ pub mod hpack {
     const ACCEPT: u8 = 4;
 
     /// The canonical codes of [`LENGTHS`]: in order of length, then of symbol.
-    #[allow(clippy::indexing_slicing)] // compile time only: out of bounds fails the build
+    // Indexes bounded by construction; evaluated at compile time too (CHECKED), where
+    // an index out of bounds fails the build, and the run computes the same.
+    #[allow(clippy::indexing_slicing)]
     pub(super) const fn codes() -> [u32; 257] {
         let mut codes = [0u32; 257];
         let mut code = 0u32;
@@ -1314,7 +1318,8 @@ pub mod hpack {
     /// 0) and each 4 bits read, the next state, the symbol emitted (at most one: the
     /// shortest code is 5 bits), and flags: EMIT, FAIL (EOS reached), ACCEPT (the
     /// bits since the last symbol are a valid padding: at most 7, all ones).
-    #[allow(clippy::indexing_slicing)] // compile time only: out of bounds fails the build
+    // As codes(): bounded by construction, and checked at compile time (CHECKED).
+    #[allow(clippy::indexing_slicing)]
     const fn steps() -> [[u8; 3]; 256 * 16] {
         const LEAF: u16 = 0x8000;
         let codes = codes();
@@ -1382,7 +1387,13 @@ pub mod hpack {
         steps
     }
 
-    static DECODE: [[u8; 3]; 256 * 16] = steps();
+    /// The steps, built at the first Huffman string (12 KiB on the heap, some tens of
+    /// microseconds once) rather than kept in the binary, whose size is budgeted.
+    static DECODE: LazyLock<Box<[[u8; 3]; 256 * 16]>> = LazyLock::new(|| Box::new(steps()));
+
+    /// The same steps evaluated at compile time and thrown away (CHECKED): an index
+    /// out of bounds in building them fails the build, never a run.
+    const _: [[u8; 3]; 256 * 16] = steps();
 
     /// The static table (Appendix A).
     static STATIC: [(&[u8], &[u8]); 61] = [
