@@ -950,3 +950,429 @@ fn a_collector_that_closes_mid_reply_costs_one_retry_on_a_new_connection() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(stack.count_by_status().get("ready").copied(), Some(3));
 }
+
+// ---------------------------------------------------------------- a hostile collector
+
+/// What a scripted server saw of one connection: when it opened and when the client
+/// closed it, and every frame the client wrote on it.
+#[derive(Clone, Default)]
+struct Seen {
+    opened: Option<Instant>,
+    ended: Option<Instant>,
+    frames: Vec<(u8, u8, u32, Vec<u8>)>,
+}
+
+impl Seen {
+    /// The error codes of the GOAWAY frames the client sent.
+    fn goaways(&self) -> Vec<u32> {
+        self.frames
+            .iter()
+            .filter(|f| f.0 == 0x7 && f.3.len() >= 8)
+            .map(|f| u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]))
+            .collect()
+    }
+}
+
+type Connections = Arc<Mutex<Vec<Seen>>>;
+
+/// What the writing side of a scripted connection is asked to do.
+enum Out {
+    Ack,
+    Answer(Vec<u8>, u32),
+}
+
+/// HTTP/2 by hand, for a hostile collector: SETTINGS, then each request (its header
+/// block and stream id) answered by `answer`, whatever it writes (a flood included:
+/// a write the client no longer reads just ends). Every frame the client writes is
+/// read on a thread of its own, so that it is kept even while a flood is written.
+fn h2_peer(answer: impl Fn(&[u8], u32) -> Vec<u8> + Send + Sync + 'static) -> (Raw, Connections) {
+    let connections: Connections = Arc::default();
+    let seen = connections.clone();
+    let answer = Arc::new(answer);
+    let server = Raw::start(move |n, socket, stop| {
+        {
+            let mut seen = seen.lock().unwrap();
+            if seen.len() <= n {
+                seen.resize(n + 1, Seen::default());
+            }
+            seen[n].opened = Some(Instant::now());
+        }
+        let mut reading = socket.try_clone().unwrap();
+        let mut writing = socket;
+        let (tx, rx) = std::sync::mpsc::channel::<Out>();
+        thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut preface = [0u8; 24];
+                if read_all(&mut reading, &mut preface, stop) && preface == PREFACE {
+                    let mut block = Vec::new();
+                    loop {
+                        let mut head = [0u8; 9];
+                        if !read_all(&mut reading, &mut head, stop) {
+                            break;
+                        }
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let (kind, flags) = (head[3], head[4]);
+                        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+                        let mut payload = vec![0u8; len];
+                        if !read_all(&mut reading, &mut payload, stop) {
+                            break;
+                        }
+                        match kind {
+                            0x4 if flags & 0x1 == 0 => {
+                                let _ = tx.send(Out::Ack);
+                            }
+                            0x1 => block = payload.clone(),
+                            _ => {}
+                        }
+                        if matches!(kind, 0x0 | 0x1) && flags & 0x1 != 0 {
+                            let _ = tx.send(Out::Answer(std::mem::take(&mut block), id));
+                        }
+                        seen.lock().unwrap()[n]
+                            .frames
+                            .push((kind, flags, id, payload));
+                    }
+                }
+                seen.lock().unwrap()[n].ended = Some(Instant::now());
+                drop(tx);
+            });
+            if writing.write_all(&frame(0x4, 0, 0, &[])).is_ok() {
+                for out in rx {
+                    let bytes = match out {
+                        Out::Ack => frame(0x4, 0x1, 0, &[]),
+                        Out::Answer(block, id) => answer(&block, id),
+                    };
+                    if writing.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    });
+    (server, connections)
+}
+
+/// Runs `cmd` (`run`, traces only, spans exported every 100 ms) for `run_for`, then
+/// SIGTERM; exit 0 within 3 s asked. Its stderr, and its peak RSS in KiB (VmHWM) just
+/// before the signal.
+fn run_for_measured(cmd: &mut Command, run_for: Duration) -> (String, u64) {
+    let mut child = Running::start(
+        cmd.env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .args(["run", "--interval", "0.2"]),
+    );
+    thread::sleep(run_for);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).unwrap();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    child.signal(libc::SIGTERM);
+    let out = child
+        .wait_for(Duration::from_secs(3))
+        .expect("stopped within 3 s of SIGTERM");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    (stderr, peak)
+}
+
+/// A header block of `:status` `status` (a literal, the name from the static table).
+fn status_block(status: &[u8]) -> Vec<u8> {
+    let mut block = vec![0x08, status.len() as u8];
+    block.extend(status);
+    block
+}
+
+#[test]
+fn a_status_that_is_no_status_code_costs_the_worker_nothing() {
+    // Each used to abort the worker (panic = "abort") at the exporter's response.
+    for status in [&b"42"[..], b"1000"] {
+        let (server, connections) =
+            h2_peer(move |_, id| frame(0x1, 0x5, id, &status_block(status)));
+        let stack = stack(3);
+        let (_, stderr) = run_once(
+            worker(&stack)
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", server.url())
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+                .env("OTEL_METRICS_EXPORTER", "none")
+                .env("OTEL_LOGS_EXPORTER", "none"),
+        );
+        drop(server);
+        assert_eq!(stack.count_by_status().get("ready").copied(), Some(3));
+        assert!(
+            stderr.contains("traces export failed")
+                && stderr.contains("protocol error: a :status that is not a status code"),
+            "{stderr}"
+        );
+        // The connection was closed with GOAWAY PROTOCOL_ERROR.
+        let connections = connections.lock().unwrap();
+        assert!(!connections.is_empty());
+        assert_eq!(connections[0].goaways(), [0x1]);
+    }
+}
+
+#[test]
+fn an_informational_reply_before_the_final_one_is_skipped_and_the_batch_exported() {
+    // 103 Early Hints, then the trailers-only OK.
+    let (server, connections) = h2_peer(|_, id| {
+        let mut bytes = frame(0x1, 0x4, id, &status_block(b"103"));
+        bytes.extend(trailers_only_ok(id));
+        bytes
+    });
+    let stack = stack(3);
+    let (_, stderr) = run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", server.url())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none"),
+    );
+    drop(server);
+    assert!(!stderr.contains("export failed"), "{stderr}");
+    assert_eq!(stack.count_by_status().get("ready").copied(), Some(3));
+    let connections = connections.lock().unwrap();
+    // The spans arrived, once: one connection, its requests' bodies.
+    assert_eq!(connections.len(), 1);
+    let bodies: Vec<Vec<u8>> = connections[0]
+        .frames
+        .iter()
+        .filter(|f| f.0 == 0x0)
+        .map(|f| f.3.clone())
+        .collect();
+    let requests: Vec<ExportTraceServiceRequest> = bodies
+        .iter()
+        .map(|b| ExportTraceServiceRequest::decode(&b[5..]).unwrap())
+        .collect();
+    assert_eq!(spans_named(&requests, "order"), 3);
+    assert_eq!(connections[0].goaways(), [0u32; 0]);
+}
+
+/// A literal field without indexing, its name new, without Huffman.
+fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    for s in [name, value] {
+        let mut len = s.len();
+        if len < 127 {
+            out.push(len as u8);
+        } else {
+            out.push(127);
+            len -= 127;
+            while len >= 128 {
+                out.push((len % 128) as u8 | 0x80);
+                len /= 128;
+            }
+            out.push(len as u8);
+        }
+        out.extend(s);
+    }
+}
+
+/// A flood of `count` copies of `frame`.
+fn flood(count: usize, one: Vec<u8>) -> Vec<u8> {
+    one.repeat(count)
+}
+
+#[test]
+fn floods_an_hpack_bomb_and_a_large_body_are_cut_short_and_the_next_connection_waits() {
+    // The HPACK bomb: one 4,000-byte field into the dynamic table, then indexed 12,000
+    // times (48 MB decoded, were it decoded), in one HEADERS frame.
+    let mut bomb = vec![0x40, 0x01, b'b', 0x7f, 0x80, 0x1e];
+    bomb.extend([b'v'; 3967]);
+    bomb.extend([0xbe; 12_000]);
+    type Attack = Arc<dyn Fn(u32) -> Vec<u8> + Send + Sync>;
+    let attacks: Vec<(&str, Attack)> = vec![
+        (
+            "PING",
+            Arc::new(|_| flood(100_000, frame(0x6, 0, 0, b"12345678"))),
+        ),
+        (
+            "CONTINUATION",
+            Arc::new(|id| {
+                let mut bytes = frame(0x1, 0, id, &[0x88]);
+                bytes.extend(flood(100_000, frame(0x9, 0, id, &[])));
+                bytes
+            }),
+        ),
+        (
+            "SETTINGS_MAX_HEADER_LIST_SIZE",
+            Arc::new(move |id| frame(0x1, 0x5, id, &bomb)),
+        ),
+        // A reply body of 4 MiB (gRPC's default limit).
+        (
+            "reply body larger than",
+            Arc::new(|id| {
+                let mut bytes = frame(0x1, 0x4, id, &[0x88]);
+                let mut message = vec![0u8, 0, 0x3f, 0xfc, 0];
+                message.extend(vec![0x0a; 4 * 1024 * 1024 - 1024 - 5]);
+                for chunk in message.chunks(16_384) {
+                    bytes.extend(frame(0x0, 0, id, chunk));
+                }
+                let mut trailers = vec![0x00, 11];
+                trailers.extend(b"grpc-status");
+                trailers.extend([1, b'0']);
+                bytes.extend(frame(0x1, 0x5, id, &trailers));
+                bytes
+            }),
+        ),
+    ];
+    for (what, attack) in attacks {
+        let (server, connections) = h2_peer(move |_, id| attack(id));
+        let stack = stack(20);
+        let (stderr, peak_kib) = run_for_measured(
+            worker(&stack)
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", server.url())
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            Duration::from_millis(3500),
+        );
+        drop(server);
+        println!("{what}: peak RSS of the worker {peak_kib} KiB");
+        // The worker is unaffected: every order handled, the failure said once.
+        assert_eq!(stack.count_by_status().get("ready").copied(), Some(20));
+        assert!(
+            stderr.contains("traces export failed")
+                && stderr.contains(what)
+                && stderr.contains("ENHANCE_YOUR_CALM"),
+            "{what}: {stderr}"
+        );
+        assert!(peak_kib < 16 * 1024, "{what}: peak RSS {peak_kib} KiB");
+        // Each connection was closed with GOAWAY ENHANCE_YOUR_CALM, having answered at
+        // most a budget's worth of the flood: 128 frames, and one more per 256 bytes of
+        // the request's body.
+        let connections = connections.lock().unwrap();
+        assert!(!connections.is_empty(), "{what}: {stderr}");
+        for seen in connections.iter() {
+            assert_eq!(seen.goaways(), [0xb], "{what}");
+            let pongs = seen.frames.iter().filter(|f| f.0 == 0x6).count();
+            let sent: usize = seen
+                .frames
+                .iter()
+                .filter(|f| f.0 == 0x0)
+                .map(|f| f.3.len())
+                .sum();
+            assert!(
+                pongs <= 128 + sent / 256,
+                "{what}: {pongs} PINGs answered, {sent} bytes sent"
+            );
+        }
+        // The next connection waited 1 s, the one after 2 s (an export every 100 ms
+        // would have opened one each time): at most 3 in 3.5 s.
+        assert!(
+            connections.len() <= 3,
+            "{what}: {} connections",
+            connections.len()
+        );
+        let opened: Vec<Instant> = connections.iter().map(|s| s.opened.unwrap()).collect();
+        for (i, pair) in opened.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            let wait = Duration::from_millis(1000 << i);
+            assert!(
+                gap + Duration::from_millis(50) >= wait,
+                "{what}: connection {} opened {gap:?} after the one before",
+                i + 1
+            );
+        }
+    }
+}
+
+/// The fields of a request's header block as the worker writes it: indexed fields
+/// from the static table (skipped) and literals never indexed, without Huffman.
+fn request_fields(block: &[u8]) -> Vec<(String, String)> {
+    fn int(rest: &mut &[u8], bits: u32) -> usize {
+        let max = (1usize << bits) - 1;
+        let mut value = rest[0] as usize & max;
+        *rest = &rest[1..];
+        if value == max {
+            let mut shift = 0;
+            loop {
+                let b = rest[0];
+                *rest = &rest[1..];
+                value += ((b & 0x7f) as usize) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        value
+    }
+    fn string(rest: &mut &[u8]) -> String {
+        assert_eq!(rest[0] & 0x80, 0, "no Huffman");
+        let len = int(rest, 7);
+        let s = String::from_utf8(rest[..len].to_vec()).unwrap();
+        *rest = &rest[len..];
+        s
+    }
+    let mut rest = block;
+    let mut fields = Vec::new();
+    while !rest.is_empty() {
+        if rest[0] & 0x80 != 0 {
+            rest = &rest[1..];
+            continue;
+        }
+        assert_eq!(rest[0] & 0xf0, 0x10, "never indexed");
+        let name = match int(&mut rest, 4) {
+            0 => string(&mut rest),
+            1 => ":authority".into(),
+            4 => ":path".into(),
+            other => panic!("name index {other}"),
+        };
+        fields.push((name, string(&mut rest)));
+    }
+    fields
+}
+
+#[test]
+fn a_collector_that_echoes_the_headers_shows_no_secret_on_stderr() {
+    // INVALID_ARGUMENT, with every request header echoed in grpc-message (percent-
+    // encoded, as gRPC sends it), with a terminal escape and a right-to-left override.
+    let (server, connections) = h2_peer(|block, id| {
+        let mut echo = String::from("%1B[31mbad request%E2%80%AE:");
+        for (name, value) in request_fields(block) {
+            if !name.starts_with(':') {
+                echo.push_str(&format!(" {name}={}", value.replace(' ', "%20")));
+            }
+        }
+        let mut reply = vec![0x88];
+        literal(&mut reply, b"grpc-status", b"3");
+        literal(&mut reply, b"grpc-message", echo.as_bytes());
+        frame(0x1, 0x5, id, &reply)
+    });
+    let stack = stack(3);
+    let (_, stderr) = run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", server.url())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20s3cret-token-123,x-api-key=k3y-abcdef",
+            )
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none"),
+    );
+    drop(server);
+    // The server did echo them: the secrets were in the request it answered.
+    let connections = connections.lock().unwrap();
+    let sent = request_fields(&connections[0].frames.iter().find(|f| f.0 == 0x1).unwrap().3);
+    assert!(sent.contains(&("authorization".into(), "Bearer s3cret-token-123".into())));
+    assert!(sent.contains(&("x-api-key".into(), "k3y-abcdef".into())));
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("traces export failed"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("INVALID_ARGUMENT (3): [31mbad request: content-type=application/grpc")
+            && line.contains(" authorization=REDACTED")
+            && line.contains(" x-api-key=REDACTED"),
+        "{line}"
+    );
+    assert!(
+        !stderr.contains("s3cret") && !stderr.contains("k3y-abcdef"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{202e}'),
+        "{stderr}"
+    );
+    assert_eq!(stack.count_by_status().get("ready").copied(), Some(3));
+}

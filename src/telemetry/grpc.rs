@@ -17,7 +17,11 @@
 //! delay; all within the export timeout) does the retrying. With gzip
 //! (`OTEL_EXPORTER_OTLP_COMPRESSION`), the exporter compresses the message and this
 //! client sets the compressed flag and `grpc-encoding: gzip`. A failure is logged on
-//! stderr now and then (never a header value).
+//! stderr now and then, never with a header value: what the server says (grpc-message,
+//! and any other text in a note) has every value of the request's metadata replaced
+//! by `REDACTED` (a server that echoes the request would show
+//! `OTEL_EXPORTER_OTLP_HEADERS` otherwise), control and bidirectional-override
+//! characters removed, and is cut to [`MAX_PEER_TEXT`] bytes.
 //!
 //! One connection per signal is kept open and reused; after GOAWAY, a broken
 //! connection or a protocol error, the next call opens a new one. A request the
@@ -26,9 +30,29 @@
 //! deadline. Everything, from the name lookup to the last byte of the reply, runs
 //! against one deadline: the signal's export timeout.
 //!
+//! A connection closed for the server's misbehaviour (a protocol or HPACK error, a
+//! flood over the HTTP/2 budgets, a reply too large) is not replaced at once: the
+//! next connection waits [`BACKOFF_FIRST`], doubled after each such close up to
+//! [`BACKOFF_MAX`], back to the first after a reply; a call meanwhile fails at once
+//! (the exporter retries or drops the batch as for a collector that is down), so a
+//! hostile server cannot keep us reconnecting in a loop.
+//!
 //! `https://` endpoints: TLS by rustls (ring) with ALPN `h2`, the server checked
 //! against the bundled roots, or against the PEM file `OTEL_EXPORTER_OTLP_CERTIFICATE`
 //! (or the per-signal variable) names.
+//!
+//! Nothing a server sends can panic: the module denies unwrap, expect, panic and
+//! unchecked indexing outside its tests.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
@@ -37,6 +61,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use opentelemetry_http::{Bytes, HttpError, Request, Response};
+use ureq::http::{HeaderValue, StatusCode};
 
 use super::h2::{self, Connection, Io};
 use super::{ErrorLog, Signal};
@@ -44,6 +69,17 @@ use super::{ErrorLog, Signal};
 /// How long a connection attempt may take: a collector that is down costs
 /// milliseconds, as for OTLP/HTTP.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The deadline of a call whose timeout is too large for the clock (a day: in effect,
+/// none; the exporter's own timeout ends the export first).
+const FAR: Duration = Duration::from_secs(24 * 3600);
+/// The most bytes of text from the server (grpc-message, an error) a note shows.
+const MAX_PEER_TEXT: usize = 512;
+/// What stands in place of a secret in a note (as in [`crate::redact`]).
+const REDACTED: &str = "REDACTED";
+/// The wait before a new connection after one closed for the server's misbehaviour.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest such wait (it doubles each time).
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Where the calls go: `http://host:port` (cleartext HTTP/2 with prior knowledge) or
 /// `https://host:port` (TLS, ALPN h2). The endpoint's path is not used: with gRPC the
@@ -100,6 +136,10 @@ impl Io for Box<dyn Io> {
     fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
         (**self).set_timeout(timeout)
     }
+
+    fn close_write(&mut self) -> io::Result<()> {
+        (**self).close_write()
+    }
 }
 
 /// The OTLP/gRPC client of one signal.
@@ -111,7 +151,7 @@ pub struct GrpcClient {
     timeout: Duration,
     /// The TLS client configuration, for https://.
     tls: Option<tls::Config>,
-    connection: Mutex<Option<Connection<Box<dyn Io>>>>,
+    connection: Mutex<Slot>,
     errors: ErrorLog,
 }
 
@@ -134,22 +174,26 @@ impl GrpcClient {
             target,
             timeout,
             tls,
-            connection: Mutex::new(None),
+            connection: Mutex::new(Slot::default()),
             errors: ErrorLog::new(signal),
         })
     }
 
     pub fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(self.timeout).unwrap_or(now + FAR);
         let (parts, body) = request.into_parts();
         // The exporter compresses the body when OTEL_EXPORTER_OTLP_COMPRESSION asks.
         let gzip = parts
             .headers
             .get("content-encoding")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let Ok(len) = u32::try_from(body.len()) else {
+            return Err("an export request larger than 4 GiB".into());
+        };
         let mut message = Vec::with_capacity(body.len() + 5);
         message.push(u8::from(gzip));
-        message.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        message.extend_from_slice(&len.to_be_bytes());
         message.extend_from_slice(&body);
         let grpc_timeout = format!("{}m", self.timeout.as_millis().clamp(1, 99_999_999));
         let mut headers: Vec<(&str, &[u8])> = vec![
@@ -160,12 +204,16 @@ impl GrpcClient {
         if gzip {
             headers.push(("grpc-encoding", b"gzip"));
         }
+        let mut secrets = Secrets::default();
         for (name, value) in &parts.headers {
             match name.as_str() {
                 // Said above, or not allowed in HTTP/2.
                 "content-type" | "content-encoding" | "content-length" | "te" | "grpc-timeout"
                 | "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "host" => {}
-                name => headers.push((name, value.as_bytes())),
+                name => {
+                    headers.push((name, value.as_bytes()));
+                    secrets.add(value.as_bytes());
+                }
             }
         }
         let request = h2::Request {
@@ -176,34 +224,42 @@ impl GrpcClient {
             body: &message,
         };
         match self.call(&request, deadline) {
-            Ok(response) => Ok(self.reply(response)),
-            Err(h2::Error::Reset(code)) => Ok(self.reset(code)),
+            Ok(response) => Ok(self.reply(response, &secrets)),
+            Err(Failure::H2(h2::Error::Reset(code))) => Ok(self.reset(code)),
             Err(e) => {
-                let what = format!("{}: {e}", self.authority);
+                let what = format!("{}: {}", self.authority, secrets.scrub(&e.to_string()));
                 self.errors.note(&what);
                 Err(what.into())
             }
         }
     }
 
-    /// Sends `request` on the open connection, or on a new one.
-    fn call(&self, request: &h2::Request, deadline: Instant) -> Result<h2::Response, h2::Error> {
+    /// Sends `request` on the open connection, or on a new one (unless backing off).
+    fn call(&self, request: &h2::Request, deadline: Instant) -> Result<h2::Response, Failure> {
         let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let mut again = true;
         loop {
-            let reused = slot.as_ref().is_some_and(Connection::usable);
-            if !reused {
-                *slot = None;
-                *slot = Some(self.connect(deadline)?);
-            }
-            let connection = slot.as_mut().expect("a connection");
+            let (mut connection, reused) = match slot.connection.take().filter(|c| c.usable()) {
+                Some(connection) => (connection, true),
+                None => {
+                    if let Some(left) = slot.waiting() {
+                        return Err(Failure::BackingOff(left));
+                    }
+                    let connection = self.connect(deadline).inspect_err(|e| slot.after(e))?;
+                    (Box::new(connection), false)
+                }
+            };
             let result = connection.request(request, deadline);
-            if !connection.usable() {
-                *slot = None;
+            if connection.usable() {
+                slot.connection = Some(connection);
+            }
+            match &result {
+                Ok(_) => slot.replied(),
+                Err(e) => slot.after(e),
             }
             match result {
                 Err(e) if again && (not_processed(&e) || reused && closed(&e)) => again = false,
-                result => return result,
+                result => return result.map_err(Failure::H2),
             }
         }
     }
@@ -232,21 +288,21 @@ impl GrpcClient {
     }
 
     /// The exporter's view of a gRPC reply.
-    fn reply(&self, response: h2::Response) -> Response<Bytes> {
-        let http = |status: u16, body: Vec<u8>| {
-            Response::builder()
-                .status(status)
-                .body(Bytes::from(body))
-                .expect("a status and a body")
-        };
+    fn reply(&self, response: h2::Response, secrets: &Secrets) -> Response<Bytes> {
         if response.status != 200 {
-            // Not a gRPC server's answer (a proxy's); 429, 502, 503 and 504 are retried
-            // by the exporter, as gRPC maps them to UNAVAILABLE.
+            // Not a gRPC server's answer (a proxy's). 429, 502, 503 and 504 are retried
+            // by the exporter, as gRPC maps them to UNAVAILABLE; any other status is
+            // dropped (gRPC's UNKNOWN), a 2xx other than 200 included: it is no
+            // success of the call.
             self.errors.note(&format!(
                 "{} answered HTTP {} to a gRPC call",
                 self.authority, response.status
             ));
-            return http(response.status, Vec::new());
+            let status = match response.status {
+                429 | 502 | 503 | 504 => response.status,
+                _ => 400,
+            };
+            return http(status, Vec::new());
         }
         let Some(code) = response
             .field("grpc-status")
@@ -260,10 +316,13 @@ impl GrpcClient {
         if code == 0 {
             // The reply's message (partial success), unless compressed: we never ask
             // for that, and the exporter only reads it for its log.
-            let body = match response.body.get(..5) {
-                Some([0, ..]) => response.body[5..].to_vec(),
-                _ => Vec::new(),
-            };
+            let mut body = response.body;
+            if body.len() >= 5 && body.first() == Some(&0) {
+                // In place, without a copy.
+                body.drain(..5);
+            } else {
+                body = Vec::new();
+            }
             return http(200, body);
         }
         let delay = response
@@ -276,7 +335,7 @@ impl GrpcClient {
         };
         let message = response
             .field("grpc-message")
-            .map(percent_decode)
+            .map(|text| secrets.scrub(&percent_decode(text)))
             .unwrap_or_default();
         self.errors.note(&format!(
             "{} answered {} ({code}){}{}",
@@ -290,7 +349,7 @@ impl GrpcClient {
             let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
             reply
                 .headers_mut()
-                .insert("retry-after", seconds.to_string().parse().expect("digits"));
+                .insert("retry-after", HeaderValue::from(seconds));
         }
         reply
     }
@@ -310,11 +369,88 @@ impl GrpcClient {
             self.authority,
             code_name(grpc)
         ));
-        Response::builder()
-            .status(status)
-            .body(Bytes::new())
-            .expect("a status")
+        http(status, Vec::new())
     }
+}
+
+/// The connection of a client, and when the next may be opened.
+#[derive(Debug)]
+struct Slot {
+    connection: Option<Box<Connection<Box<dyn Io>>>>,
+    /// No new connection before then (the last was closed for the server's
+    /// misbehaviour).
+    closed_until: Option<Instant>,
+    /// The wait after the next such close.
+    backoff: Duration,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            connection: None,
+            closed_until: None,
+            backoff: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Slot {
+    /// How long before a new connection may be opened, if at all.
+    fn waiting(&self) -> Option<Duration> {
+        let until = self.closed_until?;
+        Some(until.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero())
+    }
+
+    /// After a call that failed with `error`: a connection closed for the server's
+    /// misbehaviour starts a wait, twice as long as the last.
+    fn after(&mut self, error: &h2::Error) {
+        if error.misbehaved() {
+            let now = Instant::now();
+            self.closed_until = Some(now.checked_add(self.backoff).unwrap_or(now));
+            self.backoff = self.backoff.saturating_mul(2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// After a reply: no wait.
+    fn replied(&mut self) {
+        self.closed_until = None;
+        self.backoff = BACKOFF_FIRST;
+    }
+}
+
+/// Why a call got no reply.
+#[derive(Debug)]
+enum Failure {
+    H2(h2::Error),
+    /// No new connection yet (see [`Slot`]): this long still.
+    BackingOff(Duration),
+}
+
+impl From<h2::Error> for Failure {
+    fn from(e: h2::Error) -> Failure {
+        Failure::H2(e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::H2(e) => write!(f, "{e}"),
+            Failure::BackingOff(left) => write!(
+                f,
+                "not connecting again for {} ms: the last connection was closed for the \
+                 server's misbehaviour",
+                left.as_millis()
+            ),
+        }
+    }
+}
+
+/// A reply to the exporter: a status of ours, one of those it knows.
+fn http(status: u16, body: Vec<u8>) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    response
 }
 
 /// The addresses of `host`: an IP address as it is; a name looked up on a helper
@@ -392,27 +528,77 @@ fn code_name(code: u32) -> &'static str {
     .unwrap_or("an unknown code")
 }
 
-/// grpc-message is percent-encoded; control characters are dropped and its length
-/// is bounded, for one log line.
+/// grpc-message is percent-encoded (its length is bounded by the header list's).
 fn percent_decode(value: &[u8]) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() && out.len() < 300 {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (value[i], value.get(i + 1), value.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
-                i += 3;
-            }
-            (b, ..) => {
-                out.push(b);
-                i += 1;
-            }
+    let mut rest = value;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if let (b'%', &[h, l, ..]) = (b, tail)
+            && let (Some(h), Some(l)) = (hex(h), hex(l))
+        {
+            out.push(h << 4 | l);
+            rest = tail.get(2..).unwrap_or_default();
+        } else {
+            out.push(b);
         }
     }
-    String::from_utf8_lossy(&out)
-        .chars()
-        .filter(|c| !c.is_control())
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The values of a request's metadata (`OTEL_EXPORTER_OTLP_HEADERS` and the
+/// per-signal ones, as the exporter hands them over), never to be shown.
+#[derive(Debug, Default)]
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// A header value: the value, and each of its words of 8 bytes or more (the token
+    /// of `Bearer <token>`, echoed alone).
+    fn add(&mut self, value: &[u8]) {
+        let value = printable(&String::from_utf8_lossy(value));
+        let words = value.split_whitespace().filter(|w| w.len() >= 8);
+        let words: Vec<String> = words.map(str::to_string).collect();
+        self.0.push(value);
+        self.0.extend(words);
+        self.0.retain(|s| !s.is_empty());
+        // Longest first: a value before the words inside it.
+        self.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.0.dedup();
+    }
+
+    /// Text from the server, fit for one log line: control and bidirectional-override
+    /// characters removed, every secret and a URL's user information replaced, then
+    /// cut to [`MAX_PEER_TEXT`] bytes (after the replacing, so that no part of a
+    /// secret is left at the cut).
+    fn scrub(&self, text: &str) -> String {
+        let mut text = printable(text);
+        for secret in &self.0 {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), REDACTED);
+            }
+        }
+        let mut text = crate::redact::credentials(&text).into_owned();
+        if text.len() > MAX_PEER_TEXT {
+            let mut cut = MAX_PEER_TEXT - 3;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("...");
+        }
+        text
+    }
+}
+
+/// `text` without control characters and those that reorder what a terminal shows
+/// (bidirectional embeddings, overrides, isolates and marks).
+fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|&c| {
+            !c.is_control()
+                && !matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
         .collect()
 }
 
@@ -554,6 +740,13 @@ mod tls {
     impl Io for Tls {
         fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
             self.0.sock.set_timeout(timeout)
+        }
+
+        /// close_notify, then the TCP side.
+        fn close_write(&mut self) -> io::Result<()> {
+            self.0.conn.send_close_notify();
+            self.0.flush()?;
+            self.0.sock.close_write()
         }
     }
 
@@ -724,8 +917,186 @@ mod tests {
         );
         assert_eq!(retry_delay(b"CA4"), None, "a Status without details");
         assert_eq!(retry_delay(b"!!"), None);
-        assert_eq!(percent_decode(b"try%20later%0A"), "try later");
+        assert_eq!(percent_decode(b"try%20later%0A%zz%4"), "try later\n%zz%4");
         assert_eq!(code_name(14), "UNAVAILABLE");
+    }
+
+    fn client() -> GrpcClient {
+        let target = Target::parse("http://127.0.0.1:9").unwrap();
+        GrpcClient::new(Signal::Traces, target, None, Duration::from_secs(1)).unwrap()
+    }
+
+    fn response(status: u16, fields: &[(&str, &str)], body: &[u8]) -> h2::Response {
+        h2::Response {
+            status,
+            headers: fields
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: body.to_vec(),
+            trailers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn any_reply_maps_to_a_status_the_exporter_knows() {
+        let client = client();
+        let none = Secrets::default();
+        let status = |r: h2::Response| client.reply(r, &none).status().as_u16();
+        // Not a gRPC reply: retried as UNAVAILABLE, or dropped; never a success. Values
+        // h2 refuses (1000, 42) do not panic here either.
+        for (http, expected) in [
+            (503, 503),
+            (429, 429),
+            (502, 502),
+            (504, 504),
+            (204, 400),
+            (404, 400),
+            (302, 400),
+            (1000, 400),
+            (42, 400),
+        ] {
+            assert_eq!(status(response(http, &[], b"")), expected, "{http}");
+        }
+        assert_eq!(status(response(200, &[], b"")), 500, "no grpc-status");
+        assert_eq!(status(response(200, &[("grpc-status", "14")], b"")), 503);
+        assert_eq!(status(response(200, &[("grpc-status", "3")], b"")), 400);
+        assert_eq!(status(response(200, &[("grpc-status", "x")], b"")), 500);
+        // OK: the message without its 5-byte prefix; a compressed or short one dropped.
+        let ok = [("grpc-status", "0")];
+        let body = |r: h2::Response| client.reply(r, &none).into_body();
+        assert_eq!(body(response(200, &ok, b"\0\0\0\0\x02hi")), &b"hi"[..]);
+        assert_eq!(body(response(200, &ok, b"\x01\0\0\0\x02hi")), &b""[..]);
+        assert_eq!(body(response(200, &ok, b"\0\0")), &b""[..]);
+    }
+
+    #[test]
+    fn the_wait_after_a_misbehaving_server_doubles_to_its_cap_and_a_reply_ends_it() {
+        let mut slot = Slot::default();
+        assert_eq!(slot.waiting(), None);
+        slot.after(&h2::Error::Io(io::ErrorKind::ConnectionRefused.into()));
+        assert_eq!(slot.waiting(), None, "a collector that is down: no wait");
+        slot.after(&h2::Error::Reset(7));
+        assert_eq!(slot.waiting(), None);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            slot.after(&h2::Error::Calm("a flood"));
+            let left = slot.waiting().unwrap();
+            waits.push(left.as_millis().div_ceil(1000));
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        slot.replied();
+        assert_eq!(slot.waiting(), None);
+        slot.after(&h2::Error::Protocol("bad"));
+        assert!(slot.waiting().unwrap() <= BACKOFF_FIRST);
+    }
+
+    /// What a connection wrote, and whether it ended in a close (not a reset).
+    type Seen = Arc<Mutex<Vec<(Vec<u8>, bool)>>>;
+
+    /// A server on loopback that answers every connection with SETTINGS and a flood of
+    /// PINGs, and keeps what each connection wrote, until it closed.
+    fn flooding_server() -> (SocketAddr, Seen) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let kept = seen.clone();
+        thread::spawn(move || {
+            for socket in listener.incoming() {
+                let Ok(mut socket) = socket else { return };
+                let kept = kept.clone();
+                thread::spawn(move || {
+                    let mut flood = vec![0, 0, 0, 4, 0, 0, 0, 0, 0];
+                    for _ in 0..1000 {
+                        flood.extend([0, 0, 8, 6, 0, 0, 0, 0, 0]);
+                        flood.extend(b"12345678");
+                    }
+                    let _ = socket.write_all(&flood);
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    let mut written = Vec::new();
+                    let closed = socket.read_to_end(&mut written).is_ok();
+                    kept.lock().unwrap().push((written, closed));
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[test]
+    fn a_flooding_server_is_told_to_calm_down_and_not_reconnected_to_at_once() {
+        let (addr, seen) = flooding_server();
+        let target = Target::parse(&format!("http://{addr}")).unwrap();
+        let client = GrpcClient::new(Signal::Traces, target, None, Duration::from_secs(5)).unwrap();
+        let request = || {
+            Request::builder()
+                .method("POST")
+                .uri(format!("http://{addr}/v1/traces"))
+                .body(Bytes::from_static(b"batch"))
+                .unwrap()
+        };
+        let first = client.send(request()).unwrap_err().to_string();
+        assert!(first.contains("ENHANCE_YOUR_CALM"), "{first}");
+        let started = Instant::now();
+        let second = client.send(request()).unwrap_err().to_string();
+        assert!(second.contains("not connecting again"), "{second}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // The one connection, closed with GOAWAY ENHANCE_YOUR_CALM, the last thing
+        // written: our side ended after it, not reset (the server read to its end).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread::sleep(Duration::from_millis(100));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb];
+        assert!(seen[0].0.ends_with(&goaway), "{:?}", seen[0]);
+        assert!(seen[0].1, "closed, not reset");
+    }
+
+    #[test]
+    fn text_from_the_server_is_scrubbed_of_secrets_controls_and_length() {
+        let mut secrets = Secrets::default();
+        secrets.add(b"Bearer s3cret-token-123");
+        secrets.add(b"wood-shop");
+        secrets.add(b"");
+        let scrub = |text: &str| secrets.scrub(text);
+        assert_eq!(
+            scrub("echo: authorization=Bearer s3cret-token-123, x-tenant=wood-shop"),
+            "echo: authorization=REDACTED, x-tenant=REDACTED"
+        );
+        // The token alone; split by control or bidi characters; as percent-decoded.
+        assert_eq!(scrub("token s3cret-token-123!"), "token REDACTED!");
+        assert_eq!(scrub("s3cret-\u{7}token\u{202e}-123"), "REDACTED");
+        assert_eq!(
+            scrub(&percent_decode(b"Bearer%20s3cret%2Dtoken-123")),
+            "REDACTED"
+        );
+        // Terminal escapes, new lines and reordering characters are gone.
+        assert_eq!(
+            scrub("a\u{1b}[31mred\r\nb\u{2066}c\u{200f}d\u{61c}"),
+            "a[31mredbcd"
+        );
+        // A URL's user information, as everywhere else.
+        assert_eq!(
+            scrub("see http://u:pw@proxy:8080/x"),
+            "see http://REDACTED:REDACTED@proxy:8080/x"
+        );
+        // Bounded, on a character boundary, after the replacing: a secret across the
+        // cut is not left half shown.
+        let long = format!(
+            "{}Bearer s3cret-token-123{}",
+            "é".repeat(250),
+            "x".repeat(600)
+        );
+        let cut = scrub(&long);
+        assert!(cut.len() <= MAX_PEER_TEXT, "{}", cut.len());
+        assert!(cut.ends_with("..."));
+        assert!(!cut.contains("s3cret") && cut.contains("REDACTED"), "{cut}");
+        assert!(!scrub(&"é".repeat(1000)).contains('\u{fffd}'));
     }
 
     fn base64(bytes: &[u8]) -> String {
