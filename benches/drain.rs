@@ -78,6 +78,42 @@ fn main() {
     for wood in WOODS {
         stack.add_stock(wood, u64::MAX / 16);
     }
+    // DRAIN_BENCH_ONLY=telemetry: only the worker without and with telemetry exported,
+    // ROUNDS rounds in turns (a quick look while working on telemetry's cost).
+    if std::env::var("DRAIN_BENCH_ONLY").is_ok_and(|only| only == "telemetry") {
+        let rate = |run: &Run| BACKLOG as f64 / run.wall.as_secs_f64();
+        let cpu = |run: &Run| run.cpu.as_secs_f64() * 1000.0 / BACKLOG as f64;
+        let mut rows: [(&str, Vec<f64>, Vec<f64>); 3] = [
+            ("telemetry off", vec![], vec![]),
+            ("OTLP/HTTP", vec![], vec![]),
+            ("OTLP/gRPC", vec![], vec![]),
+        ];
+        for _ in 0..ROUNDS {
+            for (i, row) in rows.iter_mut().enumerate() {
+                let sink = OtlpSink::start().expect("start the OTLP sink");
+                let collector = GrpcSink::start();
+                let otlp = match i {
+                    1 => Some((sink.url(), false)),
+                    2 => Some((collector.url(), true)),
+                    _ => None,
+                };
+                stack.seed_orders(BACKLOG, &mut rng);
+                let run = run_worker(&stack, otlp);
+                row.1.push(rate(&run));
+                row.2.push(cpu(&run));
+            }
+        }
+        let off = median(rows[0].1.clone());
+        for (name, rates, cpus) in rows {
+            let r = median(rates);
+            println!(
+                "{name:<16} {r:>8.0} orders/s {:>6.2}x off   CPU {:.3} ms/order",
+                r / off,
+                median(cpus)
+            );
+        }
+        return;
+    }
 
     // The floor in a process of its own, as the worker is, then the worker without and
     // with telemetry exported, in ROUNDS rounds one after the other: each figure is

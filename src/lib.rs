@@ -68,6 +68,14 @@
 //!    [`CycleReport`], which the [`heartbeat`] and the metrics
 //!    ([`telemetry::instrument::instruments`]) then carry.
 
+// No input can panic the process (a peer's bytes, a file's, a setting's): outside
+// tests a panic is an abort (`panic = "abort"`) that cuts the order in flight short.
+// Modules that parse a peer's or a file's bytes also deny `clippy::indexing_slicing`.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod cli;
 pub mod config;
 pub mod exit;

@@ -1,6 +1,13 @@
 //! The binary only wires: the command line, start-up, `run` or `once`, what is left
 //! said, the exit code. Each step lives in `ordermanagement::startup`.
 
+// No input can panic the process (a peer's bytes, a file's, a setting's): outside
+// tests a panic is an abort (`panic = "abort"`) that cuts the order in flight short.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use std::process::ExitCode;
 
 use ordermanagement::startup;
