@@ -336,7 +336,7 @@ fn paragraphs(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
     let mut fenced = false;
-    let mut flush = |current: &mut String, out: &mut Vec<String>| {
+    let flush = |current: &mut String, out: &mut Vec<String>| {
         if !current.trim().is_empty() {
             out.push(std::mem::take(current));
         }
