@@ -167,14 +167,25 @@ fn once_with_every_fault() -> Output {
     once(&stack, "0.1", &["--pending-deadline", "3"])
 }
 
-/// `run` against a Stock Service failing every call for 2 s, then 10% of them, until
-/// the backlog is gone and cycles are idle.
+/// `run` against a Stock Service failing every call until it has failed 16 (the worker
+/// then rests it and probes it), then 10% of them, until the backlog is gone and cycles
+/// are idle.
 fn run_through_an_outage() -> Output {
     let mut knobs = Knobs::failing(0.1);
     knobs.stock_error_rate = 1.0;
     let stack = Stack::stocked(knobs, 1_000_000, 100, 3);
-    run_for(&stack, 5, || {
-        std::thread::sleep(Duration::from_secs(2));
+    let ids: Vec<u64> = stack.orders().iter().map(|o| o.id).collect();
+    run_for(&stack, 4, || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while ids
+            .iter()
+            .map(|id| stack.decrease_calls(*id))
+            .sum::<usize>()
+            < 16
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         stack.set_knobs(Knobs::failing(0.1));
     })
 }
