@@ -30,6 +30,7 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--locked",
     "--all-targets",
     "--check",
+    "--bench",
     // examples/local_stack.rs
     "--orders",
     "--order-port",
@@ -46,6 +47,7 @@ const OTEL: &[&str] = &[
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
     "OTEL_TRACES_EXPORTER",
     "OTEL_METRICS_EXPORTER",
     "OTEL_LOGS_EXPORTER",
@@ -72,6 +74,7 @@ const OTHER_NAMES: &[&str] = &[
     "CHAOS_ORDERS",
     "CHAOS_KILLS",
     "DRAIN_BENCH_BIN",
+    "DRAIN_BENCH_ONLY",
     "TCP_NODELAY",
     "DT_RELR",
     "O_CREAT",
@@ -250,23 +253,29 @@ fn anchors(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn every_link_between_the_docs_leads_somewhere() {
-    let pages = [
-        "README.md",
+/// Every Markdown page of the repository's docs: README.md, CONTRIBUTING.md,
+/// docs/*.md and the deploy folders' READMEs, with their names.
+fn pages() -> Vec<(String, String)> {
+    let mut all = docs();
+    for page in [
         "CONTRIBUTING.md",
-        "docs/how-it-works.md",
-        "docs/guarantees.md",
-        "docs/telemetry.md",
-        "docs/benchmarks.md",
         "deploy/grafana/README.md",
         "deploy/kubernetes/README.md",
-    ];
+    ] {
+        let text =
+            std::fs::read_to_string(root().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        all.push((page.to_string(), text));
+    }
+    all
+}
+
+#[test]
+fn every_link_between_the_docs_leads_somewhere_inside_the_repository() {
     let link = Regex::new(r"\]\(([^)\s]+)\)").unwrap();
+    let repository = root().canonicalize().expect("the repository");
     let mut broken = Vec::new();
-    for page in pages {
-        let path = root().join(page);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{page}: {e}"));
+    for (page, text) in pages() {
+        let path = root().join(&page);
         for c in link.captures_iter(&text) {
             let target = &c[1];
             if target.starts_with("http") {
@@ -278,15 +287,135 @@ fn every_link_between_the_docs_leads_somewhere() {
             } else {
                 path.parent().unwrap().join(file)
             };
-            if !file.exists() {
-                broken.push(format!("{page}: {target}: no such file"));
-            } else if !anchor.is_empty() {
-                let text = std::fs::read_to_string(&file).unwrap_or_default();
-                if !anchors(&text).contains(anchor) {
-                    broken.push(format!("{page}: {target}: no such heading"));
+            match file.canonicalize() {
+                Err(_) => broken.push(format!("{page}: {target}: no such file")),
+                Ok(found) if !found.starts_with(&repository) => {
+                    broken.push(format!("{page}: {target}: outside the repository"))
                 }
+                Ok(_) if !anchor.is_empty() => {
+                    let text = std::fs::read_to_string(&file).unwrap_or_default();
+                    if !anchors(&text).contains(anchor) {
+                        broken.push(format!("{page}: {target}: no such heading"));
+                    }
+                }
+                Ok(_) => {}
             }
+        }
+        // The docs stand alone: nothing that lives beside the repository is named.
+        if text.contains("../shared") || text.contains("api-contract") {
+            broken.push(format!("{page}: names a file outside the repository"));
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The most words README.md and docs/*.md may hold together, counted as `wc -w` does.
+const WORD_BUDGET: usize = 9_000;
+
+/// The most words one paragraph may hold.
+const PARAGRAPH_WORDS: usize = 120;
+
+fn words(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+#[test]
+fn the_readme_and_docs_stay_within_their_word_budget() {
+    let counts: Vec<(String, usize)> = docs().into_iter().map(|(f, t)| (f, words(&t))).collect();
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    assert!(
+        total <= WORD_BUDGET,
+        "{total} words, over the budget of {WORD_BUDGET}: {counts:?}"
+    );
+}
+
+/// The paragraphs of a Markdown text: runs of lines between blank lines, each list
+/// item apart, leaving out fenced code blocks, tables and headings.
+fn paragraphs(text: &str) -> Vec<String> {
+    let item = Regex::new(r"^\s*(?:[-*]|\d+\.)\s").unwrap();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut fenced = false;
+    let flush = |current: &mut String, out: &mut Vec<String>| {
+        if !current.trim().is_empty() {
+            out.push(std::mem::take(current));
+        }
+        current.clear();
+    };
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            flush(&mut current, &mut out);
+            continue;
+        }
+        let blank = line.trim().is_empty();
+        let skipped = fenced || line.trim_start().starts_with('|') || line.starts_with('#');
+        if blank || skipped || item.is_match(line) {
+            flush(&mut current, &mut out);
+        }
+        if !blank && !skipped {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    flush(&mut current, &mut out);
+    out
+}
+
+#[test]
+fn no_paragraph_is_over_120_words() {
+    let mut long = Vec::new();
+    for (page, text) in pages() {
+        for p in paragraphs(&text) {
+            let n = words(&p);
+            if n > PARAGRAPH_WORDS {
+                let start: String = p.chars().take(80).collect();
+                long.push(format!("{page}: {n} words: {start}…"));
+            }
+        }
+    }
+    assert!(long.is_empty(), "{}", long.join("\n"));
+}
+
+/// Words that look like commit hashes: 40 hex digits, or 7 to 12 with both a digit and
+/// a letter (a plain number is not one).
+fn hashes(text: &str) -> Vec<String> {
+    Regex::new(r"\b(?:[0-9a-f]{40}|[0-9a-f]{7,12})\b")
+        .unwrap()
+        .find_iter(text)
+        .map(|m| m.as_str())
+        .filter(|h| {
+            h.len() == 40
+                || (h.chars().any(|c| c.is_ascii_digit())
+                    && h.chars().any(|c| c.is_ascii_alphabetic()))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn no_page_names_a_commit() {
+    let mut found = Vec::new();
+    for (page, text) in pages() {
+        for h in hashes(&text) {
+            found.push(format!("{page}: {h}"));
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn the_prose_checks_see_what_they_check() {
+    let text = "# Title\n\nOne two three.\n\n```\ncode code\n```\n\n| a | b |\n|---|---|\n\n- one\n- two\n  three\n";
+    assert_eq!(
+        paragraphs(text),
+        ["One two three.\n", "- one\n", "- two\n  three\n"]
+    );
+    assert_eq!(
+        hashes("built at bec6e4b, not 4294967295 or deadline"),
+        ["bec6e4b"]
+    );
+    assert_eq!(hashes(&"a1".repeat(20)).len(), 1);
+    assert!(words(&"word ".repeat(121)) > PARAGRAPH_WORDS);
+    assert!(pages().len() >= 8);
 }
