@@ -40,6 +40,12 @@ pub struct CycleReport {
     pub duration: Duration,
 }
 
+/// `n` and its noun, in the plural but for one: `1 order`, `3 orders`.
+pub fn counted(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 impl CycleReport {
     /// True when every fetched order reached a final state and nothing is left to retry:
     /// `once` exits 0 then, 1 otherwise.

@@ -7,6 +7,7 @@ use crate::cli::Cli;
 use crate::config::{Config, HealthcheckConfig, Invocation, Mode};
 use crate::exit::Exit;
 use crate::journal::{self, FileJournal};
+use crate::report::counted;
 use crate::stop::Stop;
 use crate::telemetry::{self, Telemetry, instrument};
 use crate::worker::Worker;
@@ -412,9 +413,10 @@ impl Started {
         if refused > 0 {
             log::error!(
                 target: TARGET,
-                "{refused} orders decided but their status update refused by the Order Service \
+                "{} decided but their status update refused by the Order Service \
                  (400/404): orders {orders}; the stock of the ready ones is taken and they may \
                  still be registered{}: check each order and set it by hand",
+                counted(refused as u64, "order"),
                 if self.state_file {
                     ""
                 } else {
@@ -427,15 +429,17 @@ impl Started {
             if self.state_file {
                 log::warn!(
                     target: TARGET,
-                    "exiting with {quarantined} orders quarantined (an answer about each alone \
-                     went wrong): {orders}; the state file keeps them for the next run"
+                    "exiting with {} quarantined (an answer about each alone went wrong): \
+                     {orders}; the state file keeps them for the next run",
+                    counted(quarantined as u64, "order")
                 );
             } else {
                 log::error!(
                     target: TARGET,
-                    "exiting with {quarantined} orders quarantined (an answer about each alone \
-                     went wrong) and no state file: {orders}; a new run will not know the stock \
-                     of the ready ones is taken: set those orders by hand"
+                    "exiting with {} quarantined (an answer about each alone went wrong) and \
+                     no state file: {orders}; a new run will not know the stock of the ready \
+                     ones is taken: set those orders by hand",
+                    counted(quarantined as u64, "order")
                 );
             }
         }
@@ -452,14 +456,16 @@ impl Started {
         if self.state_file {
             log::warn!(
                 target: TARGET,
-                "exiting with {pending} status updates pending ({why}): orders {orders}; the state \
-                 file keeps them for the next run"
+                "exiting with {} pending ({why}): orders {orders}; the state file keeps them \
+                 for the next run",
+                counted(pending as u64, "status update")
             );
         } else {
             log::error!(
                 target: TARGET,
-                "exiting with {pending} status updates pending ({why}) and no --state-file: orders \
-                 {orders}; a new run will not know their stock is taken: set those orders by hand"
+                "exiting with {} pending ({why}) and no state file: orders {orders}; a new \
+                 run will not know their stock is taken: set those orders by hand",
+                counted(pending as u64, "status update")
             );
         }
     }

@@ -101,7 +101,7 @@ impl StockClient {
         if reply.status == 500 && reply.describe().contains(AT_THE_WRITE) {
             return Err(CallError::InDoubt {
                 detail: format!(
-                    "Stock Service decrease failed at its write (500 {}): the stock may be taken",
+                    "Stock Service decrease failed at its write (500 {})",
                     reply.describe()
                 ),
                 status: Some(reply.status),

@@ -177,6 +177,8 @@ pub struct Worker {
     outages: [Outage; 2],
     /// The last cycle found nothing to do: idle cycles are logged at debug.
     idle: bool,
+    /// The line saying idle cycles are logged at debug was said (and not yet undone).
+    idle_told: bool,
     /// `once`: an order made `ready` is logged at debug (a big backlog's cron mail
     /// holds only what went wrong and the summary).
     quiet_success: bool,
@@ -334,6 +336,7 @@ impl Worker {
             outages: [Outage::default(), Outage::default()],
             // Start-up has said enough: a first cycle with nothing to do says no more.
             idle: true,
+            idle_told: false,
             quiet_success: false,
             heartbeat: None,
             quarantine: BTreeMap::new(),
@@ -505,6 +508,11 @@ impl Worker {
         let Some(deadline) = self.settle_deadline() else {
             return;
         };
+        if Instant::now() >= deadline {
+            // Each update's own line said its deadline passed.
+            report.pending = self.pending.len() as u64;
+            return;
+        }
         log::info!(
             "{} status updates pending: orders {}; trying them until they land, a stop, or \
              --pending-deadline ({} s from each decision)",
@@ -873,12 +881,13 @@ impl Worker {
         let (count, orders) = self.quarantined_orders();
         log::warn!(
             quarantined = count as u64, pending = self.pending.len() as u64;
-            "still stuck: {count} orders quarantined (each tried again alone, on a backoff up \
-             to {} s){}{}; {} status updates pending{}{}",
+            "still stuck: {} quarantined (each tried again alone, on a backoff up to {} s){}{}; \
+             {} pending{}{}",
+            crate::report::counted(count as u64, "order"),
             QUARANTINE_MAX.as_secs(),
             if count > 0 { ": " } else { "" },
             orders,
-            self.pending.len(),
+            crate::report::counted(self.pending.len() as u64, "status update"),
             if self.pending.is_empty() { "" } else { ": orders " },
             self.pending_orders()
         );
@@ -1166,6 +1175,8 @@ impl Worker {
             reason,
         };
         let order = *task.order();
+        // Seen in this cycle's list (or resumed from an earlier one): not departed.
+        cycle.listed.insert(order.id);
         self.quarantine.insert(
             order.id,
             Quarantined {
@@ -1556,11 +1567,13 @@ impl Worker {
             (false, true) => log::Level::Warn,
             (false, false) => log::Level::Info,
         };
-        if self.idle && !idle && !self.quiet_success {
+        if self.idle && !idle && !self.quiet_success && self.idle_told {
             log::info!("orders to handle: cycles are logged again");
+            self.idle_told = false;
         }
         if idle && !self.idle {
             log::info!("no registered orders left; idle cycles are logged at debug");
+            self.idle_told = true;
         }
         self.idle = idle;
         log::log!(

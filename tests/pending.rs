@@ -216,7 +216,10 @@ fn a_stop_during_the_pending_wait_exits_promptly_naming_the_orders() {
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stderr(&out);
-    let head = format!("exiting with {} status updates pending", taken.len());
+    let head = format!(
+        "exiting with {} pending",
+        ordermanagement::report::counted(taken.len() as u64, "status update")
+    );
     let line = text
         .lines()
         .find(|l| l.contains(&head))
@@ -255,8 +258,8 @@ fn the_pending_deadline_ends_once_with_exit_1_naming_the_orders() {
     assert!(!taken.is_empty());
     assert!(
         text.contains(&format!(
-            "exiting with {} status updates pending (the Order Service did not take them in time)",
-            taken.len()
+            "exiting with {} pending (the Order Service did not take them in time)",
+            ordermanagement::report::counted(taken.len() as u64, "status update")
         )),
         "{text}"
     );

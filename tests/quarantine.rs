@@ -188,6 +188,11 @@ fn a_decrease_answered_outside_the_contract_holds_back_only_its_order() {
     // The first attempt, the one after the probe, at most one after its quarantine.
     let calls = stack.decrease_calls(1);
     assert!((2..=3).contains(&calls), "{calls} decreases:\n{err}");
+    let entered = err
+        .lines()
+        .filter(|l| l.contains("order 1 ") && l.contains("quarantined"))
+        .count();
+    assert_eq!(entered, 1, "one line when it enters quarantine:\n{err}");
     assert_taken_at_most_once(&stack);
 }
 
