@@ -115,11 +115,10 @@ impl Record {
 /// What a state file belongs to: both services' base URLs (credentials left out) and
 /// the shard. Written as the file's first line; a worker for other services or another
 /// shard refuses the file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub orders: String,
     pub stocks: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
 }
 
@@ -139,12 +138,14 @@ enum OwnerOp {
     Owner,
 }
 
-/// The owner's line.
+/// The owner's line (its fields spelled out: serde's `flatten` costs kilobytes of code).
 #[derive(Debug, Serialize, Deserialize)]
 struct OwnerLine {
     op: OwnerOp,
-    #[serde(flatten)]
-    owner: Owner,
+    orders: String,
+    stocks: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
 }
 
 /// Why a journal cannot be used; the worker must not start then.
@@ -786,7 +787,11 @@ fn replay(path: &Path, file: impl io::Read) -> Result<(Live, Traces, Option<Owne
         // Without its newline, the line is the file's last: read_until stops only there.
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         if let Ok(line) = serde_json::from_slice::<OwnerLine>(text) {
-            owner = Some(line.owner);
+            owner = Some(Owner {
+                orders: line.orders,
+                stocks: line.stocks,
+                shard: line.shard,
+            });
             continue;
         }
         let parsed = serde_json::from_slice::<Record>(text)
@@ -875,7 +880,9 @@ fn write_compacted(
         if let Some(owner) = owner {
             let mut line = serde_json::to_vec(&OwnerLine {
                 op: OwnerOp::Owner,
-                owner: owner.clone(),
+                orders: owner.orders.clone(),
+                stocks: owner.stocks.clone(),
+                shard: owner.shard.clone(),
             })
             .map_err(io::Error::other)?;
             line.push(b'\n');
