@@ -202,6 +202,10 @@ fn floor_intervals(
     (raised, line)
 }
 
+/// The longest export timeout taken from `OTEL_EXPORTER_OTLP_TIMEOUT` and its
+/// per-signal forms.
+pub const MAX_EXPORT_TIMEOUT_MS: u64 = 30_000;
+
 impl Settings {
     /// Reads the standard variables through `var` (the process environment in main).
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Settings {
@@ -211,15 +215,31 @@ impl Settings {
                 .filter(|v| !v.is_empty())
         };
         let mut notes = Vec::new();
-        let millis = |name: &str| {
-            get(name)
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_millis)
+        // An export timeout above the ceiling is taken as the ceiling, said once: a
+        // collector that stays silent is reported within a minute.
+        let mut over = Vec::new();
+        let mut millis = |name: &str| {
+            let ms = get(name).and_then(|v| v.parse::<u64>().ok())?;
+            if ms > MAX_EXPORT_TIMEOUT_MS {
+                over.push(format!("{name}={ms} taken as {MAX_EXPORT_TIMEOUT_MS}"));
+            }
+            Some(Duration::from_millis(ms.min(MAX_EXPORT_TIMEOUT_MS)))
         };
         let export_timeout =
             millis("OTEL_EXPORTER_OTLP_TIMEOUT").unwrap_or(Duration::from_secs(10));
         let signal_timeouts = Signal::ALL
             .map(|signal| millis(&format!("OTEL_EXPORTER_OTLP_{}_TIMEOUT", signal.upper())));
+        if !over.is_empty() {
+            notes.push((
+                log::Level::Warn,
+                format!(
+                    "{}: an export waits at most {} s, so that a silent collector is reported \
+                     within a minute",
+                    over.join(", "),
+                    MAX_EXPORT_TIMEOUT_MS / 1000
+                ),
+            ));
+        }
         let baggage = get("OTEL_PROPAGATORS")
             .filter(|p| !p.trim().is_empty())
             .is_none_or(|p| p.split(',').any(|p| p.trim() == "baggage"));
@@ -988,6 +1008,32 @@ mod tests {
         assert!(propagators("")); // the specification's default: tracecontext,baggage
         assert!(propagators("baggage, tracecontext"));
         assert!(!propagators("tracecontext"));
+    }
+
+    #[test]
+    fn export_timeouts_above_the_ceiling_are_lowered_with_one_warning() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "600000"),
+            ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "18446744073709551615"),
+        ]);
+        assert_eq!(s.timeout(Signal::Traces), Duration::from_secs(30));
+        assert_eq!(s.timeout(Signal::Logs), Duration::from_secs(30));
+        let warnings: Vec<&String> = s
+            .notes
+            .iter()
+            .filter(|(level, _)| *level == log::Level::Warn)
+            .map(|(_, line)| line)
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "OTEL_EXPORTER_OTLP_TIMEOUT=600000 taken as 30000, \
+                 OTEL_EXPORTER_OTLP_LOGS_TIMEOUT=18446744073709551615 taken as 30000"
+            ),
+            "{}",
+            warnings[0]
+        );
     }
 
     #[test]
