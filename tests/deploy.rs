@@ -1065,10 +1065,40 @@ fn walk_containers(value: &Value) -> Vec<&Value> {
 // ------------------------------------------------------------------ Grafana: traces
 
 /// The dashboard's JSON (`tests/telemetry.rs` checks its PromQL against the metrics the
-/// worker exports; here, its Tempo side, which needs no worker).
+/// worker exports; here, its Tempo side and its outcome panel, which need no worker).
 fn dashboard() -> serde_json::Value {
     let rel = "deploy/grafana/dashboards/ordermanagement.json";
     serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not valid JSON: {e}"))
+}
+
+#[test]
+fn the_outcome_panel_gives_every_outcome_a_colour_and_a_word() {
+    let dashboard = dashboard();
+    let panel = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .find(|p| p["title"] == "Orders per second by outcome")
+        .expect("dashboard: no panel `Orders per second by outcome`");
+    let coloured: BTreeSet<&str> = panel["fieldConfig"]["overrides"]
+        .as_array()
+        .expect("overrides")
+        .iter()
+        .filter(|o| o["matcher"]["id"] == "byName")
+        .filter(|o| o["properties"].to_string().contains("fixedColor"))
+        .filter_map(|o| o["matcher"]["options"].as_str())
+        .collect();
+    let description = panel["description"].as_str().unwrap_or_default();
+    for name in ordermanagement::Outcome::NAMES {
+        assert!(
+            coloured.contains(name),
+            "Orders per second by outcome: no fixed colour for outcome `{name}`"
+        );
+        assert!(
+            description.contains(&format!(" {name} (")),
+            "Orders per second by outcome: the description does not say what `{name}` is"
+        );
+    }
 }
 
 /// A TraceQL literal, as a comparison's right-hand side.
