@@ -668,7 +668,7 @@ fn in_words(error: &ureq::Error, waits: Waits) -> String {
 /// What a TLS handshake answered with something that is not TLS means (rustls:
 /// "received corrupt message of type InvalidContentType", as an I/O error of kind
 /// `InvalidData` from the connect): a plain-HTTP port behind an `https://` URL.
-fn not_tls(text: &str) -> Option<String> {
+pub fn not_tls(text: &str) -> Option<String> {
     text.contains("InvalidContentType").then(|| {
         "the server does not speak TLS (a plain-HTTP port?): use http:// instead of https://".into()
     })

@@ -978,3 +978,36 @@ fn batch_sizes_out_of_bounds_are_clamped_with_one_warning_and_export_goes_on() {
     assert_eq!(spans.iter().filter(|s| s.name == "order").count(), 3);
     assert!(!log_records(&sink).is_empty());
 }
+
+#[test]
+fn an_https_endpoint_on_a_plain_port_is_named_as_such() {
+    use std::io::{Read, Write};
+    // A plain-HTTP server, as a collector's OTLP/HTTP port is: it answers a TLS hello
+    // with an HTTP error.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let stack = stack(2);
+    let out = run_once(
+        worker(&stack)
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("https://127.0.0.1:{port}"),
+            )
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .arg("once"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not speak TLS (a plain-HTTP port?): use http://"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("InvalidContentType"), "{stderr}");
+}

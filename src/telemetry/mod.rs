@@ -473,7 +473,12 @@ impl UreqClient {
             Ok(r) => self
                 .errors
                 .note(&format!("collector answered {}", r.status())),
-            Err(e) => self.errors.note(&e.to_string()),
+            // An https:// endpoint on a plain port: said as the services' calls say it.
+            Err(e) => {
+                let text = e.to_string();
+                self.errors
+                    .note(&crate::http::not_tls(&text).unwrap_or(text));
+            }
         }
         result.map_err(Into::into)
     }
