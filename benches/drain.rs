@@ -39,6 +39,72 @@ const ROUNDS: usize = 3;
 /// services' pace".
 const REAL_SERVICE_LATENCY: Duration = Duration::from_millis(4);
 
+/// 2,000 orders drained by `once` and by `run`, with and without one more order whose
+/// status update is answered `409` (quarantined), in turns: the wall times, and the
+/// ratio with the quarantined order to without.
+fn print_quarantine_rows(rng: &mut fastrand::Rng) {
+    let drain = |odd: bool, run: bool, rng: &mut fastrand::Rng| {
+        let mut knobs = Knobs::default();
+        if odd {
+            knobs
+                .status_answers
+                .insert(1, standin::Answer::new(409, r#"{"error": "conflict"}"#));
+        }
+        let stack = Stack::start(0, 0, knobs).expect("start the stand-in services");
+        for wood in WOODS {
+            stack.add_stock(wood, u64::MAX / 16);
+        }
+        // Order 1 first, then 2,000 others.
+        stack.seed_orders(FAULT_ORDERS + 1, rng);
+        let others = |stack: &Stack| {
+            stack
+                .orders()
+                .iter()
+                .filter(|o| o.id != 1 && o.status == "registered")
+                .count()
+        };
+        let started = Instant::now();
+        if run {
+            let mut child = worker_command(&stack)
+                .args(["run", "--interval", "0.1"])
+                .spawn()
+                .expect("start the worker");
+            while others(&stack) > 0 {
+                assert!(started.elapsed() < Duration::from_secs(300), "not drained");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let wall = started.elapsed();
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            child.wait().expect("wait for the worker");
+            wall
+        } else {
+            worker_command(&stack)
+                .arg("once")
+                .status()
+                .expect("run once");
+            assert_eq!(others(&stack), 0, "once left orders registered");
+            started.elapsed()
+        }
+    };
+    println!(
+        "{FAULT_ORDERS} orders, replies at once, with and without one more order quarantined (its status update answered 409), {STATE_PAIRS} pairs in turns:"
+    );
+    for (name, run) in [("once", false), ("run --interval 0.1", true)] {
+        let pairs: Vec<(Duration, Duration)> = (0..STATE_PAIRS)
+            .map(|_| (drain(false, run, rng), drain(true, run, rng)))
+            .collect();
+        let free = median(pairs.iter().map(|p| p.0.as_secs_f64()).collect());
+        let odd = median(pairs.iter().map(|p| p.1.as_secs_f64()).collect());
+        println!(
+            "{name:<24} {:.2} s without, {:.2} s with one quarantined: {:.2}x the rate",
+            free,
+            odd,
+            free / odd
+        );
+    }
+}
+
 /// One state-file row: orders, delay per reply, pairs of wall times (without, with).
 type StateRow = (usize, Duration, Vec<(Duration, Duration)>);
 
@@ -69,6 +135,11 @@ fn main() {
         return;
     }
     let mut rng = fastrand::Rng::with_seed(1);
+    // DRAIN_BENCH_ONLY=quarantine: only the quarantine rows.
+    if std::env::var("DRAIN_BENCH_ONLY").is_ok_and(|only| only == "quarantine") {
+        print_quarantine_rows(&mut rng);
+        return;
+    }
     // DRAIN_BENCH_ONLY=state: only the state file's rows (a quick look while working).
     if std::env::var("DRAIN_BENCH_ONLY").is_ok_and(|only| only == "state") {
         print_state_rows(&state_rows(&mut rng));
