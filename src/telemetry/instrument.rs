@@ -3,7 +3,6 @@
 //! that carry the trace to the services. Only the `opentelemetry` API is used here: the
 //! providers behind it are set (or left no-op) by [`crate::telemetry`] at start.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -33,12 +32,41 @@ pub fn shard_attribute(shard: impl std::fmt::Display) -> KeyValue {
 /// Headers to add to a request so that the services continue the current trace (none
 /// with the instrumentation off: no propagator is set then, and the global one is not
 /// even looked up).
-pub fn propagation_headers() -> HashMap<String, String> {
-    let mut headers = HashMap::new();
+pub fn propagation_headers() -> Vec<(String, String)> {
+    let mut headers = Headers(Vec::new());
     if active() {
         opentelemetry::global::get_text_map_propagator(|p| p.inject(&mut headers));
     }
-    headers
+    headers.0
+}
+
+/// The propagator's headers, in a list: two or three of them, no map (nor its hashing)
+/// needed on every request.
+struct Headers(Vec<(String, String)>);
+
+impl opentelemetry::propagation::Injector for Headers {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_string(), value));
+    }
+}
+
+/// The host and port of an `http(s)://` URL (the scheme's port when none is given),
+/// read without building a `Uri` on every request.
+fn host_and_port(url: &str) -> (&str, Option<u16>) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    // `[::1]:5000`: the brackets stay out of the address, as `Uri::host` keeps them.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse().ok()),
+        _ => (authority, Some(default)),
+    };
+    (host, port.or(Some(default)))
 }
 
 /// A span made current until dropped; ended when dropped.
@@ -314,18 +342,8 @@ impl HttpAttempt {
         if !active() {
             return HttpAttempt { on: None };
         }
-        let uri: Option<ureq::http::Uri> = url.parse().ok();
-        let host = uri
-            .as_ref()
-            .and_then(|u| u.host())
-            .unwrap_or("")
-            .to_string();
-        let port = uri.as_ref().and_then(|u| {
-            u.port_u16().or(match u.scheme_str() {
-                Some("https") => Some(443),
-                _ => Some(80),
-            })
-        });
+        let (host, port) = host_and_port(url);
+        let host = host.to_string();
         let mut common = vec![
             KeyValue::new("http.request.method", method),
             KeyValue::new("server.address", host),
@@ -378,5 +396,29 @@ impl HttpAttempt {
         instruments()
             .http_duration
             .record(a.started.elapsed().as_secs_f64(), &a.common);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_and_port_are_read_as_a_uri_would_give_them() {
+        for url in [
+            "http://order:5000/orders/1",
+            "https://u:p@stock.example/stocks/decrease?x=1",
+            "http://[::1]:5001/stocks/decrease",
+            "http://127.0.0.1/orders/status/registered?skip=0&limit=10",
+        ] {
+            let uri: ureq::http::Uri = url.parse().unwrap();
+            let port = uri.port_u16().or(match uri.scheme_str() {
+                Some("https") => Some(443),
+                _ => Some(80),
+            });
+            assert_eq!(
+                super::host_and_port(url),
+                (uri.host().unwrap(), port),
+                "{url}"
+            );
+        }
     }
 }
