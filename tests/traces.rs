@@ -290,3 +290,40 @@ fn a_status_update_retried_after_a_restart_stays_in_its_order_trace() {
     }
     assert!(decided_then > 0, "no order was decided by the first run");
 }
+
+#[test]
+fn an_order_deferred_and_taken_again_in_a_later_cycle_continues_its_first_trace() {
+    // Every decrease of order 1 is answered 503 for its first cycle (the retries are
+    // spent: deferred, left registered), then taken in a later cycle of the same run.
+    let mut knobs = Knobs::default();
+    knobs.decrease_answers.insert(
+        1,
+        standin::Answer::new(503, r#"{"error": "Service Unavailable"}"#),
+    );
+    let stack = stack(3, knobs);
+    let sink = OtlpSink::start().unwrap();
+    let mut running = Running::start(
+        worker(&stack, &sink)
+            .env("ERROR_RATE", "0")
+            .env("MAX_RETRIES", "1")
+            .args(["run", "--interval", "0.5"]),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stack.decrease_calls(1) < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(stack.decrease_calls(1) >= 4, "two cycles tried order 1");
+    stack.set_knobs(Knobs::default());
+    while stack.status(1).as_deref() != Some("ready") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stack.status(1).as_deref(), Some("ready"));
+    std::thread::sleep(Duration::from_millis(300));
+    running.signal(libc::SIGTERM);
+    running.wait_for(Duration::from_secs(10)).expect("stops");
+    let spans = spans(&sink);
+    let ones = &order_spans(&spans)["1"];
+    assert!(ones.len() >= 3, "an order span per cycle: {}", ones.len());
+    let traces: HashSet<&Vec<u8>> = ones.iter().map(|s| &s.trace_id).collect();
+    assert_eq!(traces.len(), 1, "one trace for order 1 across its cycles");
+}
