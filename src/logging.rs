@@ -56,6 +56,17 @@ const NOT_EXPORTED: [&str; 5] = [
 /// export is on.
 static EXPORT: RwLock<Option<Box<dyn Log>>> = RwLock::new(None);
 
+/// A message as a line carries it: credentials redacted, at most [`MAX_MESSAGE`]
+/// characters.
+fn line_message(message: &str) -> String {
+    let message = crate::redact::credentials(message);
+    crate::outcome::shorten(&message, MAX_MESSAGE).into_owned()
+}
+
+/// The longest message a line carries, in characters: with its time, level, target
+/// and fields a line stays under 2 KB.
+pub const MAX_MESSAGE: usize = 1200;
+
 /// Every record to stderr and, when logs export is on, to OTLP (with the trace and span
 /// of the order it belongs to).
 struct Tee {
@@ -73,9 +84,10 @@ impl Log for Tee {
         if capped(record.metadata()) || !self.stderr.matches(record) {
             return;
         }
-        // Credentials in a URL never reach a line, whoever logs it.
+        // Credentials in a URL never reach a line, whoever logs it; and no message is
+        // longer than MAX_MESSAGE characters, whatever a service sent into it.
         let message = record.args().to_string();
-        let message = crate::redact::credentials(&message);
+        let message = line_message(&message);
         self.write(
             &Record::builder()
                 .args(format_args!("{message}"))
@@ -500,6 +512,20 @@ impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_redacted_and_cut_to_its_cap() {
+        let long = format!("http://u:secret@h:1/ {}", "x".repeat(10_000));
+        let line = line_message(&long);
+        assert!(!line.contains("secret"));
+        assert_eq!(
+            line.chars().count(),
+            MAX_MESSAGE + 1,
+            "the cap and an ellipsis"
+        );
+        assert!(line.ends_with('…'));
+        assert_eq!(line_message("short"), "short");
+    }
     use std::time::Duration;
 
     #[test]
