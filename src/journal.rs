@@ -67,6 +67,7 @@ enum Op {
     Sending,
     Decided,
     Finished,
+    Quarantined,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,6 +81,12 @@ struct Record {
     /// The order's trace (`trace_id-span_id`, hex), on `decided`: a restart continues it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     trace: Option<String>,
+    /// On `quarantined`: the times in a row, and when it is tried again (ms since the
+    /// Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    times: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until: Option<u64>,
 }
 
 /// The longest `trace` a record may carry: 32 + 1 + 16 hex digits.
@@ -94,6 +101,17 @@ impl Record {
             quantity: order.quantity,
             status: status.map(|s| s.as_str().to_string()),
             trace: None,
+            times: None,
+            until: None,
+        }
+    }
+
+    /// An order's `quarantined` record.
+    fn quarantine(order: &Order, status: Option<OrderStatus>, times: u32, until: u64) -> Record {
+        Record {
+            times: Some(times),
+            until: Some(until),
+            ..Record::new(Op::Quarantined, order, status)
         }
     }
 
@@ -696,6 +714,36 @@ impl Journal for FileJournal {
     fn in_flight(&self) -> Vec<(Order, InFlight)> {
         self.live.values().copied().collect()
     }
+
+    fn quarantined(
+        &mut self,
+        order: &Order,
+        status: Option<OrderStatus>,
+        times: u32,
+        until_ms: u64,
+    ) -> io::Result<()> {
+        let state = InFlight::Quarantined {
+            status,
+            times,
+            until_ms,
+        };
+        self.live.insert(order.id, (*order, state));
+        self.take_slot(order.id);
+        if self.stale.is_some() {
+            return self.bring_up_to_date();
+        }
+        let line = record_line(
+            &Record::quarantine(order, status, times, until_ms)
+                .with_trace(self.traces.get(&order.id)),
+        )?;
+        // Rides on the next sync: lost in a crash of the machine, a restart only tries
+        // the order again at once (its decision, if any, is in the file already).
+        if let Err(e) = self.append_with(&[line.as_slice(), b"\n"].concat(), false) {
+            self.stale = Some(format!("order {}'s quarantine not recorded: {e}", order.id));
+            return Err(e);
+        }
+        self.compact_if_large()
+    }
 }
 
 impl Drop for FileJournal {
@@ -799,23 +847,38 @@ fn replay(path: &Path, file: impl io::Read) -> Result<(Live, Traces, Option<Owne
             .and_then(|r| {
                 let order = r.order().ok_or("not a valid order")?;
                 let status = match (&r.op, r.status.as_deref().map(OrderStatus::parse)) {
-                    (Op::Decided, Some(Some(s))) => Some(s),
+                    (Op::Decided | Op::Quarantined, Some(Some(s))) => Some(s),
                     (Op::Decided, _) => return Err("decided without a valid status".into()),
+                    (Op::Quarantined, Some(None)) => {
+                        return Err("quarantined with an invalid status".into());
+                    }
                     _ => None,
                 };
-                Ok((r.op, order, status, r.trace))
+                let quarantine = (r.times.unwrap_or(1), r.until.unwrap_or(0));
+                Ok((r.op, order, status, r.trace, quarantine))
             });
         match parsed {
-            Ok((Op::Sending, order, _, _)) => {
+            Ok((Op::Sending, order, _, _, _)) => {
                 live.insert(order.id, (order, InFlight::Sent));
             }
-            Ok((Op::Decided, order, Some(status), trace)) => {
+            Ok((Op::Quarantined, order, status, _, (times, until_ms))) => {
+                let state = InFlight::Quarantined {
+                    status,
+                    times,
+                    until_ms,
+                };
+                live.insert(order.id, (order, state));
+                if status.is_none() {
+                    traces.remove(&order.id);
+                }
+            }
+            Ok((Op::Decided, order, Some(status), trace, _)) => {
                 live.insert(order.id, (order, InFlight::Decided(status)));
                 if let Some(trace) = trace {
                     traces.insert(order.id, trace);
                 }
             }
-            Ok((_, order, _, _)) => {
+            Ok((_, order, _, _, _)) => {
                 live.remove(&order.id);
                 traces.remove(&order.id);
             }
@@ -904,6 +967,18 @@ fn write_compacted(
                     line.push(b'\n');
                     line
                 }
+                InFlight::Quarantined {
+                    status,
+                    times,
+                    until_ms,
+                } => {
+                    let mut line = record_line(
+                        &Record::quarantine(order, *status, *times, *until_ms)
+                            .with_trace(traces.get(&order.id)),
+                    )?;
+                    line.push(b'\n');
+                    line
+                }
             };
             out.write_all(&line)?;
             offset += line.len() as u64;
@@ -940,6 +1015,50 @@ mod tests {
             wood_type: WoodType::Elm,
             quantity: 4,
         }
+    }
+
+    #[test]
+    fn a_quarantine_outlives_a_restart_and_a_rewrite() {
+        let dir = temp_dir("quarantine");
+        let path = dir.join("state.jsonl");
+        {
+            let mut j = FileJournal::open(&path).unwrap();
+            j.sending(&order(1)).unwrap();
+            j.decided(&order(1), OrderStatus::Ready).unwrap();
+            j.quarantined(&order(1), Some(OrderStatus::Ready), 2, 1_000)
+                .unwrap();
+            j.quarantined(&order(2), None, 1, 2_000).unwrap();
+            j.quarantined(&order(3), None, 1, 3_000).unwrap();
+            j.finished(&order(3)).unwrap();
+        }
+        for _ in 0..2 {
+            // Replayed, then rewritten at open: the same both times.
+            let j = FileJournal::open(&path).unwrap();
+            let mut in_flight = j.in_flight();
+            in_flight.sort_by_key(|(o, _)| o.id);
+            assert_eq!(
+                in_flight,
+                vec![
+                    (
+                        order(1),
+                        InFlight::Quarantined {
+                            status: Some(OrderStatus::Ready),
+                            times: 2,
+                            until_ms: 1_000
+                        }
+                    ),
+                    (
+                        order(2),
+                        InFlight::Quarantined {
+                            status: None,
+                            times: 1,
+                            until_ms: 2_000
+                        }
+                    ),
+                ]
+            );
+        }
+        fs::remove_dir_all(dir).unwrap();
     }
 
     fn temp_dir(name: &str) -> PathBuf {

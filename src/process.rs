@@ -29,6 +29,14 @@ pub enum InFlight {
     Sent,
     /// The status to set is decided (`ready`: stock taken); only the update is left.
     Decided(OrderStatus),
+    /// Quarantined ([`crate::outcome::Outcome::Quarantined`]): decided (`Some`, only
+    /// its update left) or nothing taken (`None`); `times` in a row, tried again after
+    /// `until_ms` (milliseconds since the Unix epoch).
+    Quarantined {
+        status: Option<OrderStatus>,
+        times: u32,
+        until_ms: u64,
+    },
 }
 
 /// Where the worker writes down, before each step, what it is about to do, so that a
@@ -73,6 +81,17 @@ pub trait Journal {
     fn trace_of(&self, id: u64) -> Option<String> {
         let _ = id;
         None
+    }
+    /// The order is quarantined (see [`InFlight::Quarantined`]); by default not kept.
+    fn quarantined(
+        &mut self,
+        order: &Order,
+        status: Option<OrderStatus>,
+        times: u32,
+        until_ms: u64,
+    ) -> io::Result<()> {
+        let _ = (order, status, times, until_ms);
+        Ok(())
     }
     /// The status is set, or nothing was taken: the order can be forgotten.
     fn finished(&mut self, order: &Order) -> io::Result<()>;
@@ -345,6 +364,32 @@ impl Journey {
     /// Makes every record written so far durable.
     pub fn sync(&mut self) -> io::Result<()> {
         self.journal.sync()
+    }
+
+    /// Writes down that `order` is quarantined until `until` (a failure only costs the
+    /// quarantine's memory across a restart: logged).
+    pub fn quarantined(
+        &mut self,
+        order: &Order,
+        status: Option<OrderStatus>,
+        times: u32,
+        until: std::time::SystemTime,
+    ) {
+        let until_ms = until
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if let Err(e) = self.journal.quarantined(order, status, times, until_ms) {
+            log::error!(
+                "order {}: could not write its quarantine to the state file: {e}",
+                order.id
+            );
+        }
+    }
+
+    /// Forgets `order` in the journal (a quarantined order with nothing taken that left
+    /// quarantine or the list).
+    pub fn forget(&mut self, order: &Order) {
+        self.journal_finished(order);
     }
 
     /// Orders a previous run left unfinished, from the journal, with their traces.

@@ -329,6 +329,13 @@ fn dry_run_in_flight(path: &std::path::Path, in_flight: &[(crate::Order, crate::
                 "{} (decrease sent, outcome not known: set unknown)",
                 order.id
             ),
+            crate::InFlight::Quarantined {
+                status: Some(status),
+                ..
+            } => format!("{} (quarantined, set {status} when it lands)", order.id),
+            crate::InFlight::Quarantined { status: None, .. } => {
+                format!("{} (quarantined, nothing taken)", order.id)
+            }
         })
         .collect::<Vec<_>>()
         .join(", ");

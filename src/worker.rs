@@ -346,6 +346,32 @@ impl Worker {
         };
         for (order, state, trace) in recovered {
             let (status, reason) = match state {
+                InFlight::Quarantined {
+                    status,
+                    times,
+                    until_ms,
+                } => {
+                    // Its quarantine goes on where the previous run left it.
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    let left =
+                        Duration::from_millis(until_ms.saturating_sub(now_ms)).min(QUARANTINE_MAX);
+                    worker.quarantine.insert(
+                        order.id,
+                        Quarantined {
+                            order,
+                            status,
+                            decision: "decided before a restart".into(),
+                            cause: "quarantined before a restart".into(),
+                            times,
+                            due: Instant::now() + left,
+                            trace,
+                            decided_at: status.map(|_| Instant::now()),
+                        },
+                    );
+                    continue;
+                }
                 InFlight::Decided(status) => (
                     status,
                     "decided before a restart; status update retried".to_string(),
@@ -381,6 +407,15 @@ impl Worker {
                 "state file: {} orders left in flight by a previous run; only their status updates are retried",
                 worker.pending.len()
             );
+        }
+        if !worker.quarantine.is_empty() {
+            let (count, orders) = worker.quarantined_orders();
+            log::info!(
+                "state file: {} quarantined by a previous run, each tried again when its \
+                 quarantine is over: {orders}",
+                crate::report::counted(count as u64, "order")
+            );
+            worker.reminded = Some(Instant::now());
         }
         worker
     }
@@ -854,16 +889,21 @@ impl Worker {
         if !cycle.saw_whole_list() {
             return;
         }
-        self.quarantine.retain(|id, q| {
-            let keep = q.status.is_some() || cycle.listed.contains(id);
-            if !keep {
-                log::info!(
-                    "order {id}: no longer registered while quarantined (nothing was taken); \
-                     forgotten"
-                );
-            }
-            keep
-        });
+        let departed: Vec<Order> = self
+            .quarantine
+            .values()
+            .filter(|q| q.status.is_none() && !cycle.listed.contains(&q.order.id))
+            .map(|q| q.order)
+            .collect();
+        for order in departed {
+            log::info!(
+                "order {}: no longer registered while quarantined (nothing was taken); \
+                 forgotten",
+                order.id
+            );
+            self.quarantine.remove(&order.id);
+            self.journey.forget(&order);
+        }
     }
 
     /// Names the quarantined and pending orders at most every [`REMINDER_EVERY`].
@@ -912,6 +952,9 @@ impl Worker {
                 "order {id}: out of quarantine: the {} fails for other orders too",
                 service.name()
             );
+            if q.status.is_none() {
+                self.journey.forget(&q.order);
+            }
             if let Some(status) = q.status {
                 self.pending.insert(
                     *id,
@@ -1189,6 +1232,12 @@ impl Worker {
                 trace: Some(task.trace()),
                 decided_at: task.decided_at(),
             },
+        );
+        self.journey.quarantined(
+            &order,
+            task.decided(),
+            times,
+            std::time::SystemTime::now() + delay,
         );
         self.reminded.get_or_insert_with(Instant::now);
         self.finish(cycle, task, outcome);

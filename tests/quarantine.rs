@@ -226,6 +226,19 @@ fn cron_runs_with_a_409_take_its_stock_once_and_process_the_others_at_the_first_
         assert!(err.contains("quarantined"), "run {run}: {err}");
     }
     assert_eq!(stack.taken(1), 1);
+    // The state file keeps its quarantine: the runs that followed within its first
+    // 10 s left it alone.
+    assert_eq!(
+        stack.status_calls(1),
+        1,
+        "one status update in four quick runs"
+    );
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"op\":\"quarantined\"") && l.contains("\"id\":1,")),
+        "{text}"
+    );
     assert_taken_at_most_once(&stack);
     let _ = std::fs::remove_dir_all(&dir);
 }
