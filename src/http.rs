@@ -456,7 +456,8 @@ impl Http {
 /// Adds the current trace's `traceparent` (and `tracestate`, `baggage`) headers.
 fn with_trace<B>(mut request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
     for (name, value) in propagation_headers() {
-        request = request.header(name, value);
+        // Known, valid names: taken as they are, not parsed again for every request.
+        request = request.header(ureq::http::HeaderName::from_static(name), value);
     }
     request
 }

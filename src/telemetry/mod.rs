@@ -862,6 +862,7 @@ fn export_retries() -> opentelemetry_otlp::RetryPolicy {
 }
 
 fn set_propagator(baggage: bool) {
+    instrument::set_baggage(baggage);
     use opentelemetry::propagation::TextMapCompositePropagator;
     use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
     if baggage {
