@@ -304,6 +304,22 @@ pub fn read_only(path: &Path) -> Result<Vec<(Order, InFlight)>, JournalError> {
     Ok(live.into_values().collect())
 }
 
+/// What the journal at `path` belongs to and how many orders it holds in flight, read
+/// without locking or writing (a default state file's neighbours, at start).
+pub fn peek(path: &Path) -> Result<(Option<Owner>, usize), JournalError> {
+    crate::files::check_regular_or_absent(path).map_err(|e| io_at(path, e))?;
+    let file = crate::files::open_regular(path, OpenOptions::new().read(true))
+        .map_err(|e| io_at(path, e))?;
+    if file.metadata().map_err(|e| io_at(path, e))?.len() > MAX_STATE_FILE_BYTES {
+        return Err(JournalError::Unusable {
+            path: path.to_path_buf(),
+            detail: format!("it is larger than {MAX_STATE_FILE_BYTES} bytes"),
+        });
+    }
+    let (live, _, owner) = replay(path, &file)?;
+    Ok((owner, live.len()))
+}
+
 impl FileJournal {
     /// Locks, replays and compacts the journal at `path` (created if missing).
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
@@ -659,6 +675,10 @@ impl Journal for FileJournal {
 
     fn durable(&self) -> u64 {
         self.durable
+    }
+
+    fn keeps_state(&self) -> bool {
+        true
     }
 
     fn sync(&mut self) -> io::Result<()> {

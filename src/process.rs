@@ -77,6 +77,10 @@ pub trait Journal {
     fn sync(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// True when the journal outlives the process (a state file).
+    fn keeps_state(&self) -> bool {
+        false
+    }
     /// The trace kept with an order in flight, if any.
     fn trace_of(&self, id: u64) -> Option<String> {
         let _ = id;
@@ -354,6 +358,11 @@ impl Journey {
 
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
+    }
+
+    /// True when what the worker writes down outlives the process (a state file).
+    pub fn keeps_state(&self) -> bool {
+        self.journal.keeps_state()
     }
 
     /// True when `task`'s decision is on disk, so its status update may go.

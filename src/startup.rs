@@ -133,7 +133,10 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
         );
         return Err(fail_at_start(config, &e));
     }
-    let state_file = state_file(config);
+    let state_file = match state_file(config) {
+        Ok(path) => path,
+        Err(e) => return Err(fail_at_start(config, &e)),
+    };
     let owner = journal::Owner {
         orders: owner_url(&config.orders_url),
         stocks: owner_url(&config.stocks_url),
@@ -198,7 +201,7 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
 
 /// The state file to use, with one line when there is none: turned off, no state
 /// directory known, or the default directory not creatable (a configuration fallback).
-fn state_file(config: &Config) -> Option<std::path::PathBuf> {
+fn state_file(config: &Config) -> Result<Option<std::path::PathBuf>, String> {
     use crate::config::StateChoice;
     const RISK: &str = "a decided order whose status update has not landed when the run \
                         ends (a refused, hanging or failing update) has its stock taken again \
@@ -206,7 +209,7 @@ fn state_file(config: &Config) -> Option<std::path::PathBuf> {
     match (config.state_choice, &config.state_file) {
         (StateChoice::Off, _) => {
             log::warn!(target: TARGET, "no state file (turned off): {RISK}");
-            None
+            Ok(None)
         }
         (StateChoice::Nowhere, _) => {
             log::warn!(
@@ -214,11 +217,11 @@ fn state_file(config: &Config) -> Option<std::path::PathBuf> {
                 "no state file: none of STATE_FILE, STATE_DIRECTORY, XDG_STATE_HOME or HOME is \
                  set; {RISK}: set STATE_FILE to a path that outlives the run"
             );
-            None
+            Ok(None)
         }
         (StateChoice::Default, Some(path)) if !config.dry_run => {
             let Some(dir) = path.parent() else {
-                return Some(path.clone());
+                return Ok(Some(path.clone()));
             };
             let made = if dir.is_dir() {
                 Ok(())
@@ -232,7 +235,10 @@ fn state_file(config: &Config) -> Option<std::path::PathBuf> {
             match made {
                 Ok(()) => {
                     log::debug!(target: TARGET, "state file {}", path.display());
-                    Some(path.clone())
+                    if let Some(other) = resharded_neighbour(config, path) {
+                        return Err(other);
+                    }
+                    Ok(Some(path.clone()))
                 }
                 Err(e) => {
                     log::warn!(
@@ -241,12 +247,54 @@ fn state_file(config: &Config) -> Option<std::path::PathBuf> {
                          writable path",
                         dir.display()
                     );
-                    None
+                    Ok(None)
                 }
             }
         }
-        (_, path) => path.clone(),
+        (_, path) => Ok(path.clone()),
     }
+}
+
+/// Another default state file beside `path` for the same two services but another
+/// sharding (re-sharded replicas, or a shard set or left out), which still holds orders
+/// in flight: a worker that ignored it would decrease them again. Named in the error.
+/// Sibling shards of the same count, and other stacks, have files of their own.
+fn resharded_neighbour(config: &Config, path: &std::path::Path) -> Option<String> {
+    let dir = path.parent()?;
+    let orders = owner_url(&config.orders_url);
+    let stocks = owner_url(&config.stocks_url);
+    let count = |shard: &Option<String>| {
+        shard
+            .as_deref()
+            .and_then(|s| s.split_once('/'))
+            .map(|(_, n)| n.to_string())
+    };
+    let ours = count(&config.shard.map(|s| s.to_string()));
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        let other = entry.path();
+        let name = other.file_name()?.to_str().unwrap_or_default().to_string();
+        if other == path || !name.starts_with("state-") || !name.ends_with(".jsonl") {
+            continue;
+        }
+        let Ok((Some(owner), in_flight)) = journal::peek(&other) else {
+            continue;
+        };
+        if in_flight > 0
+            && owner.orders == orders
+            && owner.stocks == stocks
+            && count(&owner.shard) != ours
+        {
+            return Some(format!(
+                "state file {} holds {} in flight of the same services for another \
+                 sharding ({}); a worker that ignored it would take their stock again: \
+                 finish them with that sharding (its SHARD), or set STATE_FILE to that file",
+                other.display(),
+                counted(in_flight as u64, "order"),
+                owner.shard.as_deref().unwrap_or("no shard")
+            ));
+        }
+    }
+    None
 }
 
 /// A base URL as a state file's owner records it: credentials left out, bounded.

@@ -235,6 +235,8 @@ struct Cycle {
     /// update waits for the next sync (the next order's `sending` record, or one of
     /// its own when nothing else comes), so one sync serves two records.
     awaiting: Vec<Task>,
+    /// The stop's wind-down ran ([`Worker::wind_down`]).
+    wound_down: bool,
 }
 
 impl Cycle {
@@ -279,6 +281,7 @@ impl Cycle {
             requeued: HashMap::new(),
             listed: HashSet::new(),
             awaiting: Vec::new(),
+            wound_down: false,
         }
     }
 
@@ -708,6 +711,11 @@ impl Worker {
     /// cycles) get [`STOP_GRACE`] to land, the Order Service's health respected. What
     /// is left then stays pending.
     fn wind_down(&mut self, cycle: &mut Cycle) {
+        // Once per cycle: `run` winds down on a stop, and the loop around it must not
+        // give the same updates a second grace.
+        if std::mem::replace(&mut cycle.wound_down, true) {
+            return;
+        }
         self.release_awaiting(cycle, true);
         for task in cycle.scheduler.drain_service(Service::Stock) {
             let outcome = task.abandon("stop requested", Deferral::Stopped);
@@ -906,6 +914,36 @@ impl Worker {
         }
     }
 
+    /// Past the cap, quarantined orders with nothing taken are let go, those due
+    /// soonest first: they are taken again as new orders when listed.
+    fn trim_quarantine(&mut self) {
+        if self.quarantine.len() <= self.quarantine_cap {
+            return;
+        }
+        let mut undecided: Vec<(Instant, Order)> = self
+            .quarantine
+            .values()
+            .filter(|q| q.status.is_none())
+            .map(|q| (q.due, q.order))
+            .collect();
+        undecided.sort_by_key(|(due, order)| (*due, order.id));
+        let over = self.quarantine.len() - self.quarantine_cap;
+        let mut let_go = 0;
+        for (_, order) in undecided.into_iter().take(over) {
+            self.quarantine.remove(&order.id);
+            self.journey.forget(&order);
+            let_go += 1;
+        }
+        if let_go > 0 {
+            log::warn!(
+                "quarantine at its cap ({}): {} with nothing taken, due soonest, leave it \
+                 and are taken again as new orders",
+                self.quarantine_cap,
+                crate::report::counted(let_go as u64, "order")
+            );
+        }
+    }
+
     /// Names the quarantined and pending orders at most every [`REMINDER_EVERY`].
     fn remind(&mut self) {
         if self.quarantine.is_empty() && self.pending.is_empty() {
@@ -990,14 +1028,24 @@ impl Worker {
                     self.pending.len()
                 ));
             }
-            if self.quarantine.len() >= self.quarantine_cap
+            // Decided orders in quarantine hold stock taken: at the cap, no new order.
+            // Those with nothing taken hold nothing: past the cap the ones due soonest
+            // are let go (taken again as new orders), so the cap never stops the list.
+            let decided = self
+                .quarantine
+                .values()
+                .filter(|q| q.status.is_some())
+                .count();
+            if decided >= self.quarantine_cap
                 && (!cycle.page.is_empty() || cycle.next_page.is_some())
             {
                 cycle.end_list(format!(
-                    "{} orders quarantined (the cap): no new orders until some leave quarantine",
-                    self.quarantine.len()
+                    "{} decided orders quarantined (the cap): no new orders until some leave \
+                     quarantine",
+                    decided
                 ));
             }
+            self.trim_quarantine();
             let work = Work {
                 new_orders: !cycle.page.is_empty(),
                 page_low: cycle.page.is_empty()
@@ -1202,6 +1250,18 @@ impl Worker {
     /// An answer about this order alone went wrong: it is held back, on a backoff of
     /// its own, and named once ([`Worker::remind`] names all of them now and then).
     fn enter_quarantine(&mut self, cycle: &mut Cycle, task: Task, cause: String) {
+        // `once` without a state file: nothing would remember a decided order after the
+        // run, so it stays pending, tried until `--pending-deadline` like any other.
+        if self.decision_deadline.is_some()
+            && task.decided().is_some()
+            && !self.journey.keeps_state()
+        {
+            let why = format!("{cause}; not quarantined: no state file would keep it");
+            let now = Instant::now();
+            let due = now + self.journey.policy().cap;
+            self.wait_or_give_up(cycle, task, Service::Orders, due, &why);
+            return;
+        }
         let times = task.quarantined().saturating_add(1);
         let delay = quarantine_delay(times, fastrand::f64());
         let what = if task.decided().is_some() {

@@ -268,3 +268,56 @@ fn once_pending_deadline_counts_from_the_decision_whatever_retry_after_says() {
     assert!(!err.contains("stop requested"), "no stop was sent:\n{err}");
     assert_eq!(stack.taken(3), 1);
 }
+
+#[test]
+fn once_without_a_state_file_keeps_trying_a_decided_order_it_cannot_keep() {
+    // Order 1's status update is answered 409 for its first 2 s. With no state file,
+    // quarantine would forget it at exit: it is retried instead, until it lands.
+    let mut knobs = Knobs::default();
+    knobs
+        .status_answers
+        .insert(1, Answer::new(409, r#"{"error": "conflict"}"#));
+    let (stack, _) = stack_with(5, knobs);
+    let shared = std::sync::Arc::new(stack);
+    let fixer = {
+        let stack = shared.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            stack.set_knobs(Knobs::default());
+        })
+    };
+    let out = Running::start(&mut worker(&shared, &["once", "--pending-deadline", "20"]))
+        .wait_for(Duration::from_secs(60))
+        .expect("once ends");
+    fixer.join().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(shared.status(1).as_deref(), Some("ready"), "{err}");
+    assert_eq!(shared.taken(1), 1);
+    assert_taken_at_most_once(&shared);
+}
+
+#[test]
+fn the_quarantine_cap_never_stops_the_list() {
+    use ordermanagement::{Stop, Worker};
+    // Three orders answered 422 at their decrease, each between orders answered as
+    // usual (so each is its own trouble), a cap of 2: the quarantine keeps 2, and
+    // later orders still flow.
+    let mut knobs = Knobs::default();
+    for id in [2, 4, 6] {
+        knobs
+            .decrease_answers
+            .insert(id, Answer::new(422, r#"{"detail": "no"}"#));
+    }
+    let (stack, _) = stack_with(7, knobs);
+    let config = common::quick_config(&stack.orders_url(), &stack.stocks_url());
+    let mut worker = Worker::new(&config, Stop::new());
+    worker.set_quarantine_cap(2);
+    let first = worker.cycle();
+    assert_eq!(first.quarantined, 2, "{first:?}");
+    assert_eq!(first.ready, 4, "{first:?}");
+    let later: Vec<u64> = (0..5).map(|_| stack.add_order("oak", 1)).collect();
+    worker.cycle();
+    assert_eq!(ready(&stack, &later), 5, "new orders taken at the cap");
+    assert_taken_at_most_once(&stack);
+}

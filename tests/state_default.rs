@@ -170,3 +170,23 @@ fn a_state_file_written_for_other_services_is_refused_naming_both() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_default_state_file_of_another_sharding_with_orders_in_flight_is_not_ignored() {
+    let home = temp_dir("reshard");
+    let stack = refusing_stack();
+    // Sharded in two: order 1 (odd ids, shard 1/2) is left quarantined in its file.
+    let out = once(&stack, &[("HOME", &home)], &["--shard", "1/2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stack.taken(1), 1);
+    // Its sibling shard has a file of its own and runs.
+    let out = once(&stack, &[("HOME", &home)], &["--shard", "0/2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Unsharded, the same services: refused, naming the file that holds order 1.
+    let out = once(&stack, &[("HOME", &home)], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("another sharding (1/2)"), "{err}");
+    assert_eq!(stack.taken(1), 1, "order 1's stock taken once");
+    let _ = std::fs::remove_dir_all(&home);
+}
