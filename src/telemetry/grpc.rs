@@ -63,8 +63,8 @@ use std::time::{Duration, Instant};
 use opentelemetry_http::{Bytes, HttpError, Request, Response};
 use ureq::http::{HeaderValue, StatusCode};
 
-use super::h2::{self, Connection, Io};
 use super::{ErrorLog, Signal};
+use grpc_unary::h2::{self, Connection, Io};
 
 /// How long a connection attempt may take: a collector that is down costs
 /// milliseconds, as for OTLP/HTTP.
@@ -129,16 +129,6 @@ fn method(signal: Signal) -> &'static str {
         Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
         Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
         Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-    }
-}
-
-impl Io for Box<dyn Io> {
-    fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
-        (**self).set_timeout(timeout)
-    }
-
-    fn close_write(&mut self) -> io::Result<()> {
-        (**self).close_write()
     }
 }
 
@@ -718,7 +708,7 @@ mod tls {
     use rustls::pki_types::{CertificateDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-    use super::super::h2::{Error, Io};
+    use grpc_unary::h2::{Error, Io};
 
     struct Tls(StreamOwned<ClientConnection, TcpStream>);
 
@@ -830,7 +820,7 @@ mod tls {
     use std::net::TcpStream;
     use std::time::Instant;
 
-    use super::super::h2::{Error, Io};
+    use grpc_unary::h2::{Error, Io};
 
     pub type Config = ();
 

@@ -9,7 +9,6 @@
 //! through [`instrument`]; with export off, those calls go to no-op providers.
 
 pub mod grpc;
-pub mod h2;
 pub mod instrument;
 
 use std::future::Future;
