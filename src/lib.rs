@@ -30,7 +30,7 @@
 //! | [`http`] | the shared agent and timeouts, trace headers and a span per attempt, what the transport said |
 //! | [`resolve`] | name lookups, kept for 30 s |
 //! | [`telemetry`] | the OpenTelemetry SDK: settings, exporters, shutdown (start-up only) |
-//! | [`telemetry::grpc`], [`telemetry::h2`] | OTLP/gRPC without an async runtime: the exporter's requests as gRPC calls, on a small synchronous HTTP/2 client |
+//! | [`telemetry::grpc`] | OTLP/gRPC without an async runtime: the exporter's requests as gRPC unary calls of the workspace crate [`grpc_unary`] (a small synchronous HTTP/2 client, `crates/grpc-unary`) |
 //! | [`telemetry::instrument`] | the spans, events and metrics the worker records (the API only) |
 //! | [`logging`] | stderr lines (text or JSON) and the hook the OTLP logs export is installed in |
 //! | [`stop`], [`files`], [`redact`] | the stop flag and signals; files that cannot be aimed elsewhere; credentials kept out of text |
@@ -43,7 +43,7 @@
 //! worker  -> process, pager, schedule, report, outcome, retry, heartbeat, telemetry::instrument
 //! process -> orders, stock, outcome, retry, schedule, logging, telemetry::instrument
 //! orders, stock -> http -> resolve, telemetry::instrument
-//! telemetry -> logging (installs its export), telemetry::grpc -> telemetry::h2
+//! telemetry -> logging (installs its export), telemetry::grpc -> grpc_unary (a crate)
 //! heartbeat -> report, logging (its timestamps); journal -> process (its trait)
 //! ```
 //!

@@ -1,9 +1,10 @@
 //! Everything OpenTelemetry SDK: settings from the standard environment variables, an
-//! OTLP/HTTP client built on the worker's own ureq and an OTLP/gRPC one on a small
-//! HTTP/2 client ([`grpc`], [`h2`]; no async runtime either way), one provider per
-//! signal with the SDK's batch processors and periodic reader on their own threads, the
-//! OTLP logs bridge handed to [`crate::logging`], and a guard that flushes and shuts
-//! them down on every exit path. Only [`crate::startup`] uses these items.
+//! OTLP/HTTP client built on the worker's own ureq and an OTLP/gRPC one on the small
+//! HTTP/2 client of the crate [`grpc_unary`] ([`grpc`]; no async runtime either way),
+//! one provider per signal with the SDK's batch processors and periodic reader on their
+//! own threads, the OTLP logs bridge handed to [`crate::logging`], and a guard that
+//! flushes and shuts them down on every exit path. Only [`crate::startup`] uses these
+//! items.
 //!
 //! The worker, its steps and the HTTP transport use only the `opentelemetry` API,
 //! through [`instrument`]; with export off, those calls go to no-op providers.

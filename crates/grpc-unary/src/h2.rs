@@ -20,22 +20,14 @@
 //! unknown types, empty CONTINUATION...) are counted against a budget per request
 //! ([`FRAME_BUDGET`]), as are CONTINUATION frames per header block
 //! ([`MAX_CONTINUATIONS`]): a peer over either is told ENHANCE_YOUR_CALM and the
-//! connection closed ([`Error::Calm`]). Nothing the peer sends can panic: the module
+//! connection closed ([`Error::Calm`]). Nothing the peer sends can panic: the crate
 //! denies unwrap, expect, panic and unchecked indexing outside its tests.
-
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+pub use crate::Error;
 
 /// The connection preface a client sends first.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -140,79 +132,13 @@ impl Io for TcpStream {
     }
 }
 
-/// Why a request got no reply.
-#[derive(Debug)]
-pub enum Error {
-    /// The socket failed or closed, or the deadline passed.
-    Io(io::Error),
-    /// The peer broke the protocol; the connection is closed (GOAWAY PROTOCOL_ERROR).
-    Protocol(&'static str),
-    /// A header block that is not valid HPACK; the connection is closed (GOAWAY
-    /// COMPRESSION_ERROR: the decoder's table can no longer be trusted).
-    Compression(&'static str),
-    /// The peer went over a budget (frames that carry no reply, CONTINUATION frames,
-    /// the header list size); the connection is closed (GOAWAY ENHANCE_YOUR_CALM).
-    Calm(&'static str),
-    /// The peer said GOAWAY before it took this stream: it was not processed, and can
-    /// be sent again on a new connection.
-    Refused { code: u32 },
-    /// The peer reset the stream with this error code.
-    Reset(u32),
-    /// The reply's body is larger than [`MAX_BODY`]; the connection is closed (GOAWAY
-    /// ENHANCE_YOUR_CALM).
-    TooLarge,
-}
-
-impl Error {
-    /// The peer misbehaved (and the connection was closed for it): a new connection
-    /// to the same peer is best not opened at once.
-    pub fn misbehaved(&self) -> bool {
-        matches!(
-            self,
-            Error::Protocol(_) | Error::Compression(_) | Error::Calm(_) | Error::TooLarge
-        )
-    }
-
-    /// The GOAWAY code a connection closed for this error is closed with.
-    fn goaway_code(&self) -> Option<u32> {
-        match self {
-            Error::Protocol(_) => Some(PROTOCOL_ERROR),
-            Error::Compression(_) => Some(COMPRESSION_ERROR),
-            Error::Calm(_) | Error::TooLarge => Some(ENHANCE_YOUR_CALM),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => f.write_str("timed out"),
-            Error::Io(e) => write!(f, "{e}"),
-            Error::Protocol(what) => write!(f, "HTTP/2 protocol error: {what}"),
-            Error::Compression(what) => write!(f, "HTTP/2 header block refused: {what}"),
-            Error::Calm(what) => write!(
-                f,
-                "HTTP/2 peer over its budget: {what}; connection closed (ENHANCE_YOUR_CALM)"
-            ),
-            Error::Refused { code } => {
-                write!(
-                    f,
-                    "connection going away (GOAWAY code {code}) before the request"
-                )
-            }
-            Error::Reset(code) => write!(f, "stream reset by the peer (RST_STREAM code {code})"),
-            Error::TooLarge => write!(
-                f,
-                "a reply body larger than {MAX_BODY} bytes; connection closed (ENHANCE_YOUR_CALM)"
-            ),
-        }
-    }
-}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Error {
-        Error::Io(e)
+/// The GOAWAY code a connection closed for `error` is closed with.
+fn goaway_code(error: &Error) -> Option<u32> {
+    match error {
+        Error::Protocol(_) => Some(PROTOCOL_ERROR),
+        Error::Compression(_) => Some(COMPRESSION_ERROR),
+        Error::Calm(_) | Error::TooLarge => Some(ENHANCE_YOUR_CALM),
+        _ => None,
     }
 }
 
@@ -414,7 +340,7 @@ impl<S: Io> Connection<S> {
     /// peer first (best effort, within [`LINGER`]), with its code.
     fn close_for(&mut self, error: &Error) {
         self.broken = true;
-        let Some(code) = error.goaway_code() else {
+        let Some(code) = goaway_code(error) else {
             return;
         };
         let [a, b, c, d] = code.to_be_bytes();
