@@ -254,13 +254,14 @@ fn anchors(text: &str) -> BTreeSet<String> {
 }
 
 /// Every Markdown page of the repository's docs: README.md, CONTRIBUTING.md,
-/// docs/*.md and the deploy folders' READMEs, with their names.
+/// docs/*.md, the deploy folders' READMEs and the grpc-unary crate's, with their names.
 fn pages() -> Vec<(String, String)> {
     let mut all = docs();
     for page in [
         "CONTRIBUTING.md",
         "deploy/grafana/README.md",
         "deploy/kubernetes/README.md",
+        "crates/grpc-unary/README.md",
     ] {
         let text =
             std::fs::read_to_string(root().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
