@@ -8,10 +8,13 @@ use std::path::Path;
 type Target = fn(&[u8]);
 
 /// The fuzz targets, by the name of their folders.
-const TARGETS: [(&str, Target); 3] = [
+const TARGETS: [(&str, Target); 6] = [
     ("order_list", ordermanagement::fuzz::order_list),
     ("journal_replay", ordermanagement::fuzz::journal_replay),
     ("settings", ordermanagement::fuzz::settings),
+    ("h2_client", grpc_unary::fuzz::h2_client),
+    ("hpack", grpc_unary::fuzz::hpack),
+    ("grpc_reply", grpc_unary::fuzz::grpc_reply),
 ];
 
 /// Runs every input under `tests/fuzz/<kind>/<target>`; the count run.
@@ -40,7 +43,7 @@ fn replay(kind: &str) -> usize {
 #[test]
 fn the_seed_corpus_runs_through_every_target() {
     let ran = replay("corpus");
-    assert!(ran >= 10, "only {ran} seed inputs found");
+    assert!(ran >= 20, "only {ran} seed inputs found");
 }
 
 #[test]

@@ -39,6 +39,8 @@ use std::io;
 use std::time::Duration;
 
 mod client;
+#[doc(hidden)]
+pub mod fuzz;
 mod h2;
 mod reply;
 mod scrub;
