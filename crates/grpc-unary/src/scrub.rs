@@ -50,9 +50,7 @@ impl Secrets {
     pub fn scrub(&self, text: &str) -> String {
         let mut text = printable(text);
         for secret in &self.values {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), REDACTED);
-            }
+            text = text.replace(secret.as_str(), REDACTED);
         }
         if let Some(redaction) = self.redaction
             && let Cow::Owned(redacted) = redaction(&text)
