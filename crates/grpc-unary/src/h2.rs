@@ -766,7 +766,7 @@ impl<S: Io> Connection<S> {
         if len > MAX_FRAME {
             if self.read_buf.starts_with(b"HTTP/1.") {
                 return Err(Error::Protocol(
-                    "the server answered in HTTP/1.1: not an OTLP/gRPC endpoint (4318 is OTLP/HTTP's port)",
+                    "the server answered in HTTP/1.x: not an OTLP/gRPC endpoint (4318 is OTLP/HTTP's port)",
                 ));
             }
             return Err(Error::Protocol(
@@ -1705,12 +1705,17 @@ mod tests {
 
     #[test]
     fn an_http1_server_is_named_as_such() {
-        let (io, _) = scripted(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let Err(Error::Protocol(what)) = Connection::handshake(io, deadline) else {
-            panic!("not a protocol error");
-        };
-        assert!(what.contains("HTTP/1.1"), "{what}");
+        for reply in [
+            &b"HTTP/1.1 400 Bad Request\r\n\r\n"[..],
+            b"HTTP/1.0 505 HTTP Version Not Supported\r\nContent-Type: text/html\r\n\r\n",
+        ] {
+            let (io, _) = scripted(reply.to_vec());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let Err(Error::Protocol(what)) = Connection::handshake(io, deadline) else {
+                panic!("not a protocol error");
+            };
+            assert!(what.contains("answered in HTTP/1.x"), "{what}");
+        }
     }
 
     #[test]
