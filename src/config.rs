@@ -461,11 +461,20 @@ pub fn default_state_file(
         .or_else(|| absolute(&dirs.home).map(|d| d.join(".local/state/ordermanagement")))?;
     let key = format!(
         "{}\n{}\n{}",
-        crate::redact::url(orders_url.trim_end_matches('/')),
-        crate::redact::url(stocks_url.trim_end_matches('/')),
+        service_identity(orders_url),
+        service_identity(stocks_url),
         shard.map(|s| s.to_string()).unwrap_or_default()
     );
     Some(dir.join(format!("state-{:012x}.jsonl", fnv1a(key.as_bytes()) >> 16)))
+}
+
+/// A base URL as a state file knows its service: without its trailing slash and its
+/// credentials, at most 512 characters (the default file's key and its owner line).
+pub fn service_identity(url: &str) -> String {
+    crate::redact::url(url.trim_end_matches('/'))
+        .chars()
+        .take(512)
+        .collect()
 }
 
 /// FNV-1a, 64 bits: a stable hash for file names (not for security).

@@ -214,6 +214,17 @@ impl Heartbeat {
 /// wrote at `path` says so, and `healthcheck` reports it stopped (exit 1) instead of
 /// healthy until the beat would have aged out. A beat of another process is left alone.
 pub fn mark_stopped(path: &Path, signal: &str) -> io::Result<()> {
+    mark_own(path, |beat, now| {
+        beat.stopped = Some(Stopped {
+            at_ms: now,
+            signal: signal.to_string(),
+        });
+    })
+}
+
+/// Rewrites the last beat at `path` with `mark` applied at the present time, when this
+/// process wrote it; a beat of another process is left alone.
+fn mark_own(path: &Path, mark: impl FnOnce(&mut Beat, u64)) -> io::Result<()> {
     let text = crate::files::read_regular(path, MAX_BEAT_BYTES)?;
     let mut beat: Beat = serde_json::from_slice(&text).map_err(io::Error::other)?;
     if beat.pid != std::process::id() {
@@ -221,10 +232,7 @@ pub fn mark_stopped(path: &Path, signal: &str) -> io::Result<()> {
     }
     let now = now_ms();
     beat.at_ms = now;
-    beat.stopped = Some(Stopped {
-        at_ms: now,
-        signal: signal.to_string(),
-    });
+    mark(&mut beat, now);
     write_beat(path, &tmp_path(path), &beat)
 }
 
@@ -232,15 +240,9 @@ pub fn mark_stopped(path: &Path, signal: &str) -> io::Result<()> {
 /// wrote at `path` says when and with which code, and `healthcheck` reports it exited
 /// (exit 1). A beat of another process is left alone.
 pub fn mark_exited(path: &Path, code: i32) -> io::Result<()> {
-    let text = crate::files::read_regular(path, MAX_BEAT_BYTES)?;
-    let mut beat: Beat = serde_json::from_slice(&text).map_err(io::Error::other)?;
-    if beat.pid != std::process::id() {
-        return Ok(());
-    }
-    let now = now_ms();
-    beat.at_ms = now;
-    beat.exited = Some(Exited { at_ms: now, code });
-    write_beat(path, &tmp_path(path), &beat)
+    mark_own(path, |beat, now| {
+        beat.exited = Some(Exited { at_ms: now, code })
+    })
 }
 
 /// This process's PID namespace, as `/proc/self/ns/pid` names it (`pid:[4026531836]`);

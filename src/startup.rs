@@ -138,8 +138,8 @@ pub fn start(mode: &Mode, config: &Config) -> Result<Started, Exit> {
         Err(e) => return Err(fail_at_start(config, &e)),
     };
     let owner = journal::Owner {
-        orders: owner_url(&config.orders_url),
-        stocks: owner_url(&config.stocks_url),
+        orders: crate::config::service_identity(&config.orders_url),
+        stocks: crate::config::service_identity(&config.stocks_url),
         shard: config.shard.map(|s| s.to_string()),
     };
     let mut worker = match &state_file {
@@ -261,8 +261,8 @@ fn state_file(config: &Config) -> Result<Option<std::path::PathBuf>, String> {
 /// Sibling shards of the same count, and other stacks, have files of their own.
 fn resharded_neighbour(config: &Config, path: &std::path::Path) -> Option<String> {
     let dir = path.parent()?;
-    let orders = owner_url(&config.orders_url);
-    let stocks = owner_url(&config.stocks_url);
+    let orders = crate::config::service_identity(&config.orders_url);
+    let stocks = crate::config::service_identity(&config.stocks_url);
     let count = |shard: &Option<String>| {
         shard
             .as_deref()
@@ -295,12 +295,6 @@ fn resharded_neighbour(config: &Config, path: &std::path::Path) -> Option<String
         }
     }
     None
-}
-
-/// A base URL as a state file's owner records it: credentials left out, bounded.
-fn owner_url(url: &str) -> String {
-    let url = redact::url(url.trim_end_matches('/'));
-    url.chars().take(512).collect()
 }
 
 /// The exit-3 line: `another run (pid N) holds PATH; nothing done`. The pid the holder

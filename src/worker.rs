@@ -97,57 +97,49 @@ struct Quarantined {
     decided_at: Option<Instant>,
 }
 
-/// Traces of orders left `registered` (deferred) that this process remembers, so that
-/// one taken again in a later cycle continues its first trace: the last
-/// [`RECENT_DECISIONS`], oldest forgotten first (about 60 bytes each).
-#[derive(Debug, Default)]
-struct Traces {
-    order: VecDeque<u64>,
-    trace: HashMap<u64, SpanContext>,
+/// What this process remembers of the last [`RECENT_DECISIONS`] orders it put in, by
+/// id, oldest forgotten first: the decisions it set (about 40 bytes each), and the
+/// traces of orders left `registered`, so that one taken again in a later cycle
+/// continues its first trace (about 60 bytes each).
+#[derive(Debug)]
+struct Remembered<V> {
+    /// Ids in the order they were put in, each with the put's number: an id taken out
+    /// and put in again is forgotten by its newer number only.
+    order: VecDeque<(u64, u64)>,
+    values: HashMap<u64, (u64, V)>,
+    puts: u64,
 }
 
-impl Traces {
-    fn insert(&mut self, id: u64, trace: SpanContext) {
-        if !trace.is_valid() {
-            return;
+impl<V> Default for Remembered<V> {
+    fn default() -> Self {
+        Remembered {
+            order: VecDeque::new(),
+            values: HashMap::new(),
+            puts: 0,
         }
-        if self.trace.insert(id, trace).is_none() {
-            self.order.push_back(id);
-        }
+    }
+}
+
+impl<V> Remembered<V> {
+    fn insert(&mut self, id: u64, value: V) {
+        self.puts += 1;
+        self.values.insert(id, (self.puts, value));
+        self.order.push_back((id, self.puts));
         while self.order.len() > RECENT_DECISIONS {
-            if let Some(old) = self.order.pop_front() {
-                self.trace.remove(&old);
+            if let Some((old, put)) = self.order.pop_front()
+                && self.values.get(&old).is_some_and(|(p, _)| *p == put)
+            {
+                self.values.remove(&old);
             }
         }
     }
 
-    fn take(&mut self, id: u64) -> Option<SpanContext> {
-        // Its place in `order` goes when it comes up there.
-        self.trace.remove(&id)
-    }
-}
-
-/// The last [`RECENT_DECISIONS`] decisions, oldest forgotten first.
-#[derive(Debug, Default)]
-struct Recent {
-    order: VecDeque<u64>,
-    status: HashMap<u64, (Order, OrderStatus)>,
-}
-
-impl Recent {
-    fn insert(&mut self, order: Order, status: OrderStatus) {
-        if self.status.insert(order.id, (order, status)).is_none() {
-            self.order.push_back(order.id);
-        }
-        while self.order.len() > RECENT_DECISIONS {
-            if let Some(old) = self.order.pop_front() {
-                self.status.remove(&old);
-            }
-        }
+    fn get(&self, id: u64) -> Option<&V> {
+        self.values.get(&id).map(|(_, v)| v)
     }
 
-    fn get(&self, id: u64) -> Option<(Order, OrderStatus)> {
-        self.status.get(&id).copied()
+    fn take(&mut self, id: u64) -> Option<V> {
+        self.values.remove(&id).map(|(_, v)| v)
     }
 }
 
@@ -165,9 +157,9 @@ pub struct Worker {
     /// fate was decided (stock taken for `ready`): they may stay `registered`, are never
     /// handled again by this process, stay in the state file, and are named at exit.
     refused: BTreeMap<u64, OrderStatus>,
-    recent: Recent,
+    recent: Remembered<(Order, OrderStatus)>,
     /// Traces of deferred orders, continued when they are taken again.
-    deferred: Traces,
+    deferred: Remembered<SpanContext>,
     pending_cap: usize,
     max_orders_per_cycle: u64,
     /// `once`: how long pending status updates are tried after the cycle.
@@ -331,8 +323,8 @@ impl Worker {
             stop,
             pending: BTreeMap::new(),
             refused: BTreeMap::new(),
-            recent: Recent::default(),
-            deferred: Traces::default(),
+            recent: Remembered::default(),
+            deferred: Remembered::default(),
             pending_cap: PENDING_CAP,
             max_orders_per_cycle: config.max_orders_per_cycle,
             pending_deadline: config.pending_deadline,
@@ -1031,18 +1023,21 @@ impl Worker {
             // Decided orders in quarantine hold stock taken: at the cap, no new order.
             // Those with nothing taken hold nothing: past the cap the ones due soonest
             // are let go (taken again as new orders), so the cap never stops the list.
-            let decided = self
-                .quarantine
-                .values()
-                .filter(|q| q.status.is_some())
-                .count();
-            if decided >= self.quarantine_cap
+            // Counted only at the cap, not on every turn of the loop.
+            let decided = || {
+                self.quarantine
+                    .values()
+                    .filter(|q| q.status.is_some())
+                    .count()
+            };
+            if self.quarantine.len() >= self.quarantine_cap
                 && (!cycle.page.is_empty() || cycle.next_page.is_some())
+                && decided() >= self.quarantine_cap
             {
                 cycle.end_list(format!(
                     "{} decided orders quarantined (the cap): no new orders until some leave \
                      quarantine",
-                    decided
+                    decided()
                 ));
             }
             self.trim_quarantine();
@@ -1464,7 +1459,7 @@ impl Worker {
             // More than was asked for (a service ignoring `limit`): left registered.
             return;
         }
-        if let Some((decided, status)) = self.recent.get(order.id) {
+        if let Some(&(decided, status)) = self.recent.get(order.id) {
             // Decided by this process and set, yet listed as registered again: the
             // Order Service lost the update or serves a stale list. Never decreased
             // twice: only the status is sent again.
@@ -1537,7 +1532,7 @@ impl Worker {
                     Outcome::Blocked { .. } => OrderStatus::Blocked,
                     _ => OrderStatus::Unknown,
                 };
-                self.recent.insert(order, status);
+                self.recent.insert(order.id, (order, status));
                 if !cycle.resent.contains(&order.id) {
                     cycle.pager.left(order.id);
                 }
@@ -1558,7 +1553,10 @@ impl Worker {
                 self.refused.insert(order.id, *status);
             }
             Outcome::Deferred { cause, reason } => {
-                self.deferred.insert(order.id, task.trace());
+                let trace = task.trace();
+                if trace.is_valid() {
+                    self.deferred.insert(order.id, trace);
+                }
                 if *cause == Deferral::Fatal {
                     cycle.end_list(reason.clone());
                 }
@@ -1694,5 +1692,30 @@ impl Worker {
             r.duration.as_millis(),
             r.prose()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RECENT_DECISIONS, Remembered};
+
+    #[test]
+    fn remembered_forgets_the_oldest_and_never_a_value_put_in_again() {
+        let mut r = Remembered::default();
+        r.insert(1, "first");
+        assert_eq!(r.take(1), Some("first"));
+        r.insert(1, "again");
+        for id in 2..=RECENT_DECISIONS as u64 {
+            r.insert(id, "other");
+        }
+        // Order 1's first put, taken out already, is the oldest entry, now pushed out:
+        // its newer value stays.
+        assert_eq!(r.get(1), Some(&"again"));
+        assert_eq!(r.values.len(), RECENT_DECISIONS);
+        // Then the oldest value still in (order 1's second put) goes first.
+        r.insert(RECENT_DECISIONS as u64 + 1, "newest");
+        assert_eq!(r.get(1), None);
+        assert_eq!(r.get(2), Some(&"other"));
+        assert_eq!(r.values.len(), RECENT_DECISIONS);
     }
 }
