@@ -5,7 +5,7 @@
 
 /// The order list scanner and each entry's checks, as a list reply's body.
 pub fn order_list(data: &[u8]) {
-    if let Ok(page) = crate::orders::read_list_body(data, 500) {
+    if let Ok(page) = crate::services::orders::read_list_body(data, 500) {
         // Every entry is an order or a reason; both must format.
         for entry in page.entries() {
             match entry {
@@ -18,7 +18,7 @@ pub fn order_list(data: &[u8]) {
 
 /// The state file's replay, as the file's bytes.
 pub fn journal_replay(data: &[u8]) {
-    match crate::journal::replay_bytes(data) {
+    match crate::state::journal::replay_bytes(data) {
         Ok(orders) => drop(orders),
         Err(e) => drop(e.to_string()),
     }
@@ -47,5 +47,5 @@ pub fn settings(data: &[u8]) {
     let _ = crate::redact::url(a);
     let _ = crate::redact::setting_url(a);
     let _ = crate::redact::credentials(&text);
-    let _ = crate::http::parse_retry_after(a, std::time::SystemTime::now());
+    let _ = crate::services::http::parse_retry_after(a, std::time::SystemTime::now());
 }

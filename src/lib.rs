@@ -78,48 +78,21 @@
 
 pub mod cli;
 pub mod config;
+pub mod cycle;
 pub mod exit;
-#[path = "state/files.rs"]
-pub mod files;
 #[doc(hidden)]
 pub mod fuzz;
-#[path = "state/heartbeat.rs"]
-pub mod heartbeat;
-#[path = "services/http.rs"]
-pub mod http;
-#[path = "state/journal.rs"]
-pub mod journal;
 pub mod logging;
-#[path = "services/orders.rs"]
-pub mod orders;
-#[path = "services/outage.rs"]
-pub mod outage;
-#[path = "cycle/outcome.rs"]
-pub mod outcome;
-#[path = "cycle/pager.rs"]
-pub mod pager;
-#[path = "cycle/process.rs"]
-pub mod process;
 pub mod redact;
-#[path = "cycle/report.rs"]
-pub mod report;
-#[path = "services/resolve.rs"]
-pub mod resolve;
-#[path = "cycle/retry.rs"]
-pub mod retry;
-#[path = "cycle/schedule.rs"]
-pub mod schedule;
+pub mod services;
 pub mod startup;
-#[path = "services/stock.rs"]
-pub mod stock;
+pub mod state;
 pub mod stop;
 pub mod telemetry;
-#[path = "cycle/worker.rs"]
-pub mod worker;
 
 pub use config::{Config, ConfigError, HealthcheckConfig, Invocation, Mode, Shard};
-pub use orders::{Order, OrderStatus, WoodType};
-pub use outcome::Outcome;
-pub use process::{InFlight, Journal, NoJournal};
+pub use cycle::outcome::Outcome;
+pub use cycle::process::{InFlight, Journal, NoJournal};
+pub use cycle::worker::{CycleReport, Worker};
+pub use services::orders::{Order, OrderStatus, WoodType};
 pub use stop::Stop;
-pub use worker::{CycleReport, Worker};

@@ -60,7 +60,7 @@ static EXPORT: RwLock<Option<Box<dyn Log>>> = RwLock::new(None);
 /// characters.
 fn line_message(message: &str) -> String {
     let message = crate::redact::credentials(message);
-    crate::outcome::shorten(&message, MAX_MESSAGE).into_owned()
+    crate::cycle::outcome::shorten(&message, MAX_MESSAGE).into_owned()
 }
 
 /// The longest message a line carries, in characters: with its time, level, target
@@ -582,7 +582,7 @@ mod tests {
             &Record::builder()
                 .args(format_args!("order {order_id}: {nasty}"))
                 .level(log::Level::Warn)
-                .target("ordermanagement::worker")
+                .target("ordermanagement::cycle::worker")
                 .key_values(&kvs)
                 .build(),
             Some("1/3"),
@@ -592,7 +592,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
         assert_eq!(v["timestamp"], "2026-11-24T15:17:31.478Z");
         assert_eq!(v["level"], "WARN");
-        assert_eq!(v["logger"], "ordermanagement::worker");
+        assert_eq!(v["logger"], "ordermanagement::cycle::worker");
         assert_eq!(v["message"], format!("order 17: {nasty}"));
         assert_eq!(v["trace_id"], "", "no span is current");
         assert_eq!(v["span_id"], "");
@@ -708,7 +708,7 @@ mod tests {
         }
         for target in [
             "ordermanagement",
-            "ordermanagement::worker",
+            "ordermanagement::cycle::worker",
             "ureqx",
             "my_ureq",
         ] {

@@ -5,13 +5,14 @@
 
 use crate::cli::Cli;
 use crate::config::{Config, HealthcheckConfig, Invocation, Mode};
+use crate::cycle::report::counted;
+use crate::cycle::worker::Worker;
 use crate::exit::Exit;
-use crate::journal::{self, FileJournal};
-use crate::report::counted;
+use crate::state::journal::{self, FileJournal};
+use crate::state::{files, heartbeat};
 use crate::stop::Stop;
 use crate::telemetry::{self, Telemetry, instrument};
-use crate::worker::Worker;
-use crate::{files, heartbeat, logging, redact};
+use crate::{logging, redact};
 
 /// The logger name of the lines written here: the binary's own, as always.
 const TARGET: &str = "ordermanagement";

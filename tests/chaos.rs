@@ -167,7 +167,7 @@ fn chaos(name: &str, knobs: Knobs) -> Figures {
 
 /// Orders a state file still holds as unfinished, read the way a restart reads it.
 fn in_flight(path: &Path) -> usize {
-    ordermanagement::journal::FileJournal::open(path)
+    ordermanagement::state::journal::FileJournal::open(path)
         .expect("the state file opens")
         .in_flight()
         .len()

@@ -54,19 +54,19 @@ fn every_crash_the_fuzzer_found_stays_fixed() {
 #[test]
 fn the_entry_points_read_what_they_are_given() {
     // Not only "no panic": the list scanner and the replay find what is there.
-    let page = ordermanagement::orders::read_list_body(
+    let page = ordermanagement::services::orders::read_list_body(
         br#"[{"id": 17, "wood_type": "oak", "quantity": 3, "order_status": "registered"}, 5]"#,
         10,
     );
     assert!(page.is_err(), "a non-object entry refuses the page");
-    let page = ordermanagement::orders::read_list_body(
+    let page = ordermanagement::services::orders::read_list_body(
         br#" [{"id": 17, "wood_type": "oak", "quantity": 3, "order_status": "registered"}, {"id": 0}] "#,
         10,
     )
     .expect("a page");
     assert_eq!(page.entries().len(), 2);
     assert!(page.entries()[0].is_ok() && page.entries()[1].is_err());
-    let orders = ordermanagement::journal::replay_bytes(
+    let orders = ordermanagement::state::journal::replay_bytes(
         b"{\"op\":\"sending\",\"id\":1,\"wood_type\":\"oak\",\"quantity\":3}\n",
     )
     .expect("replayed");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Request, Running, ScriptServer, order_json, reply};
 use ordermanagement::Journal;
-use ordermanagement::journal::FileJournal;
+use ordermanagement::state::journal::FileJournal;
 use serde_json::json;
 
 fn worker(server: &ScriptServer, state: &std::path::Path) -> Command {

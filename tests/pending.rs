@@ -218,7 +218,7 @@ fn a_stop_during_the_pending_wait_exits_promptly_naming_the_orders() {
     let text = stderr(&out);
     let head = format!(
         "exiting with {} pending",
-        ordermanagement::report::counted(taken.len() as u64, "status update")
+        ordermanagement::cycle::report::counted(taken.len() as u64, "status update")
     );
     let line = text
         .lines()
@@ -259,7 +259,7 @@ fn the_pending_deadline_ends_once_with_exit_1_naming_the_orders() {
     assert!(
         text.contains(&format!(
             "exiting with {} pending (the Order Service did not take them in time)",
-            ordermanagement::report::counted(taken.len() as u64, "status update")
+            ordermanagement::cycle::report::counted(taken.len() as u64, "status update")
         )),
         "{text}"
     );
@@ -419,14 +419,14 @@ fn run_stopped_by_sigterm_again_and_again_without_a_state_file_takes_no_stock_tw
 
 #[test]
 fn a_dry_run_with_a_state_file_left_by_a_crash_sends_nothing_and_leaves_the_file() {
-    use ordermanagement::orders::WoodType;
+    use ordermanagement::services::orders::WoodType;
     use ordermanagement::{Journal, Order, OrderStatus};
     let dir = std::env::temp_dir().join(format!("om-dry-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let state = dir.join("state.jsonl");
     {
-        let mut journal = ordermanagement::journal::FileJournal::open(&state).unwrap();
+        let mut journal = ordermanagement::state::journal::FileJournal::open(&state).unwrap();
         let order = |id| Order {
             id,
             wood_type: WoodType::Oak,

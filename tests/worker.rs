@@ -210,8 +210,8 @@ fn an_oversized_list_reply_is_refused() {
     let report = cycle(&c);
     assert!(report.list_failed);
     // Refused for its size, not for anything else.
-    let client = ordermanagement::orders::OrdersClient::new(
-        ordermanagement::http::Http::new(Duration::from_secs(2)),
+    let client = ordermanagement::services::orders::OrdersClient::new(
+        ordermanagement::services::http::Http::new(Duration::from_secs(2)),
         &server.base_url(),
     );
     let error = client.list_registered(0, 10, 0).expect_err("refused");

@@ -1,8 +1,8 @@
 //! How an order leaves the worker's hands ([`Outcome`]), and the pure decisions that
 //! lead there from what the services answered.
 
-use crate::http::CallError;
-use crate::orders::OrderStatus;
+use crate::services::http::CallError;
+use crate::services::orders::OrderStatus;
 
 /// The reason given for an order blocked by a simulated failure.
 pub const SIMULATED_STOCK_FAILURE: &str = "simulated stock failure";

@@ -2,22 +2,22 @@
 //! simulated failure in its place), then the status update. A step makes at most one
 //! request; a transient failure hands the order back with the time of its next
 //! attempt, and the worker goes on with other orders meanwhile (see
-//! [`crate::schedule`]). The decisions are pure functions in [`crate::outcome`]; the
+//! [`crate::cycle::schedule`]). The decisions are pure functions in [`crate::cycle::outcome`]; the
 //! [`Journal`] is told before each step that could be lost in a crash.
 
 use std::io;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::http::{CallError, Http};
-use crate::logging::{OrderFields, OrderGuard};
-use crate::orders::{Order, OrderStatus, OrdersClient, Page};
-use crate::outcome::{
+use crate::cycle::outcome::{
     Deferral, Next, Outcome, SIMULATED_STOCK_FAILURE, after_decrease, after_status_update,
 };
-use crate::retry::{Attempts, RetryPolicy, pace};
-use crate::schedule::{Pace, Service, Subject, Verdict};
-use crate::stock::StockClient;
+use crate::cycle::retry::{Attempts, RetryPolicy, pace};
+use crate::cycle::schedule::{Pace, Service, Subject, Verdict};
+use crate::logging::{OrderFields, OrderGuard};
+use crate::services::http::{CallError, Http};
+use crate::services::orders::{Order, OrderStatus, OrdersClient, Page};
+use crate::services::stock::StockClient;
 use crate::telemetry::instrument::{self, OrderSpan};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
@@ -29,7 +29,7 @@ pub enum InFlight {
     Sent,
     /// The status to set is decided (`ready`: stock taken); only the update is left.
     Decided(OrderStatus),
-    /// Quarantined ([`crate::outcome::Outcome::Quarantined`]): decided (`Some`, only
+    /// Quarantined ([`crate::cycle::outcome::Outcome::Quarantined`]): decided (`Some`, only
     /// its update left) or nothing taken (`None`); `times` in a row, tried again after
     /// `until_ms` (milliseconds since the Unix epoch).
     Quarantined {
@@ -40,7 +40,7 @@ pub enum InFlight {
 }
 
 /// Where the worker writes down, before each step, what it is about to do, so that a
-/// crash leaves a record of what may have happened (see [`crate::journal`]).
+/// crash leaves a record of what may have happened (see [`crate::state::journal`]).
 pub trait Journal {
     /// Before a decrease is sent. An error stops the order before anything is sent.
     fn sending(&mut self, order: &Order) -> io::Result<()>;
@@ -239,7 +239,7 @@ impl Task {
             },
             Step::Status { status, reason, .. } => Outcome::Pending {
                 status: *status,
-                reason: crate::outcome::join(reason, &format!("status not set: {why}")),
+                reason: crate::cycle::outcome::join(reason, &format!("status not set: {why}")),
             },
         }
     }
@@ -277,11 +277,11 @@ pub enum StepEnd {
     /// The next step is due at once, at this service.
     Then(Task, Service),
     /// The step failed transiently: again at this service, after the delay or sooner as
-    /// the pace allows ([`crate::schedule::Scheduler::retry_at`]).
+    /// the pace allows ([`crate::cycle::schedule::Scheduler::retry_at`]).
     Again(Task, Service, Duration, Pace),
     /// The service answered outside its contract (nothing was changed): the order is
     /// quarantined, or tried again once another call has probed the service, as the
-    /// service's health judges ([`crate::schedule::Health::record_from`]). The reason.
+    /// service's health judges ([`crate::cycle::schedule::Health::record_from`]). The reason.
     Odd(Task, Service, String),
 }
 
@@ -870,7 +870,7 @@ mod tests {
         let j = journey(0.1);
         let order = |id| Order {
             id,
-            wood_type: crate::orders::WoodType::Oak,
+            wood_type: crate::services::orders::WoodType::Oak,
             quantity: 1,
         };
         let failed = (1..=20_000)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::outcome::Outcome;
+use crate::cycle::outcome::Outcome;
 
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq)]

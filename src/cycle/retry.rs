@@ -1,11 +1,11 @@
 //! How often and how long to wait between the attempts of one call. The policy only
-//! decides; the waiting is scheduled by the cycle (see [`crate::schedule`]), so a
+//! decides; the waiting is scheduled by the cycle (see [`crate::cycle::schedule`]), so a
 //! failed call never puts the worker to sleep while other orders could go on.
 
 use std::time::Duration;
 
-use crate::http::CallError;
-use crate::schedule::Pace;
+use crate::cycle::schedule::Pace;
+use crate::services::http::CallError;
 
 /// The retry policy of every call the worker makes.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ impl RetryPolicy {
 }
 
 /// How soon a call that failed with `error` may go again (the scheduler decides with
-/// the service's health and retry budget, [`crate::schedule::Scheduler::retry_at`]):
+/// the service's health and retry budget, [`crate::cycle::schedule::Scheduler::retry_at`]):
 ///
 /// - a quick error answer that does not ask for a wait (a `500` or `502`, no
 ///   `Retry-After`) comes from a service that is up and answering: at once, within
@@ -102,7 +102,7 @@ impl RetryPolicy {
 ///   the backoff, since the service has just had the timeout's rest, and the real
 ///   Stock Service recovers only at the end of a stall (idle time never frees its
 ///   pool). A Stock Service stall is retried after its short settle
-///   ([`crate::schedule::STALL_SETTLE`]); an Order Service stall puts that service out
+///   ([`crate::cycle::schedule::STALL_SETTLE`]); an Order Service stall puts that service out
 ///   for its cool-down, which the retry waits for;
 /// - anything else (refused, timed out with no answer, `429`, `503`, `Retry-After`):
 ///   after the backoff.

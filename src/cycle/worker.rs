@@ -1,23 +1,25 @@
 //! The cycle and the loop. A cycle is a small single-threaded scheduler: it pages
 //! through the registered orders and takes them one at a time; an order whose call
 //! failed transiently waits for its next attempt while the worker goes on with the
-//! others (see [`crate::schedule`] for what runs next and when a service is out of
+//! others (see [`crate::cycle::schedule`] for what runs next and when a service is out of
 //! use). Between cycles the loop sleeps until a stop is requested.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Shard};
-use crate::heartbeat::Heartbeat;
-use crate::http::CallError;
-use crate::orders::{Order, OrderStatus};
-use crate::outage::{Line, Outage};
-use crate::outcome::{Deferral, Outcome};
-use crate::pager::{PageEnd, Pager};
-use crate::process::{Call, InFlight, Journal, Journey, NoJournal, StepEnd, Task, order_fields};
-pub use crate::report::CycleReport;
-use crate::retry::{Attempts, pace};
-use crate::schedule::{Blame, Next, Rules, Scheduler, Service, Subject, Work};
+use crate::cycle::outcome::{Deferral, Outcome};
+use crate::cycle::pager::{PageEnd, Pager};
+use crate::cycle::process::{
+    Call, InFlight, Journal, Journey, NoJournal, StepEnd, Task, order_fields,
+};
+pub use crate::cycle::report::CycleReport;
+use crate::cycle::retry::{Attempts, pace};
+use crate::cycle::schedule::{Blame, Next, Rules, Scheduler, Service, Subject, Work};
+use crate::services::http::CallError;
+use crate::services::orders::{Order, OrderStatus};
+use crate::services::outage::{Line, Outage};
+use crate::state::heartbeat::Heartbeat;
 use crate::stop::Stop;
 use crate::telemetry::instrument::{self, Scope};
 use opentelemetry::KeyValue;
@@ -165,7 +167,7 @@ pub struct Worker {
     /// `once`: how long pending status updates are tried after the cycle.
     pending_deadline: Duration,
     /// Each service's outage, across cycles, so that one that stays unreachable is
-    /// logged once a minute, not at every call ([`crate::outage`]).
+    /// logged once a minute, not at every call ([`crate::services::outage`]).
     outages: [Outage; 2],
     /// The last cycle found nothing to do: idle cycles are logged at debug.
     idle: bool,
@@ -408,7 +410,7 @@ impl Worker {
             log::info!(
                 "state file: {} quarantined by a previous run, each tried again when its \
                  quarantine is over: {orders}",
-                crate::report::counted(count as u64, "order")
+                crate::cycle::report::counted(count as u64, "order")
             );
             worker.reminded = Some(Instant::now());
         }
@@ -652,7 +654,7 @@ impl Worker {
     /// cycle's report. `None` after a stop request.
     ///
     /// Once the Stock Service is down because it stalled
-    /// [`crate::schedule::STALLS_DOWN`] times in a row (in the cycle or here), the next
+    /// [`crate::cycle::schedule::STALLS_DOWN`] times in a row (in the cycle or here), the next
     /// cycle starts at once, unless the Order Service is down too: the stalls were the
     /// pause already, and idle time never frees the real Stock Service's pool
     /// (docs/how-it-works.md, "when a service fails"). Never a busy loop: the stalls
@@ -931,7 +933,7 @@ impl Worker {
                 "quarantine at its cap ({}): {} with nothing taken, due soonest, leave it \
                  and are taken again as new orders",
                 self.quarantine_cap,
-                crate::report::counted(let_go as u64, "order")
+                crate::cycle::report::counted(let_go as u64, "order")
             );
         }
     }
@@ -953,11 +955,11 @@ impl Worker {
             quarantined = count as u64, pending = self.pending.len() as u64;
             "still stuck: {} quarantined (each tried again alone, on a backoff up to {} s){}{}; \
              {} pending{}{}",
-            crate::report::counted(count as u64, "order"),
+            crate::cycle::report::counted(count as u64, "order"),
             QUARANTINE_MAX.as_secs(),
             if count > 0 { ": " } else { "" },
             orders,
-            crate::report::counted(self.pending.len() as u64, "status update"),
+            crate::cycle::report::counted(self.pending.len() as u64, "status update"),
             if self.pending.is_empty() { "" } else { ": orders " },
             self.pending_orders()
         );
@@ -1370,7 +1372,7 @@ impl Worker {
         }
         let len = entries.len();
         // Bad entries: a line each for the first few of a page, then one summary line.
-        let mut invalid_log = crate::orders::InvalidLog::new();
+        let mut invalid_log = crate::services::orders::InvalidLog::new();
         for entry in entries {
             self.admit(cycle, entry, &mut invalid_log);
         }
@@ -1407,8 +1409,8 @@ impl Worker {
     fn admit(
         &mut self,
         cycle: &mut Cycle,
-        entry: Result<Order, crate::orders::InvalidOrder>,
-        invalid_log: &mut crate::orders::InvalidLog,
+        entry: Result<Order, crate::services::orders::InvalidOrder>,
+        invalid_log: &mut crate::services::orders::InvalidLog,
     ) {
         let id = match &entry {
             Ok(order) => Some(order.id),
@@ -1603,7 +1605,10 @@ fn name_quarantined<'a>(orders: impl ExactSizeIterator<Item = &'a Quarantined>) 
         let status = q.status.map_or("registered", |s| s.as_str());
         (
             q.order.id,
-            format!("{status}: {}", crate::outcome::shorten(&q.cause, 120)),
+            format!(
+                "{status}: {}",
+                crate::cycle::outcome::shorten(&q.cause, 120)
+            ),
         )
     }))
 }

@@ -2,9 +2,9 @@
 //! that keeps names for a while, shared by both clients; the trace headers sent with
 //! each request and one CLIENT span per attempt (named by the caller's [`Route`]); and
 //! what the transport said, as a [`Reply`] or a [`SendError`] (the retry policy is in
-//! [`crate::retry`]).
+//! [`crate::cycle::retry`]).
 //!
-//! The clients in [`crate::orders`] and [`crate::stock`] decide what a reply means for
+//! The clients in [`crate::services::orders`] and [`crate::services::stock`] decide what a reply means for
 //! their calls, turning its status into a [`CallError`] through
 //! [`Call::from_status`], the one mapping both share.
 
@@ -23,7 +23,7 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
 };
 
-use crate::resolve::{Resolver, before_sending, unsent_cause};
+use crate::services::resolve::{Resolver, before_sending, unsent_cause};
 use crate::telemetry::instrument::{HttpAttempt, propagation_headers};
 
 /// The headers every call sends, made once (not parsed again for every request).
@@ -121,7 +121,7 @@ pub enum CallError {
     /// `409`, `415`, `422`, an unknown `400`/`404` body, another status). Nothing was
     /// changed. About one order's call it is that order's problem unless the service
     /// gives it for other orders too (a wrong base URL); see
-    /// [`crate::schedule::Health::record`]. About the list, it ends the cycle.
+    /// [`crate::cycle::schedule::Health::record`]. About the list, it ends the cycle.
     Unexpected { status: u16, detail: String },
     /// Something no retry will fix in this cycle (the process out of resources): stop
     /// the cycle.
@@ -308,13 +308,13 @@ impl Http {
     /// One agent for the process: connecting is bounded by `timeout`; each call sets
     /// the rest. Statuses are returned, not turned into errors, and redirects are not
     /// followed (the worker's endpoints never redirect; a redirect means a wrong URL).
-    /// Names are resolved by [`Resolver`]: once per [`crate::resolve::NAME_TTL`], not on
+    /// Names are resolved by [`Resolver`]: once per [`crate::services::resolve::NAME_TTL`], not on
     /// a thread per request as ureq's own resolver does when bounded by a timeout.
     pub fn new(timeout: Duration) -> Http {
         Http::with_resolver(timeout, Resolver::new())
     }
 
-    /// [`Http::new`] with names kept for `ttl` instead of [`crate::resolve::NAME_TTL`],
+    /// [`Http::new`] with names kept for `ttl` instead of [`crate::services::resolve::NAME_TTL`],
     /// and so connections reused for as long at most (for tests).
     pub fn with_name_ttl(timeout: Duration, ttl: Duration) -> Http {
         Http::with_resolver(timeout, Resolver::with_ttl(ttl))

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::de::{MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::http::{Call, CallError, Http, Route, SendError, Target};
+use crate::services::http::{Call, CallError, Http, Route, SendError, Target};
 
 /// Largest reply accepted for a status update.
 const SMALL_REPLY_LIMIT: u64 = 64 * 1024;
@@ -356,7 +356,7 @@ fn parse_entry(entry: &[u8]) -> Result<Result<Value, Value>, String> {
     let value: Value = serde_json::from_slice(entry).map_err(|e| {
         format!(
             "not valid JSON ({e}): {}",
-            crate::http::describe_body(entry)
+            crate::services::http::describe_body(entry)
         )
     })?;
     if !value.is_object() {
@@ -366,7 +366,7 @@ fn parse_entry(entry: &[u8]) -> Result<Result<Value, Value>, String> {
     serde_json::from_slice::<UniqueKeys>(entry).map_err(|e| {
         format!(
             "{e}, so which value holds is unknown: {}",
-            crate::http::describe_body(entry)
+            crate::services::http::describe_body(entry)
         )
     })?;
     Ok(Ok(value))
@@ -480,7 +480,7 @@ fn field(value: Option<&Value>) -> String {
 }
 
 fn short(value: &Value) -> String {
-    crate::http::describe_body(value.to_string().as_bytes())
+    crate::services::http::describe_body(value.to_string().as_bytes())
 }
 
 /// The registered list's route, in telemetry.
@@ -627,7 +627,7 @@ impl OrdersClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::reply;
+    use crate::services::http::reply;
     use serde_json::json;
     use std::time::Duration;
 

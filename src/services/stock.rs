@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::http::{Call, CallError, Http, Route, Target};
-use crate::orders::Order;
+use crate::services::http::{Call, CallError, Http, Route, Target};
+use crate::services::orders::Order;
 
 /// The call, in log lines.
 const WHAT: &str = "Stock Service decrease";
@@ -114,7 +114,7 @@ impl StockClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{SendError, reply};
+    use crate::services::http::{SendError, reply};
 
     fn decrease() -> Call<'static> {
         Call {
@@ -196,7 +196,7 @@ mod tests {
         );
         let order = Order {
             id: 1,
-            wood_type: crate::orders::WoodType::Oak,
+            wood_type: crate::services::orders::WoodType::Oak,
             quantity: 2,
         };
         let mut answer = server.mock(|when, then| {

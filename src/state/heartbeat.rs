@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::CycleReport;
+use crate::cycle::report::CycleReport;
 
 /// The largest heartbeat `healthcheck` reads (a beat takes about 300 bytes).
 const MAX_BEAT_BYTES: u64 = 64 * 1024;
@@ -136,11 +136,11 @@ impl Heartbeat {
     pub fn start(path: &Path, stale_after: Duration) -> io::Result<Heartbeat> {
         // Never rename over a device, a FIFO, a directory or a symbolic link
         // (HEARTBEAT_FILE=/dev/null as root).
-        crate::files::check_regular_or_absent(path)?;
+        crate::state::files::check_regular_or_absent(path)?;
         let tmp = tmp_path(path);
         // As PID 1 in a container every run has the same temporary name: one left by a
         // killed run is removed if it is a regular file, refused otherwise.
-        crate::files::remove_stale(&tmp)?;
+        crate::state::files::remove_stale(&tmp)?;
         let now = now_ms();
         let heartbeat = Heartbeat {
             path: path.to_path_buf(),
@@ -225,7 +225,7 @@ pub fn mark_stopped(path: &Path, signal: &str) -> io::Result<()> {
 /// Rewrites the last beat at `path` with `mark` applied at the present time, when this
 /// process wrote it; a beat of another process is left alone.
 fn mark_own(path: &Path, mark: impl FnOnce(&mut Beat, u64)) -> io::Result<()> {
-    let text = crate::files::read_regular(path, MAX_BEAT_BYTES)?;
+    let text = crate::state::files::read_regular(path, MAX_BEAT_BYTES)?;
     let mut beat: Beat = serde_json::from_slice(&text).map_err(io::Error::other)?;
     if beat.pid != std::process::id() {
         return Ok(());
@@ -298,16 +298,16 @@ fn tmp_path(path: &Path) -> PathBuf {
 fn write_beat(path: &Path, tmp: &Path, beat: &Beat) -> io::Result<()> {
     let mut text = serde_json::to_vec(beat).map_err(io::Error::other)?;
     text.push(b'\n');
-    let mut file = match crate::files::create_new(tmp) {
+    let mut file = match crate::state::files::create_new(tmp) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            crate::files::remove_stale(tmp)?;
-            crate::files::create_new(tmp)?
+            crate::state::files::remove_stale(tmp)?;
+            crate::state::files::create_new(tmp)?
         }
         other => other?,
     };
     let written = file.write_all(&text).and_then(|()| fs::rename(tmp, path));
     if written.is_err() {
-        let _ = crate::files::remove_stale(tmp);
+        let _ = crate::state::files::remove_stale(tmp);
     }
     written
 }
@@ -338,7 +338,7 @@ pub fn check(
     };
     // Opened without blocking, refused unless a regular file, read with a cap: a probe
     // pointed at a FIFO or a device answers at once.
-    let text = match crate::files::read_regular(path, MAX_BEAT_BYTES) {
+    let text = match crate::state::files::read_regular(path, MAX_BEAT_BYTES) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return unhealthy(format!(

@@ -24,7 +24,7 @@
 //! that another name for it (a hard link, a symbolic link to its directory) is refused
 //! too, taken on each new file before it is renamed into place; and on `PATH.lock`
 //! beside it. The state file, its lock and its temporary file are regular files or do
-//! not exist (see [`crate::files`]), and a state file with a second hard link is
+//! not exist (see [`crate::state::files`]), and a state file with a second hard link is
 //! refused at start.
 
 // Parses what a peer or a file sends: no index or slice that could panic.
@@ -39,8 +39,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::orders::{Order, OrderStatus, WoodType};
-use crate::process::{InFlight, Journal};
+use crate::cycle::process::{InFlight, Journal};
+use crate::services::orders::{Order, OrderStatus, WoodType};
 
 /// Appended lines allowed beyond twice the live orders before a compaction.
 const COMPACT_SLACK: usize = 256;
@@ -294,8 +294,8 @@ pub fn companion_paths(path: &Path) -> [PathBuf; 3] {
 /// The orders in flight in the journal at `path`, read without locking, creating or
 /// rewriting anything (for `--dry-run`); none when the file does not exist.
 pub fn read_only(path: &Path) -> Result<Vec<(Order, InFlight)>, JournalError> {
-    crate::files::check_regular_or_absent(path).map_err(|e| io_at(path, e))?;
-    let file = match crate::files::open_regular(path, OpenOptions::new().read(true)) {
+    crate::state::files::check_regular_or_absent(path).map_err(|e| io_at(path, e))?;
+    let file = match crate::state::files::open_regular(path, OpenOptions::new().read(true)) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_at(path, e)),
@@ -307,8 +307,8 @@ pub fn read_only(path: &Path) -> Result<Vec<(Order, InFlight)>, JournalError> {
 /// What the journal at `path` belongs to and how many orders it holds in flight, read
 /// without locking or writing (a default state file's neighbours, at start).
 pub fn peek(path: &Path) -> Result<(Option<Owner>, usize), JournalError> {
-    crate::files::check_regular_or_absent(path).map_err(|e| io_at(path, e))?;
-    let file = crate::files::open_regular(path, OpenOptions::new().read(true))
+    crate::state::files::check_regular_or_absent(path).map_err(|e| io_at(path, e))?;
+    let file = crate::state::files::open_regular(path, OpenOptions::new().read(true))
         .map_err(|e| io_at(path, e))?;
     if file.metadata().map_err(|e| io_at(path, e))?.len() > MAX_STATE_FILE_BYTES {
         return Err(JournalError::Unusable {
@@ -344,9 +344,9 @@ impl FileJournal {
         let [_, lock_path, tmp] = companion_paths(path);
         let locked = || JournalError::Locked(path.to_path_buf(), holder(&lock_path));
         for at in [path, &lock_path, &tmp] {
-            crate::files::check_regular_or_absent(at).map_err(|e| io_at(at, e))?;
+            crate::state::files::check_regular_or_absent(at).map_err(|e| io_at(at, e))?;
         }
-        let lock = crate::files::open_regular(
+        let lock = crate::state::files::open_regular(
             &lock_path,
             OpenOptions::new().create(true).truncate(false).write(true),
         )
@@ -356,7 +356,7 @@ impl FileJournal {
         let _ = lock
             .set_len(0)
             .and_then(|()| lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0));
-        let file = crate::files::open_regular(
+        let file = crate::state::files::open_regular(
             path,
             OpenOptions::new()
                 .create(true)
@@ -402,7 +402,7 @@ impl FileJournal {
         }
         let owner = owner.cloned().or(theirs);
         // Only the holder of the lock writes the temporary file: one there is a crash's.
-        crate::files::remove_stale(&tmp).map_err(|e| io_at(&tmp, e))?;
+        crate::state::files::remove_stale(&tmp).map_err(|e| io_at(&tmp, e))?;
         let (file, end, slots) = write_compacted(path, &tmp, &live, &traces, owner.as_ref())
             .map_err(|e| io_at(path, e))?;
         Ok(FileJournal {
@@ -608,7 +608,7 @@ impl FileJournal {
     }
 }
 
-/// An I/O error at `at`: a path that cannot hold a state file (see [`crate::files`]), or
+/// An I/O error at `at`: a path that cannot hold a state file (see [`crate::state::files`]), or
 /// another failure.
 fn io_at(at: &Path, error: io::Error) -> JournalError {
     match error.kind() {
@@ -629,7 +629,7 @@ fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 
 /// The process id written in a held `PATH.lock`, if it can be read.
 fn holder(lock_path: &Path) -> Option<u32> {
-    let text = crate::files::read_regular(lock_path, 64).ok()?;
+    let text = crate::state::files::read_regular(lock_path, 64).ok()?;
     std::str::from_utf8(&text).ok()?.trim().parse().ok()
 }
 
@@ -667,7 +667,7 @@ impl Journal for FileJournal {
     ) -> io::Result<u64> {
         if trace.is_valid() {
             self.traces
-                .insert(order.id, crate::process::trace_ref(trace));
+                .insert(order.id, crate::cycle::process::trace_ref(trace));
         }
         self.decide(order, status, false)?;
         Ok(self.written)
@@ -699,7 +699,7 @@ impl Journal for FileJournal {
         // nothing to continue after a restart.
         if trace.is_valid() {
             self.traces
-                .insert(order.id, crate::process::trace_ref(trace));
+                .insert(order.id, crate::cycle::process::trace_ref(trace));
         }
         self.decided(order, status)
     }
@@ -951,7 +951,7 @@ fn write_compacted(
     owner: Option<&Owner>,
 ) -> io::Result<(File, u64, Slots)> {
     let mut slots = Vec::new();
-    let file = crate::files::create_new(tmp)?;
+    let file = crate::state::files::create_new(tmp)?;
     let written = (|| {
         // Locked before it takes the journal's place: a worker opening the path from
         // then on finds it locked.
@@ -1119,7 +1119,7 @@ mod tests {
         let dir = temp_dir("trace");
         let path = dir.join("state.jsonl");
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
-        let span = crate::process::parse_trace_ref(trace).unwrap();
+        let span = crate::cycle::process::parse_trace_ref(trace).unwrap();
         {
             let mut j = FileJournal::open(&path).unwrap();
             j.sending(&order(1)).unwrap();
@@ -1295,7 +1295,7 @@ mod tests {
     }
 
     fn files_same(a: &Path, b: &Path) -> bool {
-        crate::files::same_file(a, b)
+        crate::state::files::same_file(a, b)
     }
 
     #[test]
@@ -1327,7 +1327,7 @@ mod tests {
 
     #[test]
     fn the_cap_on_orders_in_flight_is_four_times_the_pending_cap() {
-        assert_eq!(MAX_IN_FLIGHT, 4 * crate::worker::PENDING_CAP);
+        assert_eq!(MAX_IN_FLIGHT, 4 * crate::cycle::worker::PENDING_CAP);
     }
 
     #[test]
@@ -1423,7 +1423,10 @@ mod tests {
     }
 
     /// A journey against stand-in services, with `journal`.
-    fn journey(stack: &standin::Stack, journal: Box<dyn Journal>) -> crate::process::Journey {
+    fn journey(
+        stack: &standin::Stack,
+        journal: Box<dyn Journal>,
+    ) -> crate::cycle::process::Journey {
         let config = crate::Config {
             orders_url: stack.orders_url(),
             stocks_url: stack.stocks_url(),
@@ -1433,7 +1436,7 @@ mod tests {
             decrease_timeout: std::time::Duration::from_secs(2),
             ..crate::Config::default()
         };
-        crate::process::Journey::new(&config, journal)
+        crate::cycle::process::Journey::new(&config, journal)
     }
 
     fn stand_in_with_one_order() -> (standin::Stack, Order) {
@@ -1462,8 +1465,8 @@ mod tests {
         assert!(
             matches!(
                 outcome,
-                crate::outcome::Outcome::Deferred {
-                    cause: crate::outcome::Deferral::Fatal,
+                crate::cycle::outcome::Outcome::Deferred {
+                    cause: crate::cycle::outcome::Deferral::Fatal,
                     ..
                 }
             ),
@@ -1506,7 +1509,7 @@ mod tests {
         let mut journey = journey(&stack, Box::new(journal));
         // Stock taken, decision written in place, status set; `finished` fails.
         let outcome = journey.run_to_end(order);
-        assert_eq!(outcome, crate::outcome::Outcome::Ready);
+        assert_eq!(outcome, crate::cycle::outcome::Outcome::Ready);
         drop(journey); // the process ends with the disk still full
         assert_eq!(status_of(&stack, order.id), "ready");
         // The file says the order is decided ready, not that its decrease was being sent.

@@ -1,0 +1,3 @@
+pub mod files;
+pub mod heartbeat;
+pub mod journal;
