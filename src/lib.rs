@@ -92,7 +92,7 @@ pub mod telemetry;
 
 pub use config::{Config, ConfigError, HealthcheckConfig, Invocation, Mode, Shard};
 pub use cycle::outcome::Outcome;
-pub use cycle::process::{InFlight, Journal, NoJournal};
 pub use cycle::worker::{CycleReport, Worker};
 pub use services::orders::{Order, OrderStatus, WoodType};
+pub use state::in_flight::{InFlight, Journal, NoJournal};
 pub use stop::Stop;

@@ -60,7 +60,7 @@ static EXPORT: RwLock<Option<Box<dyn Log>>> = RwLock::new(None);
 /// characters.
 fn line_message(message: &str) -> String {
     let message = crate::redact::credentials(message);
-    crate::cycle::outcome::shorten(&message, MAX_MESSAGE).into_owned()
+    shorten(&message, MAX_MESSAGE).into_owned()
 }
 
 /// The longest message a line carries, in characters: with its time, level, target
@@ -506,6 +506,14 @@ impl<'kvs> VisitSource<'kvs> for Pairs<'_> {
             self.out.push_str(&format!(" {key}={text}"));
         }
         Ok(())
+    }
+}
+
+/// `text` cut to at most `max` characters (an ellipsis marks the cut).
+pub fn shorten(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", text.get(..at).unwrap_or_default()).into(),
+        None => text.into(),
     }
 }
 

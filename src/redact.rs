@@ -2,7 +2,9 @@
 //! logged, printed or exported, its user information is replaced by
 //! `REDACTED:REDACTED`, as the HTTP semantic conventions ask of `url.full`. A URL a
 //! setting gives is shown without its query and fragment too ([`setting_url`]): a
-//! token often travels there (`?token=...`).
+//! token often travels there (`?token=...`). And [`not_tls`] says in words what a TLS
+//! handshake's error text means when the port does not speak TLS (the services' client
+//! and the OTLP one both log it).
 
 // Parses what a peer or a file sends: no index or slice that could panic.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
@@ -104,6 +106,15 @@ fn redact_authority(text: &str, start: usize) -> Cow<'_, str> {
         (Some(_), Some(before), Some(after)) => Cow::Owned(format!("{before}{REDACTED}{after}")),
         _ => Cow::Borrowed(text),
     }
+}
+
+/// What a TLS handshake answered with something that is not TLS means (rustls:
+/// "received corrupt message of type InvalidContentType", as an I/O error of kind
+/// `InvalidData` from the connect): a plain-HTTP port behind an `https://` URL.
+pub fn not_tls(text: &str) -> Option<String> {
+    text.contains("InvalidContentType").then(|| {
+        "the server does not speak TLS (a plain-HTTP port?): use http:// instead of https://".into()
+    })
 }
 
 #[cfg(test)]

@@ -193,14 +193,6 @@ pub fn after_status_update(
     }
 }
 
-/// `text` cut to at most `max` characters (an ellipsis marks the cut).
-pub fn shorten(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", text.get(..at).unwrap_or_default()).into(),
-        None => text.into(),
-    }
-}
-
 /// Two reasons in one: the decision's, then the last cause.
 pub fn join(a: &str, b: &str) -> String {
     if a.is_empty() {

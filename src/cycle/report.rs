@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::cycle::outcome::Outcome;
+use crate::state::heartbeat::CycleBeat;
 
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,6 +48,22 @@ pub fn counted(n: impl Into<u64>, noun: &str) -> String {
 }
 
 impl CycleReport {
+    /// The counts the heartbeat keeps of this cycle.
+    pub fn beat(&self) -> CycleBeat {
+        CycleBeat {
+            ended_ms: 0,
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            fetched: self.fetched,
+            ready: self.ready,
+            blocked: self.blocked,
+            unknown: self.unknown,
+            deferred: self.deferred,
+            pending: self.pending,
+            skipped: self.skipped,
+            list_failed: self.list_failed,
+        }
+    }
+
     /// True when every fetched order reached a final state and nothing is left to retry:
     /// `once` exits 0 then, 1 otherwise.
     pub fn complete(&self) -> bool {

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, Shard};
 use crate::cycle::outcome::{Deferral, Outcome};
 use crate::cycle::pager::{PageEnd, Pager};
-use crate::cycle::process::{
-    Call, InFlight, Journal, Journey, NoJournal, StepEnd, Task, order_fields,
-};
+use crate::cycle::process::{Call, Journey, StepEnd, Task, order_fields};
 pub use crate::cycle::report::CycleReport;
 use crate::cycle::retry::{Attempts, pace};
 use crate::cycle::schedule::{Blame, Next, Rules, Scheduler, Service, Subject, Work};
@@ -20,6 +18,7 @@ use crate::services::http::CallError;
 use crate::services::orders::{Order, OrderStatus};
 use crate::services::outage::{Line, Outage};
 use crate::state::heartbeat::Heartbeat;
+use crate::state::in_flight::{InFlight, Journal, NoJournal};
 use crate::stop::Stop;
 use crate::telemetry::instrument::{self, Scope};
 use opentelemetry::KeyValue;
@@ -610,7 +609,7 @@ impl Worker {
             self.log_summary(&report);
         }
         if let Some(heartbeat) = &mut self.heartbeat {
-            heartbeat.cycle_ended(&report);
+            heartbeat.cycle_ended(report.beat());
         }
         let count = |name: &'static str, n: u64| KeyValue::new(name, n as i64);
         scope.set(vec![
@@ -1605,10 +1604,7 @@ fn name_quarantined<'a>(orders: impl ExactSizeIterator<Item = &'a Quarantined>) 
         let status = q.status.map_or("registered", |s| s.as_str());
         (
             q.order.id,
-            format!(
-                "{status}: {}",
-                crate::cycle::outcome::shorten(&q.cause, 120)
-            ),
+            format!("{status}: {}", crate::logging::shorten(&q.cause, 120)),
         )
     }))
 }

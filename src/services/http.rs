@@ -660,19 +660,11 @@ fn in_words(error: &ureq::Error, waits: Waits) -> String {
         #[cfg(feature = "tls")]
         E::Rustls(e) => {
             let text = e.to_string();
-            not_tls(&text).unwrap_or_else(|| format!("the TLS handshake failed ({text})"))
+            crate::redact::not_tls(&text)
+                .unwrap_or_else(|| format!("the TLS handshake failed ({text})"))
         }
         other => other.to_string(),
     }
-}
-
-/// What a TLS handshake answered with something that is not TLS means (rustls:
-/// "received corrupt message of type InvalidContentType", as an I/O error of kind
-/// `InvalidData` from the connect): a plain-HTTP port behind an `https://` URL.
-pub fn not_tls(text: &str) -> Option<String> {
-    text.contains("InvalidContentType").then(|| {
-        "the server does not speak TLS (a plain-HTTP port?): use http:// instead of https://".into()
-    })
 }
 
 /// An I/O error in words; the system's own text for the rare ones.
@@ -695,7 +687,7 @@ fn io_in_words(error: &io::Error) -> String {
             K::AddrNotAvailable => "address not available",
             _ => {
                 let text = error.to_string();
-                return not_tls(&text).unwrap_or(text);
+                return crate::redact::not_tls(&text).unwrap_or(text);
             }
         },
     };

@@ -30,8 +30,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cycle::report::CycleReport;
-
 /// The largest heartbeat `healthcheck` reads (a beat takes about 300 bytes).
 const MAX_BEAT_BYTES: u64 = 64 * 1024;
 
@@ -88,8 +86,9 @@ pub struct Stopped {
     pub signal: String,
 }
 
-/// A cycle's counts as the heartbeat keeps them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A cycle's counts as the heartbeat keeps them (the cycle makes them from its report;
+/// the heartbeat sets `ended_ms` when it writes them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CycleBeat {
     pub ended_ms: u64,
     pub duration_ms: u64,
@@ -101,23 +100,6 @@ pub struct CycleBeat {
     pub pending: u64,
     pub skipped: u64,
     pub list_failed: bool,
-}
-
-impl From<&CycleReport> for CycleBeat {
-    fn from(r: &CycleReport) -> Self {
-        CycleBeat {
-            ended_ms: now_ms(),
-            duration_ms: r.duration.as_millis() as u64,
-            fetched: r.fetched,
-            ready: r.ready,
-            blocked: r.blocked,
-            unknown: r.unknown,
-            deferred: r.deferred,
-            pending: r.pending,
-            skipped: r.skipped,
-            list_failed: r.list_failed,
-        }
-    }
 }
 
 /// Writes the heartbeat file (through a temporary file and a rename, so a reader never
@@ -180,8 +162,9 @@ impl Heartbeat {
     }
 
     /// A cycle ended.
-    pub fn cycle_ended(&mut self, report: &CycleReport) {
-        self.beat.last_cycle = Some(CycleBeat::from(report));
+    pub fn cycle_ended(&mut self, mut cycle: CycleBeat) {
+        cycle.ended_ms = now_ms();
+        self.beat.last_cycle = Some(cycle);
         self.touch();
     }
 
@@ -670,7 +653,7 @@ mod tests {
         assert!(hb.write().is_err());
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
         fs::remove_file(&tmp).unwrap();
-        hb.cycle_ended(&CycleReport::default());
+        hb.cycle_ended(CycleBeat::default());
         assert!(check(&path, None, None, now_ms()).healthy);
         fs::remove_dir_all(dir).unwrap();
     }
@@ -703,10 +686,10 @@ mod tests {
         let path = dir.join("beat");
         let mut hb = Heartbeat::start(&path, Duration::from_secs(90)).unwrap();
         hb.orders_answered();
-        hb.cycle_ended(&CycleReport {
+        hb.cycle_ended(CycleBeat {
             fetched: 2,
             ready: 2,
-            ..CycleReport::default()
+            ..CycleBeat::default()
         });
         let v = check(&path, None, None, now_ms());
         assert!(v.healthy, "{v}");

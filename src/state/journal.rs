@@ -39,8 +39,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cycle::process::{InFlight, Journal};
 use crate::services::orders::{Order, OrderStatus, WoodType};
+use crate::state::in_flight::{InFlight, Journal, trace_ref};
 
 /// Appended lines allowed beyond twice the live orders before a compaction.
 const COMPACT_SLACK: usize = 256;
@@ -666,8 +666,7 @@ impl Journal for FileJournal {
         trace: &opentelemetry::trace::SpanContext,
     ) -> io::Result<u64> {
         if trace.is_valid() {
-            self.traces
-                .insert(order.id, crate::cycle::process::trace_ref(trace));
+            self.traces.insert(order.id, trace_ref(trace));
         }
         self.decide(order, status, false)?;
         Ok(self.written)
@@ -698,8 +697,7 @@ impl Journal for FileJournal {
         // With telemetry off the order's span is a no-op whose context is not valid:
         // nothing to continue after a restart.
         if trace.is_valid() {
-            self.traces
-                .insert(order.id, crate::cycle::process::trace_ref(trace));
+            self.traces.insert(order.id, trace_ref(trace));
         }
         self.decided(order, status)
     }
@@ -1119,7 +1117,7 @@ mod tests {
         let dir = temp_dir("trace");
         let path = dir.join("state.jsonl");
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
-        let span = crate::cycle::process::parse_trace_ref(trace).unwrap();
+        let span = crate::state::in_flight::parse_trace_ref(trace).unwrap();
         {
             let mut j = FileJournal::open(&path).unwrap();
             j.sending(&order(1)).unwrap();

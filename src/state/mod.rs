@@ -1,3 +1,4 @@
 pub mod files;
 pub mod heartbeat;
+pub mod in_flight;
 pub mod journal;

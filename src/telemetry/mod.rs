@@ -477,7 +477,7 @@ impl UreqClient {
             Err(e) => {
                 let text = e.to_string();
                 self.errors
-                    .note(&crate::services::http::not_tls(&text).unwrap_or(text));
+                    .note(&crate::redact::not_tls(&text).unwrap_or(text));
             }
         }
         result.map_err(Into::into)
