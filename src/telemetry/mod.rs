@@ -8,6 +8,10 @@
 //!
 //! The worker, its steps and the HTTP transport use only the `opentelemetry` API,
 //! through [`instrument`]; with export off, those calls go to no-op providers.
+//!
+//! It may import, from the root, [`crate::logging`] (where the logs export is installed)
+//! and [`crate::redact`]; nothing of the cycle, the services or the state. The cycle and
+//! the services import [`instrument`]; only start-up imports the rest.
 
 pub mod grpc;
 pub mod instrument;
