@@ -18,7 +18,10 @@ pub const REDACTED: &str = "REDACTED:REDACTED";
 /// `http://REDACTED:REDACTED@host/x`. A value without `://` (a URL typed without its
 /// scheme, `user:pass@host:5000`) is redacted the same way up to its first `/`.
 pub fn url(value: &str) -> Cow<'_, str> {
-    if value.contains("://") {
+    // No '@', no user information: the common case, on every request's span.
+    if !value.contains('@') {
+        Cow::Borrowed(value)
+    } else if value.contains("://") {
         credentials(value)
     } else {
         redact_authority(value, 0)

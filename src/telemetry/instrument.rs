@@ -33,29 +33,35 @@ pub fn shard_attribute(shard: impl std::fmt::Display) -> KeyValue {
 /// with the instrumentation off: no propagator is set then, and the global one is not
 /// even looked up).
 pub fn propagation_headers() -> Vec<(&'static str, String)> {
-    use opentelemetry::baggage::BaggageExt;
-    use opentelemetry::trace::{TraceContextExt, TraceFlags};
-    let mut headers = Vec::new();
     if !active() {
-        return headers;
+        return Vec::new();
     }
-    // What the W3C propagators the worker sets (tracecontext, and baggage unless
-    // OTEL_PROPAGATORS leaves it out) inject, written directly: the composite
-    // propagator's generic path cost about 8,000 instructions a request.
-    let cx = opentelemetry::Context::current();
+    opentelemetry::Context::map_current(context_headers)
+}
+
+/// What the W3C propagators the worker sets (tracecontext, and baggage unless
+/// OTEL_PROPAGATORS leaves it out) inject for `cx`, written directly: the composite
+/// propagator's generic path cost about 8,000 instructions a request, `format!` of the
+/// ids and the baggage's entries about 5,000.
+fn context_headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
+    use opentelemetry::baggage::BaggageExt;
+    use opentelemetry::trace::TraceContextExt;
+    let mut headers = Vec::with_capacity(2);
     let span = cx.span();
     let span_context = span.span_context();
     if span_context.is_valid() {
-        let sampled = span_context.trace_flags() & TraceFlags::SAMPLED;
-        headers.push((
-            "traceparent",
-            format!(
-                "00-{}-{}-{:02x}",
-                span_context.trace_id(),
-                span_context.span_id(),
-                sampled.to_u8()
-            ),
-        ));
+        // 00-{trace id}-{span id}-{flags}: 2 + 1 + 32 + 1 + 16 + 1 + 2 characters.
+        let mut value = String::with_capacity(55);
+        value.push_str("00-");
+        push_hex(&mut value, &span_context.trace_id().to_bytes());
+        value.push('-');
+        push_hex(&mut value, &span_context.span_id().to_bytes());
+        value.push_str(if span_context.is_sampled() {
+            "-01"
+        } else {
+            "-00"
+        });
+        headers.push(("traceparent", value));
         let state = span_context.trace_state().header();
         if !state.is_empty() {
             headers.push(("tracestate", state));
@@ -63,36 +69,51 @@ pub fn propagation_headers() -> Vec<(&'static str, String)> {
     }
     let baggage = cx.baggage();
     if BAGGAGE.load(std::sync::atomic::Ordering::Relaxed) && !baggage.is_empty() {
-        // Only the worker's own entries (the order id) are in it: plain tokens and
-        // numbers, which need no percent-encoding; anything else goes through the
-        // propagator's encoding.
-        let plain = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        };
-        if baggage
-            .iter()
-            .all(|(k, (v, m))| plain(k.as_str()) && plain(v.as_str()) && m.as_str().is_empty())
-        {
-            let value = baggage
-                .iter()
-                .map(|(k, (v, _))| format!("{}={}", k.as_str(), v.as_str()))
-                .collect::<Vec<_>>()
-                .join(",");
-            headers.push(("baggage", value));
-        } else {
-            let mut encoded = Headers(Vec::new());
-            opentelemetry::global::get_text_map_propagator(|p| p.inject(&mut encoded));
-            headers.extend(
-                encoded
-                    .0
-                    .into_iter()
-                    .filter(|(k, _)| k == "baggage")
-                    .map(|(_, v)| ("baggage", v)),
-            );
+        match plain_baggage(baggage) {
+            Some(value) => headers.push(("baggage", value)),
+            None => {
+                use opentelemetry::propagation::TextMapPropagator;
+                let mut encoded = Headers(Vec::new());
+                opentelemetry_sdk::propagation::BaggagePropagator::new()
+                    .inject_context(cx, &mut encoded);
+                headers.extend(encoded.0.into_iter().map(|(_, v)| ("baggage", v)));
+            }
         }
     }
     headers
+}
+
+/// The `baggage` header's value when every entry is plain (the worker's own entry, the
+/// order id, is: a token and a number): `key=value` pairs joined by commas, with no
+/// percent-encoding needed. `None` when an entry needs the propagator's encoding
+/// (other characters, or metadata).
+fn plain_baggage(baggage: &opentelemetry::baggage::Baggage) -> Option<String> {
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    let mut value = String::with_capacity(48);
+    for (key, (v, metadata)) in baggage {
+        if !plain(v.as_str()) || !plain(key.as_str()) || !metadata.as_str().is_empty() {
+            return None;
+        }
+        if !value.is_empty() {
+            value.push(',');
+        }
+        value.push_str(key.as_str());
+        value.push('=');
+        value.push_str(v.as_str());
+    }
+    Some(value)
+}
+
+/// `bytes` in lower-case hex, appended to `out`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 /// Whether the baggage propagator is on (OTEL_PROPAGATORS lists it, or is unset).
@@ -130,6 +151,37 @@ fn host_and_port(url: &str) -> (&str, Option<u16>) {
         _ => (authority, Some(default)),
     };
     (host, port.or(Some(default)))
+}
+
+/// The `server.address` and `server.port` attributes of `url`, made once for each of
+/// the few authorities the worker calls (the two services): the host's text is shared,
+/// not copied for every request.
+fn server_attributes(url: &str) -> (KeyValue, Option<KeyValue>) {
+    use std::cell::RefCell;
+    type Seen = Vec<(Box<str>, KeyValue, Option<KeyValue>)>;
+    thread_local! {
+        static SEEN: RefCell<Seen> = const { RefCell::new(Vec::new()) };
+    }
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url
+        .get(start..)
+        .and_then(|rest| rest.find(['/', '?', '#']))
+        .map_or(url.len(), |i| start + i);
+    let prefix = url.get(..end).unwrap_or(url);
+    SEEN.with_borrow_mut(|seen| {
+        if let Some((_, host, port)) = seen.iter().find(|(p, ..)| **p == *prefix) {
+            return (host.clone(), port.clone());
+        }
+        let (host, port) = host_and_port(url);
+        let host = KeyValue::new("server.address", std::sync::Arc::<str>::from(host));
+        let port = port.map(|p| KeyValue::new("server.port", i64::from(p)));
+        // A handful at most; a worker never calls more than a few.
+        if seen.len() >= 8 {
+            seen.remove(0);
+        }
+        seen.push((prefix.into(), host.clone(), port.clone()));
+        (host, port)
+    })
 }
 
 /// A span made current until dropped; ended when dropped.
@@ -405,17 +457,17 @@ impl HttpAttempt {
         if !active() {
             return HttpAttempt { on: None };
         }
-        let (host, port) = host_and_port(url);
-        let host = host.to_string();
-        let mut common = vec![
+        let (host, port) = server_attributes(url);
+        // Room for the status code and error.type that `finish` adds.
+        let mut common = Vec::with_capacity(7);
+        common.extend([
             KeyValue::new("http.request.method", method),
-            KeyValue::new("server.address", host),
+            host,
             KeyValue::new("url.template", template),
-        ];
-        if let Some(port) = port {
-            common.push(KeyValue::new("server.port", i64::from(port)));
-        }
-        let mut attributes = common.clone();
+        ]);
+        common.extend(port);
+        let mut attributes = Vec::with_capacity(common.len() + 2);
+        attributes.extend_from_slice(&common);
         attributes.push(KeyValue::new(
             "url.full",
             crate::redact::url(url).into_owned(),
@@ -464,6 +516,86 @@ impl HttpAttempt {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_headers_written_directly_are_the_propagators_own() {
+        use opentelemetry::baggage::BaggageExt;
+        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+        use std::collections::HashMap;
+        super::set_baggage(true);
+        let span = |flags| {
+            SpanContext::new(
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                flags,
+                true,
+                TraceState::NONE,
+            )
+        };
+        for (flags, baggage) in [
+            (
+                TraceFlags::SAMPLED,
+                vec![opentelemetry::KeyValue::new(
+                    "ordermanagement.order.id",
+                    161i64,
+                )],
+            ),
+            (TraceFlags::default(), vec![]),
+            (
+                TraceFlags::SAMPLED,
+                vec![
+                    opentelemetry::KeyValue::new("a", "x y,z;é"),
+                    opentelemetry::KeyValue::new("b", 2.5),
+                ],
+            ),
+        ] {
+            let cx = opentelemetry::Context::new()
+                .with_remote_span_context(span(flags))
+                .with_baggage(baggage);
+            let mut expected = HashMap::new();
+            TraceContextPropagator::new().inject_context(&cx, &mut expected);
+            BaggagePropagator::new().inject_context(&cx, &mut expected);
+            // An empty tracestate is left out (W3C Trace Context allows either).
+            expected.retain(|k, v| k != "tracestate" || !v.is_empty());
+            let got: HashMap<String, String> = super::context_headers(&cx)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn server_attributes_are_the_urls_own_whether_made_or_kept() {
+        use opentelemetry::{KeyValue, Value};
+        let urls = [
+            "http://order:5000/orders/1",
+            "http://order:5000/orders/2?x=1",
+            "https://u:p@stock.example/stocks/decrease",
+            "http://[::1]:5001/stocks/decrease",
+            "http://127.0.0.1/orders/status/registered?skip=0&limit=10",
+            "http://order:5001/orders/1",
+        ];
+        // Twice: made the first time, kept the second.
+        for url in urls.iter().chain(urls.iter()) {
+            let (host, port) = super::host_and_port(url);
+            let (h, p) = super::server_attributes(url);
+            assert_eq!(
+                h,
+                KeyValue::new("server.address", host.to_string()),
+                "{url}"
+            );
+            assert_eq!(
+                p.map(|p| p.value),
+                port.map(|p| Value::I64(i64::from(p))),
+                "{url}"
+            );
+        }
+    }
+
     #[test]
     fn host_and_port_are_read_as_a_uri_would_give_them() {
         for url in [
