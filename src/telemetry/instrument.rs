@@ -50,18 +50,7 @@ fn context_headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
     let span = cx.span();
     let span_context = span.span_context();
     if span_context.is_valid() {
-        // 00-{trace id}-{span id}-{flags}: 2 + 1 + 32 + 1 + 16 + 1 + 2 characters.
-        let mut value = String::with_capacity(55);
-        value.push_str("00-");
-        push_hex(&mut value, &span_context.trace_id().to_bytes());
-        value.push('-');
-        push_hex(&mut value, &span_context.span_id().to_bytes());
-        value.push_str(if span_context.is_sampled() {
-            "-01"
-        } else {
-            "-00"
-        });
-        headers.push(("traceparent", value));
+        headers.push(("traceparent", traceparent(span_context)));
         let state = span_context.trace_state().header();
         if !state.is_empty() {
             headers.push(("tracestate", state));
@@ -107,13 +96,26 @@ fn plain_baggage(baggage: &opentelemetry::baggage::Baggage) -> Option<String> {
     Some(value)
 }
 
-/// `bytes` in lower-case hex, appended to `out`.
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// The `traceparent` header of `span`: `00-{trace id}-{span id}-{flags}`, 55
+/// characters, the flags only saying whether the span is sampled.
+fn traceparent(span: &opentelemetry::trace::SpanContext) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let trace = span.trace_id().to_bytes();
+    let id = span.span_id().to_bytes();
+    // The trace id's digits from offset 3, the span id's from 36.
+    let digits = trace.iter().zip((3..).step_by(2));
+    for (&b, at) in digits.chain(id.iter().zip((36..).step_by(2))) {
+        if let Some([high, low]) = text.get_mut(at..at + 2) {
+            *high = DIGITS[usize::from(b >> 4)];
+            *low = DIGITS[usize::from(b & 0x0f)];
+        }
     }
+    if span.is_sampled() {
+        text[54] = b'1';
+    }
+    // Hex digits and dashes: always UTF-8.
+    String::from_utf8(text.to_vec()).unwrap_or_default()
 }
 
 /// Whether the baggage propagator is on (OTEL_PROPAGATORS lists it, or is unset).
