@@ -1,6 +1,7 @@
-//! What the worker says: the line of each order's outcome, counting it in the
-//! cycle's report, the outage lines of a service that stops answering, and the
-//! cycle's summary.
+//! What the worker says and counts: an order done with for the cycle (its line, its
+//! span's end, its counts in the report and the metrics, and the bookkeeping of
+//! pending and decided orders), the outage lines of a service that stops answering,
+//! and the cycle's summary.
 
 use super::*;
 
