@@ -8,8 +8,9 @@
 //! It may import the [`crate::services`] clients, the [`crate::state`] records (the
 //! journal's trait, the heartbeat), [`crate::telemetry::instrument`], and from the root
 //! the values every layer reads: [`crate::config`], [`crate::stop`] and
-//! [`crate::logging`]'s order fields. Only start-up ([`crate::startup`]) and the fuzz
-//! entry points import it.
+//! [`crate::logging`] (an order's log fields, text shortened for a line). Start-up
+//! ([`crate::startup`]) imports it, and the crate's root re-exports [`worker::Worker`],
+//! [`report::CycleReport`] and [`outcome::Outcome`].
 
 pub mod outcome;
 pub mod pager;

@@ -5,8 +5,8 @@
 //! ([`outage`]).
 //!
 //! It may import [`crate::telemetry::instrument`] and [`crate::redact`], nothing of
-//! the cycle or the state. The cycle ([`crate::cycle`]) and the state file's records
-//! ([`crate::state`], which name orders) import it.
+//! the cycle or the state. The cycle ([`crate::cycle`]), the state file's records
+//! ([`crate::state`], which name orders) and the fuzz entry points import it.
 
 pub mod http;
 pub mod orders;

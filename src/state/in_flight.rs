@@ -3,6 +3,10 @@
 //! disk, [`NoJournal`] in memory), what a previous run left [`InFlight`], and the form
 //! in which an order's trace is kept ([`trace_ref`]).
 
+// Parses what a file holds (an order's trace as the journal keeps it): no index or
+// slice that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 use std::io;
 
 use crate::services::orders::{Order, OrderStatus};

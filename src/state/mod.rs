@@ -6,8 +6,8 @@
 //!
 //! It may import the order types of [`crate::services::orders`] and, from the root,
 //! [`crate::logging`]'s timestamps; nothing of the cycle: the cycle hands the heartbeat
-//! its counts ([`heartbeat::CycleBeat`]). The cycle ([`crate::cycle`]) and start-up
-//! ([`crate::startup`]) import it.
+//! its counts ([`heartbeat::CycleBeat`]). The cycle ([`crate::cycle`]), start-up
+//! ([`crate::startup`]) and the fuzz entry points import it.
 
 pub mod files;
 pub mod heartbeat;

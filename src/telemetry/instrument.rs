@@ -160,18 +160,21 @@ fn host_and_port(url: &str) -> (&str, Option<u16>) {
 /// not copied for every request.
 fn server_attributes(url: &str) -> (KeyValue, Option<KeyValue>) {
     use std::cell::RefCell;
-    type Seen = Vec<(Box<str>, KeyValue, Option<KeyValue>)>;
+    /// Whether the scheme is https (the default port), the host and port as written.
+    type Seen = Vec<((bool, Box<str>), KeyValue, Option<KeyValue>)>;
     thread_local! {
         static SEEN: RefCell<Seen> = const { RefCell::new(Vec::new()) };
     }
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url
-        .get(start..)
-        .and_then(|rest| rest.find(['/', '?', '#']))
-        .map_or(url.len(), |i| start + i);
-    let prefix = url.get(..end).unwrap_or(url);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // The key leaves the user information out: no credentials kept here.
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let secure = scheme.eq_ignore_ascii_case("https");
     SEEN.with_borrow_mut(|seen| {
-        if let Some((_, host, port)) = seen.iter().find(|(p, ..)| **p == *prefix) {
+        if let Some((_, host, port)) = seen
+            .iter()
+            .find(|((s, k), ..)| *s == secure && **k == *host_port)
+        {
             return (host.clone(), port.clone());
         }
         let (host, port) = host_and_port(url);
@@ -181,7 +184,7 @@ fn server_attributes(url: &str) -> (KeyValue, Option<KeyValue>) {
         if seen.len() >= 8 {
             seen.remove(0);
         }
-        seen.push((prefix.into(), host.clone(), port.clone()));
+        seen.push(((secure, host_port.into()), host.clone(), port.clone()));
         (host, port)
     })
 }
@@ -580,6 +583,9 @@ mod tests {
             "http://[::1]:5001/stocks/decrease",
             "http://127.0.0.1/orders/status/registered?skip=0&limit=10",
             "http://order:5001/orders/1",
+            "https://order:5001/orders/1",
+            "https://order/orders/1",
+            "http://order/orders/1",
         ];
         // Twice: made the first time, kept the second.
         for url in urls.iter().chain(urls.iter()) {
