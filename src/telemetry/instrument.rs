@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use opentelemetry::KeyValue;
 
-/// Whether any signal is exported (or a propagator set): until [`activate`] is called,
+/// Whether any signal is exported: until [`activate`] is called,
 /// spans, span attributes, baggage and measurements are not even built, so that a
 /// worker without a collector spends nothing per order on telemetry.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// Turns the instrumentation on; called by [`crate::telemetry::Telemetry::init`]
-/// before it sets the providers and the propagator.
+/// before it sets the providers.
 pub fn activate() {
     ACTIVE.store(true, Ordering::Relaxed);
 }
@@ -30,8 +30,7 @@ pub fn shard_attribute(shard: impl std::fmt::Display) -> KeyValue {
 }
 
 /// Headers to add to a request so that the services continue the current trace (none
-/// with the instrumentation off: no propagator is set then, and the global one is not
-/// even looked up).
+/// with the instrumentation off).
 pub fn propagation_headers() -> Vec<(&'static str, String)> {
     if !active() {
         return Vec::new();
@@ -39,10 +38,10 @@ pub fn propagation_headers() -> Vec<(&'static str, String)> {
     opentelemetry::Context::map_current(context_headers)
 }
 
-/// What the W3C propagators the worker sets (tracecontext, and baggage unless
-/// OTEL_PROPAGATORS leaves it out) inject for `cx`, written directly: the composite
-/// propagator's generic path cost about 8,000 instructions a request, `format!` of the
-/// ids and the baggage's entries about 5,000.
+/// What the W3C propagators (tracecontext, and baggage unless OTEL_PROPAGATORS leaves
+/// it out) would inject for `cx`, written directly: a composite propagator's generic
+/// path cost about 8,000 instructions a request, `format!` of the ids and the
+/// baggage's entries about 5,000. No global propagator is set or read.
 fn context_headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
     use opentelemetry::baggage::BaggageExt;
     use opentelemetry::trace::TraceContextExt;
@@ -62,10 +61,10 @@ fn context_headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
             Some(value) => headers.push(("baggage", value)),
             None => {
                 use opentelemetry::propagation::TextMapPropagator;
-                let mut encoded = Headers(Vec::new());
+                let mut encoded = std::collections::HashMap::new();
                 opentelemetry_sdk::propagation::BaggagePropagator::new()
                     .inject_context(cx, &mut encoded);
-                headers.extend(encoded.0.into_iter().map(|(_, v)| ("baggage", v)));
+                headers.extend(encoded.remove("baggage").map(|v| ("baggage", v)));
             }
         }
     }
@@ -124,16 +123,6 @@ static BAGGAGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// Says whether the baggage propagator is on, for [`propagation_headers`].
 pub fn set_baggage(on: bool) {
     BAGGAGE.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The propagator's headers, in a list: two or three of them, no map (nor its hashing)
-/// needed on every request.
-struct Headers(Vec<(String, String)>);
-
-impl opentelemetry::propagation::Injector for Headers {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.push((key.to_string(), value));
-    }
 }
 
 /// The host and port of an `http(s)://` URL (the scheme's port when none is given),

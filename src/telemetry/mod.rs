@@ -563,8 +563,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Starts the signals `settings` turn on, sets them as the global providers and
-    /// propagator, and hands the logs to the log tee. Problems are logged, never fatal.
+    /// Starts the signals `settings` turn on, sets them as the global providers, says
+    /// whether the baggage header goes out, and hands the logs to the log tee. Problems are logged, never fatal.
     pub fn init(settings: &Settings, extra: Vec<KeyValue>) -> Telemetry {
         for (level, note) in &settings.notes {
             log::log!(*level, "{note}");
@@ -650,7 +650,9 @@ impl Telemetry {
                 Err(e) => log::warn!("logs off: {e}"),
             }
         }
-        set_propagator(settings.baggage);
+        // The trace headers are written by the instrumentation itself (no global
+        // propagator is read): only whether `baggage` goes with them is to be said.
+        instrument::set_baggage(settings.baggage);
         let on: Vec<&str> = [
             (telemetry.tracer.is_some(), "traces"),
             (telemetry.meter.is_some(), "metrics"),
@@ -863,20 +865,6 @@ fn export_retries() -> opentelemetry_otlp::RetryPolicy {
         .with_initial_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_millis(100))
         .with_max_jitter(Duration::from_millis(50))
-}
-
-fn set_propagator(baggage: bool) {
-    instrument::set_baggage(baggage);
-    use opentelemetry::propagation::TextMapCompositePropagator;
-    use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-    if baggage {
-        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ]));
-    } else {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    }
 }
 
 #[cfg(test)]
