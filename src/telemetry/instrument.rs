@@ -125,17 +125,20 @@ pub fn set_baggage(on: bool) {
     BAGGAGE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The host and port of an `http(s)://` URL (the scheme's port when none is given),
-/// read without building a `Uri` on every request.
-fn host_and_port(url: &str) -> (&str, Option<u16>) {
+/// Whether an `http(s)://` URL is https, and its authority without user information
+/// (`host:port` as written).
+fn secure_and_authority(url: &str) -> (bool, &str) {
     let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let default = if scheme.eq_ignore_ascii_case("https") {
-        443
-    } else {
-        80
-    };
+    (scheme.eq_ignore_ascii_case("https"), authority)
+}
+
+/// The host and port of an `http(s)://` URL (the scheme's port when none is given),
+/// read without building a `Uri` on every request.
+fn host_and_port(url: &str) -> (&str, Option<u16>) {
+    let (secure, authority) = secure_and_authority(url);
+    let default = if secure { 443 } else { 80 };
     // `[::1]:5000`: the brackets stay out of the address, as `Uri::host` keeps them.
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) if !port.contains(']') => (host, port.parse().ok()),
@@ -154,11 +157,8 @@ fn server_attributes(url: &str) -> (KeyValue, Option<KeyValue>) {
     thread_local! {
         static SEEN: RefCell<Seen> = const { RefCell::new(Vec::new()) };
     }
-    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    // The key leaves the user information out: no credentials kept here.
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let secure = scheme.eq_ignore_ascii_case("https");
+    // All that host_and_port reads; no user information (no credentials kept here).
+    let (secure, host_port) = secure_and_authority(url);
     SEEN.with_borrow_mut(|seen| {
         if let Some((_, host, port)) = seen
             .iter()
