@@ -209,17 +209,10 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("om-files-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::state::testing::mkfifo;
 
-    fn mkfifo(path: &Path) {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    fn temp_dir(name: &str) -> PathBuf {
+        crate::state::testing::temp_dir("files", name)
     }
 
     #[test]

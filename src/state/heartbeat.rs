@@ -626,10 +626,7 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("om-beat-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::state::testing::temp_dir("beat", name)
     }
 
     #[test]
@@ -662,9 +659,7 @@ mod tests {
     fn healthcheck_answers_at_once_whatever_sits_at_the_path() {
         let dir = temp_dir("check");
         let fifo = dir.join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::state::testing::mkfifo(&fifo);
         let started = Instant::now();
         for path in [&fifo, &dir, &PathBuf::from("/dev/zero")] {
             let v = check(path, None, None, now_ms());

@@ -13,3 +13,5 @@ pub mod files;
 pub mod heartbeat;
 pub mod in_flight;
 pub mod journal;
+#[cfg(test)]
+mod testing;

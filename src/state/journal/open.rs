@@ -217,11 +217,7 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
-    fn mkfifo(path: &Path) {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    }
+    use crate::state::testing::mkfifo;
 
     #[test]
     fn the_state_file_its_lock_and_its_temporary_file_are_regular_files_or_absent() {

@@ -1,7 +1,6 @@
 //! Helpers shared by the tests of the journal's modules: an order, a fresh directory,
 //! and the message of a refusal to open.
 
-use std::fs;
 use std::path::PathBuf;
 
 use super::{FileJournal, JournalError};
@@ -16,10 +15,7 @@ pub(super) fn order(id: u64) -> Order {
 }
 
 pub(super) fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("om-journal-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::state::testing::temp_dir("journal", name)
 }
 
 pub(super) fn unusable(result: Result<FileJournal, JournalError>) -> String {
