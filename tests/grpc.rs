@@ -622,6 +622,22 @@ impl Drop for Raw {
     }
 }
 
+/// One frame read whole: its type, flags, stream and payload (`None` at the end of
+/// the connection or a stop).
+fn read_frame(
+    socket: &mut TcpStream,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    if !read_all(socket, &mut head, stop) {
+        return None;
+    }
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+    let mut payload = vec![0u8; len];
+    read_all(socket, &mut payload, stop).then_some((head[3], head[4], id, payload))
+}
+
 /// Reads exactly `buf.len()` bytes unless stopped or closed.
 fn read_all(socket: &mut TcpStream, buf: &mut [u8], stop: &std::sync::atomic::AtomicBool) -> bool {
     let mut got = 0;
@@ -670,17 +686,9 @@ fn h2_server(
         socket.write_all(&frame(0x4, 0, 0, &[])).unwrap();
         let mut bodies: HashMap<u32, Vec<u8>> = HashMap::new();
         loop {
-            let mut head = [0u8; 9];
-            if !read_all(&mut socket, &mut head, stop) {
+            let Some((kind, flags, id, payload)) = read_frame(&mut socket, stop) else {
                 return;
-            }
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let (kind, flags) = (head[3], head[4]);
-            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
-            let mut payload = vec![0u8; len];
-            if !read_all(&mut socket, &mut payload, stop) {
-                return;
-            }
+            };
             match kind {
                 0x4 if flags & 0x1 == 0 => socket.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(),
                 0x0 => bodies.entry(id).or_default().extend(&payload),
@@ -1005,18 +1013,7 @@ fn h2_peer(answer: impl Fn(&[u8], u32) -> Vec<u8> + Send + Sync + 'static) -> (R
                 let mut preface = [0u8; 24];
                 if read_all(&mut reading, &mut preface, stop) && preface == PREFACE {
                     let mut block = Vec::new();
-                    loop {
-                        let mut head = [0u8; 9];
-                        if !read_all(&mut reading, &mut head, stop) {
-                            break;
-                        }
-                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-                        let (kind, flags) = (head[3], head[4]);
-                        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
-                        let mut payload = vec![0u8; len];
-                        if !read_all(&mut reading, &mut payload, stop) {
-                            break;
-                        }
+                    while let Some((kind, flags, id, payload)) = read_frame(&mut reading, stop) {
                         match kind {
                             0x4 if flags & 0x1 == 0 => {
                                 let _ = tx.send(Out::Ack);
