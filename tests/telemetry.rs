@@ -381,6 +381,37 @@ fn demo_worker(
     cmd
 }
 
+/// The trace request's body is the worker's own encoding (src/telemetry/spans.rs),
+/// sent through the exporter's retry: a refused export is sent again, the same bytes.
+#[test]
+fn spans_refused_once_arrive_with_the_exporters_retry() {
+    let stack = stack(3);
+    let sink = OtlpSink::start_refusing(Some("/v1/traces"), 503, 1).unwrap();
+    let out = run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+            .arg("once"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("could not be delivered"), "{stderr}");
+    let bodies = sink.bodies("/v1/traces");
+    assert!(bodies.len() >= 2, "{} trace requests", bodies.len());
+    assert_eq!(bodies[0], bodies[1], "the retry sends what was refused");
+    let orders = bodies[1..]
+        .iter()
+        .flat_map(|body| {
+            use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+            ExportTraceServiceRequest::decode(body.as_slice())
+                .expect("OTLP traces decode")
+                .resource_spans
+        })
+        .flat_map(|rs| rs.scope_spans)
+        .flat_map(|ss| ss.spans)
+        .filter(|s| s.name == "order")
+        .count();
+    assert_eq!(orders, 3, "{stderr}");
+}
+
 fn run_once(cmd: &mut Command) -> std::process::Output {
     let out = Running::start(cmd)
         .wait_for(Duration::from_secs(30))

@@ -4,7 +4,8 @@
 //! one provider per signal with the SDK's batch processors and periodic reader on their
 //! own threads, the OTLP logs bridge handed to [`crate::logging`], and a guard that
 //! flushes and shuts them down on every exit path. Only [`crate::startup`] uses these
-//! items.
+//! items. The trace request's bytes are encoded here ([`spans`]), straight from the
+//! SDK's spans; opentelemetry-otlp's exporter sends them.
 //!
 //! The worker, its steps and the HTTP transport use only the `opentelemetry` API,
 //! through [`instrument`]; with export off, those calls go to no-op providers.
@@ -15,6 +16,7 @@
 
 pub mod grpc;
 pub mod instrument;
+pub mod spans;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -494,6 +496,9 @@ impl UreqClient {
 struct Client {
     signal: Signal,
     transport: ClientTransport,
+    /// The traces' client: the spans' bytes [`spans::TraceExporter`] encoded, sent in
+    /// place of the (empty) request opentelemetry-otlp's exporter builds.
+    pending: Option<spans::PendingBody>,
 }
 
 #[derive(Debug)]
@@ -517,10 +522,35 @@ impl Client {
                 ClientTransport::Grpc(client?)
             }
         };
-        Ok(Client { signal, transport })
+        Ok(Client {
+            signal,
+            transport,
+            pending: None,
+        })
     }
 
-    fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+    /// This client, sending the bytes `pending` holds in place of each request's body.
+    fn sending(self, pending: spans::PendingBody) -> Client {
+        Client {
+            pending: Some(pending),
+            ..self
+        }
+    }
+
+    fn send(&self, mut request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        if let Some(pending) = &self.pending
+            && let Some(body) = pending.lock().ok().and_then(|body| body.clone())
+        {
+            // Compressed as the exporter compressed the body it built, if it did.
+            let gzip = request
+                .headers()
+                .get(ureq::http::header::CONTENT_ENCODING)
+                .is_some_and(|e| e.as_bytes().eq_ignore_ascii_case(b"gzip"));
+            *request.body_mut() = match gzip {
+                true => Bytes::from(spans::gzip(&body)?),
+                false => body,
+            };
+        }
         let result = match &self.transport {
             ClientTransport::Http(client) => client.send(request),
             ClientTransport::Grpc(client) => client.send(request),
@@ -589,17 +619,18 @@ impl Telemetry {
         let client = |signal| Client::new(signal, settings);
         let build = |e: opentelemetry_otlp::ExporterBuildError| e.to_string();
         if settings.traces {
+            let pending = spans::PendingBody::default();
             match client(Signal::Traces).and_then(|client| {
                 http_export(
                     opentelemetry_otlp::SpanExporter::builder().with_http(),
-                    client,
+                    client.sending(pending.clone()),
                 )
                 .build()
                 .map_err(build)
             }) {
                 Ok(exporter) => {
                     let provider = SdkTracerProvider::builder()
-                        .with_batch_exporter(exporter)
+                        .with_batch_exporter(spans::TraceExporter::new(exporter, pending))
                         .with_resource(resource.clone())
                         .build();
                     opentelemetry::global::set_tracer_provider(provider.clone());

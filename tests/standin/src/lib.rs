@@ -875,7 +875,17 @@ impl OtlpSink {
     /// Like [`OtlpSink::start`], but requests to `failing` (e.g. `/v1/traces`) are
     /// kept and answered `500`.
     pub fn start_failing(failing: Option<&str>) -> std::io::Result<OtlpSink> {
-        let failing = failing.map(str::to_string);
+        OtlpSink::start_refusing(failing, 500, usize::MAX)
+    }
+
+    /// Like [`OtlpSink::start`], but the first `times` requests to `path` are kept and
+    /// answered `status`.
+    pub fn start_refusing(
+        path: Option<&str>,
+        status: u16,
+        mut times: usize,
+    ) -> std::io::Result<OtlpSink> {
+        let failing = path.map(str::to_string);
         let server = Arc::new(
             Server::from_listener(no_delay_listener(0)?, None).map_err(std::io::Error::other)?,
         );
@@ -886,8 +896,9 @@ impl OtlpSink {
             while let Ok(mut request) = srv.recv() {
                 let mut body = Vec::new();
                 let _ = request.as_reader().read_to_end(&mut body);
-                let status = if failing.as_deref() == Some(request.url()) {
-                    500
+                let status = if times > 0 && failing.as_deref() == Some(request.url()) {
+                    times -= 1;
+                    status
                 } else {
                     200
                 };
