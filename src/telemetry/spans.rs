@@ -313,7 +313,12 @@ fn tag(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from(field << 3 | wire));
 }
 
+#[inline]
 fn varint(buf: &mut Vec<u8>, mut value: u64) {
+    if value < 0x80 {
+        buf.push(value as u8);
+        return;
+    }
     while value >= 0x80 {
         buf.push(value as u8 | 0x80);
         value >>= 7;
