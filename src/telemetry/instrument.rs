@@ -43,7 +43,6 @@ pub fn propagation_headers() -> Vec<(&'static str, String)> {
 /// path cost about 8,000 instructions a request, `format!` of the ids and the
 /// baggage's entries about 5,000. No global propagator is set or read.
 fn context_headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
-    use opentelemetry::baggage::BaggageExt;
     use opentelemetry::trace::TraceContextExt;
     let mut headers = Vec::with_capacity(2);
     let span = cx.span();
@@ -55,44 +54,61 @@ fn context_headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
             headers.push(("tracestate", state));
         }
     }
-    let baggage = cx.baggage();
-    if BAGGAGE.load(std::sync::atomic::Ordering::Relaxed) && !baggage.is_empty() {
-        match plain_baggage(baggage) {
-            Some(value) => headers.push(("baggage", value)),
-            None => {
-                use opentelemetry::propagation::TextMapPropagator;
-                let mut encoded = std::collections::HashMap::new();
-                opentelemetry_sdk::propagation::BaggagePropagator::new()
-                    .inject_context(cx, &mut encoded);
-                headers.extend(encoded.remove("baggage").map(|v| ("baggage", v)));
-            }
-        }
+    if let Some(BaggageHeader(value)) = cx.get::<BaggageHeader>() {
+        headers.push(("baggage", value.clone()));
     }
     headers
+}
+
+/// The `baggage` header of an order's requests, kept in its context: made once when the
+/// order's span starts, not on every request, and never in the context's
+/// [`opentelemetry::baggage::Baggage`], whose every entry costs a hash map, a random
+/// hasher and a check of each byte of its key (5,000 instructions an order). Nothing in
+/// the worker reads that baggage: the header is all it is for.
+struct BaggageHeader(String);
+
+/// The `baggage` header's value for `entries`, as the W3C baggage propagator writes it;
+/// `None` when there are none, or the propagator is off.
+fn baggage_header(entries: Vec<KeyValue>) -> Option<String> {
+    if entries.is_empty() || !BAGGAGE.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    plain_baggage(&entries).or_else(|| {
+        use opentelemetry::baggage::BaggageExt;
+        use opentelemetry::propagation::TextMapPropagator;
+        let mut encoded = std::collections::HashMap::new();
+        let cx = opentelemetry::Context::new().with_baggage(entries);
+        opentelemetry_sdk::propagation::BaggagePropagator::new().inject_context(&cx, &mut encoded);
+        encoded.remove("baggage")
+    })
 }
 
 /// The `baggage` header's value when every entry is plain (the worker's own entry, the
 /// order id, is: a token and a number): `key=value` pairs joined by commas, with no
 /// percent-encoding needed. `None` when an entry needs the propagator's encoding
-/// (other characters, or metadata).
-fn plain_baggage(baggage: &opentelemetry::baggage::Baggage) -> Option<String> {
+/// (other characters, a key given twice).
+fn plain_baggage(entries: &[KeyValue]) -> Option<String> {
     let plain = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     };
     let mut value = String::with_capacity(48);
-    for (key, (v, metadata)) in baggage {
-        if !plain(v.as_str()) || !plain(key.as_str()) || !metadata.as_str().is_empty() {
+    for (i, kv) in entries.iter().enumerate() {
+        let text = kv.value.as_str();
+        let repeated = entries.iter().take(i).any(|earlier| earlier.key == kv.key);
+        if repeated || !plain(&text) || !plain(kv.key.as_str()) {
             return None;
         }
         if !value.is_empty() {
             value.push(',');
         }
-        value.push_str(key.as_str());
+        value.push_str(kv.key.as_str());
         value.push('=');
-        value.push_str(v.as_str());
+        value.push_str(&text);
     }
-    Some(value)
+    // Within the propagator's limits, which it applies itself otherwise.
+    (entries.len() <= 64 && value.len() <= 8192).then_some(value)
 }
 
 /// The `traceparent` header of `span`: `00-{trace id}-{span id}-{flags}`, 55
@@ -207,25 +223,9 @@ impl Scope {
         kind: opentelemetry::trace::SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Scope {
-        Scope::with_baggage(name, kind, attributes, Vec::new())
-    }
-
-    /// [`Scope::start`], with `baggage` entries added to the context: sent to the
-    /// services in a `baggage` header when OTEL_PROPAGATORS lists `baggage`.
-    pub fn with_baggage(
-        name: &'static str,
-        kind: opentelemetry::trace::SpanKind,
-        attributes: Vec<KeyValue>,
-        baggage: Vec<KeyValue>,
-    ) -> Scope {
-        use opentelemetry::baggage::BaggageExt;
         use opentelemetry::trace::{TraceContextExt, Tracer};
         let tracer = tracer();
-        let parent = if baggage.is_empty() {
-            opentelemetry::Context::current()
-        } else {
-            opentelemetry::Context::current_with_baggage(baggage)
-        };
+        let parent = opentelemetry::Context::current();
         let span = tracer
             .span_builder(name)
             .with_kind(kind)
@@ -278,7 +278,6 @@ impl OrderSpan {
         cycle: Option<opentelemetry::trace::SpanContext>,
         parent: Option<opentelemetry::trace::SpanContext>,
     ) -> OrderSpan {
-        use opentelemetry::baggage::BaggageExt;
         use opentelemetry::trace::{Link, TraceContextExt, Tracer};
         if !active() {
             return OrderSpan { cx: None };
@@ -288,9 +287,8 @@ impl OrderSpan {
         if let Some(parent) = parent.filter(|p| p.is_valid()) {
             root = root.with_remote_span_context(parent);
         }
-        let baggage = baggage();
-        if !baggage.is_empty() {
-            root = root.with_baggage(baggage);
+        if let Some(header) = baggage_header(baggage()) {
+            root = root.with_value(BaggageHeader(header));
         }
         let links = cycle
             .filter(|c| c.is_valid())
@@ -556,23 +554,53 @@ mod tests {
             (
                 TraceFlags::SAMPLED,
                 vec![
+                    opentelemetry::KeyValue::new("ordermanagement.order.id", 7i64),
+                    opentelemetry::KeyValue::new("shard", "2-4"),
+                ],
+            ),
+            (
+                TraceFlags::SAMPLED,
+                vec![
+                    opentelemetry::KeyValue::new("a", "1"),
+                    opentelemetry::KeyValue::new("a", "2"),
+                ],
+            ),
+            (
+                TraceFlags::SAMPLED,
+                vec![
                     opentelemetry::KeyValue::new("a", "x y,z;é"),
                     opentelemetry::KeyValue::new("b", 2.5),
                 ],
             ),
         ] {
-            let cx = opentelemetry::Context::new()
-                .with_remote_span_context(span(flags))
-                .with_baggage(baggage);
+            let cx = opentelemetry::Context::new().with_remote_span_context(span(flags));
             let mut expected = HashMap::new();
-            TraceContextPropagator::new().inject_context(&cx, &mut expected);
-            BaggagePropagator::new().inject_context(&cx, &mut expected);
+            let with_baggage = cx.with_baggage(baggage.clone());
+            TraceContextPropagator::new().inject_context(&with_baggage, &mut expected);
+            BaggagePropagator::new().inject_context(&with_baggage, &mut expected);
             // An empty tracestate is left out (W3C Trace Context allows either).
             expected.retain(|k, v| k != "tracestate" || !v.is_empty());
-            let got: HashMap<String, String> = super::context_headers(&cx)
+            let ours = match super::baggage_header(baggage) {
+                Some(header) => cx.with_value(super::BaggageHeader(header)),
+                None => cx,
+            };
+            let got: HashMap<String, String> = super::context_headers(&ours)
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
+            // Baggage entries in any order (the propagator's follow a hash map).
+            let entries = |headers: &HashMap<String, String>| {
+                let mut entries: Vec<String> = headers
+                    .get("baggage")
+                    .map(|b| b.split(',').map(str::to_string).collect())
+                    .unwrap_or_default();
+                entries.sort();
+                entries
+            };
+            assert_eq!(entries(&got), entries(&expected));
+            let (mut got, mut expected) = (got, expected);
+            got.remove("baggage");
+            expected.remove("baggage");
             assert_eq!(got, expected);
         }
     }
