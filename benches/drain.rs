@@ -31,8 +31,15 @@ const PAGE: usize = 500;
 const SCALING_ORDERS: usize = 3_000;
 const SERVICE_LATENCY: Duration = Duration::from_millis(2);
 const FAULT_ORDERS: usize = 2_000;
-/// Rounds of the floor and the worker's 20,000-order drains (figures are medians).
-const ROUNDS: usize = 3;
+/// Rounds of the floor and the worker's 20,000-order drains (figures are medians): 3,
+/// or DRAIN_BENCH_ROUNDS (more, for a steadier median on a busy machine).
+fn rounds() -> usize {
+    std::env::var("DRAIN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(3)
+}
 /// A reply's time on the demo's real Flask services over loopback (medians of 200
 /// calls each, a new connection per call, as they close every one: list 2.8 ms,
 /// decrease 3.9 ms, status update 4.7 ms), for the under-failure rows "at the real
@@ -150,44 +157,51 @@ fn main() {
         stack.add_stock(wood, u64::MAX / 16);
     }
     // DRAIN_BENCH_ONLY=telemetry: only the worker without and with telemetry exported,
-    // ROUNDS rounds in turns (a quick look while working on telemetry's cost).
+    // rounds() rounds in turns (a quick look while working on telemetry's cost).
     if std::env::var("DRAIN_BENCH_ONLY").is_ok_and(|only| only == "telemetry") {
         let rate = |run: &Run| BACKLOG as f64 / run.wall.as_secs_f64();
-        let cpu = |run: &Run| run.cpu.as_secs_f64() * 1000.0 / BACKLOG as f64;
-        let mut rows: [(&str, Vec<f64>, Vec<f64>); 3] = [
-            ("telemetry off", vec![], vec![]),
-            ("OTLP/HTTP", vec![], vec![]),
-            ("OTLP/gRPC", vec![], vec![]),
+        let mut rows: [(&str, Vec<Run>); 4] = [
+            ("telemetry off", vec![]),
+            ("OTLP/HTTP", vec![]),
+            ("OTLP/gRPC", vec![]),
+            ("gRPC, PING flood", vec![]),
         ];
-        for _ in 0..ROUNDS {
+        let mut flood_connections = 0;
+        for _ in 0..rounds() {
             for (i, row) in rows.iter_mut().enumerate() {
                 let sink = OtlpSink::start().expect("start the OTLP sink");
                 let collector = GrpcSink::start();
+                let flood = PingFlood::start();
                 let otlp = match i {
                     1 => Some((sink.url(), false)),
                     2 => Some((collector.url(), true)),
+                    3 => Some((flood.url(), true)),
                     _ => None,
                 };
                 stack.seed_orders(BACKLOG, &mut rng);
-                let run = run_worker(&stack, otlp);
-                row.1.push(rate(&run));
-                row.2.push(cpu(&run));
+                row.1.push(run_worker(&stack, otlp));
+                if i == 3 {
+                    flood_connections = flood.connections();
+                }
             }
         }
-        let off = median(rows[0].1.clone());
-        for (name, rates, cpus) in rows {
-            let r = median(rates);
+        let off = median(rows[0].1.iter().map(rate).collect());
+        let cpu_of = |runs: &[Run]| median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect());
+        for (name, runs) in &rows {
+            let r = median(runs.iter().map(rate).collect());
             println!(
-                "{name:<16} {r:>8.0} orders/s {:>6.2}x off   CPU {:.3} ms/order",
+                "{name:<16} {r:>8.0} orders/s {:>6.2}x off   CPU {:.3} ms/order   peak RSS {} KiB",
                 r / off,
-                median(cpus)
+                cpu_of(runs) * 1000.0 / BACKLOG as f64,
+                runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0),
             );
         }
+        print_flood_cost(&rows[3].1, &rows[2].1, &rows[0].1, flood_connections);
         return;
     }
 
     // The floor in a process of its own, as the worker is, then the worker without and
-    // with telemetry exported, in ROUNDS rounds one after the other: each figure is
+    // with telemetry exported, in rounds() rounds one after the other: each figure is
     // the median of its rounds (this machine is noisy; a single pair of runs differs
     // by 10% either way).
     let mut floor_runs = Vec::new();
@@ -197,7 +211,7 @@ fn main() {
     let mut grpc_runs = Vec::new();
     let (mut exported, mut traces, mut largest_trace) = (0, 0, 0);
     let mut grpc_exported = 0;
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         stack.seed_orders(BACKLOG, &mut rng);
         let (orders, time, cpu) = floor_process(&stack);
         floor_runs.push(orders as f64 / time.as_secs_f64());
@@ -374,18 +388,19 @@ fn main() {
     println!(
         "traces exported by the last traced 20,000-order drain: {traces}, the largest holding {largest_trace} spans"
     );
-    let rounds = |runs: &[f64]| {
+    let each_round = |runs: &[f64]| {
         runs.iter()
             .map(|r| format!("{:.2}", r / floor_rate))
             .collect::<Vec<_>>()
             .join(" ")
     };
     println!(
-        "medians of {ROUNDS} rounds; each round vs the floor's median: floor {}, worker {}, with telemetry {}, over gRPC {}",
-        rounds(&floor_runs),
-        rounds(&worker_runs.iter().map(rate).collect::<Vec<_>>()),
-        rounds(&traced_runs.iter().map(rate).collect::<Vec<_>>()),
-        rounds(&grpc_runs.iter().map(rate).collect::<Vec<_>>()),
+        "medians of {} rounds; each round vs the floor's median: floor {}, worker {}, with telemetry {}, over gRPC {}",
+        rounds(),
+        each_round(&floor_runs),
+        each_round(&worker_runs.iter().map(rate).collect::<Vec<_>>()),
+        each_round(&traced_runs.iter().map(rate).collect::<Vec<_>>()),
+        each_round(&grpc_runs.iter().map(rate).collect::<Vec<_>>()),
     );
     println!(
         "telemetry over gRPC vs over HTTP: {:.2}x the rate (OTLP/gRPC calls of the last drain over gRPC: {grpc_exported})",
@@ -399,8 +414,9 @@ fn main() {
         cpu_per_order(&grpc_runs),
     );
     println!(
-        "PIDs allocated on the machine while the worker drained 20,000 orders {ROUNDS} times (its threads, plus any other process started meanwhile): {pids} ({:.4} per order)",
-        pids as f64 / (ROUNDS * BACKLOG) as f64
+        "PIDs allocated on the machine while the worker drained 20,000 orders {} times (its threads, plus any other process started meanwhile): {pids} ({:.4} per order)",
+        rounds(),
+        pids as f64 / (rounds() * BACKLOG) as f64
     );
     println!(
         "RSS growth 1,000 -> 20,000 orders: {:+.1}%   (exit codes {} and {:?}; orders left registered {leftover}; ledger violations {violations}; OTLP requests of the last traced drain {exported})",
@@ -607,6 +623,93 @@ impl Drop for GrpcSink {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the PING flood costs the worker: its CPU time beyond a drain over gRPC to a
+/// collector that behaves (and beyond telemetry off), per second of the flooded drain,
+/// as a share of one core (medians of the rounds).
+fn print_flood_cost(flooded: &[Run], grpc: &[Run], off: &[Run], connections: usize) {
+    let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect());
+    let wall = median(flooded.iter().map(|r| r.wall.as_secs_f64()).collect());
+    println!(
+        "a collector flooding PING frames ({} connections in the last drain) takes {:.1}% of one core beyond gRPC export to a collector that behaves ({:.1}% beyond telemetry off)",
+        connections,
+        (cpu(flooded) - cpu(grpc)) / wall * 100.0,
+        (cpu(flooded) - cpu(off)) / wall * 100.0,
+    );
+}
+
+/// A hostile OTLP/gRPC collector on loopback: it answers a connection's preface with
+/// SETTINGS, then sends PING frames, 64 at a time, as fast as the connection takes them,
+/// until the worker closes it (the transport's frame budget: GOAWAY ENHANCE_YOUR_CALM).
+struct PingFlood {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PingFlood {
+    fn start() -> PingFlood {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the flood");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("its address");
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stopped) = (connections.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let frame = |kind: u8, payload: &[u8]| {
+                let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+                f.extend([kind, 0, 0, 0, 0, 0]);
+                f.extend_from_slice(payload);
+                f
+            };
+            let settings = frame(4, &[]);
+            let pings = frame(6, &[0; 8]).repeat(64);
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+                let (settings, pings, stopped) = (settings.clone(), pings.clone(), stopped.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = conn.read(&mut [0; 65536]);
+                    let _ = conn.write_all(&settings);
+                    while !stopped.load(Ordering::Relaxed) && conn.write_all(&pings).is_ok() {}
+                });
+            }
+        });
+        PingFlood {
+            addr,
+            connections,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for PingFlood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -12,6 +12,7 @@ use common::otlp::{assert_traceparents_name_client_spans, attrs, hex, resources_
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
@@ -154,6 +155,72 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
             "{name} in {metrics:?}"
         );
     }
+
+    // Metrics: values, from the last export of each (cumulative) metric. The per-order
+    // measurements are recorded through instruments bound to their attributes.
+    let mut last: HashMap<String, Metric> = HashMap::new();
+    for body in sink.bodies("/v1/metrics") {
+        let request =
+            ExportMetricsServiceRequest::decode(body.as_slice()).expect("OTLP metrics decode");
+        for m in request
+            .resource_metrics
+            .into_iter()
+            .flat_map(|rm| rm.scope_metrics)
+            .flat_map(|sm| sm.metrics)
+        {
+            last.insert(m.name.clone(), m);
+        }
+    }
+    let sum_points = |name: &str| match &last[name].data {
+        Some(metric::Data::Sum(sum)) => sum
+            .data_points
+            .iter()
+            .map(|p| {
+                let value = match p.value {
+                    Some(number_data_point::Value::AsInt(v)) => v,
+                    other => panic!("{name}: {other:?}"),
+                };
+                (attrs(&p.attributes), value)
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("{name}: {other:?}"),
+    };
+    let processed = sum_points("ordermanagement.orders.processed");
+    assert_eq!(processed.len(), 1, "{processed:?}");
+    assert_eq!(processed[0].0["outcome"], "ready");
+    assert_eq!(processed[0].1, 5);
+    let mut taken_by_wood: HashMap<String, i64> = HashMap::new();
+    for entry in stack.ledger() {
+        *taken_by_wood.entry(entry.wood_type).or_default() += entry.quantity as i64;
+    }
+    let exported: HashMap<String, i64> = sum_points("ordermanagement.stock.taken")
+        .into_iter()
+        .map(|(a, v)| (a["wood_type"].clone(), v))
+        .collect();
+    assert_eq!(exported, taken_by_wood);
+    let Some(metric::Data::Histogram(durations)) = &last["http.client.request.duration"].data
+    else {
+        panic!("{:?}", last["http.client.request.duration"]);
+    };
+    let count = |method: &str, template: &str| -> u64 {
+        durations
+            .data_points
+            .iter()
+            .filter(|p| {
+                let a = attrs(&p.attributes);
+                a["http.request.method"] == method
+                    && a["url.template"] == template
+                    && a["http.response.status_code"] == "200"
+                    && a["server.address"] == "127.0.0.1"
+                    && a.contains_key("server.port")
+            })
+            .map(|p| p.count)
+            .sum()
+    };
+    assert_eq!(count("POST", "/stocks/decrease"), 5, "{durations:?}");
+    assert_eq!(count("PUT", "/orders/{id}"), 5, "{durations:?}");
+    // One page held all five (a short page ends the cycle).
+    assert_eq!(count("GET", "/orders/status/{status}"), 1, "{durations:?}");
 
     // Logs: the order lines carry the trace and span of their order.
     let mut with_trace = 0;

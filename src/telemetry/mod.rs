@@ -653,7 +653,7 @@ impl Telemetry {
                         .with_periodic_exporter(exporter)
                         .with_resource(resource.clone())
                         .build();
-                    opentelemetry::global::set_meter_provider(provider.clone());
+                    // Made the global one once every signal is built, below.
                     telemetry.meter = Some(provider);
                 }
                 Err(e) => log::warn!("metrics off: {e}"),
@@ -680,6 +680,13 @@ impl Telemetry {
                 }
                 Err(e) => log::warn!("logs off: {e}"),
             }
+        }
+        // The meter provider goes global last: the SDK's batch processors, built above,
+        // take the global meter for metrics about themselves (otel.sdk.*, with the
+        // bound instruments' feature), and are to find the no-op one, so that only
+        // the worker's own metrics are exported, as the dashboard expects.
+        if let Some(provider) = &telemetry.meter {
+            opentelemetry::global::set_meter_provider(provider.clone());
         }
         // The trace headers are written by the instrumentation itself (no global
         // propagator is read): only whether `baggage` goes with them is to be said.

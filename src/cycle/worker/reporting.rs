@@ -74,9 +74,7 @@ impl Worker {
             if !outcome.reason_kind().is_empty() {
                 attributes.push(KeyValue::new("reason", outcome.reason_kind()));
             }
-            instrument::instruments()
-                .orders_processed
-                .add(1, &attributes);
+            instrument::count_order(&attributes);
         }
         if let Some(heartbeat) = &mut self.heartbeat {
             if matches!(
