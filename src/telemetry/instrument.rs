@@ -29,9 +29,12 @@ pub fn shard_attribute(shard: impl std::fmt::Display) -> KeyValue {
     KeyValue::new("ordermanagement.shard", shard.to_string())
 }
 
+/// A header's name and its value, ready for the request's header map.
+pub type Header = (&'static str, ureq::http::HeaderValue);
+
 /// Headers to add to a request so that the services continue the current trace (none
 /// with the instrumentation off).
-pub fn propagation_headers() -> Vec<(&'static str, String)> {
+pub fn propagation_headers() -> Vec<Header> {
     if !active() {
         return Vec::new();
     }
@@ -42,16 +45,18 @@ pub fn propagation_headers() -> Vec<(&'static str, String)> {
 /// it out) would inject for `cx`, written directly: a composite propagator's generic
 /// path cost about 8,000 instructions a request, `format!` of the ids and the
 /// baggage's entries about 5,000. No global propagator is set or read.
-fn context_headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
+fn context_headers(cx: &opentelemetry::Context) -> Vec<Header> {
     use opentelemetry::trace::TraceContextExt;
     let mut headers = Vec::with_capacity(2);
     let span = cx.span();
     let span_context = span.span_context();
     if span_context.is_valid() {
-        headers.push(("traceparent", traceparent(span_context)));
+        headers.extend(traceparent(span_context).map(|value| ("traceparent", value)));
         let state = span_context.trace_state().header();
         if !state.is_empty() {
-            headers.push(("tracestate", state));
+            // A trace state is made of header-safe text (the type checks it).
+            let value = ureq::http::HeaderValue::try_from(state).ok();
+            headers.extend(value.map(|value| ("tracestate", value)));
         }
     }
     if let Some(BaggageHeader(value)) = cx.get::<BaggageHeader>() {
@@ -64,8 +69,9 @@ fn context_headers(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
 /// order's span starts, not on every request, and never in the context's
 /// [`opentelemetry::baggage::Baggage`], whose every entry costs a hash map, a random
 /// hasher and a check of each byte of its key (5,000 instructions an order). Nothing in
-/// the worker reads that baggage: the header is all it is for.
-struct BaggageHeader(String);
+/// the worker reads that baggage: the header is all it is for. Each request takes a
+/// copy of the value that shares its bytes.
+struct BaggageHeader(ureq::http::HeaderValue);
 
 /// The `baggage` header's value for `entries`, as the W3C baggage propagator writes it;
 /// `None` when there are none, or the propagator is off.
@@ -113,7 +119,7 @@ fn plain_baggage(entries: &[KeyValue]) -> Option<String> {
 
 /// The `traceparent` header of `span`: `00-{trace id}-{span id}-{flags}`, 55
 /// characters, the flags only saying whether the span is sampled.
-fn traceparent(span: &opentelemetry::trace::SpanContext) -> String {
+fn traceparent(span: &opentelemetry::trace::SpanContext) -> Option<ureq::http::HeaderValue> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
     let trace = span.trace_id().to_bytes();
@@ -129,8 +135,8 @@ fn traceparent(span: &opentelemetry::trace::SpanContext) -> String {
     if span.is_sampled() {
         text[54] = b'1';
     }
-    // Hex digits and dashes: always UTF-8.
-    String::from_utf8(text.to_vec()).unwrap_or_default()
+    // Hex digits and dashes: always a valid value.
+    ureq::http::HeaderValue::from_bytes(&text).ok()
 }
 
 /// Whether the baggage propagator is on (OTEL_PROPAGATORS lists it, or is unset).
@@ -287,8 +293,10 @@ impl OrderSpan {
         if let Some(parent) = parent.filter(|p| p.is_valid()) {
             root = root.with_remote_span_context(parent);
         }
-        if let Some(header) = baggage_header(baggage()) {
-            root = root.with_value(BaggageHeader(header));
+        let header = baggage_header(baggage()).map(ureq::http::HeaderValue::try_from);
+        // Percent-encoded text, or plain tokens: always a valid value.
+        if let Some(Ok(value)) = header {
+            root = root.with_value(BaggageHeader(value));
         }
         let links = cycle
             .filter(|c| c.is_valid())
@@ -648,12 +656,12 @@ mod tests {
             // An empty tracestate is left out (W3C Trace Context allows either).
             expected.retain(|k, v| k != "tracestate" || !v.is_empty());
             let ours = match super::baggage_header(baggage) {
-                Some(header) => cx.with_value(super::BaggageHeader(header)),
+                Some(header) => cx.with_value(super::BaggageHeader(header.try_into().unwrap())),
                 None => cx,
             };
             let got: HashMap<String, String> = super::context_headers(&ours)
                 .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
                 .collect();
             // Baggage entries in any order (the propagator's follow a hash map).
             let entries = |headers: &HashMap<String, String>| {

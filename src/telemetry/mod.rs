@@ -462,7 +462,8 @@ impl UreqClient {
 
     fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let (parts, body) = request.into_parts();
-        let request = Request::from_parts(parts, body.to_vec());
+        // Sent from where it is: a batch's body is not copied again.
+        let request = Request::from_parts(parts, body.as_ref());
         let result = self.agent.run(request).and_then(|mut r| {
             let status = r.status();
             let bytes = r

@@ -125,15 +125,23 @@ impl EncodedResource {
 pub fn request(spans: &[SpanData], resource: &EncodedResource) -> Vec<u8> {
     // A span takes about 300 bytes.
     let mut buf = Vec::with_capacity(256 + spans.len() * 320);
+    // Each span's scope, as an index into `scopes`: compared once a span.
     let mut scopes: Vec<&InstrumentationScope> = Vec::new();
+    let mut scope_of = Vec::with_capacity(spans.len());
     for span in spans {
-        if !scopes.contains(&&span.instrumentation_scope) {
-            scopes.push(&span.instrumentation_scope);
-        }
+        let scope = &span.instrumentation_scope;
+        let index = match scopes.iter().position(|s| *s == scope) {
+            Some(index) => index,
+            None => {
+                scopes.push(scope);
+                scopes.len() - 1
+            }
+        };
+        scope_of.push(index);
     }
     message(&mut buf, 1, |buf| {
         buf.extend_from_slice(&resource.resource);
-        for scope in scopes {
+        for (index, scope) in scopes.into_iter().enumerate() {
             message(buf, 2, |buf| {
                 message(buf, 1, |buf| {
                     string(buf, 1, scope.name());
@@ -142,7 +150,8 @@ pub fn request(spans: &[SpanData], resource: &EncodedResource) -> Vec<u8> {
                         key_value(buf, 3, kv.key.as_str(), &kv.value);
                     }
                 });
-                for span in spans.iter().filter(|s| s.instrumentation_scope == *scope) {
+                let in_scope = spans.iter().zip(&scope_of).filter(|(_, s)| **s == index);
+                for (span, _) in in_scope {
                     message(buf, 2, |buf| encode_span(buf, span));
                 }
                 string(buf, 3, scope.schema_url().unwrap_or_default());
@@ -309,6 +318,7 @@ fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
+#[inline]
 fn tag(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from(field << 3 | wire));
 }
@@ -327,6 +337,7 @@ fn varint(buf: &mut Vec<u8>, mut value: u64) {
 }
 
 fn length_delimited(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.reserve(bytes.len() + 10);
     varint(buf, bytes.len() as u64);
     buf.extend_from_slice(bytes);
 }
@@ -353,9 +364,17 @@ fn uint(buf: &mut Vec<u8>, field: u32, value: u64) {
 }
 
 fn fixed64(buf: &mut Vec<u8>, field: u32, value: u64) {
-    if value != 0 {
-        tag(buf, field, FIXED64);
-        buf.extend_from_slice(&value.to_le_bytes());
+    if value == 0 {
+        return;
+    }
+    let [a, b, c, d, e, f, g, h] = value.to_le_bytes();
+    match u8::try_from(field << 3 | FIXED64) {
+        // A one-byte tag (fields below 16) and the value, in one copy.
+        Ok(tag) if tag < 0x80 => buf.extend_from_slice(&[tag, a, b, c, d, e, f, g, h]),
+        _ => {
+            tag(buf, field, FIXED64);
+            buf.extend_from_slice(&value.to_le_bytes());
+        }
     }
 }
 
