@@ -2,8 +2,10 @@
 //! (a bare keep-alive ureq loop doing exactly one order's calls, in a process of its
 //! own like the worker, and for comparison in the bench's process), the worker binary
 //! draining 20,000 orders in one `once` cycle without and with telemetry exported, over
-//! OTLP/HTTP and over OTLP/gRPC (to a tonic collector in the bench's process; the medians
-//! of three rounds), its CPU time per order, the threads it spawned, and its
+//! OTLP/HTTP and over OTLP/gRPC (to a tonic collector in the bench's process), and over
+//! gRPC to a hostile collector that floods PING frames (the medians of three rounds, or
+//! DRAIN_BENCH_ROUNDS; each export also as a ratio of the telemetry-off drain of its
+//! round, and the flood's CPU cost), its CPU time per order, the threads it spawned, and its
 //! peak RSS at 1,000 and 20,000 orders; then 2,000 and 20,000 orders
 //! drained by `run` with the services failing at the demo's default rates and at 30%,
 //! each as a ratio of a fault-free drain in the same run, with replies at once and
@@ -185,13 +187,12 @@ fn main() {
                 }
             }
         }
-        let off = median(rows[0].1.iter().map(rate).collect());
         let cpu_of = |runs: &[Run]| median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect());
         for (name, runs) in &rows {
             let r = median(runs.iter().map(rate).collect());
             println!(
                 "{name:<16} {r:>8.0} orders/s {:>6.2}x off   CPU {:.3} ms/order   peak RSS {} KiB",
-                r / off,
+                vs_off(runs, &rows[0].1),
                 cpu_of(runs) * 1000.0 / BACKLOG as f64,
                 runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0),
             );
@@ -209,6 +210,8 @@ fn main() {
     let mut worker_runs = Vec::new();
     let mut traced_runs = Vec::new();
     let mut grpc_runs = Vec::new();
+    let mut flood_runs = Vec::new();
+    let mut flood_connections = 0;
     let (mut exported, mut traces, mut largest_trace) = (0, 0, 0);
     let mut grpc_exported = 0;
     for _ in 0..rounds() {
@@ -233,6 +236,11 @@ fn main() {
         stack.seed_orders(BACKLOG, &mut rng);
         grpc_runs.push(run_worker(&stack, Some((collector.url(), true))));
         grpc_exported = collector.requests();
+
+        let flood = PingFlood::start();
+        stack.seed_orders(BACKLOG, &mut rng);
+        flood_runs.push(run_worker(&stack, Some((flood.url(), true))));
+        flood_connections = flood.connections();
     }
     let rate = |run: &Run| BACKLOG as f64 / run.wall.as_secs_f64();
     let floor_rate = median(floor_runs.clone());
@@ -381,10 +389,25 @@ fn main() {
         grpc_rate / floor_rate,
         over_grpc.max_rss_kib
     );
+    let flood_rate = median(flood_runs.iter().map(rate).collect());
+    println!(
+        "{:<44} {:>12.0} {:>10.2} {:>9} KiB",
+        "worker: `once`, 20,000, gRPC to a PING flood",
+        flood_rate,
+        flood_rate / floor_rate,
+        flood_runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0)
+    );
     println!(
         "{:<44} {:>12} {:>10} {:>9} KiB",
         "worker: `once`, 1,000 orders", "-", "-", small.max_rss_kib
     );
+    println!(
+        "telemetry's cost, each drain against the telemetry-off drain of its round (medians): {:.2}x over OTLP/HTTP, {:.2}x over gRPC, {:.2}x to a PING flood",
+        vs_off(&traced_runs, &worker_runs),
+        vs_off(&grpc_runs, &worker_runs),
+        vs_off(&flood_runs, &worker_runs),
+    );
+    print_flood_cost(&flood_runs, &grpc_runs, &worker_runs, flood_connections);
     println!(
         "traces exported by the last traced 20,000-order drain: {traces}, the largest holding {largest_trace} spans"
     );
@@ -627,6 +650,18 @@ impl Drop for GrpcSink {
             let _ = thread.join();
         }
     }
+}
+
+/// The rate of each of `runs` against the telemetry-off run of the same round, the
+/// median of those ratios: a round's runs follow one another, so a slow spell of this
+/// shared machine weighs on both sides of a ratio.
+fn vs_off(runs: &[Run], off: &[Run]) -> f64 {
+    median(
+        runs.iter()
+            .zip(off)
+            .map(|(run, off)| off.wall.as_secs_f64() / run.wall.as_secs_f64())
+            .collect(),
+    )
 }
 
 /// What the PING flood costs the worker: its CPU time beyond a drain over gRPC to a
