@@ -15,7 +15,7 @@
 //! | [`cycle`] | the loop and the decisions on an order | `worker` (the loop and the cycle, its jobs in `worker/`), `schedule`, `process` (one order's steps), `outcome`, `retry`, `pager`, `report` |
 //! | [`services`] | the Order and Stock Services | `orders`, `stock` (the clients), `http` (the shared agent, a span per attempt), `resolve`, `outage` |
 //! | [`state`] | the state on disk | `journal` (the state file), `in_flight` (its trait and records), `heartbeat`, `files` |
-//! | [`telemetry`] | OpenTelemetry | settings, exporters and shutdown (start-up only), `grpc` (OTLP/gRPC over the workspace crate [`grpc_unary`], `crates/grpc-unary`), `instrument` (the spans and metrics the worker records) |
+//! | [`telemetry`] | OpenTelemetry | settings, exporters and shutdown (start-up only), `grpc` (OTLP/gRPC over the workspace crate [`grpc_unary`], `crates/grpc-unary`), `instrument` (the spans and metrics the worker records), `spans` (the OTLP trace request, encoded from the SDK's spans) |
 //! | the root | start-up, and the values every layer reads | `main.rs` (wiring only), [`startup`], [`cli`] (clap), [`config`] (the validated [`Config`]), [`exit`] (exit codes); read by every layer: [`config`], [`stop`] (the stop flag and signals), [`logging`] (stderr lines, an order's log fields), [`redact`] (credentials kept out of text) |
 //!
 //! # Imports run one way

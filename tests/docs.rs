@@ -66,7 +66,8 @@ const OTEL: &[&str] = &[
 ];
 
 /// Other upper-case names with an underscore that the docs use and that are not the
-/// worker's settings: variables of Rust, cargo and the tests, and C constants.
+/// worker's settings: variables of Rust, cargo, the tests and the bench, C constants and
+/// HTTP/2 error codes.
 const OTHER_NAMES: &[&str] = &[
     "RUST_LOG",
     "CARGO_TARGET_DIR",
@@ -75,6 +76,8 @@ const OTHER_NAMES: &[&str] = &[
     "CHAOS_KILLS",
     "DRAIN_BENCH_BIN",
     "DRAIN_BENCH_ONLY",
+    "DRAIN_BENCH_ROUNDS",
+    "ENHANCE_YOUR_CALM",
     "TCP_NODELAY",
     "DT_RELR",
     "O_CREAT",
