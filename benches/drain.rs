@@ -418,12 +418,13 @@ fn main() {
             .join(" ")
     };
     println!(
-        "medians of {} rounds; each round vs the floor's median: floor {}, worker {}, with telemetry {}, over gRPC {}",
+        "medians of {} rounds; each round vs the floor's median: floor {}, worker {}, with telemetry {}, over gRPC {}, to a PING flood {}",
         rounds(),
         each_round(&floor_runs),
         each_round(&worker_runs.iter().map(rate).collect::<Vec<_>>()),
         each_round(&traced_runs.iter().map(rate).collect::<Vec<_>>()),
         each_round(&grpc_runs.iter().map(rate).collect::<Vec<_>>()),
+        each_round(&flood_runs.iter().map(rate).collect::<Vec<_>>()),
     );
     println!(
         "telemetry over gRPC vs over HTTP: {:.2}x the rate (OTLP/gRPC calls of the last drain over gRPC: {grpc_exported})",

@@ -171,6 +171,13 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
             last.insert(m.name.clone(), m);
         }
     }
+    // Only the worker's own: none of the SDK's metrics about itself (otel.sdk.*), which
+    // the bound instruments' feature builds in.
+    assert!(
+        last.keys().all(|name| !name.starts_with("otel.sdk")),
+        "{:?}",
+        last.keys()
+    );
     let sum_points = |name: &str| match &last[name].data {
         Some(metric::Data::Sum(sum)) => sum
             .data_points

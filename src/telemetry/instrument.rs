@@ -74,9 +74,13 @@ fn context_headers(cx: &opentelemetry::Context) -> Vec<Header> {
 struct BaggageHeader(ureq::http::HeaderValue);
 
 /// The `baggage` header's value for `entries`, as the W3C baggage propagator writes it;
-/// `None` when there are none, or the propagator is off.
-fn baggage_header(entries: Vec<KeyValue>) -> Option<String> {
-    if entries.is_empty() || !BAGGAGE.load(std::sync::atomic::Ordering::Relaxed) {
+/// `None` when there are none, or the propagator is off (then they are not even made).
+fn baggage_header(entries: impl FnOnce() -> Vec<KeyValue>) -> Option<String> {
+    if !BAGGAGE.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let entries = entries();
+    if entries.is_empty() {
         return None;
     }
     plain_baggage(&entries).or_else(|| {
@@ -293,7 +297,7 @@ impl OrderSpan {
         if let Some(parent) = parent.filter(|p| p.is_valid()) {
             root = root.with_remote_span_context(parent);
         }
-        let header = baggage_header(baggage()).map(ureq::http::HeaderValue::try_from);
+        let header = baggage_header(baggage).map(ureq::http::HeaderValue::try_from);
         // Percent-encoded text, or plain tokens: always a valid value.
         if let Some(Ok(value)) = header {
             root = root.with_value(BaggageHeader(value));
@@ -446,7 +450,9 @@ pub fn instruments() -> &'static Instruments {
 
 /// How many attribute sets each per-order instrument keeps bound; measurements with
 /// any other set are recorded unbound. The worker's sets are few (a handful of
-/// routes, statuses and outcomes), so this bounds memory, not the common case.
+/// routes, statuses and outcomes), so this bounds memory, not the common case. A bound
+/// set stays bound for the life of the process (the SDK keeps its series): the first
+/// sets seen keep the slots.
 const BOUND_SETS: usize = 32;
 
 /// Instruments bound to an attribute set, each with its set, for one instrument.
@@ -455,13 +461,14 @@ type BoundSets<B> = std::cell::RefCell<Vec<(Vec<KeyValue>, B)>>;
 /// The bound instrument of `attributes` (in this order), bound on first use with
 /// `bind`: a measurement through it skips the SDK's hashing and look-up of the
 /// attributes, most of its cost (3,400 instructions a duration). `None` once
-/// [`BOUND_SETS`] sets are bound and this is another.
+/// [`BOUND_SETS`] sets are bound and this is another, or while the thread ends.
 fn bound<B: Clone>(
     sets: &'static std::thread::LocalKey<BoundSets<B>>,
     attributes: &[KeyValue],
     bind: impl FnOnce() -> B,
 ) -> Option<B> {
-    sets.with_borrow_mut(|sets| {
+    let found = sets.try_with(|sets| {
+        let mut sets = sets.try_borrow_mut().ok()?;
         if let Some((_, bound)) = sets.iter().find(|(set, _)| set.as_slice() == attributes) {
             return Some(bound.clone());
         }
@@ -471,33 +478,39 @@ fn bound<B: Clone>(
         let bound = bind();
         sets.push((attributes.to_vec(), bound.clone()));
         Some(bound)
-    })
+    });
+    found.ok().flatten()
+}
+
+/// Adds `value` to a counter, through its bound instrument for `attributes`.
+fn add(
+    sets: &'static std::thread::LocalKey<BoundSets<opentelemetry::metrics::BoundCounter<u64>>>,
+    counter: &opentelemetry::metrics::Counter<u64>,
+    value: u64,
+    attributes: &[KeyValue],
+) {
+    match bound(sets, attributes, || counter.bind(attributes)) {
+        Some(bound) => bound.add(value),
+        None => counter.add(value, attributes),
+    }
 }
 
 /// Counts one handled order (`ordermanagement.orders.processed`).
 pub fn count_order(attributes: &[KeyValue]) {
-    use opentelemetry::metrics::BoundCounter;
     thread_local! {
-        static SETS: BoundSets<BoundCounter<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SETS: BoundSets<opentelemetry::metrics::BoundCounter<u64>> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
-    let counter = &instruments().orders_processed;
-    match bound(&SETS, attributes, || counter.bind(attributes)) {
-        Some(bound) => bound.add(1),
-        None => counter.add(1, attributes),
-    }
+    add(&SETS, &instruments().orders_processed, 1, attributes);
 }
 
 /// Counts stock taken by a decrease (`ordermanagement.stock.taken`).
 pub fn count_stock_taken(quantity: u64, attributes: &[KeyValue]) {
-    use opentelemetry::metrics::BoundCounter;
     thread_local! {
-        static SETS: BoundSets<BoundCounter<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SETS: BoundSets<opentelemetry::metrics::BoundCounter<u64>> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
-    let counter = &instruments().stock_taken;
-    match bound(&SETS, attributes, || counter.bind(attributes)) {
-        Some(bound) => bound.add(quantity),
-        None => counter.add(quantity, attributes),
-    }
+    add(&SETS, &instruments().stock_taken, quantity, attributes);
 }
 
 /// Records an HTTP call's duration (`http.client.request.duration`).
@@ -655,7 +668,7 @@ mod tests {
             BaggagePropagator::new().inject_context(&with_baggage, &mut expected);
             // An empty tracestate is left out (W3C Trace Context allows either).
             expected.retain(|k, v| k != "tracestate" || !v.is_empty());
-            let ours = match super::baggage_header(baggage) {
+            let ours = match super::baggage_header(|| baggage) {
                 Some(header) => cx.with_value(super::BaggageHeader(header.try_into().unwrap())),
                 None => cx,
             };

@@ -539,18 +539,12 @@ impl Client {
     }
 
     fn send(&self, mut request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        if let Some(pending) = &self.pending
-            && let Some(body) = pending.lock().ok().and_then(|body| body.clone())
-        {
+        if let Some(pending) = &self.pending {
+            let mut pending = pending.lock().map_err(|_| "a lock was poisoned")?;
             // Compressed as the exporter compressed the body it built, if it did.
-            let gzip = request
-                .headers()
-                .get(ureq::http::header::CONTENT_ENCODING)
-                .is_some_and(|e| e.as_bytes().eq_ignore_ascii_case(b"gzip"));
-            *request.body_mut() = match gzip {
-                true => Bytes::from(spans::gzip(&body)?),
-                false => body,
-            };
+            if let Some(body) = pending.body_for(request.headers())? {
+                *request.body_mut() = body;
+            }
         }
         let result = match &self.transport {
             ClientTransport::Http(client) => client.send(request),
