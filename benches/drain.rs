@@ -171,29 +171,35 @@ fn main() {
         let mut flood_connections = 0;
         for _ in 0..rounds() {
             for (i, row) in rows.iter_mut().enumerate() {
-                let sink = OtlpSink::start().expect("start the OTLP sink");
-                let collector = GrpcSink::start();
-                let flood = PingFlood::start();
-                let otlp = match i {
-                    1 => Some((sink.url(), false)),
-                    2 => Some((collector.url(), true)),
-                    3 => Some((flood.url(), true)),
-                    _ => None,
+                // Only the row's own collector runs while it drains.
+                let (sink, collector, flood) = match i {
+                    1 => (
+                        Some(OtlpSink::start().expect("start the OTLP sink")),
+                        None,
+                        None,
+                    ),
+                    2 => (None, Some(GrpcSink::start()), None),
+                    3 => (None, None, Some(PingFlood::start())),
+                    _ => (None, None, None),
                 };
+                let otlp = sink
+                    .as_ref()
+                    .map(|s| (s.url(), false))
+                    .or(collector.as_ref().map(|c| (c.url(), true)))
+                    .or(flood.as_ref().map(|f| (f.url(), true)));
                 stack.seed_orders(BACKLOG, &mut rng);
                 row.1.push(run_worker(&stack, otlp));
-                if i == 3 {
+                if let Some(flood) = &flood {
                     flood_connections = flood.connections();
                 }
             }
         }
-        let cpu_of = |runs: &[Run]| median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect());
         for (name, runs) in &rows {
             let r = median(runs.iter().map(rate).collect());
             println!(
                 "{name:<16} {r:>8.0} orders/s {:>6.2}x off   CPU {:.3} ms/order   peak RSS {} KiB",
                 vs_off(runs, &rows[0].1),
-                cpu_of(runs) * 1000.0 / BACKLOG as f64,
+                median_cpu(runs) * 1000.0 / BACKLOG as f64,
                 runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0),
             );
         }
@@ -247,9 +253,7 @@ fn main() {
     let worker_rate = median(worker_runs.iter().map(rate).collect());
     let traced_rate = median(traced_runs.iter().map(rate).collect());
     let grpc_rate = median(grpc_runs.iter().map(rate).collect());
-    let cpu_per_order = |runs: &[Run]| {
-        median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect()) * 1000.0 / BACKLOG as f64
-    };
+    let cpu_per_order = |runs: &[Run]| median_cpu(runs) * 1000.0 / BACKLOG as f64;
     let large = worker_runs
         .iter()
         .max_by_key(|r| r.max_rss_kib)
@@ -665,17 +669,21 @@ fn vs_off(runs: &[Run], off: &[Run]) -> f64 {
     )
 }
 
+/// The median of the runs' CPU time (user and system), in seconds.
+fn median_cpu(runs: &[Run]) -> f64 {
+    median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect())
+}
+
 /// What the PING flood costs the worker: its CPU time beyond a drain over gRPC to a
 /// collector that behaves (and beyond telemetry off), per second of the flooded drain,
 /// as a share of one core (medians of the rounds).
 fn print_flood_cost(flooded: &[Run], grpc: &[Run], off: &[Run], connections: usize) {
-    let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.cpu.as_secs_f64()).collect());
     let wall = median(flooded.iter().map(|r| r.wall.as_secs_f64()).collect());
     println!(
         "a collector flooding PING frames ({} connections in the last drain) takes {:.1}% of one core beyond gRPC export to a collector that behaves ({:.1}% beyond telemetry off)",
         connections,
-        (cpu(flooded) - cpu(grpc)) / wall * 100.0,
-        (cpu(flooded) - cpu(off)) / wall * 100.0,
+        (median_cpu(flooded) - median_cpu(grpc)) / wall * 100.0,
+        (median_cpu(flooded) - median_cpu(off)) / wall * 100.0,
     );
 }
 

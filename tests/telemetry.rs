@@ -129,18 +129,11 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     assert_traceparents_name_client_spans(&stack.traceparents(), &spans, "call");
 
     // Metrics: names and units.
-    let mut metrics: HashMap<String, String> = HashMap::new();
-    for body in sink.bodies("/v1/metrics") {
-        let request =
-            ExportMetricsServiceRequest::decode(body.as_slice()).expect("OTLP metrics decode");
-        for rm in request.resource_metrics {
-            for sm in rm.scope_metrics {
-                for m in sm.metrics {
-                    metrics.insert(m.name, m.unit);
-                }
-            }
-        }
-    }
+    let exported = all_metrics(&sink);
+    let metrics: HashMap<String, String> = exported
+        .iter()
+        .map(|m| (m.name.clone(), m.unit.clone()))
+        .collect();
     for (name, unit) in [
         ("http.client.request.duration", "s"),
         ("ordermanagement.orders.processed", "{order}"),
@@ -158,19 +151,7 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
 
     // Metrics: values, from the last export of each (cumulative) metric. The per-order
     // measurements are recorded through instruments bound to their attributes.
-    let mut last: HashMap<String, Metric> = HashMap::new();
-    for body in sink.bodies("/v1/metrics") {
-        let request =
-            ExportMetricsServiceRequest::decode(body.as_slice()).expect("OTLP metrics decode");
-        for m in request
-            .resource_metrics
-            .into_iter()
-            .flat_map(|rm| rm.scope_metrics)
-            .flat_map(|sm| sm.metrics)
-        {
-            last.insert(m.name.clone(), m);
-        }
-    }
+    let last: HashMap<String, Metric> = exported.into_iter().map(|m| (m.name.clone(), m)).collect();
     // Only the worker's own: none of the SDK's metrics about itself (otel.sdk.*), which
     // the bound instruments' feature builds in.
     assert!(
@@ -675,46 +656,50 @@ enum Kind {
     Histogram,
 }
 
+/// Every metric of every export the receiver got, in arrival order.
+fn all_metrics(sink: &OtlpSink) -> Vec<Metric> {
+    sink.bodies("/v1/metrics")
+        .iter()
+        .flat_map(|body| {
+            ExportMetricsServiceRequest::decode(body.as_slice())
+                .expect("OTLP metrics decode")
+                .resource_metrics
+        })
+        .flat_map(|rm| rm.scope_metrics)
+        .flat_map(|sm| sm.metrics)
+        .collect()
+}
+
 fn exported_metrics(sink: &OtlpSink) -> Vec<Exported> {
     use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     let mut found: HashMap<String, Exported> = HashMap::new();
-    for body in sink.bodies("/v1/metrics") {
-        let request =
-            ExportMetricsServiceRequest::decode(body.as_slice()).expect("OTLP metrics decode");
-        for sm in request
-            .resource_metrics
-            .into_iter()
-            .flat_map(|r| r.scope_metrics)
-        {
-            for m in sm.metrics {
-                let (kind, points): (Kind, Vec<&[KeyValue]>) = match &m.data {
-                    Some(Data::Sum(s)) if s.is_monotonic => (
-                        Kind::Counter,
-                        s.data_points.iter().map(|p| &p.attributes[..]).collect(),
-                    ),
-                    Some(Data::Gauge(g)) => (
-                        Kind::Gauge,
-                        g.data_points.iter().map(|p| &p.attributes[..]).collect(),
-                    ),
-                    Some(Data::Histogram(h)) => (
-                        Kind::Histogram,
-                        h.data_points.iter().map(|p| &p.attributes[..]).collect(),
-                    ),
-                    other => panic!(
-                        "{}: a kind the dashboard test does not know: {other:?}",
-                        m.name
-                    ),
-                };
-                let entry = found.entry(m.name.clone()).or_insert_with(|| Exported {
-                    name: m.name.clone(),
-                    unit: m.unit.clone(),
-                    kind,
-                    labels: HashSet::new(),
-                });
-                for kv in points.into_iter().flatten() {
-                    entry.labels.insert(kv.key.replace('.', "_"));
-                }
-            }
+    for m in all_metrics(sink) {
+        let (kind, points): (Kind, Vec<&[KeyValue]>) = match &m.data {
+            Some(Data::Sum(s)) if s.is_monotonic => (
+                Kind::Counter,
+                s.data_points.iter().map(|p| &p.attributes[..]).collect(),
+            ),
+            Some(Data::Gauge(g)) => (
+                Kind::Gauge,
+                g.data_points.iter().map(|p| &p.attributes[..]).collect(),
+            ),
+            Some(Data::Histogram(h)) => (
+                Kind::Histogram,
+                h.data_points.iter().map(|p| &p.attributes[..]).collect(),
+            ),
+            other => panic!(
+                "{}: a kind the dashboard test does not know: {other:?}",
+                m.name
+            ),
+        };
+        let entry = found.entry(m.name.clone()).or_insert_with(|| Exported {
+            name: m.name.clone(),
+            unit: m.unit.clone(),
+            kind,
+            labels: HashSet::new(),
+        });
+        for kv in points.into_iter().flatten() {
+            entry.labels.insert(kv.key.replace('.', "_"));
         }
     }
     found.into_values().collect()

@@ -84,7 +84,7 @@ impl GrpcClient {
         let gzip = parts
             .headers
             .get("content-encoding")
-            .is_some_and(super::spans::is_gzip);
+            .is_some_and(super::is_gzip);
         let mut metadata: Vec<(&str, &[u8])> = Vec::new();
         let mut secrets = Secrets::with_redaction(crate::redact::credentials);
         for (name, value) in &parts.headers {

@@ -379,15 +379,17 @@ pub fn event(name: &'static str, attributes: Vec<KeyValue>) {
         .add_event(name, attributes);
 }
 
-/// The worker's instruments, from the global meter (no-op when metrics are off).
+/// The worker's instruments, from the global meter (no-op when metrics are off). The
+/// per-order ones are private: they are measured through [`count_order`],
+/// [`count_stock_taken`] and [`HttpAttempt`], which bind them to their attributes.
 pub struct Instruments {
-    pub http_duration: opentelemetry::metrics::Histogram<f64>,
-    pub orders_processed: opentelemetry::metrics::Counter<u64>,
+    http_duration: opentelemetry::metrics::Histogram<f64>,
+    orders_processed: opentelemetry::metrics::Counter<u64>,
     pub cycle_duration: opentelemetry::metrics::Histogram<f64>,
     pub orders_registered: opentelemetry::metrics::Gauge<u64>,
     pub orders_pending: opentelemetry::metrics::Gauge<u64>,
     pub orders_quarantined: opentelemetry::metrics::Gauge<u64>,
-    pub stock_taken: opentelemetry::metrics::Counter<u64>,
+    stock_taken: opentelemetry::metrics::Counter<u64>,
 }
 
 /// The instruments, made on first use (after [`crate::telemetry::Telemetry::init`] in the binary).

@@ -589,7 +589,8 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Starts the signals `settings` turn on, sets them as the global providers, says
-    /// whether the baggage header goes out, and hands the logs to the log tee. Problems are logged, never fatal.
+    /// whether the baggage header goes out, and hands the logs to the log tee. Problems
+    /// are logged, never fatal.
     pub fn init(settings: &Settings, extra: Vec<KeyValue>) -> Telemetry {
         for (level, note) in &settings.notes {
             log::log!(*level, "{note}");
@@ -880,6 +881,11 @@ impl Drop for Telemetry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether a `Content-Encoding` or `grpc-encoding` value says gzip.
+fn is_gzip(encoding: &ureq::http::HeaderValue) -> bool {
+    encoding.as_bytes().eq_ignore_ascii_case(b"gzip")
 }
 
 /// The same OTLP/HTTP settings for every signal's exporter.

@@ -72,7 +72,7 @@ impl Pending {
         }
         let body = match headers.get(ureq::http::header::CONTENT_ENCODING) {
             None => body.clone(),
-            Some(e) if is_gzip(e) => match &self.gzipped {
+            Some(e) if super::is_gzip(e) => match &self.gzipped {
                 Some(gzipped) => gzipped.clone(),
                 None => {
                     let gzipped = Bytes::from(gzip(body).map_err(|e| e.to_string())?);
@@ -89,11 +89,6 @@ impl Pending {
         self.sent += 1;
         Ok(Some(body))
     }
-}
-
-/// Whether a `Content-Encoding` or `grpc-encoding` value says gzip.
-pub fn is_gzip(encoding: &ureq::http::HeaderValue) -> bool {
-    encoding.as_bytes().eq_ignore_ascii_case(b"gzip")
 }
 
 /// The trace exporter: encodes each batch, then lets opentelemetry-otlp's exporter send
@@ -339,10 +334,7 @@ fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
 /// empty rather than guessed.
 fn any_value(buf: &mut Vec<u8>, value: &Value) {
     match value {
-        Value::String(s) => {
-            tag(buf, 1, LEN);
-            length_delimited(buf, s.as_str().as_bytes());
-        }
+        Value::String(s) => string_value(buf, s.as_str()),
         Value::Bool(b) => {
             tag(buf, 2, VARINT);
             varint(buf, u64::from(*b));
@@ -361,16 +353,19 @@ fn any_value(buf: &mut Vec<u8>, value: &Value) {
             Array::F64(values) => each(buf, values.iter().map(|v| Value::F64(*v))),
             Array::String(values) => {
                 for value in values {
-                    message(buf, 1, |buf| {
-                        tag(buf, 1, LEN);
-                        length_delimited(buf, value.as_str().as_bytes());
-                    });
+                    message(buf, 1, |buf| string_value(buf, value.as_str()));
                 }
             }
             _ => {}
         }),
         _ => {}
     }
+}
+
+/// An `AnyValue`'s `string_value` (written even when empty).
+fn string_value(buf: &mut Vec<u8>, text: &str) {
+    tag(buf, 1, LEN);
+    length_delimited(buf, text.as_bytes());
 }
 
 /// The `values` of an `ArrayValue`.
@@ -400,17 +395,11 @@ fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
-#[inline]
 fn tag(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from(field << 3 | wire));
 }
 
-#[inline]
 fn varint(buf: &mut Vec<u8>, mut value: u64) {
-    if value < 0x80 {
-        buf.push(value as u8);
-        return;
-    }
     while value >= 0x80 {
         buf.push(value as u8 | 0x80);
         value >>= 7;
@@ -419,7 +408,6 @@ fn varint(buf: &mut Vec<u8>, mut value: u64) {
 }
 
 fn length_delimited(buf: &mut Vec<u8>, bytes: &[u8]) {
-    buf.reserve(bytes.len() + 10);
     varint(buf, bytes.len() as u64);
     buf.extend_from_slice(bytes);
 }
@@ -446,17 +434,9 @@ fn uint(buf: &mut Vec<u8>, field: u32, value: u64) {
 }
 
 fn fixed64(buf: &mut Vec<u8>, field: u32, value: u64) {
-    if value == 0 {
-        return;
-    }
-    let [a, b, c, d, e, f, g, h] = value.to_le_bytes();
-    match u8::try_from(field << 3 | FIXED64) {
-        // A one-byte tag (fields below 16) and the value, in one copy.
-        Ok(tag) if tag < 0x80 => buf.extend_from_slice(&[tag, a, b, c, d, e, f, g, h]),
-        _ => {
-            tag(buf, field, FIXED64);
-            buf.extend_from_slice(&value.to_le_bytes());
-        }
+    if value != 0 {
+        tag(buf, field, FIXED64);
+        buf.extend_from_slice(&value.to_le_bytes());
     }
 }
 
@@ -654,16 +634,22 @@ mod tests {
         }
     }
 
+    /// `n` random spans of the worker's one scope, seeded with `seed`, and its resource.
+    fn workers_spans(seed: u64, n: usize) -> (Vec<SpanData>, Resource) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let scope = [InstrumentationScope::builder("ordermanagement").build()];
+        let spans = (0..n).map(|_| span(&mut rng, &scope)).collect();
+        let resource = Resource::builder()
+            .with_service_name("ordermanagement")
+            .build();
+        (spans, resource)
+    }
+
     #[test]
     fn a_full_batch_of_the_workers_spans_is_the_same_too() {
         // 512 spans (the batch size) of the order path's shape: far over the
         // lengths that fit one byte, at every level.
-        let mut rng = fastrand::Rng::with_seed(7);
-        let scope = [InstrumentationScope::builder("ordermanagement").build()];
-        let spans: Vec<SpanData> = (0..512).map(|_| span(&mut rng, &scope)).collect();
-        let resource = Resource::builder()
-            .with_service_name("ordermanagement")
-            .build();
+        let (spans, resource) = workers_spans(7, 512);
         let body = ours(&spans, &resource);
         assert!(body.len() > 1 << 16, "{}", body.len());
         assert_eq!(body, reference(&spans, &resource));
@@ -772,12 +758,7 @@ mod tests {
     #[test]
     fn an_export_sends_the_encoded_spans_gzipped_once_and_again_on_a_retry() {
         use std::io::Read;
-        let mut rng = fastrand::Rng::with_seed(3);
-        let scope = [InstrumentationScope::builder("ordermanagement").build()];
-        let spans: Vec<SpanData> = (0..20).map(|_| span(&mut rng, &scope)).collect();
-        let resource = Resource::builder()
-            .with_service_name("ordermanagement")
-            .build();
+        let (spans, resource) = workers_spans(3, 20);
         let expected = ours(&spans, &resource);
         for gzip in [false, true] {
             let pending = super::PendingBody::default();
@@ -816,14 +797,12 @@ mod tests {
 
     #[test]
     fn an_export_whose_spans_no_request_took_is_a_failure() {
-        let mut rng = fastrand::Rng::with_seed(4);
-        let scope = [InstrumentationScope::builder("ordermanagement").build()];
+        let (spans, resource) = workers_spans(4, 1);
         // A client that does not hold the exporter's pending spans: the exporter's
         // request goes out empty, and the export must not count as delivered.
         let stub = std::sync::Arc::new(Stub::default());
-        let resource = Resource::builder_empty().build();
         let exporter = exporter(&stub, false, super::PendingBody::default(), &resource);
-        let result = export(&exporter, vec![span(&mut rng, &scope)]);
+        let result = export(&exporter, spans);
         assert!(result.is_err(), "{result:?}");
         assert_eq!(stub.sent.lock().unwrap().len(), 1);
     }
