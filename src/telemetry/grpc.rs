@@ -14,7 +14,10 @@
 //! (REFUSED_STREAM to UNAVAILABLE, and so on); an HTTP status other than 200 (a
 //! proxy's) is kept when the exporter retries it (429, 502, 503, 504), 400 otherwise.
 //! The exporter's retry policy (one retry after about 100 ms, or after the server's
-//! delay; all within the export timeout) does the retrying. With gzip
+//! delay; all within the export timeout) does the retrying, but for the final flush at
+//! exit: there, a call refused for the misbehaviour's backoff, or closed for a new
+//! misbehaviour, is answered 400 (dropped), since its retry would only meet the
+//! backoff. With gzip
 //! (`OTEL_EXPORTER_OTLP_COMPRESSION`), the exporter compresses the message and the call
 //! says `grpc-encoding: gzip`.
 //!
@@ -27,6 +30,8 @@
 //! are the crate's.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use grpc_unary::{Call, Client, Error, Reply, Secrets, TlsConfig, code_name};
@@ -53,6 +58,8 @@ pub struct GrpcClient {
     timeout: Duration,
     client: Client,
     errors: ErrorLog,
+    /// Set when the telemetry shuts down: the final flush, which must not wait.
+    stopping: Arc<AtomicBool>,
 }
 
 impl GrpcClient {
@@ -63,6 +70,7 @@ impl GrpcClient {
         target: Target,
         certificate: Option<&str>,
         timeout: Duration,
+        stopping: Arc<AtomicBool>,
     ) -> Result<GrpcClient, String> {
         let tls = match target.tls {
             true => {
@@ -75,6 +83,7 @@ impl GrpcClient {
             timeout,
             client: Client::new(target, tls)?,
             errors: ErrorLog::new(signal),
+            stopping,
         })
     }
 
@@ -129,7 +138,15 @@ impl GrpcClient {
             Err(e) => {
                 let what = format!("{authority}: {}", secrets.scrub(&e.to_string()));
                 self.errors.note(&what);
-                Err(what.into())
+                // The final flush does not retry a call the misbehaviour's backoff
+                // refuses, or will: the retry (after 100 ms) would only meet it.
+                let stopping = self.stopping.load(Ordering::Relaxed);
+                match e {
+                    e if stopping && (e.misbehaved() || matches!(e, Error::BackingOff(_))) => {
+                        Ok(http(400, Vec::new()))
+                    }
+                    _ => Err(what.into()),
+                }
             }
         }
     }
@@ -158,14 +175,11 @@ impl GrpcClient {
             if message.is_empty() { "" } else { ": " },
             message
         ));
-        let mut response = http(status, Vec::new());
-        if let Some(delay) = retry_delay.filter(|_| status != 400) {
-            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from(seconds));
+        let response = http(status, Vec::new());
+        match retry_delay.filter(|_| status != 400) {
+            Some(delay) => retry_after(response, delay),
+            None => response,
         }
-        response
     }
 
     /// RST_STREAM, as gRPC maps its error codes: REFUSED_STREAM is UNAVAILABLE and
@@ -187,6 +201,15 @@ impl GrpcClient {
     }
 }
 
+/// `response` with `delay` as its `retry-after`, in whole seconds rounded up.
+fn retry_after(mut response: Response<Bytes>, delay: Duration) -> Response<Bytes> {
+    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(seconds));
+    response
+}
+
 /// A reply to the exporter: a status of ours, one of those it knows.
 fn http(status: u16, body: Vec<u8>) -> Response<Bytes> {
     let mut response = Response::new(Bytes::from(body));
@@ -200,7 +223,14 @@ mod tests {
 
     fn client() -> GrpcClient {
         let target = Target::parse("http://127.0.0.1:9").unwrap();
-        GrpcClient::new(Signal::Traces, target, None, Duration::from_secs(1)).unwrap()
+        GrpcClient::new(
+            Signal::Traces,
+            target,
+            None,
+            Duration::from_secs(1),
+            Arc::default(),
+        )
+        .unwrap()
     }
 
     fn reply(code: u32, retry_delay: Option<Duration>, body: &[u8]) -> Reply {
@@ -247,17 +277,61 @@ mod tests {
         );
     }
 
-    #[test]
-    fn transport_failures_are_errors_with_the_server_named() {
-        // Nothing listens on port 9: refused, at once.
-        let request = Request::builder()
+    fn request() -> Request<Bytes> {
+        Request::builder()
             .method("POST")
             .uri("http://127.0.0.1:9/v1/traces")
             .header("authorization", "Bearer s3cret-token")
             .body(Bytes::from_static(b"batch"))
-            .unwrap();
-        let e = client().send(request).unwrap_err().to_string();
+            .unwrap()
+    }
+
+    #[test]
+    fn transport_failures_are_errors_with_the_server_named() {
+        // Nothing listens on port 9: refused, at once.
+        let e = client().send(request()).unwrap_err().to_string();
         assert!(e.starts_with("127.0.0.1:9: "), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn the_final_flush_does_not_retry_what_the_backoff_refuses() {
+        use std::io::{Read, Write};
+        // A collector that floods PING frames on each of two connections.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let flood = std::thread::spawn(move || {
+            let frame = |kind: u8, payload: &[u8]| {
+                let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+                f.extend([kind, 0, 0, 0, 0, 0]);
+                f.extend_from_slice(payload);
+                f
+            };
+            let pings = frame(6, &[0; 8]).repeat(64);
+            for _ in 0..2 {
+                let (mut conn, _) = listener.accept().unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = conn.read(&mut [0; 65536]);
+                let _ = conn.write_all(&frame(4, &[]));
+                while conn.write_all(&pings).is_ok() {}
+            }
+        });
+        let client = |stopping: bool| {
+            let timeout = Duration::from_secs(5);
+            let stopping = Arc::new(AtomicBool::new(stopping));
+            GrpcClient::new(Signal::Traces, target.clone(), None, timeout, stopping).unwrap()
+        };
+        // While the worker runs: the flood, then the wait before the next connection,
+        // are transport errors, which the exporter retries.
+        let running = client(false);
+        let flooded = running.send(request()).unwrap_err().to_string();
+        assert!(flooded.contains("ENHANCE_YOUR_CALM"), "{flooded}");
+        let waiting = running.send(request()).unwrap_err().to_string();
+        assert!(waiting.contains("not connecting again"), "{waiting}");
+        // In the final flush: statuses it drops at once.
+        let stopping = client(true);
+        assert_eq!(stopping.send(request()).unwrap().status(), 400);
+        assert_eq!(stopping.send(request()).unwrap().status(), 400);
+        flood.join().unwrap();
     }
 }

@@ -20,7 +20,8 @@ pub mod spans;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
@@ -509,7 +510,11 @@ enum ClientTransport {
 }
 
 impl Client {
-    fn new(signal: Signal, settings: &Settings) -> Result<Client, String> {
+    fn new(
+        signal: Signal,
+        settings: &Settings,
+        stopping: &Arc<AtomicBool>,
+    ) -> Result<Client, String> {
         let i = Signal::ALL.iter().position(|s| *s == signal).unwrap_or(0);
         let timeout = settings.timeout(signal);
         let transport = match &settings.transports[i] {
@@ -519,7 +524,13 @@ impl Client {
                 certificate,
             } => {
                 let target = grpc::Target::parse(endpoint)?;
-                let client = grpc::GrpcClient::new(signal, target, certificate.as_deref(), timeout);
+                let client = grpc::GrpcClient::new(
+                    signal,
+                    target,
+                    certificate.as_deref(),
+                    timeout,
+                    stopping.clone(),
+                );
                 ClientTransport::Grpc(client?)
             }
         };
@@ -585,6 +596,8 @@ pub struct Telemetry {
     /// Each signal's collector endpoint, for the line said when the last telemetry
     /// cannot be delivered.
     endpoints: [Option<String>; 3],
+    /// Set as the shutdown begins, for the clients: the final flush does not wait.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Telemetry {
@@ -612,7 +625,8 @@ impl Telemetry {
                 .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))]);
         }
         let resource = resource.with_attributes(extra).build();
-        let client = |signal| Client::new(signal, settings);
+        let stopping = telemetry.stopping.clone();
+        let client = |signal| Client::new(signal, settings, &stopping);
         let build = |e: opentelemetry_otlp::ExporterBuildError| e.to_string();
         if settings.traces {
             let pending = spans::PendingBody::default();
@@ -724,6 +738,7 @@ impl Telemetry {
     /// thread until its HTTP timeout). Whatever is not done by then is abandoned.
     fn stop(&mut self) {
         use std::sync::mpsc;
+        self.stopping.store(true, Ordering::Relaxed);
         let (done, results) = mpsc::channel::<(Signal, opentelemetry_sdk::error::OTelSdkResult)>();
         let began = Instant::now();
         let mut started = Vec::new();
