@@ -1054,9 +1054,9 @@ fn run_worker(stack: &Stack, otlp: Option<(String, bool)>) -> Run {
             command.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
         }
     }
+    let peers_cpu = own_cpu();
     // Reaped by wait4 below, which also gives its rusage.
     #[allow(clippy::zombie_processes)]
-    let peers_cpu = own_cpu();
     let child = command.arg("once").spawn().expect("start the worker");
     let first_pid = last_pid();
     let pid = child.id() as libc::pid_t;
