@@ -235,6 +235,53 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     assert_eq!(with_trace, 5, "one exported line per order, in its span");
 }
 
+#[test]
+fn each_call_duration_is_recorded_with_its_own_status_and_error_type() {
+    let mut knobs = Knobs::default();
+    knobs.decrease_answers.insert(
+        2,
+        standin::Answer::new(400, r#"{"error": "Insufficient stock"}"#),
+    );
+    let stack = Stack::stocked(knobs, 1_000_000, 3, 3);
+    let sink = OtlpSink::start().unwrap();
+    run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+            .arg("once"),
+    );
+    assert_eq!(stack.status(2).as_deref(), Some("blocked"));
+    let last: HashMap<String, Metric> = all_metrics(&sink)
+        .into_iter()
+        .map(|m| (m.name.clone(), m))
+        .collect();
+    let Some(metric::Data::Histogram(durations)) = &last["http.client.request.duration"].data
+    else {
+        panic!("{:?}", last["http.client.request.duration"]);
+    };
+    // (method, status, error.type) -> calls.
+    let mut counts: HashMap<(String, String, String), u64> = HashMap::new();
+    for point in &durations.data_points {
+        let a = attrs(&point.attributes);
+        let key = (
+            a["http.request.method"].clone(),
+            a["http.response.status_code"].clone(),
+            a.get("error.type").cloned().unwrap_or_default(),
+        );
+        *counts.entry(key).or_default() += point.count;
+    }
+    let count = |method: &str, status: &str, error: &str| {
+        counts
+            .get(&(method.into(), status.into(), error.into()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(count("POST", "200", ""), 2, "{counts:?}");
+    assert_eq!(count("POST", "400", "400"), 1, "{counts:?}");
+    assert_eq!(count("PUT", "200", ""), 3, "{counts:?}");
+    assert_eq!(count("GET", "200", ""), 1, "{counts:?}");
+    assert_eq!(counts.values().sum::<u64>(), 7, "{counts:?}");
+}
+
 /// Runs `run --interval 0.2` (spans exported every 100 ms) for `run_for`, sends SIGTERM
 /// and waits up to 3 s; returns the output and how long the stop took.
 fn run_then_sigterm(

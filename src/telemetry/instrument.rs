@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, Value};
 
 /// Whether any signal is exported: until [`activate`] is called,
 /// spans, span attributes, baggage and measurements are not even built, so that a
@@ -191,32 +191,45 @@ fn host_and_port(url: &str) -> (&str, Option<u16>) {
 /// The `server.address` and `server.port` attributes of `url`, made once for each of
 /// the few authorities the worker calls (the two services): the host's text is shared,
 /// not copied for every request.
-fn server_attributes(url: &str) -> (KeyValue, Option<KeyValue>) {
-    use std::cell::RefCell;
+fn server_attributes(url: &str) -> Server {
+    use std::cell::{Cell, RefCell};
     /// Whether the scheme is https (the default port), the host and port as written.
-    type Seen = Vec<((bool, Box<str>), KeyValue, Option<KeyValue>)>;
+    type Seen = Vec<((bool, Box<str>), Server)>;
     thread_local! {
         static SEEN: RefCell<Seen> = const { RefCell::new(Vec::new()) };
+        static MADE: Cell<u32> = const { Cell::new(0) };
     }
     // All that host_and_port reads; no user information (no credentials kept here).
     let (secure, host_port) = secure_and_authority(url);
     SEEN.with_borrow_mut(|seen| {
-        if let Some((_, host, port)) = seen
+        if let Some((_, server)) = seen
             .iter()
-            .find(|((s, k), ..)| *s == secure && **k == *host_port)
+            .find(|((s, k), _)| *s == secure && **k == *host_port)
         {
-            return (host.clone(), port.clone());
+            return server.clone();
         }
         let (host, port) = host_and_port(url);
-        let host = KeyValue::new("server.address", std::sync::Arc::<str>::from(host));
-        let port = port.map(|p| KeyValue::new("server.port", i64::from(p)));
+        let server = Server {
+            id: MADE.replace(MADE.get().wrapping_add(1)),
+            host: KeyValue::new("server.address", std::sync::Arc::<str>::from(host)),
+            port: port.map(|p| KeyValue::new("server.port", i64::from(p))),
+        };
         // A handful at most; a worker never calls more than a few.
         if seen.len() >= 8 {
             seen.remove(0);
         }
-        seen.push(((secure, host_port.into()), host.clone(), port.clone()));
-        (host, port)
+        seen.push(((secure, host_port.into()), server.clone()));
+        server
     })
+}
+
+/// A server's attributes, and a number that tells it from the others this thread has
+/// called (made anew for each one [`server_attributes`] meets).
+#[derive(Clone)]
+struct Server {
+    id: u32,
+    host: KeyValue,
+    port: Option<KeyValue>,
 }
 
 /// A span made current until dropped; ended when dropped.
@@ -457,51 +470,65 @@ pub fn instruments() -> &'static Instruments {
 /// sets seen keep the slots.
 const BOUND_SETS: usize = 32;
 
-/// Instruments bound to an attribute set, each with its set, for one instrument.
-type BoundSets<B> = std::cell::RefCell<Vec<(Vec<KeyValue>, B)>>;
+/// Instruments bound to an attribute set, each with the key of its set (the set itself
+/// for the counters), for one instrument.
+type BoundSets<K, B> = std::cell::RefCell<Vec<(K, B)>>;
 
-/// The bound instrument of `attributes` (in this order), bound on first use with
-/// `bind`: a measurement through it skips the SDK's hashing and look-up of the
-/// attributes, most of its cost (3,400 instructions a duration). `None` once
-/// [`BOUND_SETS`] sets are bound and this is another, or while the thread ends.
-fn bound<B: Clone>(
-    sets: &'static std::thread::LocalKey<BoundSets<B>>,
-    attributes: &[KeyValue],
-    bind: impl FnOnce() -> B,
+/// The bound instrument of the set whose key `is` tells, if one is bound yet: a
+/// measurement through it skips the SDK's hashing and look-up of the attributes, most
+/// of its cost (3,400 instructions a duration).
+fn bound<K, B: Clone>(
+    sets: &'static std::thread::LocalKey<BoundSets<K, B>>,
+    is: impl Fn(&K) -> bool,
 ) -> Option<B> {
     let found = sets.try_with(|sets| {
-        let mut sets = sets.try_borrow_mut().ok()?;
-        if let Some((_, bound)) = sets.iter().find(|(set, _)| set.as_slice() == attributes) {
-            return Some(bound.clone());
-        }
-        if sets.len() >= BOUND_SETS {
-            return None;
-        }
-        let bound = bind();
-        sets.push((attributes.to_vec(), bound.clone()));
-        Some(bound)
+        let sets = sets.try_borrow().ok()?;
+        sets.iter().find(|(key, _)| is(key)).map(|(_, b)| b.clone())
     });
     found.ok().flatten()
 }
 
+/// Binds the set of `key` with `bind` and keeps it; `None` once [`BOUND_SETS`] sets are
+/// bound (or while the thread ends): the caller records unbound.
+fn bind<K, B: Clone>(
+    sets: &'static std::thread::LocalKey<BoundSets<K, B>>,
+    key: K,
+    bind: impl FnOnce() -> B,
+) -> Option<B> {
+    let kept = sets.try_with(|sets| {
+        let mut sets = sets.try_borrow_mut().ok()?;
+        if sets.len() >= BOUND_SETS {
+            return None;
+        }
+        let bound = bind();
+        sets.push((key, bound.clone()));
+        Some(bound)
+    });
+    kept.ok().flatten()
+}
+
 /// Adds `value` to a counter, through its bound instrument for `attributes`.
 fn add(
-    sets: &'static std::thread::LocalKey<BoundSets<opentelemetry::metrics::BoundCounter<u64>>>,
+    sets: &'static std::thread::LocalKey<BoundCounters>,
     counter: &opentelemetry::metrics::Counter<u64>,
     value: u64,
     attributes: &[KeyValue],
 ) {
-    match bound(sets, attributes, || counter.bind(attributes)) {
+    let found = bound(sets, |set: &Vec<KeyValue>| set.as_slice() == attributes)
+        .or_else(|| bind(sets, attributes.to_vec(), || counter.bind(attributes)));
+    match found {
         Some(bound) => bound.add(value),
         None => counter.add(value, attributes),
     }
 }
 
+/// A counter's bound sets.
+type BoundCounters = BoundSets<Vec<KeyValue>, opentelemetry::metrics::BoundCounter<u64>>;
+
 /// Counts one handled order (`ordermanagement.orders.processed`).
 pub fn count_order(attributes: &[KeyValue]) {
     thread_local! {
-        static SETS: BoundSets<opentelemetry::metrics::BoundCounter<u64>> =
-            const { std::cell::RefCell::new(Vec::new()) };
+        static SETS: BoundCounters = const { std::cell::RefCell::new(Vec::new()) };
     }
     add(&SETS, &instruments().orders_processed, 1, attributes);
 }
@@ -509,23 +536,40 @@ pub fn count_order(attributes: &[KeyValue]) {
 /// Counts stock taken by a decrease (`ordermanagement.stock.taken`).
 pub fn count_stock_taken(quantity: u64, attributes: &[KeyValue]) {
     thread_local! {
-        static SETS: BoundSets<opentelemetry::metrics::BoundCounter<u64>> =
-            const { std::cell::RefCell::new(Vec::new()) };
+        static SETS: BoundCounters = const { std::cell::RefCell::new(Vec::new()) };
     }
     add(&SETS, &instruments().stock_taken, quantity, attributes);
 }
 
-/// Records an HTTP call's duration (`http.client.request.duration`).
-fn record_duration(seconds: f64, attributes: &[KeyValue]) {
+/// Records an HTTP call's duration (`http.client.request.duration`) with the
+/// attributes of `key`, which `attributes` makes when its set is not bound yet.
+fn record_duration(seconds: f64, key: DurationKey, attributes: impl FnOnce() -> Vec<KeyValue>) {
     use opentelemetry::metrics::BoundHistogram;
     thread_local! {
-        static SETS: BoundSets<BoundHistogram<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SETS: BoundSets<DurationKey, BoundHistogram<f64>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if let Some(bound) = bound(&SETS, |k| *k == key) {
+        return bound.record(seconds);
     }
     let histogram = &instruments().http_duration;
-    match bound(&SETS, attributes, || histogram.bind(attributes)) {
+    let attributes = attributes();
+    match bind(&SETS, key, || histogram.bind(&attributes)) {
         Some(bound) => bound.record(seconds),
-        None => histogram.record(seconds, attributes),
+        None => histogram.record(seconds, &attributes),
     }
+}
+
+/// What a duration's attributes are made of, compared instead of the attributes
+/// themselves: its method, route, server, status and error type (the status's when it
+/// says a failure and no other is given).
+#[derive(Clone, Copy, PartialEq)]
+struct DurationKey {
+    method: &'static str,
+    template: &'static str,
+    server: u32,
+    status: Option<u16>,
+    error: Option<&'static str>,
 }
 
 /// One HTTP call attempt: a CLIENT span named `{method} {url.template}` with the HTTP
@@ -539,7 +583,9 @@ pub struct HttpAttempt {
 struct AttemptSpan {
     scope: Scope,
     started: Instant,
-    common: Vec<KeyValue>,
+    method: &'static str,
+    template: &'static str,
+    server: Server,
 }
 
 impl HttpAttempt {
@@ -556,17 +602,14 @@ impl HttpAttempt {
         if !active() {
             return HttpAttempt { on: None };
         }
-        let (host, port) = server_attributes(url);
-        // Room for the status code and error.type that `finish` adds.
-        let mut common = Vec::with_capacity(7);
-        common.extend([
+        let server = server_attributes(url);
+        let mut attributes = Vec::with_capacity(6);
+        attributes.extend([
             KeyValue::new("http.request.method", method),
-            host,
+            server.host.clone(),
             KeyValue::new("url.template", template),
         ]);
-        common.extend(port);
-        let mut attributes = Vec::with_capacity(common.len() + 2);
-        attributes.extend_from_slice(&common);
+        attributes.extend(server.port.clone());
         attributes.push(KeyValue::new(
             "url.full",
             crate::redact::url(url).into_owned(),
@@ -582,32 +625,51 @@ impl HttpAttempt {
             on: Some(AttemptSpan {
                 scope,
                 started: Instant::now(),
-                common,
+                method,
+                template,
+                server,
             }),
         }
     }
 
     /// Ends the attempt with the reply's status, or the kind of error that ended it.
-    pub fn finish(self, status: Option<u16>, error: Option<&str>) {
-        let Some(mut a) = self.on else {
+    pub fn finish(self, status: Option<u16>, error: Option<&'static str>) {
+        let Some(a) = self.on else {
             return;
         };
-        if let Some(status) = status {
-            let code = KeyValue::new("http.response.status_code", i64::from(status));
-            a.scope.set(vec![code.clone()]);
-            a.common.push(code);
-        }
+        let code = status.map(|s| KeyValue::new("http.response.status_code", i64::from(s)));
         let error_type = match (status, error) {
-            (_, Some(kind)) => Some(kind.to_string()),
-            (Some(s), None) if s >= 400 => Some(s.to_string()),
+            (_, Some(kind)) => Some(Value::from(kind)),
+            (Some(s), None) if s >= 400 => Some(Value::from(s.to_string())),
             _ => None,
         };
-        if let Some(kind) = error_type {
-            a.scope.set(vec![KeyValue::new("error.type", kind.clone())]);
-            a.scope.fail(kind.clone());
-            a.common.push(KeyValue::new("error.type", kind));
+        let error_type = error_type.map(|kind| KeyValue::new("error.type", kind));
+        if let Some(code) = &code {
+            a.scope.set(vec![code.clone()]);
         }
-        record_duration(a.started.elapsed().as_secs_f64(), &a.common);
+        if let Some(kind) = &error_type {
+            a.scope.set(vec![kind.clone()]);
+            a.scope.fail(kind.value.to_string());
+        }
+        let key = DurationKey {
+            method: a.method,
+            template: a.template,
+            server: a.server.id,
+            status,
+            error,
+        };
+        record_duration(a.started.elapsed().as_secs_f64(), key, || {
+            let mut attributes = Vec::with_capacity(6);
+            attributes.extend([
+                KeyValue::new("http.request.method", a.method),
+                a.server.host,
+                KeyValue::new("url.template", a.template),
+            ]);
+            attributes.extend(a.server.port);
+            attributes.extend(code);
+            attributes.extend(error_type);
+            attributes
+        });
     }
 }
 
@@ -712,7 +774,9 @@ mod tests {
         // Twice: made the first time, kept the second.
         for url in urls.iter().chain(urls.iter()) {
             let (host, port) = super::host_and_port(url);
-            let (h, p) = super::server_attributes(url);
+            let super::Server {
+                host: h, port: p, ..
+            } = super::server_attributes(url);
             assert_eq!(
                 h,
                 KeyValue::new("server.address", host.to_string()),
