@@ -32,6 +32,8 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
+use crate::services::resolve::Resolver;
+
 pub use crate::logging::EXPORT_LOG_TARGET;
 /// How long shutdown asks each signal's processor to wait for its last export.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(900);
@@ -440,29 +442,36 @@ impl ErrorLog {
 
 /// The OTLP/HTTP client: the worker's ureq, with a short connect timeout so that a
 /// collector that is down costs milliseconds, and export errors logged now and then.
+/// The collector's name is resolved as the services' are ([`Resolver`]): kept for a
+/// while and forgotten when an export fails, not looked up on a new thread for every
+/// export as ureq's own resolver does.
 #[derive(Debug)]
 struct UreqClient {
     agent: ureq::Agent,
+    resolver: Resolver,
     errors: ErrorLog,
 }
 
 impl UreqClient {
     fn new(signal: Signal, timeout: Duration) -> UreqClient {
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_millis(500)))
             .timeout_global(Some(timeout))
             .max_redirects(0)
-            .build()
-            .new_agent();
+            .build();
+        let resolver = Resolver::new();
+        let connector = ureq::unversioned::transport::DefaultConnector::new();
         UreqClient {
-            agent,
+            agent: ureq::Agent::with_parts(config, connector, resolver.clone()),
+            resolver,
             errors: ErrorLog::new(signal),
         }
     }
 
     fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let (parts, body) = request.into_parts();
+        let uri = parts.uri.clone();
         // Sent from where it is: a batch's body is not copied again.
         let request = Request::from_parts(parts, body.as_ref());
         let result = self.agent.run(request).and_then(|mut r| {
@@ -483,6 +492,10 @@ impl UreqClient {
                 .note(&format!("collector answered {}", r.status())),
             // An https:// endpoint on a plain port: said as the services' calls say it.
             Err(e) => {
+                // The collector may have moved: the next export looks its name up again.
+                if let Some(host) = uri.host() {
+                    self.resolver.forget(host);
+                }
                 let text = e.to_string();
                 self.errors
                     .note(&crate::redact::not_tls(&text).unwrap_or(text));
@@ -1184,6 +1197,33 @@ mod tests {
             "the last telemetry (metrics, traces) could not be delivered to the collector at \
              http://REDACTED:REDACTED@c:4318/?REDACTED: connection refused; the last telemetry \
              (logs) could not be delivered to the collector at http://other:4317"
+        );
+    }
+
+    #[test]
+    fn the_otlp_http_client_keeps_the_collectors_name_and_forgets_it_when_export_fails() {
+        let sink = standin::OtlpSink::start().unwrap();
+        let uri: ureq::http::Uri = format!("http://localhost:{}/v1/traces", sink.port)
+            .parse()
+            .unwrap();
+        let request = || {
+            Request::builder()
+                .method("POST")
+                .uri(uri.clone())
+                .header("content-type", "application/x-protobuf")
+                .body(Bytes::from_static(b"batch"))
+                .unwrap()
+        };
+        let client = UreqClient::new(Signal::Traces, Duration::from_secs(1));
+        assert_eq!(client.send(request()).unwrap().status(), 200);
+        assert!(client.resolver.expires(&uri).is_some(), "the name is kept");
+        assert_eq!(sink.bodies("/v1/traces"), vec![b"batch".to_vec()]);
+        drop(sink);
+        // Nothing listens there any more: the export fails, and the name is forgotten.
+        assert!(client.send(request()).is_err());
+        assert!(
+            client.resolver.expires(&uri).is_none(),
+            "the name is forgotten"
         );
     }
 }
