@@ -1,4 +1,5 @@
-//! Name resolution for the worker's agent, without a thread per request.
+//! Name resolution for the worker's agent (and the OTLP/HTTP exporter's), without a
+//! thread per request.
 //!
 //! ureq's own resolver bounds a lookup by its timeout by running it on a new thread,
 //! and it resolves before every request, even for an IP address and even when a pooled
@@ -150,8 +151,8 @@ impl Resolver {
     }
 
     /// Drops what is kept for `host` (as in a URL: a name, or `[v6]`), on any port, so
-    /// that the next request looks it up again. Called when a request to it could not
-    /// be sent: the name may have moved.
+    /// that the next request looks it up again. Called when a service's request could
+    /// not be sent, and when an export fails at all: the name may have moved.
     pub fn forget(&self, host: &str) {
         self.shared
             .names()

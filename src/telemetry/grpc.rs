@@ -139,14 +139,16 @@ impl GrpcClient {
                 let what = format!("{authority}: {}", secrets.scrub(&e.to_string()));
                 self.errors.note(&what);
                 // The final flush does not retry a call the misbehaviour's backoff
-                // refuses, or will: the retry (after 100 ms) would only meet it.
-                let stopping = self.stopping.load(Ordering::Relaxed);
-                match e {
-                    e if stopping && (e.misbehaved() || matches!(e, Error::BackingOff(_))) => {
-                        Ok(http(400, Vec::new()))
-                    }
-                    _ => Err(what.into()),
+                // refuses, or will (a new misbehaviour starts one of 1 s at least):
+                // the exporter's retry, within RETRY_WAIT, would only meet it.
+                let refused = match e {
+                    Error::BackingOff(left) => left > super::RETRY_WAIT,
+                    e => e.misbehaved(),
+                };
+                if refused && self.stopping.load(Ordering::Relaxed) {
+                    return Ok(http(400, Vec::new()));
                 }
+                Err(what.into())
             }
         }
     }
@@ -311,6 +313,8 @@ mod tests {
             for _ in 0..2 {
                 let (mut conn, _) = listener.accept().unwrap();
                 conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                conn.set_write_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
                 let _ = conn.read(&mut [0; 65536]);
                 let _ = conn.write_all(&frame(4, &[]));
                 while conn.write_all(&pings).is_ok() {}

@@ -488,20 +488,20 @@ fn bound<K, B: Clone>(
     found.ok().flatten()
 }
 
-/// Binds the set of `key` with `bind` and keeps it; `None` once [`BOUND_SETS`] sets are
-/// bound (or while the thread ends): the caller records unbound.
+/// Binds a set with `make` and keeps it under the key `key` makes; `None` once
+/// [`BOUND_SETS`] sets are bound (or while the thread ends): the caller records unbound.
 fn bind<K, B: Clone>(
     sets: &'static std::thread::LocalKey<BoundSets<K, B>>,
-    key: K,
-    bind: impl FnOnce() -> B,
+    key: impl FnOnce() -> K,
+    make: impl FnOnce() -> B,
 ) -> Option<B> {
     let kept = sets.try_with(|sets| {
         let mut sets = sets.try_borrow_mut().ok()?;
         if sets.len() >= BOUND_SETS {
             return None;
         }
-        let bound = bind();
-        sets.push((key, bound.clone()));
+        let bound = make();
+        sets.push((key(), bound.clone()));
         Some(bound)
     });
     kept.ok().flatten()
@@ -515,7 +515,7 @@ fn add(
     attributes: &[KeyValue],
 ) {
     let found = bound(sets, |set: &Vec<KeyValue>| set.as_slice() == attributes)
-        .or_else(|| bind(sets, attributes.to_vec(), || counter.bind(attributes)));
+        .or_else(|| bind(sets, || attributes.to_vec(), || counter.bind(attributes)));
     match found {
         Some(bound) => bound.add(value),
         None => counter.add(value, attributes),
@@ -554,7 +554,7 @@ fn record_duration(seconds: f64, key: DurationKey, attributes: impl FnOnce() -> 
     }
     let histogram = &instruments().http_duration;
     let attributes = attributes();
-    match bind(&SETS, key, || histogram.bind(&attributes)) {
+    match bind(&SETS, || key, || histogram.bind(&attributes)) {
         Some(bound) => bound.record(seconds),
         None => histogram.record(seconds, &attributes),
     }

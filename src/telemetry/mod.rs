@@ -924,13 +924,17 @@ fn http_export<B: WithHttpConfig + WithExportConfig>(builder: B, client: Client)
         .with_retry_policy(export_retries())
 }
 
+/// The longest wait before the exporters' retry (its jitter included: the policy's
+/// maximum delay caps it).
+const RETRY_WAIT: Duration = Duration::from_millis(100);
+
 /// One quick retry: a collector that is down must cost milliseconds, not the
 /// exporters' default backoff, at every export and at shutdown.
 fn export_retries() -> opentelemetry_otlp::RetryPolicy {
     opentelemetry_otlp::RetryPolicy::default()
         .with_max_retries(1)
-        .with_initial_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_millis(100))
+        .with_initial_delay(RETRY_WAIT)
+        .with_max_delay(RETRY_WAIT)
         .with_max_jitter(Duration::from_millis(50))
 }
 
@@ -1211,6 +1215,8 @@ mod tests {
                 .method("POST")
                 .uri(uri.clone())
                 .header("content-type", "application/x-protobuf")
+                // No pooled connection left open for the second send to wait on.
+                .header("connection", "close")
                 .body(Bytes::from_static(b"batch"))
                 .unwrap()
         };
