@@ -572,6 +572,19 @@ struct DurationKey {
     error: Option<&'static str>,
 }
 
+/// The attributes a call's span and its duration share: its method, server and route,
+/// in a list with room for the two more each adds.
+fn call_attributes(method: &'static str, template: &'static str, server: &Server) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(6);
+    attributes.extend([
+        KeyValue::new("http.request.method", method),
+        server.host.clone(),
+        KeyValue::new("url.template", template),
+    ]);
+    attributes.extend(server.port.clone());
+    attributes
+}
+
 /// One HTTP call attempt: a CLIENT span named `{method} {url.template}` with the HTTP
 /// client semantic-convention attributes, current while the call runs (so that its
 /// `traceparent` goes out with the request), and a duration measurement.
@@ -603,13 +616,7 @@ impl HttpAttempt {
             return HttpAttempt { on: None };
         }
         let server = server_attributes(url);
-        let mut attributes = Vec::with_capacity(6);
-        attributes.extend([
-            KeyValue::new("http.request.method", method),
-            server.host.clone(),
-            KeyValue::new("url.template", template),
-        ]);
-        attributes.extend(server.port.clone());
+        let mut attributes = call_attributes(method, template, &server);
         attributes.push(KeyValue::new(
             "url.full",
             crate::redact::url(url).into_owned(),
@@ -644,11 +651,11 @@ impl HttpAttempt {
             _ => None,
         };
         let error_type = error_type.map(|kind| KeyValue::new("error.type", kind));
-        if let Some(code) = &code {
-            a.scope.set(vec![code.clone()]);
+        if code.is_some() || error_type.is_some() {
+            a.scope
+                .set(code.iter().chain(&error_type).cloned().collect());
         }
         if let Some(kind) = &error_type {
-            a.scope.set(vec![kind.clone()]);
             a.scope.fail(kind.value.to_string());
         }
         let key = DurationKey {
@@ -659,13 +666,7 @@ impl HttpAttempt {
             error,
         };
         record_duration(a.started.elapsed().as_secs_f64(), key, || {
-            let mut attributes = Vec::with_capacity(6);
-            attributes.extend([
-                KeyValue::new("http.request.method", a.method),
-                a.server.host,
-                KeyValue::new("url.template", a.template),
-            ]);
-            attributes.extend(a.server.port);
+            let mut attributes = call_attributes(a.method, a.template, &a.server);
             attributes.extend(code);
             attributes.extend(error_type);
             attributes
