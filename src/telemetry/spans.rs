@@ -216,10 +216,10 @@ pub fn request(spans: &[SpanData], resource: &EncodedResource) -> Vec<u8> {
         };
         scope_of.push(index);
     }
-    message(&mut buf, 1, |buf| {
+    sized_message(&mut buf, 1, 3, |buf| {
         buf.extend_from_slice(&resource.resource);
         for (index, scope) in scopes.into_iter().enumerate() {
-            message(buf, 2, |buf| {
+            sized_message(buf, 2, 3, |buf| {
                 message(buf, 1, |buf| {
                     string(buf, 1, scope.name());
                     string(buf, 2, scope.version().unwrap_or_default());
@@ -229,7 +229,7 @@ pub fn request(spans: &[SpanData], resource: &EncodedResource) -> Vec<u8> {
                 });
                 let in_scope = spans.iter().zip(&scope_of).filter(|(_, s)| **s == index);
                 for (span, _) in in_scope {
-                    message(buf, 2, |buf| encode_span(buf, span));
+                    sized_message(buf, 2, 2, |buf| encode_span(buf, span));
                 }
                 string(buf, 3, scope.schema_url().unwrap_or_default());
             });
@@ -321,12 +321,117 @@ fn nanos(time: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// A `KeyValue` as field `field` of its message.
+/// A `KeyValue` as field `field` of its message. A scalar value's lengths are counted
+/// first, and the bytes around its key and value written in two runs; an array's
+/// lengths are found by [`message`].
 fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    message(buf, field, |buf| {
-        string(buf, 1, key);
-        message(buf, 2, |buf| any_value(buf, value));
-    });
+    let Some(value_len) = scalar_len(value) else {
+        return message(buf, field, |buf| {
+            string(buf, 1, key);
+            message(buf, 2, |buf| any_value(buf, value));
+        });
+    };
+    // The key is left out when empty, as proto3 has it.
+    let key_len = if key.is_empty() {
+        0
+    } else {
+        1 + varint_len(key.len() as u64) + key.len()
+    };
+    let len = key_len + 1 + varint_len(value_len as u64) + value_len;
+    let mut head = Head::default();
+    head.tag(field, LEN);
+    head.varint(len as u64);
+    if !key.is_empty() {
+        head.tag(1, LEN);
+        head.varint(key.len() as u64);
+    }
+    buf.extend_from_slice(head.bytes());
+    buf.extend_from_slice(key.as_bytes());
+    let mut head = Head::default();
+    head.tag(2, LEN);
+    head.varint(value_len as u64);
+    match value {
+        Value::String(s) => {
+            head.tag(1, LEN);
+            head.varint(s.as_str().len() as u64);
+            buf.extend_from_slice(head.bytes());
+            buf.extend_from_slice(s.as_str().as_bytes());
+        }
+        Value::Bool(b) => {
+            head.tag(2, VARINT);
+            head.varint(u64::from(*b));
+            buf.extend_from_slice(head.bytes());
+        }
+        Value::I64(i) => {
+            head.tag(3, VARINT);
+            head.varint(*i as u64);
+            buf.extend_from_slice(head.bytes());
+        }
+        Value::F64(f) => {
+            head.tag(4, FIXED64);
+            buf.extend_from_slice(head.bytes());
+            buf.extend_from_slice(&f.to_le_bytes());
+        }
+        // Not a scalar: `scalar_len` said so above.
+        _ => buf.extend_from_slice(head.bytes()),
+    }
+}
+
+/// A few tags and lengths (at most 22 bytes), written on the stack and then added to the
+/// message at once.
+#[derive(Default)]
+struct Head {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Head {
+    #[inline(always)]
+    fn tag(&mut self, field: u32, wire: u32) {
+        self.varint(u64::from(field << 3 | wire));
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, mut value: u64) {
+        loop {
+            let byte = if value < 0x80 {
+                value as u8
+            } else {
+                value as u8 | 0x80
+            };
+            if let Some(place) = self.bytes.get_mut(self.len) {
+                *place = byte;
+                self.len += 1;
+            }
+            value >>= 7;
+            if value == 0 {
+                break;
+            }
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// The length of an `AnyValue` holding a scalar (`None` for an array, or a kind this
+/// worker does not know, which [`any_value`] leaves empty).
+fn scalar_len(value: &Value) -> Option<usize> {
+    match value {
+        Value::String(s) => Some(1 + varint_len(s.as_str().len() as u64) + s.as_str().len()),
+        Value::Bool(_) => Some(2),
+        Value::I64(i) => Some(1 + varint_len(*i as u64)),
+        Value::F64(_) => Some(9),
+        _ => None,
+    }
+}
+
+/// How many bytes `value` takes as a varint.
+fn varint_len(value: impl Into<u64>) -> usize {
+    let value: u64 = value.into();
+    let bits = u64::BITS - (value | 1).leading_zeros();
+    bits.div_ceil(7) as usize
 }
 
 /// The fields of an `AnyValue` (a oneof: written even when its value is the default).
@@ -376,22 +481,42 @@ fn each(buf: &mut Vec<u8>, values: impl Iterator<Item = Value>) {
 }
 
 /// A nested message as field `field`: its length is known once `write` has written it,
-/// so one byte is kept for the length and the message moved on when it needs more
-/// (only large ones do, once each).
+/// so one byte is kept for the length, and the message moved when it needs more.
 fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    sized_message(buf, field, 1, write);
+}
+
+/// [`message`], keeping `room` bytes for the length: a span's (2) or a batch's (3)
+/// usually needs more than one, and the message then stays where it was written.
+fn sized_message(buf: &mut Vec<u8>, field: u32, room: usize, write: impl FnOnce(&mut Vec<u8>)) {
     tag(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.resize(at + room, 0);
     write(buf);
-    let len = buf.len() - at - 1;
-    if len < 0x80 {
-        if let Some(byte) = buf.get_mut(at) {
-            *byte = len as u8;
+    let len = buf.len() - at - room;
+    let mut prefix = [0u8; 10];
+    let mut n = 0;
+    let mut value = len as u64;
+    for byte in prefix.iter_mut() {
+        n += 1;
+        if value < 0x80 {
+            *byte = value as u8;
+            break;
         }
-    } else {
-        let mut prefix = Vec::with_capacity(4);
-        varint(&mut prefix, len as u64);
-        buf.splice(at..at + 1, prefix);
+        *byte = value as u8 | 0x80;
+        value >>= 7;
+    }
+    // Moved on (or back) when the length takes more (or fewer) bytes than were kept.
+    if n != room {
+        let end = buf.len();
+        if n > room {
+            buf.resize(end + n - room, 0);
+        }
+        buf.copy_within(at + room..end, at + n);
+        buf.truncate(end + n - room);
+    }
+    if let (Some(place), Some(prefix)) = (buf.get_mut(at..at + n), prefix.get(..n)) {
+        place.copy_from_slice(prefix);
     }
 }
 
@@ -400,6 +525,9 @@ fn tag(buf: &mut Vec<u8>, field: u32, wire: u32) {
 }
 
 fn varint(buf: &mut Vec<u8>, mut value: u64) {
+    if value < 0x80 {
+        return buf.push(value as u8);
+    }
     while value >= 0x80 {
         buf.push(value as u8 | 0x80);
         value >>= 7;
