@@ -1,7 +1,8 @@
 //! The instrumentation the worker calls: spans ([`Scope`], [`OrderSpan`], one
 //! [`HttpAttempt`] per request), events, the metric [`instruments`], and the headers
-//! that carry the trace to the services. Only the `opentelemetry` API is used here: the
-//! providers behind it are set (or left no-op) by [`crate::telemetry`] at start.
+//! that carry the trace to the services. Only the `opentelemetry` API is used here, and
+//! the SDK's tracer type: the providers behind it are set (or left no-op), and the
+//! tracer set, by [`crate::telemetry`] at start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -247,14 +248,19 @@ impl Scope {
         attributes: Vec<KeyValue>,
     ) -> Scope {
         use opentelemetry::trace::{TraceContextExt, Tracer};
-        let tracer = tracer();
         let parent = opentelemetry::Context::current();
-        let span = tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &parent);
-        let cx = parent.with_span(span);
+        let cx = match tracer() {
+            Some(tracer) => {
+                let span = tracer
+                    .span_builder(name)
+                    .with_kind(kind)
+                    .with_attributes(attributes)
+                    .start_with_context(tracer, &parent);
+                parent.with_span(span)
+            }
+            // Traces are not exported: the current span (none) stays current.
+            None => parent,
+        };
         Scope {
             _guard: cx.clone().attach(),
             cx,
@@ -305,7 +311,6 @@ impl OrderSpan {
         if !active() {
             return OrderSpan { cx: None };
         }
-        let tracer = tracer();
         let mut root = opentelemetry::Context::new();
         if let Some(parent) = parent.filter(|p| p.is_valid()) {
             root = root.with_remote_span_context(parent);
@@ -315,6 +320,10 @@ impl OrderSpan {
         if let Some(Ok(value)) = header {
             root = root.with_value(BaggageHeader(value));
         }
+        let Some(tracer) = tracer() else {
+            // Traces are not exported: the order's requests still carry its baggage.
+            return OrderSpan { cx: Some(root) };
+        };
         let links = cycle
             .filter(|c| c.is_valid())
             .map(|c| vec![Link::with_context(c)])
@@ -373,12 +382,20 @@ impl OrderSpan {
     }
 }
 
-/// The worker's tracer, made on first use (after [`crate::telemetry::Telemetry::init`] in the binary),
-/// so that the per-order path does not look up the global provider for every span.
-fn tracer() -> &'static opentelemetry::global::BoxedTracer {
-    static TRACER: std::sync::OnceLock<opentelemetry::global::BoxedTracer> =
-        std::sync::OnceLock::new();
-    TRACER.get_or_init(|| opentelemetry::global::tracer("ordermanagement"))
+/// The worker's tracer: the SDK's own, used directly rather than through the global
+/// provider's boxed one, which boxed each span again and dispatched each of its calls
+/// dynamically. Set once by [`crate::telemetry::Telemetry::init`] when traces are
+/// exported; without it, no span is made.
+static TRACER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracer> =
+    std::sync::OnceLock::new();
+
+/// Sets the worker's tracer (the first one set stays).
+pub fn set_tracer(tracer: opentelemetry_sdk::trace::SdkTracer) {
+    let _ = TRACER.set(tracer);
+}
+
+fn tracer() -> Option<&'static opentelemetry_sdk::trace::SdkTracer> {
+    TRACER.get()
 }
 
 /// Records an event on the current span (e.g. a simulated failure).

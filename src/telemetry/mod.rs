@@ -661,6 +661,10 @@ impl Telemetry {
                         .with_resource(resource.clone())
                         .build();
                     opentelemetry::global::set_tracer_provider(provider.clone());
+                    {
+                        use opentelemetry::trace::TracerProvider;
+                        instrument::set_tracer(provider.tracer("ordermanagement"));
+                    }
                     telemetry.tracer = Some(provider);
                 }
                 Err(e) => log::warn!("traces off: {e}"),
