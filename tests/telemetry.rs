@@ -235,13 +235,10 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     assert_eq!(with_trace, 5, "one exported line per order, in its span");
 }
 
-#[test]
-fn each_call_duration_is_recorded_with_its_own_status_and_error_type() {
-    let mut knobs = Knobs::default();
-    knobs.decrease_answers.insert(
-        2,
-        standin::Answer::new(400, r#"{"error": "Insufficient stock"}"#),
-    );
+/// `once` over three orders on a stack answering as `knobs` say, exporting to a sink:
+/// the stack, and the calls of the last `http.client.request.duration` export, by
+/// method, status and error type (each empty when the call has none).
+fn durations_of_three_orders(knobs: Knobs) -> (Stack, HashMap<(String, String, String), u64>) {
     let stack = Stack::stocked(knobs, 1_000_000, 3, 3);
     let sink = OtlpSink::start().unwrap();
     run_once(
@@ -249,7 +246,6 @@ fn each_call_duration_is_recorded_with_its_own_status_and_error_type() {
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
             .arg("once"),
     );
-    assert_eq!(stack.status(2).as_deref(), Some("blocked"));
     let last: HashMap<String, Metric> = all_metrics(&sink)
         .into_iter()
         .map(|m| (m.name.clone(), m))
@@ -258,17 +254,30 @@ fn each_call_duration_is_recorded_with_its_own_status_and_error_type() {
     else {
         panic!("{:?}", last["http.client.request.duration"]);
     };
-    // (method, status, error.type) -> calls.
     let mut counts: HashMap<(String, String, String), u64> = HashMap::new();
     for point in &durations.data_points {
         let a = attrs(&point.attributes);
         let key = (
             a["http.request.method"].clone(),
-            a["http.response.status_code"].clone(),
+            a.get("http.response.status_code")
+                .cloned()
+                .unwrap_or_default(),
             a.get("error.type").cloned().unwrap_or_default(),
         );
         *counts.entry(key).or_default() += point.count;
     }
+    (stack, counts)
+}
+
+#[test]
+fn each_call_duration_is_recorded_with_its_own_status_and_error_type() {
+    let mut knobs = Knobs::default();
+    knobs.decrease_answers.insert(
+        2,
+        standin::Answer::new(400, r#"{"error": "Insufficient stock"}"#),
+    );
+    let (stack, counts) = durations_of_three_orders(knobs);
+    assert_eq!(stack.status(2).as_deref(), Some("blocked"));
     let count = |method: &str, status: &str, error: &str| {
         counts
             .get(&(method.into(), status.into(), error.into()))
@@ -280,6 +289,41 @@ fn each_call_duration_is_recorded_with_its_own_status_and_error_type() {
     assert_eq!(count("PUT", "200", ""), 3, "{counts:?}");
     assert_eq!(count("GET", "200", ""), 1, "{counts:?}");
     assert_eq!(counts.values().sum::<u64>(), 7, "{counts:?}");
+}
+
+#[test]
+fn a_reply_whose_body_fails_after_its_status_keeps_both_in_its_duration() {
+    // Order 2's status update is answered 200 with a body over the worker's 64 KiB
+    // limit for such a reply: the call has a status and an error type.
+    let mut knobs = Knobs::default();
+    knobs
+        .status_answers
+        .insert(2, standin::Answer::new(200, &"x".repeat(70 * 1024)));
+    let (_, counts) = durations_of_three_orders(knobs);
+    let with_error = |status: &str| {
+        counts
+            .iter()
+            .filter(|((_, s, e), _)| s == status && e == "response_body")
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    // Each attempt at the update (it may be resent) is one such call; none other is.
+    assert!(with_error("200") >= 1, "{counts:?}");
+    assert_eq!(
+        counts
+            .iter()
+            .filter(|((_, _, e), _)| e == "response_body")
+            .map(|(_, n)| n)
+            .sum::<u64>(),
+        with_error("200"),
+        "{counts:?}"
+    );
+    // The other orders' updates kept their own set, without an error type.
+    let plain_puts = counts
+        .get(&("PUT".into(), "200".into(), String::new()))
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(plain_puts, 2, "{counts:?}");
 }
 
 /// Runs `run --interval 0.2` (spans exported every 100 ms) for `run_for`, sends SIGTERM
