@@ -235,10 +235,8 @@ fn traces_metrics_and_logs_arrive_and_the_services_join_the_trace() {
     assert_eq!(with_trace, 5, "one exported line per order, in its span");
 }
 
-/// `once` over three orders on a stack answering as `knobs` say, exporting to a sink:
-/// the stack, and the calls of the last `http.client.request.duration` export, by
-/// method, status and error type (each empty when the call has none).
-fn durations_of_three_orders(knobs: Knobs) -> (Stack, HashMap<(String, String, String), u64>) {
+/// `once` over three orders on a stack answering as `knobs` say, exporting to a sink.
+fn three_orders(knobs: Knobs) -> (Stack, OtlpSink) {
     let stack = Stack::stocked(knobs, 1_000_000, 3, 3);
     let sink = OtlpSink::start().unwrap();
     run_once(
@@ -246,10 +244,21 @@ fn durations_of_three_orders(knobs: Knobs) -> (Stack, HashMap<(String, String, S
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
             .arg("once"),
     );
-    let last: HashMap<String, Metric> = all_metrics(&sink)
+    (stack, sink)
+}
+
+/// The last export of each metric the sink got, by name.
+fn last_metrics(sink: &OtlpSink) -> HashMap<String, Metric> {
+    all_metrics(sink)
         .into_iter()
         .map(|m| (m.name.clone(), m))
-        .collect();
+        .collect()
+}
+
+/// The calls of the last `http.client.request.duration` export, by method, status and
+/// error type (each empty when the call has none).
+fn duration_counts(sink: &OtlpSink) -> HashMap<(String, String, String), u64> {
+    let last = last_metrics(sink);
     let Some(metric::Data::Histogram(durations)) = &last["http.client.request.duration"].data
     else {
         panic!("{:?}", last["http.client.request.duration"]);
@@ -266,7 +275,7 @@ fn durations_of_three_orders(knobs: Knobs) -> (Stack, HashMap<(String, String, S
         );
         *counts.entry(key).or_default() += point.count;
     }
-    (stack, counts)
+    counts
 }
 
 #[test]
@@ -276,8 +285,36 @@ fn each_call_duration_is_recorded_with_its_own_status_and_error_type() {
         2,
         standin::Answer::new(400, r#"{"error": "Insufficient stock"}"#),
     );
-    let (stack, counts) = durations_of_three_orders(knobs);
+    let (stack, sink) = three_orders(knobs);
     assert_eq!(stack.status(2).as_deref(), Some("blocked"));
+    // Each outcome, with its reason, is counted in a set of its own.
+    let Some(metric::Data::Sum(processed)) =
+        &last_metrics(&sink)["ordermanagement.orders.processed"].data
+    else {
+        panic!("no ordermanagement.orders.processed sum");
+    };
+    let mut outcomes: Vec<(String, String, i64)> = processed
+        .data_points
+        .iter()
+        .map(|p| {
+            let a = attrs(&p.attributes);
+            let value = match p.value {
+                Some(number_data_point::Value::AsInt(v)) => v,
+                other => panic!("{other:?}"),
+            };
+            let reason = a.get("reason").cloned().unwrap_or_default();
+            (a["outcome"].clone(), reason, value)
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            ("blocked".to_string(), "rejected".to_string(), 1),
+            ("ready".to_string(), String::new(), 2)
+        ]
+    );
+    let counts = duration_counts(&sink);
     let count = |method: &str, status: &str, error: &str| {
         counts
             .get(&(method.into(), status.into(), error.into()))
@@ -299,7 +336,8 @@ fn a_reply_whose_body_fails_after_its_status_keeps_both_in_its_duration() {
     knobs
         .status_answers
         .insert(2, standin::Answer::new(200, &"x".repeat(70 * 1024)));
-    let (_, counts) = durations_of_three_orders(knobs);
+    let (_, sink) = three_orders(knobs);
+    let counts = duration_counts(&sink);
     let with_error = |status: &str| {
         counts
             .iter()

@@ -106,9 +106,8 @@ fn plain_baggage(entries: &[KeyValue]) -> Option<String> {
     };
     let mut value = String::with_capacity(48);
     for (i, kv) in entries.iter().enumerate() {
-        let text = kv.value.as_str();
         let repeated = entries.iter().take(i).any(|earlier| earlier.key == kv.key);
-        if repeated || !plain(&text) || !plain(kv.key.as_str()) {
+        if repeated || !plain(kv.key.as_str()) {
             return None;
         }
         if !value.is_empty() {
@@ -116,10 +115,44 @@ fn plain_baggage(entries: &[KeyValue]) -> Option<String> {
         }
         value.push_str(kv.key.as_str());
         value.push('=');
-        value.push_str(&text);
+        match &kv.value {
+            // A number's digits (and sign) are plain: written as they are, without
+            // formatting them into a string of their own first.
+            Value::I64(n) => push_decimal(&mut value, *n),
+            other => {
+                let text = other.as_str();
+                if !plain(&text) {
+                    return None;
+                }
+                value.push_str(&text);
+            }
+        }
     }
     // Within the propagator's limits, which it applies itself otherwise.
     (entries.len() <= 64 && value.len() <= 8192).then_some(value)
+}
+
+/// `n` in decimal, as `Display` writes it.
+fn push_decimal(text: &mut String, n: i64) {
+    if n < 0 {
+        text.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        if let Some(digit) = digits.get_mut(start) {
+            *digit = b'0' + (rest % 10) as u8;
+        }
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &digit in digits.get(start..).unwrap_or_default() {
+        text.push(char::from(digit));
+    }
 }
 
 /// The `traceparent` header of `span`: `00-{trace id}-{span id}-{flags}`, 55
@@ -524,38 +557,63 @@ fn bind<K, B: Clone>(
     kept.ok().flatten()
 }
 
-/// Adds `value` to a counter, through its bound instrument for `attributes`.
-fn add(
-    sets: &'static std::thread::LocalKey<BoundCounters>,
+/// Adds `value` to a counter, through its bound instrument for the set whose key is
+/// `key` (its attributes' values, compared instead of the attributes themselves);
+/// `attributes` makes the set when it is not bound yet.
+fn add<K: Copy + PartialEq>(
+    sets: &'static std::thread::LocalKey<BoundCounters<K>>,
     counter: &opentelemetry::metrics::Counter<u64>,
     value: u64,
-    attributes: &[KeyValue],
+    key: K,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
 ) {
-    let found = bound(sets, |set: &Vec<KeyValue>| set.as_slice() == attributes)
-        .or_else(|| bind(sets, || attributes.to_vec(), || counter.bind(attributes)));
-    match found {
+    if let Some(bound) = bound(sets, |k| *k == key) {
+        return bound.add(value);
+    }
+    let attributes = attributes();
+    match bind(sets, || key, || counter.bind(&attributes)) {
         Some(bound) => bound.add(value),
-        None => counter.add(value, attributes),
+        None => counter.add(value, &attributes),
     }
 }
 
-/// A counter's bound sets.
-type BoundCounters = BoundSets<Vec<KeyValue>, opentelemetry::metrics::BoundCounter<u64>>;
+/// A counter's bound sets, by their key.
+type BoundCounters<K> = BoundSets<K, opentelemetry::metrics::BoundCounter<u64>>;
 
-/// Counts one handled order (`ordermanagement.orders.processed`).
-pub fn count_order(attributes: &[KeyValue]) {
+/// Counts one handled order (`ordermanagement.orders.processed`) with its outcome and,
+/// unless empty, the kind of its reason.
+pub fn count_order(outcome: &'static str, reason: &'static str) {
     thread_local! {
-        static SETS: BoundCounters = const { std::cell::RefCell::new(Vec::new()) };
+        static SETS: BoundCounters<(&'static str, &'static str)> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
-    add(&SETS, &instruments().orders_processed, 1, attributes);
+    add(
+        &SETS,
+        &instruments().orders_processed,
+        1,
+        (outcome, reason),
+        || {
+            let mut attributes = vec![KeyValue::new("outcome", outcome)];
+            if !reason.is_empty() {
+                attributes.push(KeyValue::new("reason", reason));
+            }
+            attributes
+        },
+    );
 }
 
-/// Counts stock taken by a decrease (`ordermanagement.stock.taken`).
-pub fn count_stock_taken(quantity: u64, attributes: &[KeyValue]) {
+/// Counts stock taken by a decrease (`ordermanagement.stock.taken`) of this wood.
+pub fn count_stock_taken(quantity: u64, wood_type: &'static str) {
     thread_local! {
-        static SETS: BoundCounters = const { std::cell::RefCell::new(Vec::new()) };
+        static SETS: BoundCounters<&'static str> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    add(&SETS, &instruments().stock_taken, quantity, attributes);
+    add(
+        &SETS,
+        &instruments().stock_taken,
+        quantity,
+        wood_type,
+        || vec![KeyValue::new("wood_type", wood_type)],
+    );
 }
 
 /// Records an HTTP call's duration (`http.client.request.duration`) with the
@@ -693,6 +751,18 @@ impl HttpAttempt {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbers_are_written_as_display_writes_them() {
+        let mut rng = fastrand::Rng::with_seed(29);
+        let edges = [0, 1, -1, 9, 10, -10, 161, i64::MAX, i64::MIN, i64::MIN + 1];
+        let random = (0..1000).map(|_| rng.i64(..) >> rng.u32(0..64));
+        for n in edges.into_iter().chain(random) {
+            let mut text = String::from("k=");
+            super::push_decimal(&mut text, n);
+            assert_eq!(text, format!("k={n}"));
+        }
+    }
+
     #[test]
     fn the_headers_written_directly_are_the_propagators_own() {
         use opentelemetry::baggage::BaggageExt;

@@ -100,8 +100,7 @@ impl Journey {
 
         let call = Some(Call::of(Service::Stock, Subject::Order(order.id), &result));
         if result.is_ok() && instrument::active() {
-            let wood = KeyValue::new("wood_type", order.wood_type.as_str());
-            instrument::count_stock_taken(u64::from(order.quantity), &[wood]);
+            instrument::count_stock_taken(u64::from(order.quantity), order.wood_type.as_str());
         }
         match after_decrease(&result) {
             Next::SetStatus(status, reason) => self.decide(task, status, reason, call),

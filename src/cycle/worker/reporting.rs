@@ -70,11 +70,7 @@ impl Worker {
             log_outcome(&order, &outcome, quiet);
         }
         if instrument::active() {
-            let mut attributes = vec![KeyValue::new("outcome", outcome.name())];
-            if !outcome.reason_kind().is_empty() {
-                attributes.push(KeyValue::new("reason", outcome.reason_kind()));
-            }
-            instrument::count_order(&attributes);
+            instrument::count_order(outcome.name(), outcome.reason_kind());
         }
         if let Some(heartbeat) = &mut self.heartbeat {
             if matches!(
