@@ -2,8 +2,8 @@
 //! bytes: the same bytes opentelemetry-otlp sends (a test holds them equal), without
 //! first building opentelemetry-proto's message, which copies every name, key and
 //! value into a fresh allocation and frees it again after prost has written it. That
-//! copy was most of the export thread's work (of its 69,000 instructions an order, the
-//! encoding now takes 28,000 with the rest).
+//! copy was most of the export thread's work: of its 69,000 instructions an order, about
+//! 24,000 are left, 11,500 of them encoding.
 //!
 //! [`TraceExporter`] plugs the encoder into the SDK's batch processor and sends the
 //! bytes through opentelemetry-otlp's own HTTP exporter, which keeps doing everything
