@@ -520,46 +520,48 @@ pub fn instruments() -> &'static Instruments {
 /// sets seen keep the slots.
 const BOUND_SETS: usize = 32;
 
-/// Instruments bound to an attribute set, each with the key of its set (the set itself
-/// for the counters), for one instrument.
+/// Instruments bound to an attribute set, each with the key of its set (the values its
+/// attributes are made of, compared instead of the attributes), for one instrument.
 type BoundSets<K, B> = std::cell::RefCell<Vec<(K, B)>>;
 
-/// The bound instrument of the set whose key `is` tells, if one is bound yet: a
-/// measurement through it skips the SDK's hashing and look-up of the attributes, most
-/// of its cost (3,400 instructions a duration).
-fn bound<K, B: Clone>(
+/// One measurement, through the bound instrument of the set whose key is `key`: one is
+/// bound (with `bind_set`, on the attributes `attributes` makes) the first time a key
+/// is met, while fewer than [`BOUND_SETS`] are; past that, or while the thread ends,
+/// it is recorded unbound. Through a bound instrument a measurement skips the SDK's
+/// hashing and look-up of its attributes, most of its cost (3,400 instructions a
+/// duration).
+fn measure<K: Copy + PartialEq, B: Clone>(
     sets: &'static std::thread::LocalKey<BoundSets<K, B>>,
-    is: impl Fn(&K) -> bool,
-) -> Option<B> {
+    key: K,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+    bind_set: impl FnOnce(&[KeyValue]) -> B,
+    bound: impl FnOnce(&B),
+    unbound: impl FnOnce(&[KeyValue]),
+) {
     let found = sets.try_with(|sets| {
         let sets = sets.try_borrow().ok()?;
-        sets.iter().find(|(key, _)| is(key)).map(|(_, b)| b.clone())
+        sets.iter().find(|(k, _)| *k == key).map(|(_, b)| b.clone())
     });
-    found.ok().flatten()
-}
-
-/// Binds a set with `make` and keeps it under the key `key` makes; `None` once
-/// [`BOUND_SETS`] sets are bound (or while the thread ends): the caller records unbound.
-fn bind<K, B: Clone>(
-    sets: &'static std::thread::LocalKey<BoundSets<K, B>>,
-    key: impl FnOnce() -> K,
-    make: impl FnOnce() -> B,
-) -> Option<B> {
+    if let Some(instrument) = found.ok().flatten() {
+        return bound(&instrument);
+    }
+    let attributes = attributes();
     let kept = sets.try_with(|sets| {
         let mut sets = sets.try_borrow_mut().ok()?;
         if sets.len() >= BOUND_SETS {
             return None;
         }
-        let bound = make();
-        sets.push((key(), bound.clone()));
-        Some(bound)
+        let instrument = bind_set(&attributes);
+        sets.push((key, instrument.clone()));
+        Some(instrument)
     });
-    kept.ok().flatten()
+    match kept.ok().flatten() {
+        Some(instrument) => bound(&instrument),
+        None => unbound(&attributes),
+    }
 }
 
-/// Adds `value` to a counter, through its bound instrument for the set whose key is
-/// `key` (its attributes' values, compared instead of the attributes themselves);
-/// `attributes` makes the set when it is not bound yet.
+/// Adds `value` to `counter` for the set of `key`, which `attributes` makes.
 fn add<K: Copy + PartialEq>(
     sets: &'static std::thread::LocalKey<BoundCounters<K>>,
     counter: &opentelemetry::metrics::Counter<u64>,
@@ -567,14 +569,14 @@ fn add<K: Copy + PartialEq>(
     key: K,
     attributes: impl FnOnce() -> Vec<KeyValue>,
 ) {
-    if let Some(bound) = bound(sets, |k| *k == key) {
-        return bound.add(value);
-    }
-    let attributes = attributes();
-    match bind(sets, || key, || counter.bind(&attributes)) {
-        Some(bound) => bound.add(value),
-        None => counter.add(value, &attributes),
-    }
+    measure(
+        sets,
+        key,
+        attributes,
+        |a| counter.bind(a),
+        |b| b.add(value),
+        |a| counter.add(value, a),
+    );
 }
 
 /// A counter's bound sets, by their key.
@@ -624,15 +626,15 @@ fn record_duration(seconds: f64, key: DurationKey, attributes: impl FnOnce() -> 
         static SETS: BoundSets<DurationKey, BoundHistogram<f64>> =
             const { std::cell::RefCell::new(Vec::new()) };
     }
-    if let Some(bound) = bound(&SETS, |k| *k == key) {
-        return bound.record(seconds);
-    }
     let histogram = &instruments().http_duration;
-    let attributes = attributes();
-    match bind(&SETS, || key, || histogram.bind(&attributes)) {
-        Some(bound) => bound.record(seconds),
-        None => histogram.record(seconds, &attributes),
-    }
+    measure(
+        &SETS,
+        key,
+        attributes,
+        |a| histogram.bind(a),
+        |b| b.record(seconds),
+        |a| histogram.record(seconds, a),
+    );
 }
 
 /// What a duration's attributes are made of, compared instead of the attributes

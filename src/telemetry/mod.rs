@@ -459,8 +459,8 @@ impl UreqClient {
             .timeout_connect(Some(Duration::from_millis(500)))
             .timeout_global(Some(timeout))
             .max_redirects(0)
-            // A collector's reply is small: a 16 KiB buffer (not 128 KiB, zeroed again
-            // before each reply is read) holds its head, and its body is read through it.
+            // A collector's reply is small: a 16 KiB buffer (not ureq's 128 KiB, which
+            // it zero-fills as it sizes it) holds its head, and its body is read through it.
             .input_buffer_size(16 * 1024)
             .max_response_header_size(16 * 1024)
             .build();

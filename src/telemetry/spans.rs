@@ -486,26 +486,18 @@ fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     sized_message(buf, field, 1, write);
 }
 
-/// [`message`], keeping `room` bytes for the length: a span's (2) or a batch's (3)
-/// usually needs more than one, and the message then stays where it was written.
+/// [`message`], keeping `room` bytes for the length: a span's (2) or a full batch's (3)
+/// needs more than one, and a message whose length takes `room` bytes stays where it
+/// was written (a smaller one is moved back, a larger one on).
 fn sized_message(buf: &mut Vec<u8>, field: u32, room: usize, write: impl FnOnce(&mut Vec<u8>)) {
     tag(buf, field, LEN);
     let at = buf.len();
     buf.resize(at + room, 0);
     write(buf);
-    let len = buf.len() - at - room;
-    let mut prefix = [0u8; 10];
-    let mut n = 0;
-    let mut value = len as u64;
-    for byte in prefix.iter_mut() {
-        n += 1;
-        if value < 0x80 {
-            *byte = value as u8;
-            break;
-        }
-        *byte = value as u8 | 0x80;
-        value >>= 7;
-    }
+    let mut head = Head::default();
+    head.varint((buf.len() - at - room) as u64);
+    let prefix = head.bytes();
+    let n = prefix.len();
     // Moved on (or back) when the length takes more (or fewer) bytes than were kept.
     if n != room {
         let end = buf.len();
@@ -515,7 +507,7 @@ fn sized_message(buf: &mut Vec<u8>, field: u32, room: usize, write: impl FnOnce(
         buf.copy_within(at + room..end, at + n);
         buf.truncate(end + n - room);
     }
-    if let (Some(place), Some(prefix)) = (buf.get_mut(at..at + n), prefix.get(..n)) {
+    if let Some(place) = buf.get_mut(at..at + n) {
         place.copy_from_slice(prefix);
     }
 }
@@ -780,6 +772,20 @@ mod tests {
         let (spans, resource) = workers_spans(7, 512);
         let body = ours(&spans, &resource);
         assert!(body.len() > 1 << 16, "{}", body.len());
+        assert_eq!(body, reference(&spans, &resource));
+    }
+
+    #[test]
+    fn a_batch_whose_length_takes_four_bytes_is_the_same_too() {
+        // One attribute of 3 MiB: the span's length and the batch's need four bytes,
+        // more than the room kept for either.
+        let (mut spans, resource) = workers_spans(11, 2);
+        if let Some(span) = spans.first_mut() {
+            span.attributes
+                .push(KeyValue::new("big", "x".repeat(3 << 20)));
+        }
+        let body = ours(&spans, &resource);
+        assert!(body.len() > 3 << 20, "{}", body.len());
         assert_eq!(body, reference(&spans, &resource));
     }
 
