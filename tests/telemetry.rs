@@ -345,8 +345,13 @@ fn a_reply_whose_body_fails_after_its_status_keeps_both_in_its_duration() {
             .map(|(_, n)| n)
             .sum::<u64>()
     };
-    // Each attempt at the update (it may be resent) is one such call; none other is.
-    assert!(with_error("200") >= 1, "{counts:?}");
+    // A 2xx update is not resent: that one call, and no other, has the error type.
+    assert_eq!(with_error("200"), 1, "{counts:?}");
+    assert_eq!(
+        counts.get(&("PUT".into(), "200".into(), "response_body".into())),
+        Some(&1),
+        "{counts:?}"
+    );
     assert_eq!(
         counts
             .iter()
@@ -743,6 +748,32 @@ fn the_demo_block_gives_resources_baggage_and_json_logs_linked_to_traces() {
         "no baggage without the propagator"
     );
     assert!(!stack.traceparents().is_empty());
+}
+
+#[test]
+fn with_traces_off_the_orders_still_carry_their_baggage_and_metrics_arrive() {
+    let stack = self::stack(3);
+    let sink = OtlpSink::start().unwrap();
+    run_once(
+        worker(&stack)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .arg("once"),
+    );
+    assert_eq!(stack.status(1).as_deref(), Some("ready"));
+    assert!(
+        sink.bodies("/v1/traces").is_empty(),
+        "no trace was exported"
+    );
+    assert!(stack.traceparents().is_empty(), "no span, no traceparent");
+    // Each order's decrease and status update carry its id.
+    let mut baggage = stack.baggage();
+    baggage.sort();
+    let expected: Vec<String> = (1..=3)
+        .flat_map(|id| vec![format!("ordermanagement.order.id={id}"); 2])
+        .collect();
+    assert_eq!(baggage, expected);
+    assert!(last_metrics(&sink).contains_key("ordermanagement.orders.processed"));
 }
 
 #[test]
