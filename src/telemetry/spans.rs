@@ -3,7 +3,7 @@
 //! first building opentelemetry-proto's message, which copies every name, key and
 //! value into a fresh allocation and frees it again after prost has written it. That
 //! copy was most of the export thread's work: of its 69,000 instructions an order, about
-//! 24,000 are left, 11,500 of them encoding.
+//! 24,400 are left, 12,200 of them encoding.
 //!
 //! [`TraceExporter`] plugs the encoder into the SDK's batch processor and sends the
 //! bytes through opentelemetry-otlp's own HTTP exporter, which keeps doing everything
@@ -325,12 +325,13 @@ fn nanos(time: std::time::SystemTime) -> u64 {
 /// first, and the bytes around its key and value written in two runs; an array's
 /// lengths are found by [`message`].
 fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    let Some(value_len) = scalar_len(value) else {
+    let Some((value_head, text)) = scalar(value) else {
         return message(buf, field, |buf| {
             string(buf, 1, key);
             message(buf, 2, |buf| any_value(buf, value));
         });
     };
+    let value_len = value_head.bytes().len() + text.len();
     // The key is left out when empty, as proto3 has it.
     let key_len = if key.is_empty() {
         0
@@ -350,35 +351,46 @@ fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     let mut head = Head::default();
     head.tag(2, LEN);
     head.varint(value_len as u64);
-    match value {
+    head.extend(value_head.bytes());
+    buf.extend_from_slice(head.bytes());
+    buf.extend_from_slice(text.as_bytes());
+}
+
+/// An `AnyValue` holding a scalar, as the bytes before its text (its tag, and the
+/// value or the text's length) and its text (empty but for a string); `None` for an
+/// array, or a kind this worker does not know, which [`any_value`] leaves empty.
+#[inline(always)]
+fn scalar(value: &Value) -> Option<(Head, &str)> {
+    let mut head = Head::default();
+    let text = match value {
         Value::String(s) => {
             head.tag(1, LEN);
             head.varint(s.as_str().len() as u64);
-            buf.extend_from_slice(head.bytes());
-            buf.extend_from_slice(s.as_str().as_bytes());
+            s.as_str()
         }
         Value::Bool(b) => {
             head.tag(2, VARINT);
             head.varint(u64::from(*b));
-            buf.extend_from_slice(head.bytes());
+            ""
         }
         Value::I64(i) => {
             head.tag(3, VARINT);
             head.varint(*i as u64);
-            buf.extend_from_slice(head.bytes());
+            ""
         }
         Value::F64(f) => {
             head.tag(4, FIXED64);
-            buf.extend_from_slice(head.bytes());
-            buf.extend_from_slice(&f.to_le_bytes());
+            head.extend(&f.to_le_bytes());
+            ""
         }
-        // Not a scalar: `scalar_len` said so above.
-        _ => buf.extend_from_slice(head.bytes()),
-    }
+        _ => return None,
+    };
+    Some((head, text))
 }
 
-/// A few tags and lengths (at most 22 bytes), written on the stack and then added to the
-/// message at once.
+/// A few tags, lengths and fixed-size values (at most 22 bytes: a key's two tags and
+/// lengths, or a value's tag and length with a scalar's 11), written on the stack and
+/// then added to the message at once.
 #[derive(Default)]
 struct Head {
     bytes: [u8; 32],
@@ -410,20 +422,16 @@ impl Head {
         }
     }
 
+    #[inline(always)]
+    fn extend(&mut self, bytes: &[u8]) {
+        if let Some(place) = self.bytes.get_mut(self.len..self.len + bytes.len()) {
+            place.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
     fn bytes(&self) -> &[u8] {
         self.bytes.get(..self.len).unwrap_or_default()
-    }
-}
-
-/// The length of an `AnyValue` holding a scalar (`None` for an array, or a kind this
-/// worker does not know, which [`any_value`] leaves empty).
-fn scalar_len(value: &Value) -> Option<usize> {
-    match value {
-        Value::String(s) => Some(1 + varint_len(s.as_str().len() as u64) + s.as_str().len()),
-        Value::Bool(_) => Some(2),
-        Value::I64(i) => Some(1 + varint_len(*i as u64)),
-        Value::F64(_) => Some(9),
-        _ => None,
     }
 }
 
@@ -438,21 +446,12 @@ fn varint_len(value: impl Into<u64>) -> usize {
 /// A kind of value this worker does not know (the type is non-exhaustive) is left
 /// empty rather than guessed.
 fn any_value(buf: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::String(s) => string_value(buf, s.as_str()),
-        Value::Bool(b) => {
-            tag(buf, 2, VARINT);
-            varint(buf, u64::from(*b));
-        }
-        Value::I64(i) => {
-            tag(buf, 3, VARINT);
-            varint(buf, *i as u64);
-        }
-        Value::F64(f) => {
-            tag(buf, 4, FIXED64);
-            buf.extend_from_slice(&f.to_le_bytes());
-        }
-        Value::Array(array) => message(buf, 5, |buf| match array {
+    if let Some((head, text)) = scalar(value) {
+        buf.extend_from_slice(head.bytes());
+        return buf.extend_from_slice(text.as_bytes());
+    }
+    if let Value::Array(array) = value {
+        message(buf, 5, |buf| match array {
             Array::Bool(values) => each(buf, values.iter().map(|v| Value::Bool(*v))),
             Array::I64(values) => each(buf, values.iter().map(|v| Value::I64(*v))),
             Array::F64(values) => each(buf, values.iter().map(|v| Value::F64(*v))),
@@ -462,8 +461,7 @@ fn any_value(buf: &mut Vec<u8>, value: &Value) {
                 }
             }
             _ => {}
-        }),
-        _ => {}
+        });
     }
 }
 
@@ -516,15 +514,13 @@ fn tag(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from(field << 3 | wire));
 }
 
-fn varint(buf: &mut Vec<u8>, mut value: u64) {
+fn varint(buf: &mut Vec<u8>, value: u64) {
     if value < 0x80 {
         return buf.push(value as u8);
     }
-    while value >= 0x80 {
-        buf.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    buf.push(value as u8);
+    let mut head = Head::default();
+    head.varint(value);
+    buf.extend_from_slice(head.bytes());
 }
 
 fn length_delimited(buf: &mut Vec<u8>, bytes: &[u8]) {
